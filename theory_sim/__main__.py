@@ -1,0 +1,3 @@
+from theory_sim.cli import main
+
+raise SystemExit(main())

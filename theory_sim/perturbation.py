@@ -1,0 +1,87 @@
+"""Perturbation rules of the SAM family: one mechanism, pluggable rules.
+
+Every member of the family is "perturb the weights by eps, take the gradient there, restore, step the base
+optimizer" [F21, K21, T24]; they differ only in how eps is built from the gradient g (and the weights w):
+
+- ``sam``     : eps = rho g / ||g||_2                                   (SAM, p = 2)            [F21]
+- ``sam_inf`` : eps = rho sign(g)                                       (SAM, p = inf)          [F21]
+- ``asam``    : eps = rho T^2 g / ||T g||_2, T = |w| + eta_a on weights, 1 on biases/BN   [K21]
+- ``randsam`` : eps = rho z / ||z||_2, z ~ N(0, I) fresh at every call  (Rand-SAM)              [T24]
+
+Multi-step SAM [T24, F21 App. C.6] re-uses ``sam`` inside a projected ascent loop (see ``project_to_ball``).
+
+The same functions serve a single model (``batch_dims=0``: one norm over all tensors) and the batched ensemble of
+two-layer CNNs (``batch_dims=1``: the leading axis of every tensor is the run, every run gets its own norm and
+its own rho) — so the CIFAR optimizer and the theory trainer share one implementation.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+RULES = ("sam", "sam_inf", "asam", "randsam")
+
+
+def _expand(x: torch.Tensor | float, like: torch.Tensor, batch_dims: int) -> torch.Tensor | float:
+    """Broadcast a per-run quantity (shape = batch shape) against a tensor with ``batch_dims`` leading axes."""
+    if not torch.is_tensor(x) or x.dim() == 0:
+        return x
+    return x.reshape(x.shape + (1,) * (like.dim() - batch_dims))
+
+
+def group_norm(tensors: Sequence[torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
+    """L2 norm over all tensors jointly, reduced over every axis except the first ``batch_dims``."""
+    total = None
+    for t in tensors:
+        sq = t.pow(2).sum(dim=tuple(range(batch_dims, t.dim()))) if t.dim() > batch_dims else t.pow(2)
+        total = sq if total is None else total + sq
+    return total.sqrt()
+
+
+def _scale_to_radius(dirs: Sequence[torch.Tensor], rho, batch_dims: int, norm=None) -> list[torch.Tensor]:
+    """rho * d / ||d|| with a zero direction mapped to a zero perturbation (no 0/0)."""
+    norm = group_norm(dirs, batch_dims) if norm is None else norm
+    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    scale = torch.where(norm > 0, torch.as_tensor(rho, dtype=norm.dtype, device=norm.device) / safe,
+                        torch.zeros_like(norm))
+    return [d * _expand(scale, d, batch_dims) for d in dirs]
+
+
+def perturbation(rule: str, grads: Sequence[torch.Tensor], rho, *, params: Sequence[torch.Tensor] | None = None,
+                 adaptive: Sequence[bool] | None = None, eta_a: float = 0.01, batch_dims: int = 0,
+                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Return eps (one tensor per gradient) for the given rule.
+
+    ``rho`` is a float or a tensor of the batch shape (one radius per run). ``params`` and ``adaptive`` are needed
+    for ASAM only: ``adaptive[k]`` says whether tensor k is a weight (scaled by |w| + eta_a) or a bias/BN parameter
+    (scaled by 1) [K21].
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if rule == "sam":
+        return _scale_to_radius(grads, rho, batch_dims)
+    if rule == "sam_inf":
+        return [torch.sign(g) * _expand(torch.as_tensor(rho, dtype=g.dtype, device=g.device), g, batch_dims)
+                for g in grads]
+    if rule == "randsam":
+        zs = [torch.randn(g.shape, dtype=g.dtype, device=g.device, generator=generator) for g in grads]
+        return _scale_to_radius(zs, rho, batch_dims)
+    # asam
+    if params is None:
+        raise ValueError("asam needs params (the current weights)")
+    adaptive = [True] * len(grads) if adaptive is None else list(adaptive)
+    scales = [(p.abs() + eta_a) if a else torch.ones_like(p) for p, a in zip(params, adaptive)]
+    tg = [t * g for t, g in zip(scales, grads)]
+    norm = group_norm(tg, batch_dims)
+    # eps = rho T (T g) / ||T g||
+    return [t * d for t, d in zip(scales, _scale_to_radius(tg, rho, batch_dims, norm=norm))]
+
+
+def project_to_ball(eps: Sequence[torch.Tensor], rho, batch_dims: int = 0) -> list[torch.Tensor]:
+    """Project eps onto the L2 ball of radius rho (used by multi-step SAM and by R_Max)."""
+    norm = group_norm(eps, batch_dims)
+    rho_t = torch.as_tensor(rho, dtype=norm.dtype, device=norm.device)
+    factor = torch.where(norm > rho_t, rho_t / torch.where(norm > 0, norm, torch.ones_like(norm)),
+                         torch.ones_like(norm))
+    return [e * _expand(factor, e, batch_dims) for e in eps]
