@@ -1,13 +1,15 @@
 """``python -m theory_sim <verb>``: one argparse subcommand per verb.
 
 Each verb lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; this file only
-dispatches. Parameter errors raised as ``ValueError`` before any work starts are printed as one line and exit 2.
+dispatches. Parameter errors raised as ``ConfigError`` before any work starts are printed as one line and exit 2.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from theory_sim.config import ConfigError
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except ValueError as exc:  # invalid parameters: one clear line, no traceback
+    except ConfigError as exc:  # invalid parameters: one clear line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -39,3 +39,144 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One simulated run of the two-layer CNN on sparse-coding data [C23 Def. 2.1-2.2, K23]
+# --------------------------------------------------------------------------------------------------------------------
+from dataclasses import asdict, dataclass, fields, replace  # noqa: E402
+
+OPTIMIZERS = ("sgd", "sam")
+MODELS = ("c23", "kou2023")
+NOISE_PATCHES = ("shared", "independent")
+DTYPES = ("float64", "float32")
+
+# Fields that fix array shapes or the loop structure: runs trained together as one batched ensemble must agree on
+# them. Everything else (optimizer, mu_norm, sigma_p, flip_p, sigma_0, eta, tau, sam_steps, loss_eps, seed) may
+# differ from run to run inside one ensemble.
+STRUCTURAL_FIELDS = ("d", "n", "P", "m", "model", "noise_patches", "project_noise", "batch_size", "epochs",
+                     "dtype", "device", "log_every", "n_test", "n_mc")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Configuration of one run. Defaults follow SPEC sections 1-3 ([C23] model, shared noise patches).
+
+    The SAM radius is ``tau`` when given, else the theory scale ``c_tau * m * sqrt(B) / (P * sigma_p * sqrt(d))``
+    [C23 Sec. 4]. ``sam_steps=K`` runs SAM for the first K steps and SGD afterwards; ``None`` runs SAM throughout.
+    Training stops at max ``epochs`` or once the full training loss is ``<= loss_eps`` (checked after every epoch;
+    ``loss_eps=0`` trains all epochs).
+    """
+
+    optimizer: str = "sgd"
+    d: int = 800
+    mu_norm: float = 2.0
+    n: int = 20
+    P: int = 2
+    sigma_p: float = 1.0
+    flip_p: float = 0.1
+    m: int = 10
+    sigma_0: float = 0.01
+    eta: float = 0.1
+    batch_size: int = 5
+    epochs: int = 100
+    tau: float | None = None
+    c_tau: float = 1.0
+    sam_steps: int | None = None
+    loss_eps: float = 0.0
+    model: str = "c23"
+    noise_patches: str = "shared"
+    project_noise: bool = True
+    n_test: int = 1000
+    n_mc: int = 20000
+    log_every: int = 1
+    seed: int = 0
+    dtype: str = "float64"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_int("d", self.d, 1)
+        check_float("mu_norm", self.mu_norm, 0.0)
+        check_int("n", self.n, 1)
+        check_int("P", self.P, 2)
+        check_float("sigma_p", self.sigma_p, 0.0, lo_open=True)
+        check_float("flip_p", self.flip_p, 0.0, 0.5, hi_open=True)
+        check_int("m", self.m, 1)
+        check_float("sigma_0", self.sigma_0, 0.0, lo_open=True)
+        check_float("eta", self.eta, 0.0, lo_open=True)
+        check_int("batch_size", self.batch_size, 1, self.n)
+        if self.n % self.batch_size:
+            raise ConfigError(f"batch_size must divide n={self.n} (epochs are split into n/B batches without "
+                              f"replacement), got {self.batch_size}")
+        check_int("epochs", self.epochs, 1)
+        if self.tau is not None:
+            check_float("tau", self.tau, 0.0)
+        check_float("c_tau", self.c_tau, 0.0)
+        if self.sam_steps is not None:
+            check_int("sam_steps", self.sam_steps, 0)
+        check_float("loss_eps", self.loss_eps, 0.0)
+        check_choice("model", self.model, MODELS)
+        check_choice("noise_patches", self.noise_patches, NOISE_PATCHES)
+        check_choice("project_noise", self.project_noise, (True, False))
+        check_int("n_test", self.n_test, 0)
+        check_int("n_mc", self.n_mc, 100)
+        check_int("log_every", self.log_every, 1)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_choice("dtype", self.dtype, DTYPES)
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def sam_radius(self) -> float:
+        """tau: the absolute radius if given, else the [C23] theory scale c_tau m sqrt(B) / (P sigma_p sqrt(d))."""
+        if self.tau is not None:
+            return float(self.tau)
+        return self.c_tau * self.m * math.sqrt(self.batch_size) / (self.P * self.sigma_p * math.sqrt(self.d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> "SimConfig":
+        return replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "SimConfig":
+        """Named presets. ``kou2023``: the [K23] public script (uclaml/Benign_ReLU_CNN): P=2, noise not projected
+        off mu, sigma_p=1, p=0.1, n=20, m=10, conv with bias and PyTorch's default init, mean over patches, sum over
+        filters, full-batch SGD with lr 0.1 for 100 epochs. ``c23``: the defaults of this class."""
+        check_choice("preset", name, ("c23", "kou2023"))
+        base: dict[str, Any] = {}
+        if name == "kou2023":
+            n = overrides.get("n", 20)
+            base = dict(model="kou2023", project_noise=False, P=2, sigma_p=1.0, flip_p=0.1, n=n, m=10, eta=0.1,
+                        epochs=100, batch_size=n, n_test=1000)
+        base.update(overrides)
+        return cls(**base)
+
+
+def device_of(name: str):
+    """Resolve ``device='auto'`` to cuda when present, else cpu."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} requested but CUDA is not available (use device='auto' or 'cpu')")
+    return dev

@@ -1,0 +1,4 @@
+"""CIFAR-10/100 WideResNet pipeline for the SAM family [F21, K21, T24]: model (``wrn``), data (``data``), trainer (``train``).
+
+Nothing here downloads anything: the loader reads the standard python pickle archives from a local directory.
+"""

@@ -1,0 +1,163 @@
+"""Two-layer convolutional ReLU network, batched over R independent runs [C23 Def. 2.2, K23].
+
+    f(W, x) = F_{+1}(W_{+1}, x) - F_{-1}(W_{-1}, x),
+    F_j(W_j, x) = a_f * sum_{r=1..m} a_p * sum_{p=1..P} relu(<w_{j,r}, x^(p)> + b_{j,r})
+
+- ``c23``: a_f = 1/m, a_p = 1, no bias, w_{j,r}(0) ~ N(0, sigma_0^2 I_d) [C23].
+- ``kou2023``: a_f = 1 (sum over filters), a_p = 1/P (mean over patches), a bias, PyTorch's default Conv1d init
+  U(-1/sqrt(d), 1/sqrt(d)) for weights and biases — the public script of [K23]. Its cross-entropy on the logits
+  (F_{-1}, F_{+1}) equals the logistic loss of f, so both variants share one loss.
+
+Weights are stored as W of shape (R, 2, m, d) (index 0 is j = +1, index 1 is j = -1) and b of shape (R, 2, m)
+(or None). Because the signal patch is yhat*mu and every noise patch is a stored noise vector, the network needs
+only <w, mu> and <w, xi>: the forward pass is one batched matmul (R, 2m, d) x (R, d, n K) and the gradient, written
+in closed form below, one more. The closed form also yields the coefficients that drive the signal-noise
+decomposition (SPEC 4), so the tracker is exact at no extra cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from theory_sim.data import STREAM_INIT, Batch, run_rng
+
+
+@dataclass
+class Params:
+    W: torch.Tensor                 # (R, 2, m, d)
+    b: torch.Tensor | None = None   # (R, 2, m)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.W] if self.b is None else [self.W, self.b]
+
+    @staticmethod
+    def from_tensors(ts) -> "Params":
+        return Params(ts[0], ts[1] if len(ts) > 1 else None)
+
+    def clone(self) -> "Params":
+        return Params.from_tensors([t.clone() for t in self.tensors()])
+
+
+@dataclass
+class Gradient:
+    """Closed-form loss and gradient of the mean logistic loss over a batch, for every run."""
+
+    loss: torch.Tensor      # (R,) mean logistic loss on the batch
+    f: torch.Tensor         # (R, n) network outputs
+    dW: torch.Tensor        # (R, 2, m, d)
+    db: torch.Tensor | None
+    a_sig: torch.Tensor     # (R, 2, m): dW = a_sig * mu + sum_{i,k} a_noise_{i,k} xi_{i,k}
+    a_noise: torch.Tensor   # (R, 2, m, n, K)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.dW] if self.db is None else [self.dW, self.db]
+
+
+SIGNS = (1.0, -1.0)  # the sign j of filter block 0 and 1
+
+
+def logistic_loss(z: torch.Tensor) -> torch.Tensor:
+    """l(z) = log(1 + exp(-z)), computed stably."""
+    return F.softplus(-z)
+
+
+class TwoLayerCNN:
+    """The architecture (stateless): parameters live in ``Params`` so R runs are one batched computation."""
+
+    def __init__(self, model: str, m: int, P: int):
+        self.model, self.m, self.P = model, m, P
+        self.bias = model == "kou2023"
+        self.a_f = 1.0 if model == "kou2023" else 1.0 / m
+        self.a_p = 1.0 / P if model == "kou2023" else 1.0
+
+    @classmethod
+    def for_config(cls, cfg) -> "TwoLayerCNN":
+        return cls(cfg.model, cfg.m, cfg.P)
+
+    # ---------------------------------------------------------------------------------------------------------
+    def init(self, seeds, sigma_0s, d: int, dtype=torch.float64, device="cpu") -> Params:
+        """Per-run initialisation from the run's own generator (so a run does not depend on its ensemble)."""
+        R, m = len(seeds), self.m
+        W = np.empty((R, 2, m, d))
+        b = np.empty((R, 2, m)) if self.bias else None
+        for r, seed in enumerate(seeds):
+            rng = run_rng(seed, STREAM_INIT)
+            if self.bias:  # PyTorch Conv1d default: kaiming_uniform(a=sqrt 5) -> U(+-1/sqrt(fan_in)), fan_in = d
+                bound = 1.0 / np.sqrt(d)
+                W[r] = rng.uniform(-bound, bound, size=(2, m, d))
+                b[r] = rng.uniform(-bound, bound, size=(2, m))
+            else:
+                W[r] = rng.standard_normal((2, m, d)) * sigma_0s[r]
+        as_t = lambda a: None if a is None else torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+        return Params(as_t(W), as_t(b))
+
+    def signs(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(SIGNS, dtype=like.dtype, device=like.device)
+
+    # ---------------------------------------------------------------------------------------------------------
+    def preactivations(self, params: Params, data: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Signal-patch pre-activations (R, 2, m, n) and noise-patch pre-activations (R, 2, m, n, K)."""
+        W = params.W
+        R, _, m, d = W.shape
+        _, n, K, _ = data.xi.shape
+        s = torch.einsum("rjmd,rd->rjm", W, data.mu)
+        sig = s[..., None] * data.yhat[:, None, None, :]
+        z = torch.bmm(W.reshape(R, 2 * m, d), data.xi.reshape(R, n * K, d).transpose(1, 2)).reshape(R, 2, m, n, K)
+        if params.b is not None:
+            sig = sig + params.b[..., None]
+            z = z + params.b[..., None, None]
+        return sig, z
+
+    def output_from_preactivations(self, sig: torch.Tensor, z: torch.Tensor, mult: int) -> torch.Tensor:
+        per_filter = torch.relu(sig) + mult * torch.relu(z).sum(-1)             # (R, 2, m, n)
+        Fj = self.a_f * self.a_p * per_filter.sum(2)                             # (R, 2, n)
+        return Fj[:, 0] - Fj[:, 1]
+
+    def output(self, params: Params, data: Batch) -> torch.Tensor:
+        """f(W, x_i) for every run and sample: (R, n)."""
+        sig, z = self.preactivations(params, data)
+        return self.output_from_preactivations(sig, z, data.noise_multiplicity)
+
+    def loss(self, params: Params, data: Batch) -> torch.Tensor:
+        """(R,) mean logistic loss L_S(W) = mean_i l(y_i f(W, x_i))."""
+        return logistic_loss(data.y * self.output(params, data)).mean(-1)
+
+    def loss_and_grad(self, params: Params, data: Batch) -> Gradient:
+        """Closed-form gradient of the mean logistic loss [C23 Sec. 3]:
+
+            dL/dw_{j,r} = (1/B) sum_i l'_i y_i j a_f a_p [relu'(<w,yhat_i mu>+b) yhat_i mu
+                                                       + c_K sum_k relu'(<w,xi_ik>+b) xi_ik],
+        with l'_i = -sigmoid(-y_i f_i) and c_K = P-1 for shared noise patches (1 for independent ones).
+        """
+        sig, z = self.preactivations(params, data)
+        mult = data.noise_multiplicity
+        f = self.output_from_preactivations(sig, z, mult)
+        margin = data.y * f
+        B = f.shape[-1]
+        g = -torch.sigmoid(-margin) * data.y / B                                # (R, n) = dL/df_i
+        coef = g[:, None, None, :] * (self.signs(f)[None, :, None, None] * (self.a_f * self.a_p))  # (R,2,1,n)
+        act_sig = (sig > 0).to(f.dtype)
+        act_z = (z > 0).to(f.dtype)
+        a_sig = (coef * act_sig * data.yhat[:, None, None, :]).sum(-1)           # (R, 2, m)
+        a_noise = coef[..., None] * act_z * mult                                 # (R, 2, m, n, K)
+        R, _, m, d = params.W.shape
+        n, K = a_noise.shape[-2:]
+        dW = a_sig[..., None] * data.mu[:, None, None, :] + torch.bmm(
+            a_noise.reshape(R, 2 * m, n * K), data.xi.reshape(R, n * K, d)).reshape(R, 2, m, d)
+        db = None
+        if params.b is not None:
+            db = (coef * (act_sig + mult * act_z.sum(-1))).sum(-1)
+        return Gradient(logistic_loss(margin).mean(-1), f, dW, db, a_sig, a_noise)
+
+    # ---------------------------------------------------------------------------------------------------------
+    def output_patches(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """Plain forward on the full input x (R, n, P, d): the definition of SPEC 2, used as the autograd oracle
+        (it never uses the compact signal/noise structure)."""
+        pre = torch.einsum("rjmd,rnpd->rjmnp", params.W, x)
+        if params.b is not None:
+            pre = pre + params.b[..., None, None]
+        Fj = self.a_f * self.a_p * torch.relu(pre).sum(dim=(2, 4))               # (R, 2, n)
+        return Fj[:, 0] - Fj[:, 1]

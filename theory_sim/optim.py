@@ -1,0 +1,252 @@
+"""The SAM family as one optimizer: perturb, take the gradient there, restore, step the base optimizer.
+
+Rules (``theory_sim.perturbation``, shared with the two-layer CNN trainer) decide how the perturbation eps is built
+from the gradient g at the current weights w:
+
+- ``sam``      eps = rho g / ||g||_2                         SAM, p = 2           Foret et al. [F21] arXiv 2010.01412
+- ``sam_inf``  eps = rho sign(g)                             SAM, p = inf         [F21]
+- ``asam``     eps = rho T^2 g / ||T g||, T = |w| + eta_a    ASAM                 Kwon et al. [K21] arXiv 2102.11600
+- ``randsam``  eps = rho z / ||z||, z ~ N(0, I) every step   Rand-SAM             [T24] arXiv 2411.01714
+
+On top of any rule-free ascent:
+
+- multi-step SAM (``steps_k = k``): k steps of projected normalized gradient ascent inside the rho-ball,
+  eps_{i+1} = Proj_rho(eps_i + alpha g(w + eps_i) / ||g(w + eps_i)||), alpha = rho by default, so k = 1 is SAM
+  [T24, F21 App. C.6];
+- m-sharpness (``step_chunked``): split the batch into chunks, perturb each chunk with its own gradient and average
+  the chunks' SAM gradients [F21 Sec. 4]. Under DDP each replica already perturbs with its own gradient: the first
+  pass runs in ``model.no_sync()`` and only the last pass all-reduces, which is exactly m-sharpness with m = the
+  per-replica batch.
+
+The optimizer wraps any ``torch.optim`` optimizer, davda54/sam style::
+
+    opt = SAM(model.parameters(), torch.optim.SGD, rule="sam", rho=0.05, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    loss_fn(model(x), y).backward()                 # clean pass: BatchNorm running stats are updated here only
+    opt.first_step(zero_grad=True)                  # w <- w + eps
+    with disable_running_stats(model):
+        loss_fn(model(x), y).backward()             # gradient at w + eps
+    opt.second_step(zero_grad=True)                 # w <- w, then the base optimizer steps with that gradient
+
+or ``opt.step(closure)`` with a closure that runs forward + backward (pass ``model=`` to let the optimizer handle
+BatchNorm and DDP's no_sync itself). ``param_groups`` are the base optimizer's, so LR schedulers attach to ``opt``
+as usual; weight decay lives in the base optimizer, so the perturbation sees the loss gradient only.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from theory_sim.config import check_choice, check_float, check_int
+from theory_sim.perturbation import RULES, perturbation, project_to_ball
+
+Closure = Callable[[], torch.Tensor]
+
+
+@contextlib.contextmanager
+def disable_running_stats(model: nn.Module | None) -> Iterator[None]:
+    """Within the block, BatchNorm layers normalise with batch statistics but leave running_mean, running_var and
+    num_batches_tracked untouched: the perturbed passes of SAM must not move the running statistics [F21]."""
+    if model is None:
+        yield
+        return
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False  # in train mode: batch stats, no running-stat update, no counter increment
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+def no_sync(model: nn.Module | None):
+    """``model.no_sync()`` for a DDP model (also through torch.compile's wrapper), a no-op context otherwise."""
+    fn = getattr(model, "no_sync", None) if model is not None else None
+    return fn() if fn is not None else contextlib.nullcontext()
+
+
+class SAM(torch.optim.Optimizer):
+    """Sharpness-aware wrapper around a base optimizer [F21, K21, T24].
+
+    Args:
+        params: parameters or parameter groups. A group may set ``adaptive`` (True/False) to say whether ASAM scales
+            its tensors by |w| + eta_a; by default tensors with more than one dimension (conv/linear weights) are
+            scaled and biases and BatchNorm parameters use 1 [K21].
+        base_optimizer_cls: e.g. ``torch.optim.SGD``; built on the same param groups with ``**base_kwargs``.
+        rule: one of ``theory_sim.perturbation.RULES``.
+        rho: perturbation radius (the same in every group).
+        steps_k: ascent steps (multi-step SAM, rules ``sam`` / ``sam_inf`` only); 1 = one-step rule.
+        ascent_lr: step length of each normalized ascent step when ``steps_k > 1`` (default rho).
+        eta_a: ASAM's offset in T = |w| + eta_a.
+        model: optional; lets ``step(closure)`` freeze BatchNorm running stats in the perturbed passes and run the
+            non-final passes of a DDP model in ``no_sync()``.
+        generator: optional torch.Generator for Rand-SAM's directions (saved in ``state_dict``).
+    """
+
+    def __init__(self, params, base_optimizer_cls: type[torch.optim.Optimizer], *, rule: str = "sam",
+                 rho: float = 0.05, steps_k: int = 1, ascent_lr: float | None = None, eta_a: float = 0.01,
+                 model: nn.Module | None = None, generator: torch.Generator | None = None, **base_kwargs):
+        check_choice("rule", rule, RULES)
+        check_float("rho", rho, lo=0.0)
+        check_int("steps_k", steps_k, lo=1, hi=100)
+        if ascent_lr is not None:
+            check_float("ascent_lr", ascent_lr, lo=0.0, lo_open=True)
+        check_float("eta_a", eta_a, lo=0.0)
+        if steps_k > 1 and rule not in ("sam", "sam_inf"):
+            raise ValueError(f"steps_k > 1 (multi-step SAM) needs rule 'sam' or 'sam_inf', got rule={rule!r}")
+        super().__init__(params, dict(rho=rho, eta_a=eta_a, **base_kwargs))
+        self.base_optimizer = base_optimizer_cls(self.param_groups, **base_kwargs)
+        self.param_groups = self.base_optimizer.param_groups  # one list: schedulers on `self` drive the base optimizer
+        self.rule, self.steps_k, self.ascent_lr = rule, steps_k, ascent_lr
+        self.model, self.generator = model, generator
+        self.last_perturbation_norm: torch.Tensor | None = None  # ||eps|| of the last perturbation, for logging
+        self._active: list[torch.nn.Parameter] | None = None  # the perturbed parameters between first/second step
+        self._eps: list[torch.Tensor] | None = None  # kept only for multi-step ascent
+
+    # ---- the two-step API -------------------------------------------------------------------------------------
+    def _rho(self) -> float:
+        rhos = {g["rho"] for g in self.param_groups}
+        if len(rhos) != 1:
+            raise ValueError(f"all param groups must share one rho (the ball is over all parameters), got {rhos}")
+        return rhos.pop()
+
+    def _with_grad(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[bool]]:
+        params, grads, adaptive = [], [], []
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                params.append(p)
+                grads.append(p.grad)
+                flag = g.get("adaptive")
+                adaptive.append(p.dim() > 1 if flag is None else bool(flag))
+        if not params:
+            raise RuntimeError("SAM: no parameter has a gradient; run a forward/backward pass first")
+        return params, grads, adaptive
+
+    def _set_perturbation(self, eps: list[torch.Tensor]) -> None:
+        """w <- w_old + eps (w_old stored once per parameter, reused every step: no per-step allocation)."""
+        olds = [self.state[p]["old_p"] for p in self._active]
+        torch._foreach_copy_(self._active, olds)
+        torch._foreach_add_(self._active, eps)
+        self.last_perturbation_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(eps))).detach()
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Store w and move to w + eps, eps from the rule at the gradient currently in ``p.grad``."""
+        if self._active is not None:
+            raise RuntimeError("first_step called twice without second_step/restore in between")
+        params, grads, adaptive = self._with_grad()
+        for p in params:
+            if "old_p" not in self.state[p]:
+                self.state[p]["old_p"] = torch.empty_like(p, memory_format=torch.preserve_format)
+        torch._foreach_copy_([self.state[p]["old_p"] for p in params], params)
+        self._active = params
+        g0 = self.param_groups[0]
+        eps = perturbation(self.rule, grads, self._rho(), params=params, adaptive=adaptive, eta_a=g0["eta_a"],
+                           generator=self.generator)
+        self._eps = eps if self.steps_k > 1 else None
+        torch._foreach_add_(params, eps)
+        self.last_perturbation_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(eps))).detach()
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def ascent_step(self, zero_grad: bool = False) -> None:
+        """One more projected normalized ascent step (multi-step SAM) from the gradient at w + eps [T24]."""
+        if self._active is None or self._eps is None:
+            raise RuntimeError("ascent_step needs first_step first, and steps_k > 1")
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._active]
+        rho = self._rho()
+        alpha = rho if self.ascent_lr is None else self.ascent_lr
+        step = perturbation(self.rule, grads, alpha)  # normalized ascent direction of length alpha
+        eps = torch._foreach_add(self._eps, step)
+        if self.rule == "sam":
+            eps = project_to_ball(eps, rho)
+        else:  # sam_inf: the L_inf ball is a box
+            eps = [e.clamp_(-rho, rho) for e in eps]
+        self._eps = eps
+        self._set_perturbation(eps)
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Back to the stored w (bitwise), keeping p.grad (the gradient taken at w + eps)."""
+        if self._active is None:
+            raise RuntimeError("restore called without first_step")
+        torch._foreach_copy_(self._active, [self.state[p]["old_p"] for p in self._active])
+        self._active, self._eps = None, None
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore w and step the base optimizer with the gradient taken at w + eps."""
+        self.restore()
+        self.base_optimizer.step()
+        self._opt_called = True  # tells an attached LR scheduler that the optimizer did step
+        if zero_grad:
+            self.zero_grad()
+
+    # ---- the closure API --------------------------------------------------------------------------------------
+    def step(self, closure: Closure | None = None) -> torch.Tensor:
+        """Full SAM step; ``closure`` runs forward + backward and returns the loss (grads are zeroed before each
+        call). Returns the clean-pass loss."""
+        if closure is None:
+            raise ValueError("SAM.step needs a closure (forward + backward); or call first_step/second_step")
+        return self.step_chunked([closure])
+
+    def step_chunked(self, closures: Sequence[Closure], weights: Sequence[float] | None = None) -> torch.Tensor:
+        """m-sharpness [F21]: each closure computes the mean loss of one chunk of the batch; every chunk is perturbed
+        with its own gradient and the chunks' SAM gradients are averaged with ``weights`` (default equal; pass the
+        chunk fractions for unequal chunks). One chunk is plain SAM."""
+        n = len(closures)
+        weights = [1.0 / n] * n if weights is None else list(weights)
+        if len(weights) != n or n == 0:
+            raise ValueError("step_chunked needs one weight per closure and at least one closure")
+        acc, total = None, 0.0
+        for closure, w in zip(closures, weights):
+            self.zero_grad()
+            with no_sync(self.model), torch.enable_grad():
+                loss = closure()  # clean pass, updates BatchNorm running stats
+            self.first_step(zero_grad=True)
+            with disable_running_stats(self.model), torch.enable_grad():
+                for _ in range(self.steps_k - 1):
+                    with no_sync(self.model):
+                        closure()
+                    self.ascent_step(zero_grad=True)
+                closure()  # gradient at w + eps; the only pass that all-reduces under DDP
+            self.restore()
+            total = total + w * loss.detach()
+            if n > 1:
+                with torch.no_grad():
+                    grads = [p.grad if p.grad is not None else torch.zeros_like(p)
+                             for g in self.param_groups for p in g["params"]]
+                    if acc is None:
+                        acc = torch._foreach_mul(grads, w)
+                    else:
+                        torch._foreach_add_(acc, grads, alpha=w)
+        if acc is not None:
+            for p, a in zip((p for g in self.param_groups for p in g["params"]), acc):
+                p.grad = a
+        self.base_optimizer.step()
+        self._opt_called = True
+        return total
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The base optimizer's state (momentum buffers, param groups incl. rho and lr) plus Rand-SAM's generator;
+        the stored copy of w is transient and not saved."""
+        return {"base": self.base_optimizer.state_dict(), "rule": self.rule, "steps_k": self.steps_k,
+                "generator": None if self.generator is None else self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("rule") != self.rule or state_dict.get("steps_k") != self.steps_k:
+            raise ValueError(f"checkpoint is for rule={state_dict.get('rule')!r} steps_k={state_dict.get('steps_k')},"
+                             f" this optimizer has rule={self.rule!r} steps_k={self.steps_k}")
+        self.base_optimizer.load_state_dict(state_dict["base"])
+        self.param_groups = self.base_optimizer.param_groups  # load_state_dict built new group dicts: re-link
+        if self.generator is not None and state_dict.get("generator") is not None:
+            self.generator.set_state(state_dict["generator"])

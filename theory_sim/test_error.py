@@ -1,0 +1,80 @@
+"""Test error of trained networks: an exact-in-distribution Gaussian estimator and the plain held-out estimator.
+
+Label noise is independent of x, so for any classifier  err = p + (1 - 2p) * P_clean(yhat f(W, x) <= 0)  (SPEC 5),
+and p is the Bayes error. For a clean point the signal patch is deterministic given yhat and every noise patch enters
+only through z = (<w_{j,r}, xi>)_{j,r}, which is Gaussian N(0, sigma_p^2 W Pi W^T) in R^{2m} (Pi projects off mu,
+or is I for the [K23] variant). So P_clean is estimated from 2m-dimensional Gaussian draws: a cost independent of
+d. Both labels yhat = +-1 are evaluated on the same draws (antithetic), which halves the variance of the estimate.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from theory_sim.data import STREAM_MC, STREAM_TEST, generate_for, run_rng
+from theory_sim.model import Params, TwoLayerCNN
+
+
+def _noise_factor(W: torch.Tensor, sigma_p: torch.Tensor, project_noise: bool) -> torch.Tensor:
+    """L (R, 2m, 2m) with L L^T = sigma_p^2 W Pi W^T (eigendecomposition: robust when 2m > d)."""
+    R, _, m, d = W.shape
+    A = W.reshape(R, 2 * m, d)
+    if project_noise:
+        A = A.clone()
+        A[..., 0] = 0.0  # mu is along e_1
+    gram = A @ A.transpose(1, 2)
+    evals, evecs = torch.linalg.eigh(gram)
+    return evecs * evals.clamp(min=0).sqrt()[:, None, :] * sigma_p[:, None, None]
+
+
+def gaussian_test_error(net: TwoLayerCNN, params: Params, configs, n_mc: int, chunk: int = 32):
+    """Return (test_error, standard_error), each of shape (R,), from n_mc Gaussian draws per run.
+
+    The draws come from each run's own generator (seed, STREAM_MC): same seed, same numbers, whatever the ensemble.
+    """
+    W = params.W
+    R, _, m, d = W.shape
+    c0 = configs[0]
+    K = 1 if c0.noise_patches == "shared" else c0.P - 1
+    mult = c0.P - 1 if c0.noise_patches == "shared" else 1
+    dtype, device = W.dtype, W.device
+    sigma_p = torch.tensor([c.sigma_p for c in configs], dtype=dtype, device=device)
+    flip_p = torch.tensor([c.flip_p for c in configs], dtype=dtype, device=device)
+    mu_norm = torch.tensor([c.mu_norm for c in configs], dtype=dtype, device=device)
+    L = _noise_factor(W, sigma_p, c0.project_noise)
+    scale = net.a_f * net.a_p
+    s = W[..., 0] * mu_norm[:, None, None]                                       # <w_{j,r}, mu>, (R, 2, m)
+    b = params.b if params.b is not None else torch.zeros_like(s)
+    errs, ses = [], []
+    for lo in range(0, R, chunk):
+        hi = min(R, lo + chunk)
+        u = torch.stack([torch.as_tensor(run_rng(c.seed, STREAM_MC).standard_normal((n_mc, K, 2 * m)), dtype=dtype)
+                         for c in configs[lo:hi]]).to(device)                     # (r, M, K, 2m)
+        z = (u @ L[lo:hi].transpose(1, 2)[:, None]).reshape(hi - lo, n_mc, K, 2, m) + b[lo:hi, None, None]
+        noise = scale * mult * torch.relu(z).sum(dim=(2, 4))                     # (r, M, 2): per sign j
+        noise_f = noise[..., 0] - noise[..., 1]                                   # (r, M)
+        wrong = []
+        for yhat in (1.0, -1.0):
+            sig = scale * torch.relu(yhat * s[lo:hi] + b[lo:hi]).sum(-1)         # (r, 2)
+            f = (sig[:, 0] - sig[:, 1])[:, None] + noise_f
+            wrong.append((yhat * f <= 0).to(dtype))
+        e = 0.5 * (wrong[0] + wrong[1])                                           # (r, M) antithetic pairs
+        p_clean = e.mean(1)
+        se_clean = e.std(1) / math.sqrt(n_mc)
+        p = flip_p[lo:hi]
+        errs.append(p + (1 - 2 * p) * p_clean)
+        ses.append((1 - 2 * p) * se_clean)
+    return torch.cat(errs), torch.cat(ses)
+
+
+def heldout_test_error(net: TwoLayerCNN, params: Params, configs, n_test: int, chunk: int = 8) -> torch.Tensor:
+    """Fraction of n_test fresh samples (labels flipped with prob. p, as in training) with y f(W, x) <= 0."""
+    out = []
+    for lo in range(0, len(configs), chunk):
+        hi = min(len(configs), lo + chunk)
+        data = generate_for(configs[lo:hi], stream=STREAM_TEST, n=n_test, dtype=params.W.dtype,
+                            device=params.W.device)
+        sub = Params.from_tensors([t[lo:hi] for t in params.tensors()])
+        out.append((data.y * net.output(sub, data) <= 0).to(params.W.dtype).mean(1))
+    return torch.cat(out)

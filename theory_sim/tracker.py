@@ -1,0 +1,86 @@
+"""Signal-noise decomposition of the filters, accumulated exactly step by step [C23, K23] (SPEC 4).
+
+    w_{j,r}(t) = w_{j,r}(0) + j gamma_{j,r}(t) mu/||mu||^2 + sum_{i,k} rho_{j,r,i,k}(t) xi_{i,k}/||xi_{i,k}||^2
+
+Every gradient of the network is a combination of mu and the noise vectors (``Gradient.a_sig`` and
+``Gradient.a_noise``), so an update W <- W - eta dW moves the coefficients by
+
+    gamma_{j,r}   += -eta * j * a_sig_{j,r} * ||mu||^2
+    rho_{j,r,i,k} += -eta * a_noise_{j,r,i,k} * ||xi_{i,k}||^2
+
+which is SPEC 4's formula (for SAM the gradient is taken at W + eps, the coefficients still describe W). Because a
+sample's label is fixed, each rho_{j,r,i} only ever moves one way: it is rhobar (>= 0) when y_i = j and rhounder
+(<= 0) when y_i = -j, so one array holds both and masks split them. ``reconstruct`` rebuilds W from the
+coefficients; its distance to the trained W is float round-off.
+"""
+from __future__ import annotations
+
+import torch
+
+from theory_sim.data import Batch
+from theory_sim.model import Gradient, Params
+
+
+def _safe_inverse(x: torch.Tensor) -> torch.Tensor:
+    """1/x with 1/0 := 0 (a zero signal or noise vector never moves the weights, so its coefficient is 0)."""
+    return torch.where(x > 0, 1.0 / torch.where(x > 0, x, torch.ones_like(x)), torch.zeros_like(x))
+
+
+class CoefficientTracker:
+    def __init__(self, params: Params, data: Batch):
+        self.W0 = params.W.clone()
+        R, _, m, _ = params.W.shape
+        _, n, K, _ = data.xi.shape
+        self.gamma = torch.zeros(R, 2, m, dtype=params.W.dtype, device=params.W.device)
+        self.rho = torch.zeros(R, 2, m, n, K, dtype=params.W.dtype, device=params.W.device)
+        self.mu_sq = data.mu.pow(2).sum(-1)                     # (R,)
+        self.xi_sq = data.xi.pow(2).sum(-1)                     # (R, n, K)
+        self.signs = torch.tensor([1.0, -1.0], dtype=params.W.dtype, device=params.W.device)
+        # rhobar entries: y_i = j ; rhounder entries: y_i = -j
+        self.is_bar = (data.y[:, None, None, :, None] == self.signs[None, :, None, None, None])  # (R,2,1,n,1)
+        self.clean = data.clean
+
+    def update(self, grad: Gradient, step_size: torch.Tensor, idx: torch.Tensor | None) -> None:
+        """Add the increments of W <- W - step_size * grad.dW (step_size: (R,), 0 for frozen runs)."""
+        step = step_size[:, None, None]
+        self.gamma -= step * self.signs[None, :, None] * grad.a_sig * self.mu_sq[:, None, None]
+        R, _, m, B, K = grad.a_noise.shape
+        if idx is None:
+            self.rho -= step[..., None, None] * grad.a_noise * self.xi_sq[:, None, None]
+        else:
+            rows = torch.arange(R, device=idx.device)[:, None]
+            xi_sq = self.xi_sq[rows, idx]                         # (R, B, K)
+            delta = -step[..., None, None] * grad.a_noise * xi_sq[:, None, None]
+            self.rho.scatter_add_(3, idx[:, None, None, :, None].expand(R, 2, m, B, K), delta)
+
+    def reconstruct(self, data: Batch) -> torch.Tensor:
+        """W0 + j gamma mu/||mu||^2 + sum rho xi/||xi||^2, shape (R, 2, m, d)."""
+        R, _, m, _ = self.W0.shape
+        _, n, K, d = data.xi.shape
+        mu_dir = data.mu * _safe_inverse(self.mu_sq)[:, None]
+        xi_dir = data.xi * _safe_inverse(self.xi_sq)[..., None]
+        noise = torch.bmm(self.rho.reshape(R, 2 * m, n * K), xi_dir.reshape(R, n * K, d)).reshape(R, 2, m, d)
+        return self.W0 + (self.signs[None, :, None] * self.gamma)[..., None] * mu_dir[:, None, None, :] + noise
+
+    def summaries(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-run summaries (each (R,)); ``z`` are the noise pre-activations at the current W (R, 2, m, n, K)."""
+        neg_inf = torch.tensor(float("-inf"), dtype=self.rho.dtype, device=self.rho.device)
+        pos_inf = torch.tensor(float("inf"), dtype=self.rho.dtype, device=self.rho.device)
+        bar = torch.where(self.is_bar, self.rho, neg_inf)
+        under = torch.where(self.is_bar, pos_inf, self.rho)
+        # memorisation of sample i by the filters of its own label: max_{r,k} rhobar_{y_i, r, i, k}
+        per_sample = bar.amax(dim=(2, 4)).amax(1)                # (R, n)
+        clean = self.clean.to(per_sample.dtype)
+        flipped = 1.0 - clean
+        nan = torch.full_like(clean[:, 0], float("nan"))
+        n_clean, n_flip = clean.sum(1), flipped.sum(1)
+        return {
+            "gamma_max": self.gamma.amax(dim=(1, 2)),
+            "gamma_max_pos": self.gamma[:, 0].amax(-1),
+            "gamma_max_neg": self.gamma[:, 1].amax(-1),
+            "rhobar_max": bar.flatten(1).amax(1),
+            "rhounder_min": under.flatten(1).amin(1),
+            "rhobar_clean_mean": torch.where(n_clean > 0, (per_sample * clean).sum(1) / n_clean.clamp(min=1), nan),
+            "rhobar_flipped_mean": torch.where(n_flip > 0, (per_sample * flipped).sum(1) / n_flip.clamp(min=1), nan),
+            "noise_active_frac": (z > 0).to(z.dtype).flatten(1).mean(1),
+        }

@@ -1,0 +1,189 @@
+"""SGD and SAM on the two-layer CNN, for R independent runs trained as ONE batched computation [C23 Sec. 3-4].
+
+Epoch t splits each run's data into H = n/B batches without replacement (its own permutation). At step (t, b):
+
+    SGD:  W <- W - eta * grad L_I(W)
+    SAM:  eps = tau * grad L_I(W) / ||grad L_I(W)||_F   (norm over the 2m filters, and biases, of THIS run)
+          W <- W - eta * grad L_I(W + eps)
+
+``sam_steps=K`` runs SAM for the first K steps and plain SGD afterwards, the schedule of [C23]'s SAM result. Runs
+stop individually: at max epochs, once their full training loss is <= loss_eps (checked after each epoch), or when
+they diverge (non-finite weights: the run is flagged ``diverged`` and frozen at its last finite weights).
+
+The perturbation uses the SAM-family rule of ``theory_sim.perturbation`` with one radius per run, so SGD runs
+(radius 0) and SAM runs share an ensemble.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from theory_sim.config import STRUCTURAL_FIELDS, ConfigError, SimConfig, device_of
+from theory_sim.data import STREAM_BATCHES, Batch, generate_for, run_rng
+from theory_sim.model import Params, TwoLayerCNN
+from theory_sim.perturbation import perturbation
+from theory_sim.test_error import gaussian_test_error, heldout_test_error
+from theory_sim.tracker import CoefficientTracker
+
+TRAJECTORY_MC = 2000  # Gaussian draws per logged test error (the final one uses the config's n_mc)
+
+
+@dataclass
+class EnsembleResult:
+    configs: list[SimConfig]
+    summary: pd.DataFrame                 # one row per run
+    trajectory: pd.DataFrame              # one row per (logged step, run)
+    params: Params                        # final weights
+    init: Params                          # initial weights
+    data: Batch                           # training data
+    coefficients: dict[str, np.ndarray] = field(default_factory=dict)  # logged gamma/rho snapshots
+    tracker: CoefficientTracker | None = None
+
+
+def check_ensemble(configs) -> None:
+    if not configs:
+        raise ConfigError("configs must hold at least one run")
+    c0 = configs[0]
+    for c in configs[1:]:
+        for name in STRUCTURAL_FIELDS:
+            if getattr(c, name) != getattr(c0, name):
+                raise ConfigError(f"runs of one ensemble must share {name} (got {getattr(c0, name)!r} and "
+                                  f"{getattr(c, name)!r}); group runs by {STRUCTURAL_FIELDS}")
+
+
+def _batch_schedule(configs, epochs: int, n: int, B: int) -> np.ndarray | None:
+    """(R, epochs, n) per-run permutations; None for full batch (no permutation needed)."""
+    if B == n:
+        return None
+    out = np.empty((len(configs), epochs, n), dtype=np.int64)
+    for r, c in enumerate(configs):
+        rng = run_rng(c.seed, STREAM_BATCHES)
+        for t in range(epochs):
+            out[r, t] = rng.permutation(n)
+    return out
+
+
+def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = True,
+                   progress: bool | None = None, heldout: bool = True) -> EnsembleResult:
+    """Train every run in ``configs`` (sharing the structural fields) and evaluate it.
+
+    track: accumulate the gamma/rho coefficients (and log their summaries).  log: record a trajectory every
+    ``log_every`` steps (train loss, test error, coefficient summaries).  heldout: also estimate the test error on
+    ``n_test`` fresh samples (besides the Gaussian estimator).
+    """
+    from tqdm.auto import tqdm
+
+    check_ensemble(configs)
+    c0 = configs[0]
+    dtype, device = getattr(torch, c0.dtype), device_of(c0.device)
+    R, n, B = len(configs), c0.n, c0.batch_size
+    net = TwoLayerCNN.for_config(c0)
+    data = generate_for(configs, dtype=dtype, device=device)
+    params = net.init([c.seed for c in configs], [c.sigma_0 for c in configs], c0.d, dtype, device)
+    init = params.clone()
+    vec = lambda vals, dt=dtype: torch.tensor(vals, dtype=dt, device=device)  # noqa: E731
+    eta = vec([c.eta for c in configs])
+    tau = vec([c.sam_radius if c.optimizer == "sam" else 0.0 for c in configs])
+    sam_until = vec([(math.inf if c.sam_steps is None else c.sam_steps) if c.optimizer == "sam" else 0
+                     for c in configs], torch.float64)
+    loss_eps = vec([c.loss_eps for c in configs])
+    perms = _batch_schedule(configs, c0.epochs, n, B)
+    perms_t = None if perms is None else torch.as_tensor(perms, device=device)
+    tracker = CoefficientTracker(params, data) if track else None
+
+    active = torch.ones(R, dtype=torch.bool, device=device)
+    diverged = torch.zeros(R, dtype=torch.bool, device=device)
+    steps_done = torch.zeros(R, dtype=torch.long, device=device)
+    rows: list[pd.DataFrame] = []
+    snapshots: dict[str, list] = {"step": [], "gamma": [], "rho": []}
+
+    def record(step: int, epoch: int) -> None:
+        sig, z = net.preactivations(params, data)
+        f = net.output_from_preactivations(sig, z, data.noise_multiplicity)
+        cols = {"step": np.full(R, step), "epoch": np.full(R, epoch), "run": np.arange(R),
+                "seed": [c.seed for c in configs], "optimizer": [c.optimizer for c in configs],
+                "train_loss": torch.nn.functional.softplus(-data.y * f).mean(1),
+                "train_acc": (data.y * f > 0).to(dtype).mean(1),
+                "test_error": gaussian_test_error(net, params, configs, min(TRAJECTORY_MC, c0.n_mc))[0]}
+        if tracker is not None:
+            cols.update(tracker.summaries(z))
+            snapshots["step"].append(step)
+            snapshots["gamma"].append(tracker.gamma.cpu().numpy().copy())
+            snapshots["rho"].append(tracker.rho.cpu().numpy().copy())
+        rows.append(pd.DataFrame({k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in cols.items()}))
+
+    H = n // B
+    total = c0.total_steps
+    bar = tqdm(total=total, desc=f"train d={c0.d} R={R}", disable=(not progress) if progress is not None else None,
+               leave=False)
+    if log:
+        record(0, 0)
+    step = 0
+    for epoch in range(c0.epochs):
+        for b in range(H):
+            idx = None if perms_t is None else perms_t[:, epoch, b * B:(b + 1) * B]
+            batch = data if idx is None else data.select(idx)
+            grad = net.loss_and_grad(params, batch)
+            use_sam = (sam_until > step).to(dtype) * active.to(dtype)
+            if bool((use_sam * tau > 0).any()):
+                eps = perturbation("sam", grad.tensors(), tau * use_sam, batch_dims=1)
+                perturbed = Params.from_tensors([p + e for p, e in zip(params.tensors(), eps)])
+                grad = net.loss_and_grad(perturbed, batch)
+            step_size = eta * active.to(dtype)
+            new = [p - step_size.reshape(-1, *([1] * (p.dim() - 1))) * g
+                   for p, g in zip(params.tensors(), grad.tensors())]
+            finite = torch.stack([t.flatten(1).isfinite().all(1) for t in new]).all(0)
+            newly = active & ~finite
+            if bool(newly.any()):  # freeze diverged runs at their last finite weights
+                diverged |= newly
+                active &= ~newly
+                step_size = eta * active.to(dtype)
+                keep = lambda t: finite.reshape(-1, *([1] * (t.dim() - 1)))  # noqa: E731
+                new = [torch.where(keep(nw), nw, p) for nw, p in zip(new, params.tensors())]
+            params = Params.from_tensors(new)
+            if tracker is not None:
+                grad.a_sig = torch.nan_to_num(grad.a_sig)
+                grad.a_noise = torch.nan_to_num(grad.a_noise)
+                tracker.update(grad, step_size, idx)
+            steps_done += active.long()
+            step += 1
+            bar.update(1)
+            if log and step % c0.log_every == 0:
+                record(step, epoch + (b + 1) / H)
+        # early stopping on the full training loss, once per epoch
+        full_loss = net.loss(params, data)
+        active &= ~(full_loss <= loss_eps)
+        if not bool(active.any()):
+            break
+    bar.close()
+    if log and step % c0.log_every != 0:
+        record(step, c0.epochs if step == total else step / H)
+
+    # final evaluation
+    f = net.output(params, data)
+    test_err, test_se = gaussian_test_error(net, params, configs, c0.n_mc)
+    summary = pd.DataFrame([c.to_dict() for c in configs])
+    summary["tau_effective"] = tau.cpu().numpy()
+    summary["train_loss"] = torch.nn.functional.softplus(-data.y * f).mean(1).cpu().numpy()
+    summary["train_acc"] = (data.y * f > 0).to(dtype).mean(1).cpu().numpy()
+    summary["test_error"] = test_err.cpu().numpy()
+    summary["test_error_se"] = test_se.cpu().numpy()
+    if heldout and c0.n_test > 0:
+        summary["test_error_heldout"] = heldout_test_error(net, params, configs, c0.n_test).cpu().numpy()
+    summary["bayes_error"] = [c.flip_p for c in configs]
+    summary["steps"] = steps_done.cpu().numpy()
+    summary["diverged"] = diverged.cpu().numpy()
+    for col in ("train_loss", "train_acc", "test_error", "test_error_se", "test_error_heldout"):
+        if col in summary:
+            summary.loc[summary["diverged"], col] = np.nan
+    coefficients = {}
+    if tracker is not None and snapshots["step"]:
+        coefficients = {"step": np.asarray(snapshots["step"]), "gamma": np.stack(snapshots["gamma"]),
+                        "rho": np.stack(snapshots["rho"]), "y": data.y.cpu().numpy(),
+                        "yhat": data.yhat.cpu().numpy()}
+    trajectory = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    return EnsembleResult(list(configs), summary, trajectory, params, init, data, coefficients, tracker)
