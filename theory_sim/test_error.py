@@ -1,7 +1,11 @@
 """Test error of trained networks: an exact-in-distribution Gaussian estimator and the plain held-out estimator.
 
-Label noise is independent of x, so for any classifier  err = p + (1 - 2p) * P_clean(yhat f(W, x) <= 0)  (SPEC 5),
-and p is the Bayes error. For a clean point the signal patch is deterministic given yhat and every noise patch enters
+Label noise is independent of x, and a point counts as misclassified when y f(W, x) <= 0, so
+
+    err = (1 - p) * P(yhat f <= 0) + p * P(yhat f >= 0)   ( = p + (1 - 2p) P_clean(yhat f <= 0) when P(f = 0) = 0 )
+
+(SPEC 5); p is the Bayes error. A ReLU network outputs exactly 0 with positive probability when every unit is
+inactive, so the tie term is kept rather than assumed away. For a clean point the signal patch is deterministic given yhat and every noise patch enters
 only through z = (<w_{j,r}, xi>)_{j,r}, which is Gaussian N(0, sigma_p^2 W Pi W^T) in R^{2m} (Pi projects off mu,
 or is I for the [K23] variant). So P_clean is estimated from 2m-dimensional Gaussian draws: a cost independent of
 d. Both labels yhat = +-1 are evaluated on the same draws (antithetic), which halves the variance of the estimate.
@@ -16,6 +20,15 @@ from theory_sim.data import STREAM_MC, STREAM_TEST, generate_for, run_rng
 from theory_sim.model import Params, TwoLayerCNN
 
 
+def _normalised(params: Params) -> Params:
+    """Scale each run's (W, b) by its largest entry. f is positively homogeneous in (W, b), so the sign of f — all a
+    test error depends on — is unchanged, and huge-but-finite weights cannot overflow the estimators."""
+    ts = params.tensors()
+    peak = torch.stack([t.flatten(1).abs().amax(1) for t in ts]).amax(0)
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return Params.from_tensors([t / peak.reshape(-1, *([1] * (t.dim() - 1))) for t in ts])
+
+
 def _noise_factor(W: torch.Tensor, sigma_p: torch.Tensor, project_noise: bool) -> torch.Tensor:
     """L (R, 2m, 2m) with L L^T = sigma_p^2 W Pi W^T (eigendecomposition: robust when 2m > d)."""
     R, _, m, d = W.shape
@@ -28,10 +41,18 @@ def _noise_factor(W: torch.Tensor, sigma_p: torch.Tensor, project_noise: bool) -
     return evecs * evals.clamp(min=0).sqrt()[:, None, :] * sigma_p[:, None, None]
 
 
-def gaussian_test_error(net: TwoLayerCNN, params: Params, configs, n_mc: int, chunk: int = 32):
+def standard_draws(configs, n_mc: int, K: int, width: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
+    """(R, n_mc, K, width) standard normal draws, each run's from its own generator (seed, STREAM_MC): same seed,
+    same numbers, whatever the ensemble. Re-using them across logged steps gives smooth trajectories."""
+    return torch.stack([torch.as_tensor(run_rng(c.seed, STREAM_MC).standard_normal((n_mc, K, width)), dtype=dtype)
+                        for c in configs]).to(device)
+
+
+def gaussian_test_error(net: TwoLayerCNN, params: Params, configs, n_mc: int, chunk: int = 32,
+                        draws: torch.Tensor | None = None):
     """Return (test_error, standard_error), each of shape (R,), from n_mc Gaussian draws per run.
 
-    The draws come from each run's own generator (seed, STREAM_MC): same seed, same numbers, whatever the ensemble.
+    ``draws`` may hold pre-computed ``standard_draws`` (then n_mc is taken from it).
     """
     W = params.W
     R, _, m, d = W.shape
@@ -42,6 +63,8 @@ def gaussian_test_error(net: TwoLayerCNN, params: Params, configs, n_mc: int, ch
     sigma_p = torch.tensor([c.sigma_p for c in configs], dtype=dtype, device=device)
     flip_p = torch.tensor([c.flip_p for c in configs], dtype=dtype, device=device)
     mu_norm = torch.tensor([c.mu_norm for c in configs], dtype=dtype, device=device)
+    params = _normalised(params)
+    W = params.W
     L = _noise_factor(W, sigma_p, c0.project_noise)
     scale = net.a_f * net.a_p
     s = W[..., 0] * mu_norm[:, None, None]                                       # <w_{j,r}, mu>, (R, 2, m)
@@ -49,22 +72,20 @@ def gaussian_test_error(net: TwoLayerCNN, params: Params, configs, n_mc: int, ch
     errs, ses = [], []
     for lo in range(0, R, chunk):
         hi = min(R, lo + chunk)
-        u = torch.stack([torch.as_tensor(run_rng(c.seed, STREAM_MC).standard_normal((n_mc, K, 2 * m)), dtype=dtype)
-                         for c in configs[lo:hi]]).to(device)                     # (r, M, K, 2m)
-        z = (u @ L[lo:hi].transpose(1, 2)[:, None]).reshape(hi - lo, n_mc, K, 2, m) + b[lo:hi, None, None]
+        u = draws[lo:hi] if draws is not None else standard_draws(configs[lo:hi], n_mc, K, 2 * m, dtype, device)
+        n_mc = u.shape[1]
+        z = torch.bmm(u.reshape(hi - lo, -1, 2 * m), L[lo:hi].transpose(1, 2))   # (r, M K, 2m)
+        z = z.reshape(hi - lo, n_mc, K, 2, m) + b[lo:hi, None, None]
         noise = scale * mult * torch.relu(z).sum(dim=(2, 4))                     # (r, M, 2): per sign j
         noise_f = noise[..., 0] - noise[..., 1]                                   # (r, M)
-        wrong = []
-        for yhat in (1.0, -1.0):
+        p = flip_p[lo:hi, None]
+        e = 0.0
+        for yhat in (1.0, -1.0):  # both true labels on the same draws (antithetic pairs)
             sig = scale * torch.relu(yhat * s[lo:hi] + b[lo:hi]).sum(-1)         # (r, 2)
-            f = (sig[:, 0] - sig[:, 1])[:, None] + noise_f
-            wrong.append((yhat * f <= 0).to(dtype))
-        e = 0.5 * (wrong[0] + wrong[1])                                           # (r, M) antithetic pairs
-        p_clean = e.mean(1)
-        se_clean = e.std(1) / math.sqrt(n_mc)
-        p = flip_p[lo:hi]
-        errs.append(p + (1 - 2 * p) * p_clean)
-        ses.append((1 - 2 * p) * se_clean)
+            margin = yhat * ((sig[:, 0] - sig[:, 1])[:, None] + noise_f)          # (r, M)
+            e = e + 0.5 * ((1 - p) * (margin <= 0).to(dtype) + p * (margin >= 0).to(dtype))
+        errs.append(e.mean(1))
+        ses.append(e.std(1) / math.sqrt(n_mc))
     return torch.cat(errs), torch.cat(ses)
 
 
@@ -75,6 +96,6 @@ def heldout_test_error(net: TwoLayerCNN, params: Params, configs, n_test: int, c
         hi = min(len(configs), lo + chunk)
         data = generate_for(configs[lo:hi], stream=STREAM_TEST, n=n_test, dtype=params.W.dtype,
                             device=params.W.device)
-        sub = Params.from_tensors([t[lo:hi] for t in params.tensors()])
+        sub = _normalised(Params.from_tensors([t[lo:hi] for t in params.tensors()]))
         out.append((data.y * net.output(sub, data) <= 0).to(params.W.dtype).mean(1))
     return torch.cat(out)

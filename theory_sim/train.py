@@ -26,7 +26,7 @@ from theory_sim.config import STRUCTURAL_FIELDS, ConfigError, SimConfig, device_
 from theory_sim.data import STREAM_BATCHES, Batch, generate_for, run_rng
 from theory_sim.model import Params, TwoLayerCNN
 from theory_sim.perturbation import perturbation
-from theory_sim.test_error import gaussian_test_error, heldout_test_error
+from theory_sim.test_error import gaussian_test_error, heldout_test_error, standard_draws
 from theory_sim.tracker import CoefficientTracker
 
 TRAJECTORY_MC = 2000  # Gaussian draws per logged test error (the final one uses the config's n_mc)
@@ -101,6 +101,9 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
     rows: list[pd.DataFrame] = []
     snapshots: dict[str, list] = {"step": [], "gamma": [], "rho": []}
 
+    K = data.xi.shape[2]
+    draws = standard_draws(configs, min(TRAJECTORY_MC, c0.n_mc), K, 2 * c0.m, dtype, device) if log else None
+
     def record(step: int, epoch: int) -> None:
         sig, z = net.preactivations(params, data)
         f = net.output_from_preactivations(sig, z, data.noise_multiplicity)
@@ -108,7 +111,7 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
                 "seed": [c.seed for c in configs], "optimizer": [c.optimizer for c in configs],
                 "train_loss": torch.nn.functional.softplus(-data.y * f).mean(1),
                 "train_acc": (data.y * f > 0).to(dtype).mean(1),
-                "test_error": gaussian_test_error(net, params, configs, min(TRAJECTORY_MC, c0.n_mc))[0]}
+                "test_error": gaussian_test_error(net, params, configs, 0, draws=draws)[0]}
         if tracker is not None:
             cols.update(tracker.summaries(z))
             snapshots["step"].append(step)
@@ -133,17 +136,15 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
                 eps = perturbation("sam", grad.tensors(), tau * use_sam, batch_dims=1)
                 perturbed = Params.from_tensors([p + e for p, e in zip(params.tensors(), eps)])
                 grad = net.loss_and_grad(perturbed, batch)
+            cand = [p - eta.reshape(-1, *([1] * (p.dim() - 1))) * g for p, g in zip(params.tensors(), grad.tensors())]
+            # a sum is non-finite iff some entry is (or it overflowed, which is divergence too): one cheap pass
+            finite = torch.stack([t.flatten(1).sum(1).isfinite() for t in cand]).all(0)
+            diverged |= active & ~finite   # freeze diverged runs at their last finite weights
+            active &= finite
+            # frozen runs keep their weights (never 0 * grad: the gradient of a diverged run may be NaN)
+            new = [torch.where(active.reshape(-1, *([1] * (c.dim() - 1))), c, p)
+                   for c, p in zip(cand, params.tensors())]
             step_size = eta * active.to(dtype)
-            new = [p - step_size.reshape(-1, *([1] * (p.dim() - 1))) * g
-                   for p, g in zip(params.tensors(), grad.tensors())]
-            finite = torch.stack([t.flatten(1).isfinite().all(1) for t in new]).all(0)
-            newly = active & ~finite
-            if bool(newly.any()):  # freeze diverged runs at their last finite weights
-                diverged |= newly
-                active &= ~newly
-                step_size = eta * active.to(dtype)
-                keep = lambda t: finite.reshape(-1, *([1] * (t.dim() - 1)))  # noqa: E731
-                new = [torch.where(keep(nw), nw, p) for nw, p in zip(new, params.tensors())]
             params = Params.from_tensors(new)
             if tracker is not None:
                 grad.a_sig = torch.nan_to_num(grad.a_sig)

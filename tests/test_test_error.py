@@ -1,0 +1,60 @@
+"""Test-error estimators: the 2m-dimensional Gaussian estimator against held-out samples and an exact case."""
+import numpy as np
+import pytest
+import torch
+
+from theory_sim.config import SimConfig
+from theory_sim.model import Params, TwoLayerCNN
+from theory_sim.test_error import gaussian_test_error, heldout_test_error
+from theory_sim.train import train_ensemble
+
+
+@pytest.mark.parametrize("model,noise_patches", [("c23", "shared"), ("c23", "independent"), ("kou2023", "shared")])
+def test_gaussian_estimator_agrees_with_20000_heldout_points(model, noise_patches):
+    base = SimConfig(d=200, n=20, P=3, m=6, batch_size=5, epochs=8, mu_norm=1.5, flip_p=0.15, model=model,
+                     noise_patches=noise_patches, project_noise=(model == "c23"), n_test=20000, n_mc=40000)
+    cfgs = [base.replace(seed=s) for s in range(3)]
+    res = train_ensemble(cfgs, progress=False, log=False, track=False)
+    s = res.summary
+    err_g, se_g = s.test_error.values, s.test_error_se.values
+    err_h = s.test_error_heldout.values
+    se_h = np.sqrt(err_h * (1 - err_h) / 20000)
+    z = np.abs(err_g - err_h) / np.sqrt(se_g**2 + se_h**2)
+    assert np.all(z < 3.5), (err_g, err_h, z)
+    assert np.all((err_g > base.flip_p + 0.02) & (err_g < 0.5))  # a non-trivial error level
+
+
+def test_gaussian_estimator_exact_case():
+    """m=1, w_{+1} along a noise direction, w_{-1}=0: f = (P-1) relu(z) >= 0 and f = 0 iff z <= 0 (prob 1/2).
+    A point with f = 0 is wrong whatever its label; otherwise (f > 0) it is wrong iff y = -1 (prob 1/2).
+    So err = 1/2 + 1/2 * 1/2 = 3/4 for every p: the tie term matters."""
+    cfg = SimConfig(d=5, m=1, P=3, flip_p=0.2, n_mc=200_000, mu_norm=2.0)
+    W = torch.zeros(1, 2, 1, 5, dtype=torch.float64)
+    W[0, 0, 0, 2] = 0.7
+    net = TwoLayerCNN.for_config(cfg)
+    err, se = gaussian_test_error(net, Params(W), [cfg], cfg.n_mc)
+    exact = 0.75
+    assert abs(err.item() - exact) <= 4 * se.item() + 1e-12
+    held = heldout_test_error(net, Params(W), [cfg.replace(n_test=100_000)], 100_000)
+    assert abs(held.item() - exact) <= 4 * np.sqrt(exact * (1 - exact) / 100_000)
+
+
+def test_bayes_error_at_perfect_signal_classifier():
+    """Filters aligned with mu and orthogonal to the noise: every clean point is right, err = p exactly."""
+    cfg = SimConfig(d=6, m=2, P=2, flip_p=0.1, n_mc=1000)
+    W = torch.zeros(1, 2, 2, 6, dtype=torch.float64)
+    W[0, 0, :, 0] = 1.0
+    W[0, 1, :, 0] = -1.0
+    err, se = gaussian_test_error(TwoLayerCNN.for_config(cfg), Params(W), [cfg], cfg.n_mc)
+    assert err.item() == pytest.approx(0.1, abs=1e-15) and se.item() <= 1e-15
+
+
+def test_estimators_are_scale_invariant_and_survive_huge_weights():
+    cfg = SimConfig(d=30, m=3, P=2, n_mc=2000, n_test=500)
+    net = TwoLayerCNN.for_config(cfg)
+    W = net.init([1], [1.0], 30).W
+    e1, _ = gaussian_test_error(net, Params(W), [cfg], cfg.n_mc)
+    e2, _ = gaussian_test_error(net, Params(W * 1e300), [cfg], cfg.n_mc)
+    assert torch.equal(e1, e2)
+    assert torch.equal(heldout_test_error(net, Params(W), [cfg], 500),
+                       heldout_test_error(net, Params(W * 1e300), [cfg], 500))

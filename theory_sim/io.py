@@ -1,0 +1,103 @@
+"""Results on disk: atomic writes, parquet tables with a JSON sidecar, provenance (config, git commit, versions).
+
+A finished result is never lost or half-written: every file is written to a temporary file in the same directory,
+flushed to disk, then renamed over the target (``os.replace`` is atomic on POSIX), so a reader sees either the old
+file or the complete new one.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_table(df: pd.DataFrame, path: str | os.PathLike, sidecar: dict | None = None) -> None:
+    """Write ``df`` as parquet and, when given, its metadata as ``<path without .parquet>.json``."""
+    write_parquet(df, path)
+    if sidecar is not None:
+        write_json(Path(path).with_suffix(".json"), sidecar)
+
+
+def git_commit() -> str:
+    """The commit of the theory_sim checkout (with '-dirty' when it has uncommitted changes), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        if not commit:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    import theory_sim
+
+    return {
+        "git_commit": git_commit(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "argv": sys.argv,
+        "versions": {"python": platform.python_version(), "theory_sim": theory_sim.__version__,
+                     "torch": torch.__version__, "numpy": np.__version__, "pandas": pd.__version__},
+    }

@@ -1,0 +1,56 @@
+"""Figures of coefficient trajectories (matplotlib, Agg backend: works without a display)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+PANELS = [
+    ("train_loss", "training loss", True),
+    ("test_error", "test error (Gaussian estimator)", False),
+    ("gamma_max", r"signal: $\max_{j,r}\,\gamma_{j,r}$", False),
+    ("rhobar_max", r"noise memorisation: $\max\,\bar\rho$", True),
+    ("rhounder_min", r"$\min\,\underline{\rho}$", False),
+    ("noise_active_frac", r"noise-active fraction: $\langle w_{j,r},\xi_i\rangle>0$", False),
+]
+
+
+def plot_trajectory(traj: pd.DataFrame, path: str | Path, *, group: str = "optimizer", title: str = "",
+                    bayes_error: float | None = None, markers: dict[str, float] | None = None) -> None:
+    """Mean over seeds (line) and min-max band of every summary, one colour per value of ``group``.
+
+    ``markers``: vertical lines, e.g. {"SAM -> SGD": 200}.
+    """
+    panels = [p for p in PANELS if p[0] in traj.columns]
+    ncol = 3
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 3.2 * nrow), squeeze=False)
+    for ax, (col, label, logy) in zip(axes.flat, panels):
+        for k, (name, df) in enumerate(traj.groupby(group, sort=True)):
+            stats = df.groupby("step")[col].agg(["mean", "min", "max"])
+            colour = f"C{k}"
+            ax.plot(stats.index, stats["mean"], color=colour, label=str(name))
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
+        if col == "test_error" and bayes_error is not None:
+            ax.axhline(bayes_error, color="k", ls=":", lw=1, label=f"Bayes error p={bayes_error:g}")
+        for text, x in (markers or {}).items():
+            ax.axvline(x, color="grey", ls="--", lw=1)
+            ax.text(x, ax.get_ylim()[1], f" {text}", va="top", ha="left", fontsize=7, color="grey")
+        if logy:
+            ax.set_yscale("symlog", linthresh=1e-3) if col != "train_loss" else ax.set_yscale("log")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
