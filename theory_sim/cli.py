@@ -14,22 +14,27 @@ from theory_sim.config import ConfigError
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "simulate": ("theory_sim.simulate", "train SGD/SAM two-layer CNN runs at one setting, track gamma/rho"),
+    "cifar": ("theory_sim.cifar.train", "train a WideResNet on CIFAR-10/100 with SGD or the SAM family"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; only the chosen verb's module is imported (fast start, and one verb's dependencies
+    never break another's)."""
     parser = argparse.ArgumentParser(prog="python -m theory_sim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb, (module, help_text) in VERBS.items():
-        p = sub.add_parser(verb, help=help_text, description=help_text)
-        importlib.import_module(module).add_arguments(p)
+    for name, (module, help_text) in VERBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == verb:
+            importlib.import_module(module).add_arguments(p)
         p.set_defaults(_module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(verb).parse_args(argv)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except ConfigError as exc:  # invalid parameters: one clear line, no traceback

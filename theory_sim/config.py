@@ -126,6 +126,7 @@ class SimConfig:
         check_choice("dtype", self.dtype, DTYPES)
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        device_of(self.device)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -178,5 +179,7 @@ def device_of(name: str):
     except RuntimeError as exc:
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} requested but CUDA is not available (use device='auto' or 'cpu')")
+        raise ConfigError(f"device must be 'auto' or 'cpu' here: {name!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device index must be in [0, {torch.cuda.device_count() - 1}], got {name!r}")
     return dev

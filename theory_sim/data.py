@@ -39,6 +39,13 @@ class Batch:
     xi: torch.Tensor          # (R, n, K, d) noise vectors
     P: int
     shared: bool              # True: one xi fills all P-1 noise patches
+    basis: torch.Tensor | None = None  # (R, 1 + n K, d) = [mu, xi_11, ..., xi_nK]; built on demand
+
+    def __post_init__(self) -> None:
+        if self.basis is None:
+            # mu and the noise vectors side by side: the network's forward and backward are then one matmul each
+            R, n, K, d = self.xi.shape
+            self.basis = torch.cat([self.mu[:, None], self.xi.reshape(R, n * K, d)], 1)
 
     @property
     def R(self) -> int:
@@ -59,10 +66,14 @@ class Batch:
         return self.y == self.yhat
 
     def select(self, idx: torch.Tensor) -> "Batch":
-        """Per-run sample subsets: idx has shape (R, B)."""
+        """Per-run sample subsets: idx has shape (R, B). One gather copies mu and the chosen noise vectors."""
+        R, _, K, d = self.xi.shape
+        B = idx.shape[1]
         rows = torch.arange(self.R, device=idx.device)[:, None]
-        return Batch(self.mu, self.yhat[rows, idx], self.y[rows, idx], self.pos[rows, idx], self.xi[rows, idx],
-                     self.P, self.shared)
+        noise_rows = 1 + (idx[..., None] * K + torch.arange(K, device=idx.device)).reshape(R, B * K)
+        basis = self.basis[rows, torch.cat([torch.zeros_like(idx[:, :1]), noise_rows], 1)]
+        return Batch(self.mu, self.yhat[rows, idx], self.y[rows, idx], self.pos[rows, idx],
+                     basis[:, 1:].reshape(R, B, K, d), self.P, self.shared, basis)
 
     def patches(self) -> torch.Tensor:
         """Full input x of shape (R, n, P, d): patch pos is yhat*mu, the others are the noise vectors in order."""

@@ -51,6 +51,7 @@ class Gradient:
     db: torch.Tensor | None
     a_sig: torch.Tensor     # (R, 2, m): dW = a_sig * mu + sum_{i,k} a_noise_{i,k} xi_{i,k}
     a_noise: torch.Tensor   # (R, 2, m, n, K)
+    noise_active: torch.Tensor | None = None  # (R,) fraction of noise pre-activations > 0 where grad was taken
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.dW] if self.db is None else [self.dW, self.db]
@@ -103,9 +104,10 @@ class TwoLayerCNN:
         W = params.W
         R, _, m, d = W.shape
         _, n, K, _ = data.xi.shape
-        s = torch.einsum("rjmd,rd->rjm", W, data.mu)
+        proj = torch.bmm(W.reshape(R, 2 * m, d), data.basis.transpose(1, 2)).reshape(R, 2, m, 1 + n * K)
+        s = proj[..., 0]                                                          # <w_{j,r}, mu>
         sig = s[..., None] * data.yhat[:, None, None, :]
-        z = torch.bmm(W.reshape(R, 2 * m, d), data.xi.reshape(R, n * K, d).transpose(1, 2)).reshape(R, 2, m, n, K)
+        z = proj[..., 1:].reshape(R, 2, m, n, K)                                  # <w_{j,r}, xi_{i,k}>
         if params.b is not None:
             sig = sig + params.b[..., None]
             z = z + params.b[..., None, None]
@@ -145,12 +147,12 @@ class TwoLayerCNN:
         a_noise = coef[..., None] * act_z * mult                                 # (R, 2, m, n, K)
         R, _, m, d = params.W.shape
         n, K = a_noise.shape[-2:]
-        dW = a_sig[..., None] * data.mu[:, None, None, :] + torch.bmm(
-            a_noise.reshape(R, 2 * m, n * K), data.xi.reshape(R, n * K, d)).reshape(R, 2, m, d)
+        coefs = torch.cat([a_sig[..., None], a_noise.reshape(R, 2, m, n * K)], -1)
+        dW = torch.bmm(coefs.reshape(R, 2 * m, 1 + n * K), data.basis).reshape(R, 2, m, d)
         db = None
         if params.b is not None:
             db = (coef * (act_sig + mult * act_z.sum(-1))).sum(-1)
-        return Gradient(logistic_loss(margin).mean(-1), f, dW, db, a_sig, a_noise)
+        return Gradient(logistic_loss(margin).mean(-1), f, dW, db, a_sig, a_noise, act_z.flatten(1).mean(1))
 
     # ---------------------------------------------------------------------------------------------------------
     def output_patches(self, params: Params, x: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,11 @@ PANELS = [
     ("test_error", "test error (Gaussian estimator)", False),
     ("gamma_max", r"signal: $\max_{j,r}\,\gamma_{j,r}$", False),
     ("rhobar_max", r"noise memorisation: $\max\,\bar\rho$", True),
+    ("rhobar_clean_mean", r"clean samples: mean$_i \max_r \bar\rho_{y_i,r,i}$", False),
+    ("rhobar_flipped_mean", r"flipped samples: mean$_i \max_r \bar\rho_{y_i,r,i}$", False),
     ("rhounder_min", r"$\min\,\underline{\rho}$", False),
     ("noise_active_frac", r"noise-active fraction: $\langle w_{j,r},\xi_i\rangle>0$", False),
+    ("update_noise_active_frac", r"... at the update point ($W+\epsilon$ for SAM)", False),
 ]
 
 

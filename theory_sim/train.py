@@ -104,6 +104,10 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
     K = data.xi.shape[2]
     draws = standard_draws(configs, min(TRAJECTORY_MC, c0.n_mc), K, 2 * c0.m, dtype, device) if log else None
 
+    # fraction of noise terms that are active where the gradient is taken (W + eps for SAM, the quantity SAM
+    # switches off [C23]), averaged over the steps since the last log
+    update_active = {"sum": torch.zeros(R, dtype=dtype, device=device), "count": 0}
+
     def record(step: int, epoch: int) -> None:
         sig, z = net.preactivations(params, data)
         f = net.output_from_preactivations(sig, z, data.noise_multiplicity)
@@ -112,6 +116,10 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
                 "train_loss": torch.nn.functional.softplus(-data.y * f).mean(1),
                 "train_acc": (data.y * f > 0).to(dtype).mean(1),
                 "test_error": gaussian_test_error(net, params, configs, 0, draws=draws)[0]}
+        cols["update_noise_active_frac"] = (update_active["sum"] / update_active["count"] if update_active["count"]
+                                            else torch.full((R,), float("nan"), dtype=dtype))
+        update_active["sum"].zero_()
+        update_active["count"] = 0
         if tracker is not None:
             cols.update(tracker.summaries(z))
             snapshots["step"].append(step)
@@ -136,16 +144,22 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
                 eps = perturbation("sam", grad.tensors(), tau * use_sam, batch_dims=1)
                 perturbed = Params.from_tensors([p + e for p, e in zip(params.tensors(), eps)])
                 grad = net.loss_and_grad(perturbed, batch)
-            cand = [p - eta.reshape(-1, *([1] * (p.dim() - 1))) * g for p, g in zip(params.tensors(), grad.tensors())]
+            update_active["sum"] += grad.noise_active
+            update_active["count"] += 1
+            step_size = eta * active.to(dtype)   # stopped runs step by 0
+            cand = [torch.addcmul(p, step_size.reshape(-1, *([1] * (p.dim() - 1))), g, value=-1.0)
+                    for p, g in zip(params.tensors(), grad.tensors())]
             # a sum is non-finite iff some entry is (or it overflowed, which is divergence too): one cheap pass
             finite = torch.stack([t.flatten(1).sum(1).isfinite() for t in cand]).all(0)
-            diverged |= active & ~finite   # freeze diverged runs at their last finite weights
-            active &= finite
-            # frozen runs keep their weights (never 0 * grad: the gradient of a diverged run may be NaN)
-            new = [torch.where(active.reshape(-1, *([1] * (c.dim() - 1))), c, p)
-                   for c, p in zip(cand, params.tensors())]
-            step_size = eta * active.to(dtype)
-            params = Params.from_tensors(new)
+            if not bool(finite.all()):
+                # freeze diverged runs at their last finite weights; frozen runs step by 0, but 0 * NaN is NaN
+                diverged |= active & ~finite
+                active &= finite
+                bad = ~finite
+                for c, p in zip(cand, params.tensors()):
+                    c[bad] = p[bad]
+                step_size = eta * active.to(dtype)
+            params = Params.from_tensors(cand)
             if tracker is not None:
                 grad.a_sig = torch.nan_to_num(grad.a_sig)
                 grad.a_noise = torch.nan_to_num(grad.a_noise)
