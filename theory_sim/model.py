@@ -52,6 +52,7 @@ class Gradient:
     a_sig: torch.Tensor     # (R, 2, m): dW = a_sig * mu + sum_{i,k} a_noise_{i,k} xi_{i,k}
     a_noise: torch.Tensor   # (R, 2, m, n, K)
     noise_active: torch.Tensor | None = None  # (R,) fraction of noise pre-activations > 0 where grad was taken
+    finite: torch.Tensor | None = None        # (R,) all pre-activations finite (else the run has diverged)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.dW] if self.db is None else [self.dW, self.db]
@@ -152,7 +153,10 @@ class TwoLayerCNN:
         db = None
         if params.b is not None:
             db = (coef * (act_sig + mult * act_z.sum(-1))).sum(-1)
-        return Gradient(logistic_loss(margin).mean(-1), f, dW, db, a_sig, a_noise, act_z.flatten(1).mean(1))
+        # Non-finite weights show in the pre-activations: every weight coordinate meets mu or a noise vector with a
+        # non-zero entry (a coordinate no data vector touches never moves). A cheap check on (R, 2m, 1 + nK) values.
+        finite = torch.isfinite(z).flatten(1).all(1) & torch.isfinite(sig).flatten(1).all(1)
+        return Gradient(logistic_loss(margin).mean(-1), f, dW, db, a_sig, a_noise, act_z.flatten(1).mean(1), finite)
 
     # ---------------------------------------------------------------------------------------------------------
     def output_patches(self, params: Params, x: torch.Tensor) -> torch.Tensor:

@@ -95,6 +95,7 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
     perms_t = None if perms is None else torch.as_tensor(perms, device=device)
     tracker = CoefficientTracker(params, data) if track else None
 
+    previous = params
     active = torch.ones(R, dtype=torch.bool, device=device)
     diverged = torch.zeros(R, dtype=torch.bool, device=device)
     steps_done = torch.zeros(R, dtype=torch.long, device=device)
@@ -139,27 +140,28 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
             idx = None if perms_t is None else perms_t[:, epoch, b * B:(b + 1) * B]
             batch = data if idx is None else data.select(idx)
             grad = net.loss_and_grad(params, batch)
+            finite = grad.finite
             use_sam = (sam_until > step).to(dtype) * active.to(dtype)
             if bool((use_sam * tau > 0).any()):
                 eps = perturbation("sam", grad.tensors(), tau * use_sam, batch_dims=1)
                 perturbed = Params.from_tensors([p + e for p, e in zip(params.tensors(), eps)])
                 grad = net.loss_and_grad(perturbed, batch)
+                finite = finite & grad.finite
             update_active["sum"] += grad.noise_active
             update_active["count"] += 1
             step_size = eta * active.to(dtype)   # stopped runs step by 0
-            cand = [torch.addcmul(p, step_size.reshape(-1, *([1] * (p.dim() - 1))), g, value=-1.0)
-                    for p, g in zip(params.tensors(), grad.tensors())]
-            # a sum is non-finite iff some entry is (or it overflowed, which is divergence too): one cheap pass
-            finite = torch.stack([t.flatten(1).sum(1).isfinite() for t in cand]).all(0)
+            new = [torch.addcmul(p, step_size.reshape(-1, *([1] * (p.dim() - 1))), g, value=-1.0)
+                   for p, g in zip(params.tensors(), grad.tensors())]
             if not bool(finite.all()):
-                # freeze diverged runs at their last finite weights; frozen runs step by 0, but 0 * NaN is NaN
-                diverged |= active & ~finite
-                active &= finite
+                # W_t gave non-finite pre-activations: the run diverged. Freeze it at its last finite weights
+                # W_{t-1} (``previous``). Frozen runs step by 0, but 0 * NaN is NaN, so copy rather than step.
                 bad = ~finite
-                for c, p in zip(cand, params.tensors()):
-                    c[bad] = p[bad]
+                diverged |= active & bad
+                active &= ~bad
                 step_size = eta * active.to(dtype)
-            params = Params.from_tensors(cand)
+                for nw, old in zip(new, previous.tensors()):
+                    nw[bad] = old[bad]
+            previous, params = params, Params.from_tensors(new)
             if tracker is not None:
                 grad.a_sig = torch.nan_to_num(grad.a_sig)
                 grad.a_noise = torch.nan_to_num(grad.a_noise)
@@ -178,7 +180,14 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
     if log and step % c0.log_every != 0:
         record(step, c0.epochs if step == total else step / H)
 
-    # final evaluation
+    # final evaluation; a run whose last step produced non-finite weights is frozen at the previous ones
+    sig, z = net.preactivations(params, data)
+    bad = ~(torch.isfinite(z).flatten(1).all(1) & torch.isfinite(sig).flatten(1).all(1))
+    if bool(bad.any()):
+        diverged |= bad & active
+        steps_done -= (bad & active).long()
+        params = Params.from_tensors([torch.where(bad.reshape(-1, *([1] * (p.dim() - 1))), o, p)
+                                      for p, o in zip(params.tensors(), previous.tensors())])
     f = net.output(params, data)
     test_err, test_se = gaussian_test_error(net, params, configs, c0.n_mc)
     summary = pd.DataFrame([c.to_dict() for c in configs])
