@@ -14,6 +14,10 @@ from theory_sim.config import ConfigError
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "simulate": ("theory_sim.simulate", "train SGD/SAM two-layer CNN runs at one setting, track gamma/rho"),
+    "sweep": ("theory_sim.sweep", "run (or resume) a phase-diagram sweep from a TOML spec"),
+    "sweep-status": ("theory_sim.sweep_status", "chunks done / total and ETA of a sweep directory"),
+    "figures": ("theory_sim.phase_figures", "regenerate every figure of a sweep from its stored results"),
+    "verify": ("theory_sim.verify", "fit the benign/harmful boundary's shape and compare it with the theorems"),
     "cifar": ("theory_sim.cifar.train", "train a WideResNet on CIFAR-10/100 with SGD or the SAM family"),
 }
 
@@ -21,7 +25,8 @@ VERBS: dict[str, tuple[str, str]] = {
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only the chosen verb's module is imported (fast start, and one verb's dependencies
     never break another's)."""
-    parser = argparse.ArgumentParser(prog="python -m theory_sim", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m theory_sim",
+                                     description="theory_sim: check theorems about SAM against simulation.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, (module, help_text) in VERBS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -1,0 +1,193 @@
+"""``python -m theory_sim figures DIR``: every figure of a sweep, regenerated from DIR/results.parquet alone.
+
+For each slice (n, P, sigma_p) of the sweep, ``phase_diagram[...].png``:
+  row 1: seed-averaged test error of every optimizer variant (shared colour scale 0..0.5) and, with two or more
+         variants, the difference of the second and the first (e.g. SAM - SGD, diverging colours);
+  row 2: the benign / intermediate / harmful map of every variant: benign if the mean test error is <= the benign
+         threshold p + margin (0.5 - p), harmful if >= p + 0.1 (SPEC 5), stated on the figure.
+Every panel is a pcolormesh with correct cell edges (geometric midpoints on log-spaced axes, which are drawn log);
+the located boundaries ||mu||*(d) of every variant and their fitted power laws are overlaid.
+With n, P or sigma_p swept, ``boundary_scaling.png`` plots ||mu||* against them on log-log axes with the fitted and
+the predicted slopes.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm  # noqa: E402
+
+from theory_sim.sweep_spec import log_spaced  # noqa: E402
+from theory_sim.verify import PREDICTED, SLICE, boundaries, cell_arrays, fit_slopes  # noqa: E402
+
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+def cell_edges(values: np.ndarray, log: bool) -> np.ndarray:
+    """Edges around sorted cell centres: midpoints (geometric on a log axis), the ends mirrored outwards."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 1:
+        return np.array([v[0] / 1.2, v[0] * 1.2]) if log else np.array([v[0] - 0.5, v[0] + 0.5])
+    x = np.log(v) if log else v
+    mid = (x[1:] + x[:-1]) / 2
+    edges = np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
+    return np.exp(edges) if log else edges
+
+
+def _overlay(ax, bnd: pd.DataFrame, fits: pd.DataFrame, labels: list[str], sl: dict) -> None:
+    for k, label in enumerate(labels):
+        b = bnd[(bnd.label == label)].sort_values("d")
+        for key, val in sl.items():
+            b = b[b[key] == val]
+        ok = b[b.status == "ok"]
+        colour = "k" if k == 0 else "w"
+        ls = LINESTYLES[k % len(LINESTYLES)]
+        if len(ok):
+            ax.plot(ok.d, ok.mu_star, ls, color=colour, marker="o", ms=3, lw=1.3, label=f"{label}: boundary")
+        f = fits[(fits.label == label) & (fits.dim == "d")] if not fits.empty else fits
+        for key, val in sl.items():
+            if not f.empty:
+                f = f[f[key] == val]
+        if len(f) and np.isfinite(f.slope.iloc[0]):
+            d = np.geomspace(b.d.min(), b.d.max(), 50)
+            ax.plot(d, np.exp(f.intercept.iloc[0]) * d ** f.slope.iloc[0], ls, color=colour, lw=0.8, alpha=0.8,
+                    label=f"{label}: fit slope {f.slope.iloc[0]:.2f}")
+
+
+def draw_figures(out: str | Path) -> list[Path]:
+    from theory_sim.sweep import load_spec
+
+    out = Path(out)
+    spec = load_spec(out)
+    df = pd.read_parquet(out / "results.parquet")
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    p = float(df.flip_p.mean())
+    thr_benign, thr_harmful = spec.benign_threshold(p), p + 0.1
+    labels = [o.label for o in spec.optimizers]
+    cells = cell_arrays(df)
+    bnd = boundaries(cells, thr_benign)
+    fits = fit_slopes(bnd)
+    log_d, log_mu = log_spaced(spec.axis("d")), log_spaced(spec.axis("mu_norm"))
+    err = df.test_error.where(~df.diverged.astype(bool), np.nan)
+    mean = df.assign(err=err).groupby(["label", *SLICE, "d", "mu_norm"]).err.mean().reset_index()
+    paths = []
+    slices = mean[list(SLICE)].drop_duplicates().sort_values(list(SLICE)).to_dict(orient="records")
+    for sl in slices:
+        m = mean
+        for key, val in sl.items():
+            m = m[m[key] == val]
+        ds, mus = np.sort(m.d.unique()), np.sort(m.mu_norm.unique())
+        dx, dy = cell_edges(ds, log_d), cell_edges(mus, log_mu)
+        grids = {lab: m[m.label == lab].pivot(index="mu_norm", columns="d", values="err")
+                 .reindex(index=mus, columns=ds).to_numpy() for lab in labels}
+        ncol = len(labels) + (1 if len(labels) >= 2 else 0)
+        fig, axes = plt.subplots(2, ncol, figsize=(4.6 * ncol, 7.6), squeeze=False)
+        for k, lab in enumerate(labels):
+            ax = axes[0, k]
+            mesh = ax.pcolormesh(dx, dy, grids[lab], cmap="viridis", vmin=0.0, vmax=0.5, shading="flat")
+            ax.set_title(f"{lab}: mean test error", fontsize=10)
+            fig.colorbar(mesh, ax=ax, fraction=0.046)
+            ax = axes[1, k]
+            cat = np.where(np.isnan(grids[lab]), np.nan,
+                           np.where(grids[lab] <= thr_benign, 0, np.where(grids[lab] >= thr_harmful, 2, 1)))
+            cmap = ListedColormap(["#4daf4a", "#ffd92f", "#e41a1c"])
+            cmap.set_bad("#bbbbbb")
+            mesh = ax.pcolormesh(dx, dy, cat, cmap=cmap, norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3), shading="flat")
+            cb = fig.colorbar(mesh, ax=ax, fraction=0.046, ticks=[0, 1, 2])
+            cb.ax.set_yticklabels(["benign", "between", "harmful"], fontsize=8)
+            ax.set_title(f"{lab}: benign / harmful", fontsize=10)
+        if len(labels) >= 2:
+            diff = grids[labels[1]] - grids[labels[0]]
+            vmax = max(1e-3, float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1e-3)
+            ax = axes[0, -1]
+            mesh = ax.pcolormesh(dx, dy, diff, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -vmax, vmax), shading="flat")
+            fig.colorbar(mesh, ax=ax, fraction=0.046)
+            ax.set_title(f"{labels[1]} - {labels[0]}: test error", fontsize=10)
+            ax = axes[1, -1]
+            for k, lab in enumerate(labels):  # boundaries of all variants together
+                b = bnd[bnd.label == lab]
+                for key, val in sl.items():
+                    b = b[b[key] == val]
+                b = b[b.status == "ok"].sort_values("d")
+                ax.plot(b.d, b.mu_star, LINESTYLES[k % 4], marker="o", ms=3, color=f"C{k}", label=lab)
+            ax.set_xlim(dx[0], dx[-1])
+            ax.set_ylim(dy[0], dy[-1])
+            ax.set_title("located boundaries ||mu||*(d)", fontsize=10)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        for ax in axes.flat:
+            if ax is not axes[1, -1] or len(labels) < 2:
+                _overlay(ax, bnd, fits, labels, sl)
+            ax.set_xscale("log" if log_d else "linear")
+            ax.set_yscale("log" if log_mu else "linear")
+            ax.set_xlim(dx[0], dx[-1])
+            ax.set_ylim(dy[0], dy[-1])
+            ax.set_xlabel("dimension d")
+            ax.set_ylabel("signal strength ||mu||")
+        axes[0, 0].legend(fontsize=7, loc="lower right")
+        fig.suptitle(f"{spec.name}: n={sl['n']}, P={sl['P']}, sigma_p={sl['sigma_p']:g}, p={p:g}, "
+                     f"{df.seed.nunique()} seeds/cell. Benign: mean test error <= {thr_benign:.3f} "
+                     f"(p + {spec.benign_margin:g}(0.5 - p)); harmful: >= {thr_harmful:.3f} (p + 0.1); grey: "
+                     f"diverged", fontsize=10)
+        fig.tight_layout()
+        suffix = "" if len(slices) == 1 else f"_n{sl['n']}_P{sl['P']}_s{sl['sigma_p']:g}"
+        path = figdir / f"phase_diagram{suffix}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    swept = [dim for dim in SLICE if bnd[dim].nunique() >= 2]
+    if swept:
+        paths.append(_scaling_figure(bnd, fits, swept, labels, spec, figdir))
+    return paths
+
+
+def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path) -> Path:
+    fig, axes = plt.subplots(1, len(swept), figsize=(4.8 * len(swept), 4.0), squeeze=False)
+    optimizer_of = {o.label: o.optimizer for o in spec.optimizers}
+    for ax, dim in zip(axes[0], swept):
+        for k, lab in enumerate(labels):
+            b = bnd[(bnd.label == lab) & (bnd.status == "ok")]
+            for j, (dval, g) in enumerate(b.groupby("d")):
+                if j % 2:  # every other d keeps the plot readable
+                    continue
+                g = g.sort_values(dim)
+                ax.plot(g[dim], g.mu_star, LINESTYLES[k % 4], marker="o", ms=3, color=f"C{j // 2}",
+                        label=f"{lab}, d={dval}")
+            f = fits[(fits.label == lab) & (fits.dim == dim)] if not fits.empty else fits
+            pred = PREDICTED.get(optimizer_of[lab], {}).get(dim)
+            if len(f):
+                ax.text(0.02, 0.95 - 0.07 * k, f"{lab}: fitted slope {np.nanmedian(f.slope):.2f}"
+                        + (f" (theory {pred:g})" if pred is not None else ""), transform=ax.transAxes, fontsize=8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(dim)
+        ax.set_ylabel("boundary ||mu||*")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle(f"{spec.name}: boundary against the swept dimensions (log-log)", fontsize=10)
+    fig.tight_layout()
+    path = figdir / "boundary_scaling.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", type=Path, help="sweep directory with results.parquet")
+
+
+def run(args: argparse.Namespace) -> int:
+    from theory_sim.config import ConfigError
+
+    if not (args.dir / "results.parquet").exists():
+        raise ConfigError(f"DIR must hold results.parquet (run or finish the sweep first): {args.dir}")
+    for path in draw_figures(args.dir):
+        print(f"figure: {path}")
+    return 0

@@ -1,0 +1,232 @@
+"""Resumable phase-diagram sweeps: chunks of runs trained as batched ensembles, one parquet shard per chunk.
+
+Layout of a sweep directory::
+
+    DIR/spec.json             the normalised spec and its digest (a different spec in DIR is refused)
+    DIR/shards/chunk-NNNNN.parquet   one row per run of chunk NNNNN, written atomically when the chunk finishes
+    DIR/results.parquet       every shard, concatenated and sorted (+ results.json: spec, provenance)
+
+A killed sweep loses at most the chunks that were running; re-running the same command recomputes only the shards
+that are missing or unreadable or hold the wrong runs. Executors: ``inline`` (this process), ``process`` (a local
+process pool), ``submitit`` (Slurm job arrays, or submitit's local executor with ``--cluster local``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from theory_sim.config import ConfigError, check_choice, check_int
+from theory_sim.io import provenance, save_table, write_json, write_parquet
+from theory_sim.sweep_spec import RUN_KEY, SweepSpec
+
+EXECUTORS = ("inline", "process", "submitit")
+
+
+def shard_path(out: Path, chunk_id: int) -> Path:
+    return Path(out) / "shards" / f"chunk-{chunk_id:05d}.parquet"
+
+
+def load_spec(out: Path) -> SweepSpec:
+    path = Path(out) / "spec.json"
+    if not path.exists():
+        raise ConfigError(f"DIR must be a sweep directory holding spec.json; {path} is missing")
+    return SweepSpec.from_dict(json.loads(path.read_text())["spec"])
+
+
+def prepare(spec: SweepSpec, out: Path) -> None:
+    """Create DIR with spec.json, or check that the spec stored there is the same one."""
+    out = Path(out)
+    path = out / "spec.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("digest") != spec.digest():
+            raise ConfigError(f"spec differs from the one that produced the results in {out} (digest "
+                              f"{stored.get('digest')} vs {spec.digest()}); use a new --out directory, or delete "
+                              f"{out} to start over")
+    else:
+        write_json(path, {"spec": spec.to_dict(), "digest": spec.digest(), **provenance()})
+
+
+def shard_is_complete(path: Path, chunk) -> bool:
+    """A shard counts as done only if it reads back and holds exactly the chunk's runs."""
+    if not path.exists():
+        return False
+    try:
+        df = pd.read_parquet(path, columns=list(RUN_KEY))
+    except Exception:  # noqa: BLE001 - any unreadable file (truncated, corrupt, not parquet) is recomputed
+        return False
+    got = sorted(map(tuple, df[list(RUN_KEY)].itertuples(index=False, name=None)))
+    want = sorted(_key_tuple(key) for key, _ in chunk)
+    return got == want
+
+
+def _key_tuple(key):
+    return tuple(key)
+
+
+def run_chunk(out: str, chunk_id: int, threads: int | None = None) -> str:
+    """Train one chunk and write its shard atomically. Top-level so process pools and submitit can pickle it."""
+    import torch
+
+    from theory_sim.train import train_ensemble
+
+    if threads:
+        torch.set_num_threads(threads)
+    spec = load_spec(Path(out))
+    chunk = spec.chunks()[chunk_id]
+    configs = [cfg for _, cfg in chunk]
+    t0 = time.perf_counter()
+    res = train_ensemble(configs, track=False, log=False, progress=False, heldout=configs[0].n_test > 0)
+    df = res.summary
+    df.insert(0, "label", [key[0] for key, _ in chunk])
+    df["chunk"] = chunk_id
+    df["chunk_seconds"] = time.perf_counter() - t0
+    path = shard_path(Path(out), chunk_id)
+    write_parquet(df, path)
+    return str(path)
+
+
+def missing_chunks(spec: SweepSpec, out: Path) -> list[int]:
+    return [i for i, chunk in enumerate(spec.chunks()) if not shard_is_complete(shard_path(out, i), chunk)]
+
+
+def aggregate(spec: SweepSpec, out: Path) -> pd.DataFrame:
+    """Concatenate every shard into DIR/results.parquet (one row per cell x seed x optimizer)."""
+    frames = [pd.read_parquet(shard_path(out, i)) for i in range(len(spec.chunks()))]
+    df = pd.concat(frames, ignore_index=True).sort_values(list(RUN_KEY)).reset_index(drop=True)
+    df = df.drop(columns=["chunk_seconds"])
+    save_table(df, Path(out) / "results.parquet",
+               {"spec": spec.to_dict(), "digest": spec.digest(), "rows": len(df), **provenance()})
+    return df
+
+
+def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int = 1, progress: bool | None = None,
+              submitit_options: dict | None = None) -> pd.DataFrame | None:
+    """Run every missing chunk and aggregate. Returns the results table (None if submitit jobs were left queued)."""
+    from tqdm.auto import tqdm
+
+    check_choice("executor", executor, EXECUTORS)
+    check_int("workers", workers, 1)
+    out = Path(out)
+    prepare(spec, out)
+    todo = missing_chunks(spec, out)
+    write_json(out / "run.json", {"executor": executor, "workers": workers, "started": time.time(),
+                                  "chunks_total": len(spec.chunks()), "chunks_todo": len(todo)})
+    bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="chunk", disable=(not progress)
+               if progress is not None else None)
+    if executor == "inline":
+        for i in todo:
+            run_chunk(str(out), i)
+            bar.update(1)
+    elif executor == "process":
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(run_chunk, str(out), i, threads) for i in todo]
+            for fut in cf.as_completed(futures):
+                fut.result()
+                bar.update(1)
+    else:
+        jobs = submit_chunks(out, todo, **(submitit_options or {}))
+        if not (submitit_options or {}).get("wait", True):
+            bar.close()
+            print(f"submitted {len(jobs)} chunk jobs; re-run the same command (or `sweep-status {out}`) later")
+            return None
+        for job in jobs:
+            job.result()
+            bar.update(1)
+    bar.close()
+    still = missing_chunks(spec, out)
+    if still:
+        raise RuntimeError(f"{len(still)} chunks did not produce a shard: {still[:10]}")
+    return aggregate(spec, out)
+
+
+def submit_chunks(out: Path, chunk_ids: list[int], cluster: str | None = None, partition: str | None = None,
+                  timeout_min: int = 60, cpus_per_task: int = 2, gpus_per_node: int = 0, array_parallelism: int = 64,
+                  wait: bool = True, **extra):
+    """One job-array task per chunk through submitit (Slurm; ``cluster='local'`` runs them as local processes)."""
+    try:
+        import submitit
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError("executor=submitit needs the cluster extra: pip install -e '.[cluster]'") from exc
+    ex = submitit.AutoExecutor(folder=str(Path(out) / "submitit"), cluster=cluster)
+    params = dict(timeout_min=timeout_min, cpus_per_task=cpus_per_task)
+    if ex.cluster == "slurm":
+        params.update(slurm_array_parallelism=array_parallelism, gpus_per_node=gpus_per_node)
+        if partition:
+            params["slurm_partition"] = partition
+    ex.update_parameters(name=f"theory_sim-{Path(out).name}", **params, **extra)
+    if not chunk_ids:
+        return []
+    return ex.map_array(run_chunk, [str(out)] * len(chunk_ids), chunk_ids, [cpus_per_task] * len(chunk_ids))
+
+
+def status(out: Path) -> dict:
+    spec = load_spec(Path(out))
+    chunks = spec.chunks()
+    done = [i for i, c in enumerate(chunks) if shard_is_complete(shard_path(out, i), c)]
+    runs_done = sum(len(chunks[i]) for i in done)
+    seconds = []
+    for i in done:
+        try:
+            seconds.append(float(pd.read_parquet(shard_path(out, i), columns=["chunk_seconds"]).iloc[0, 0]))
+        except Exception:  # noqa: BLE001
+            pass
+    run_info = json.loads((Path(out) / "run.json").read_text()) if (Path(out) / "run.json").exists() else {}
+    workers = run_info.get("workers", 1) if run_info.get("executor") != "inline" else 1
+    remaining = len(chunks) - len(done)
+    eta = (sum(seconds) / len(seconds)) * remaining / workers if seconds and remaining else 0.0
+    return {"name": spec.name, "chunks_done": len(done), "chunks_total": len(chunks), "runs_done": runs_done,
+            "runs_total": len(spec.runs), "eta_seconds": eta, "results": (Path(out) / "results.parquet").exists()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI verbs: sweep, sweep-status
+# ---------------------------------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", type=Path, help="sweep spec (TOML), e.g. studies/phase_diagram_quick.toml")
+    p.add_argument("--out", type=Path, required=True, help="sweep directory (created, or resumed)")
+    p.add_argument("--executor", choices=EXECUTORS, default="inline")
+    p.add_argument("--workers", type=int, default=1, help="processes for --executor process")
+    p.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
+                   help="submitit backend (default: slurm when available)")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--timeout-min", type=int, default=60, help="Slurm time limit per chunk job")
+    p.add_argument("--cpus-per-task", type=int, default=2)
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--array-parallelism", type=int, default=64)
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                   help="wait for submitit jobs and aggregate (--no-wait: submit and return)")
+    p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw the figures and run verify once the results are complete")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = SweepSpec.from_toml(args.spec)
+    check_int("workers", args.workers, 1)
+    opts = dict(cluster=args.cluster, partition=args.partition, timeout_min=args.timeout_min,
+                cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node,
+                array_parallelism=args.array_parallelism, wait=args.wait)
+    t0 = time.perf_counter()
+    df = run_sweep(spec, args.out, args.executor, args.workers, args.progress, opts)
+    if df is None:
+        return 0
+    print(f"{spec.name}: {len(df)} runs in {args.out / 'results.parquet'} ({time.perf_counter() - t0:.1f} s)")
+    if args.figures:
+        from theory_sim.phase_figures import draw_figures
+        from theory_sim.verify import verify
+
+        report = verify(args.out)
+        for path in draw_figures(args.out):
+            print(f"figure: {path}")
+        print(report["markdown"])
+    return 0

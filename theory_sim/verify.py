@@ -1,0 +1,225 @@
+"""``python -m theory_sim verify DIR``: locate the benign/harmful boundary and compare its shape with the theorems.
+
+For every optimizer variant and every (d, n, P, sigma_p) cell the boundary ||mu||* is where the seed-averaged test
+error first stays at or below the benign threshold  p + benign_margin * (0.5 - p)  for all larger ||mu|| on the grid,
+interpolated (in log ||mu||) between the two grid points around the crossing. A cell benign at the smallest ||mu||
+or never benign on the grid is censored and left out of the fits. The log-log slope of ||mu||* against every swept
+dimension is fitted by least squares; its 95% confidence interval comes from a bootstrap over seeds (seeds are
+resampled jointly across cells, since every cell uses the same seeds).
+
+Theory (SPEC 5, [C23] and [K23]): SGD is benign when n ||mu||^4 >= C d P^4 sigma_p^4, so ||mu||* ~ d^(1/4) n^(-1/4) P
+sigma_p; SAM (with the [C23] radius scale) is benign once ||mu|| >= Omega~(1): slope ~0 in d. Constants are unknown,
+so only shapes are checked: a prediction holds when it lies in the bootstrap interval.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from theory_sim.io import atomic_write_bytes, write_json
+
+SLICE = ("n", "P", "sigma_p")
+DIMS = ("d", "n", "P", "sigma_p")
+PREDICTED = {"sgd": {"d": 0.25, "n": -0.25, "P": 1.0, "sigma_p": 1.0}, "sam": {"d": 0.0}}
+# An exact exponent holds when the bootstrap interval contains it. SAM's "about 0" (Omega~ hides log factors) holds
+# when the whole interval lies within +-TOLERANCE, half of SGD's 1/4: flat compared with SGD's boundary.
+TOLERANCE = {"sgd": 0.0, "sam": 0.125}
+
+
+def prediction_holds(optimizer: str, predicted: float, lo: float, hi: float) -> bool:
+    tol = TOLERANCE.get(optimizer, 0.0)
+    if tol == 0.0:
+        return bool(lo <= predicted <= hi)
+    return bool(predicted - tol <= lo and hi <= predicted + tol)
+
+
+def crossing(mus: np.ndarray, err: np.ndarray, threshold: float) -> tuple[float, str]:
+    """The boundary ||mu||* of one cell (mus ascending): (value, status) with status ok / benign_everywhere /
+    never_benign."""
+    benign = err <= threshold
+    if not benign[-1]:
+        return float("nan"), "never_benign"
+    k = len(mus) - 1
+    while k > 0 and benign[k - 1]:
+        k -= 1
+    if k == 0:
+        return float("nan"), "benign_everywhere"
+    e0, e1 = err[k - 1], err[k]
+    frac = (e0 - threshold) / (e0 - e1) if e0 != e1 else 0.5
+    if mus[k - 1] > 0:
+        return float(np.exp(np.log(mus[k - 1]) + frac * (np.log(mus[k]) - np.log(mus[k - 1])))), "ok"
+    return float(mus[k - 1] + frac * (mus[k] - mus[k - 1])), "ok"
+
+
+def cell_arrays(df: pd.DataFrame) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
+    """(label, d, n, P, sigma_p) -> (mus (M,), errors (M, S)); a diverged run counts as chance error 0.5."""
+    err = df.test_error.where(~df.diverged.astype(bool), 0.5).fillna(0.5)
+    df = df.assign(_err=err)
+    out = {}
+    for key, g in df.groupby(["label", "d", *SLICE], sort=True):
+        table = g.pivot_table(index="mu_norm", columns="seed", values="_err", aggfunc="first").sort_index()
+        out[key] = (table.index.to_numpy(dtype=float), table.to_numpy(dtype=float))
+    return out
+
+
+def boundaries(cells: dict, threshold: float, seed_idx: np.ndarray | None = None) -> pd.DataFrame:
+    rows = []
+    for (label, d, n, P, sigma_p), (mus, errs) in cells.items():
+        e = errs if seed_idx is None else errs[:, seed_idx]
+        mu_star, state = crossing(mus, np.nanmean(e, axis=1), threshold)
+        rows.append(dict(label=label, d=d, n=n, P=P, sigma_p=sigma_p, mu_star=mu_star, status=state))
+    return pd.DataFrame(rows)
+
+
+def fit_slopes(bnd: pd.DataFrame) -> pd.DataFrame:
+    """Log-log slope of mu* in every dimension with >= 3 distinct values, the other dimensions held fixed."""
+    rows = []
+    for dim in DIMS:
+        others = [x for x in DIMS if x != dim]
+        for key, g in bnd.groupby(["label", *others], sort=True):
+            if g[dim].nunique() < 3:
+                continue
+            ok = g[np.isfinite(g.mu_star) & (g.mu_star > 0)]
+            slope = intercept = float("nan")
+            if ok[dim].nunique() >= 3:
+                slope, intercept = np.polyfit(np.log(ok[dim].astype(float)), np.log(ok.mu_star), 1)
+            rows.append(dict(label=key[0], dim=dim, **dict(zip(others, key[1:])), slope=float(slope),
+                             intercept=float(intercept), points=int(len(ok)), cells=int(len(g))))
+    return pd.DataFrame(rows)
+
+
+def verify(out: str | Path, n_boot: int = 200, seed: int = 0) -> dict:
+    """Write DIR/verify.json and DIR/verify.md; return the report (with its markdown under 'markdown')."""
+    from theory_sim.sweep import load_spec
+
+    out = Path(out)
+    spec = load_spec(out)
+    df = pd.read_parquet(out / "results.parquet")
+    return verify_table(df, spec, out, n_boot=n_boot, seed=seed)
+
+
+def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 200, seed: int = 0) -> dict:
+    p = float(df.flip_p.iloc[0]) if df.flip_p.nunique() == 1 else float(df.flip_p.mean())
+    threshold = spec.benign_threshold(p)
+    optimizer_of = {o.label: o.optimizer for o in spec.optimizers}
+    cells = cell_arrays(df)
+    bnd = boundaries(cells, threshold)
+    fits = fit_slopes(bnd)
+    seeds = int(df.seed.nunique())
+    rng = np.random.default_rng(seed)
+    boot = []
+    for b in range(n_boot):
+        f = fit_slopes(boundaries(cells, threshold, rng.integers(0, seeds, seeds)))
+        if not f.empty:
+            boot.append(f.assign(boot=b))
+    keys = ["label", "dim", *[x for x in DIMS]]
+    checks = []
+    if not fits.empty:
+        boot_df = pd.concat(boot, ignore_index=True) if boot else pd.DataFrame(columns=fits.columns)
+        for _, row in fits.iterrows():
+            match = boot_df
+            for k in keys:
+                if k in row and not pd.isna(row[k]):
+                    match = match[match[k] == row[k]]
+            s = match.slope.dropna().to_numpy()
+            lo, hi = (np.percentile(s, [2.5, 97.5]) if len(s) >= 10 else (float("nan"), float("nan")))
+            pred = PREDICTED.get(optimizer_of.get(row.label, ""), {}).get(row.dim)
+            fixed = {k: row[k] for k in DIMS if k != row.dim}
+            checks.append(dict(label=row.label, optimizer=optimizer_of.get(row.label), dim=row.dim, fixed=fixed,
+                               slope=row.slope, ci_low=float(lo), ci_high=float(hi), predicted=pred,
+                               points=row.points, cells=row.cells, boot_valid=int(len(s)),
+                               tolerance=TOLERANCE.get(optimizer_of.get(row.label, ""), 0.0),
+                               holds=(None if pred is None or not np.isfinite(lo)
+                                      else prediction_holds(optimizer_of.get(row.label), pred, lo, hi))))
+    comparisons = _sam_below_sgd(bnd, optimizer_of)
+    report = {"threshold": threshold, "flip_p": p, "benign_rule": f"mean test error <= p + {spec.benign_margin} * "
+              f"(0.5 - p) = {threshold:.4f}", "seeds": seeds, "bootstrap": n_boot, "slopes": checks,
+              "sam_below_sgd": comparisons,
+              "boundaries": bnd.replace({np.nan: None}).to_dict(orient="records")}
+    report["markdown"] = _markdown(report, spec)
+    if out is not None:
+        write_json(Path(out) / "verify.json", {k: v for k, v in report.items() if k != "markdown"})
+        atomic_write_bytes(Path(out) / "verify.md", report["markdown"].encode())
+    return report
+
+
+def _sam_below_sgd(bnd: pd.DataFrame, optimizer_of: dict) -> list[dict]:
+    """At every d in the upper half of the grid: is each SAM variant's boundary below each SGD variant's?
+    A never-benign SGD cell counts as +inf, a benign-everywhere SAM cell as -inf."""
+    out = []
+    sgd_labels = [l for l, o in optimizer_of.items() if o == "sgd"]
+    sam_labels = [l for l, o in optimizer_of.items() if o == "sam"]
+    ds = np.sort(bnd.d.unique())
+    large = ds[len(ds) // 2:]
+    value = lambda r: (r.mu_star if r.status == "ok" else  # noqa: E731
+                       (np.inf if r.status == "never_benign" else -np.inf))
+    for a in sam_labels:
+        for b in sgd_labels:
+            for key, g in bnd[bnd.d.isin(large)].groupby(list(SLICE)):
+                ga = g[g.label == a].set_index("d")
+                gb = g[g.label == b].set_index("d")
+                per_d = {int(d): (value(ga.loc[d]), value(gb.loc[d])) for d in large if d in ga.index and d in gb.index}
+                below = all(x < y or (np.isinf(x) and x < 0 and not (np.isinf(y) and y < 0)) for x, y in per_d.values())
+                out.append(dict(sam=a, sgd=b, **dict(zip(SLICE, key)), d=list(per_d),
+                                sam_mu_star=[v[0] for v in per_d.values()], sgd_mu_star=[v[1] for v in per_d.values()],
+                                holds=bool(below and per_d)))
+    return out
+
+
+def _fmt(x, nd=3):
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "n/a" if x is None or np.isnan(x) else ("inf" if x > 0 else "-inf")
+    return f"{x:.{nd}g}" if isinstance(x, float) else str(x)
+
+
+def _markdown(report: dict, spec) -> str:
+    lines = [f"# verify: {spec.name}", "", f"Benign rule: {report['benign_rule']}; {report['seeds']} seeds per cell; "
+             f"95% intervals from {report['bootstrap']} bootstrap resamples of the seeds.", "",
+             "## Boundary slopes (log ||mu||* against log of the dimension)", "",
+             "| variant | dimension | held fixed | measured slope | 95% CI | predicted | holds | cells used |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in report["slopes"]:
+        fixed = ", ".join(f"{k}={_fmt(v)}" for k, v in c["fixed"].items())
+        holds = {True: "yes", False: "NO", None: "-"}[c["holds"]]
+        pred = _fmt(c["predicted"]) + (f" +- {c['tolerance']:g}" if c["predicted"] is not None and c["tolerance"]
+                                       else "")
+        lines.append(f"| {c['label']} | {c['dim']} | {fixed} | {_fmt(c['slope'])} | "
+                     f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}] | {pred} | {holds} | "
+                     f"{c['points']}/{c['cells']} |")
+    if not report["slopes"]:
+        lines.append("| (no dimension has 3 or more values with a located boundary) | | | | | | | |")
+    if report["sam_below_sgd"]:
+        lines += ["", "## SAM's boundary below SGD's at every large d", "",
+                  "| SAM | SGD | slice (n, P, sigma_p) | d | SAM mu* | SGD mu* | holds |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for c in report["sam_below_sgd"]:
+            lines.append(f"| {c['sam']} | {c['sgd']} | {c['n']}, {c['P']}, {_fmt(c['sigma_p'])} | {c['d']} | "
+                         f"{[_fmt(x) for x in c['sam_mu_star']]} | {[_fmt(x) for x in c['sgd_mu_star']]} | "
+                         f"{'yes' if c['holds'] else 'NO'} |")
+    lines += ["", "## Boundary per cell", "", "| variant | d | n | P | sigma_p | mu* | status |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for b in report["boundaries"]:
+        lines.append(f"| {b['label']} | {b['d']} | {b['n']} | {b['P']} | {_fmt(b['sigma_p'])} | "
+                     f"{_fmt(b['mu_star'])} | {b['status']} |")
+    lines += ["", "Censored cells (benign_everywhere: below the grid; never_benign: above it) are left out of the "
+              "fits. Theory (SPEC 5): SGD slope 1/4 in d, -1/4 in n, 1 in P and sigma_p (holds: the interval contains it); "
+              "SAM about 0 in d (holds: the whole interval within +-0.125, half of SGD's slope)."]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", type=Path, help="sweep directory with results.parquet")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals")
+
+
+def run(args: argparse.Namespace) -> int:
+    from theory_sim.config import ConfigError, check_int
+
+    check_int("bootstrap", args.bootstrap, 10)
+    if not (args.dir / "results.parquet").exists():
+        raise ConfigError(f"DIR must hold results.parquet (run or finish the sweep first): {args.dir}")
+    print(verify(args.dir, n_boot=args.bootstrap)["markdown"])
+    return 0
