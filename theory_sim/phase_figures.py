@@ -97,8 +97,7 @@ def draw_figures(out: str | Path) -> list[Path]:
             ax = axes[1, k]
             cat = np.where(np.isnan(grids[lab]), np.nan,
                            np.where(grids[lab] <= thr_benign, 0, np.where(grids[lab] >= thr_harmful, 2, 1)))
-            cmap = ListedColormap(["#4daf4a", "#ffd92f", "#e41a1c"])
-            cmap.set_bad("#bbbbbb")
+            cmap = ListedColormap(["#4daf4a", "#ffd92f", "#e41a1c"]).with_extremes(bad="#bbbbbb")
             mesh = ax.pcolormesh(dx, dy, cat, cmap=cmap, norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3), shading="flat")
             cb = fig.colorbar(mesh, ax=ax, fraction=0.046, ticks=[0, 1, 2])
             cb.ax.set_yticklabels(["benign", "between", "harmful"], fontsize=8)
@@ -131,7 +130,8 @@ def draw_figures(out: str | Path) -> list[Path]:
             ax.set_ylim(dy[0], dy[-1])
             ax.set_xlabel("dimension d")
             ax.set_ylabel("signal strength ||mu||")
-        axes[0, 0].legend(fontsize=7, loc="lower right")
+        if axes[0, 0].get_legend_handles_labels()[0]:
+            axes[0, 0].legend(fontsize=7, loc="lower right")
         fig.suptitle(f"{spec.name}: n={sl['n']}, P={sl['P']}, sigma_p={sl['sigma_p']:g}, p={p:g}, "
                      f"{df.seed.nunique()} seeds/cell. Benign: mean test error <= {thr_benign:.3f} "
                      f"(p + {spec.benign_margin:g}(0.5 - p)); harmful: >= {thr_harmful:.3f} (p + 0.1); grey: "

@@ -32,10 +32,12 @@ def shard_path(out: Path, chunk_id: int) -> Path:
 
 
 def load_spec(out: Path) -> SweepSpec:
-    path = Path(out) / "spec.json"
-    if not path.exists():
-        raise ConfigError(f"DIR must be a sweep directory holding spec.json; {path} is missing")
-    return SweepSpec.from_dict(json.loads(path.read_text())["spec"])
+    """The spec of a sweep directory: spec.json, or the copy in results.json (so results alone suffice)."""
+    for name in ("spec.json", "results.json"):
+        path = Path(out) / name
+        if path.exists():
+            return SweepSpec.from_dict(json.loads(path.read_text())["spec"])
+    raise ConfigError(f"DIR must be a sweep directory holding spec.json or results.json; neither is in {out}")
 
 
 def prepare(spec: SweepSpec, out: Path) -> None:

@@ -191,6 +191,8 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
     f = net.output(params, data)
     test_err, test_se = gaussian_test_error(net, params, configs, c0.n_mc)
     summary = pd.DataFrame([c.to_dict() for c in configs])
+    for col in ("tau", "sam_steps"):  # optional fields: None -> NaN, so every table has one dtype per column
+        summary[col] = pd.to_numeric(summary[col], errors="coerce").astype("float64")
     summary["tau_effective"] = tau.cpu().numpy()
     summary["train_loss"] = torch.nn.functional.softplus(-data.y * f).mean(1).cpu().numpy()
     summary["train_acc"] = (data.y * f > 0).to(dtype).mean(1).cpu().numpy()

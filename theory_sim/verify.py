@@ -5,7 +5,9 @@ error first stays at or below the benign threshold  p + benign_margin * (0.5 - p
 interpolated (in log ||mu||) between the two grid points around the crossing. A cell benign at the smallest ||mu||
 or never benign on the grid is censored and left out of the fits. The log-log slope of ||mu||* against every swept
 dimension is fitted by least squares; its 95% confidence interval comes from a bootstrap over seeds (seeds are
-resampled jointly across cells, since every cell uses the same seeds).
+resampled jointly across cells, since every cell uses the same seeds). The interval covers seed noise, not the
+discretisation of the ||mu|| grid: interpolating between grid points biases a slope by up to about the grid's
+log-spacing divided by the log-range of the dimension, so use fine ||mu|| grids for tight checks.
 
 Theory (SPEC 5, [C23] and [K23]): SGD is benign when n ||mu||^4 >= C d P^4 sigma_p^4, so ||mu||* ~ d^(1/4) n^(-1/4) P
 sigma_p; SAM (with the [C23] radius scale) is benign once ||mu|| >= Omega~(1): slope ~0 in d. Constants are unknown,

@@ -1,0 +1,205 @@
+"""Sweeps never lose a finished result: kill and resume, corrupt shards, executors, figures and verify."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from theory_sim.cli import main
+from theory_sim.config import ConfigError
+from theory_sim.sweep import missing_chunks, run_sweep, shard_path, status
+from theory_sim.sweep_spec import SweepSpec
+from theory_sim.verify import verify_table
+
+TINY = """
+name = "tiny"
+seeds = 2
+chunk_runs = 4
+[base]
+n = 8
+batch_size = 4
+epochs = 3
+n_test = 0
+n_mc = 200
+[grid.d]
+values = [20, 40]
+[grid.mu_norm]
+start = 0.5
+stop = 2.0
+num = 3
+spacing = "log"
+[[optimizers]]
+label = "sgd"
+optimizer = "sgd"
+[[optimizers]]
+label = "sam"
+optimizer = "sam"
+sam_steps = 4
+"""
+
+
+def write_spec(tmp_path, text=TINY, name="tiny.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted inline run of the tiny spec."""
+    tmp = tmp_path_factory.mktemp("ref")
+    spec = SweepSpec.from_toml(write_spec(tmp))
+    return spec, run_sweep(spec, tmp / "out", progress=False), tmp / "out"
+
+
+def test_spec_expansion_and_validation(tmp_path):
+    spec = SweepSpec.from_toml(write_spec(tmp_path))
+    assert len(spec.runs) == 2 * 2 * 3 * 2 and len(spec.chunks()) == 6
+    assert all(len({c.d for _, c in chunk}) == 1 for chunk in spec.chunks())
+    bad = [("[grid.d]\nvalues = [20, 40]", "[grid.x]\nvalues = [1]", "grid axis"),
+           ('values = [20, 40]', 'values = [0, 40]', "d must"),
+           ("seeds = 2", "seeds = 0", "seeds must"),
+           ("epochs = 3", "epochs = 3\nbogus = 1", "base.bogus"),
+           ("sam_steps = 4", "sam_steps = -4", "sam_steps must"),
+           ('label = "sam"', 'label = "sgd"', "labels must be distinct"),
+           ("stop = 2.0", "stop = -2.0", "stop must")]
+    for old, new, msg in bad:
+        with pytest.raises(ConfigError, match=msg):
+            SweepSpec.from_toml(write_spec(tmp_path, TINY.replace(old, new), "bad.toml"))
+    with pytest.raises(ConfigError, match="must include the axis 'd'"):
+        SweepSpec.from_toml(write_spec(tmp_path, TINY.replace("[grid.d]\nvalues = [20, 40]", ""), "bad.toml"))
+
+
+def test_results_table_has_a_row_per_cell_seed_optimizer(reference):
+    spec, df, out = reference
+    assert len(df) == 24 and not df.duplicated(["label", "d", "mu_norm", "seed"]).any()
+    for col in ("label", "optimizer", "d", "mu_norm", "n", "P", "sigma_p", "flip_p", "seed", "eta", "tau_effective",
+                "train_loss", "test_error", "diverged"):
+        assert col in df.columns
+    assert (out / "results.json").exists()
+    again = run_sweep(spec, out, progress=False)  # nothing missing: nothing recomputed, same table
+    pd.testing.assert_frame_equal(again, df)
+
+
+def test_changed_spec_in_existing_directory_is_refused(reference, tmp_path):
+    _, _, out = reference
+    other = SweepSpec.from_toml(write_spec(tmp_path, TINY.replace("epochs = 3", "epochs = 4"), "other.toml"))
+    with pytest.raises(ConfigError, match="spec differs"):
+        run_sweep(other, out, progress=False)
+    rechunked = SweepSpec.from_toml(write_spec(tmp_path, TINY.replace("chunk_runs = 4", "chunk_runs = 3"), "r.toml"))
+    assert rechunked.digest() == reference[0].digest()  # chunking does not change the results
+
+
+def test_corrupt_partial_and_wrong_shards_are_recomputed(reference, tmp_path):
+    spec, df, _ = reference
+    out = tmp_path / "out"
+    run_sweep(spec, out, progress=False)
+    shard_path(out, 0).write_bytes(b"not a parquet file")                       # corrupt
+    data = shard_path(out, 1).read_bytes()
+    shard_path(out, 1).write_bytes(data[: len(data) // 2])                       # truncated
+    shard_path(out, 3).write_bytes(shard_path(out, 2).read_bytes())              # the wrong chunk's runs
+    os.remove(shard_path(out, 4))                                                # missing
+    assert missing_chunks(spec, out) == [0, 1, 3, 4]
+    assert status(out)["chunks_done"] == 2
+    untouched = shard_path(out, 5).stat().st_mtime_ns
+    pd.testing.assert_frame_equal(run_sweep(spec, out, progress=False), df)
+    assert shard_path(out, 5).stat().st_mtime_ns == untouched  # only the missing work was redone
+
+
+def test_killed_sweep_resumes_to_the_same_results(tmp_path):
+    """A real subprocess, killed with SIGKILL after its first shard, then the same command again."""
+    slow = TINY.replace("epochs = 3", "epochs = 150").replace("values = [20, 40]", "values = [800, 1600]")
+    spec_path = write_spec(tmp_path, slow, "slow.toml")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "theory_sim", "sweep", str(spec_path), "--out", str(out), "--no-figures"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "shards").glob("chunk-*.parquet")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    spec = SweepSpec.from_toml(spec_path)
+    done_before = len(spec.chunks()) - len(missing_chunks(spec, out))
+    assert 1 <= done_before < len(spec.chunks()), "the kill must land mid-way"
+    assert not (out / "results.parquet").exists()
+    assert not list((out / "shards").glob(".*.tmp")) or True  # a killed writer may leave a temp file, never a shard
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "shards").glob("chunk-*.parquet")}
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    for p, t in mtimes.items():
+        assert p.stat().st_mtime_ns == t
+    resumed = pd.read_parquet(out / "results.parquet")
+    straight = run_sweep(spec, tmp_path / "straight", progress=False)
+    pd.testing.assert_frame_equal(resumed, straight)
+
+
+def test_process_pool_executor_matches_inline(reference, tmp_path):
+    spec, df, _ = reference
+    pd.testing.assert_frame_equal(run_sweep(spec, tmp_path / "pool", executor="process", workers=2,
+                                            progress=False), df)
+
+
+@pytest.mark.timeout(300)
+def test_submitit_local_executor_two_chunks(tmp_path):
+    pytest.importorskip("submitit")
+    spec = SweepSpec.from_toml(write_spec(tmp_path, TINY.replace("chunk_runs = 4", "chunk_runs = 12")))
+    assert len(spec.chunks()) == 2
+    df = run_sweep(spec, tmp_path / "sub", executor="submitit", progress=False,
+                   submitit_options={"cluster": "local", "timeout_min": 4, "cpus_per_task": 1})
+    inline = run_sweep(spec, tmp_path / "inline", progress=False)
+    pd.testing.assert_frame_equal(df, inline)
+    assert list((tmp_path / "sub" / "submitit").glob("*_0_log.out"))  # ran as real submitit jobs
+
+
+def test_figures_and_verify_from_results_alone(reference, tmp_path, capsys):
+    import shutil
+
+    _, _, src = reference
+    out = tmp_path / "copy"
+    out.mkdir()
+    for name in ("results.parquet", "results.json"):   # no shards, no spec.json: nothing to retrain from
+        shutil.copy(src / name, out / name)
+    assert main(["figures", str(out)]) == 0
+    png = out / "figures" / "phase_diagram.png"
+    assert png.stat().st_size > 20_000
+    assert main(["verify", str(out), "--bootstrap", "20"]) == 0
+    assert (out / "verify.json").exists() and "Boundary slopes" in (out / "verify.md").read_text()
+    assert main(["sweep-status", str(src)]) == 0
+    assert "6/6 chunks" in capsys.readouterr().out
+
+
+def synthetic_table(slopes: dict, seeds=6, noise=0.01, rng=np.random.default_rng(0)):
+    """Test errors of a known boundary mu*(d) = 0.6 d^slope: err = p + (0.5 - p) / (1 + (mu / mu*)^6) + noise."""
+    p = 0.1
+    rows = []
+    for label, slope in slopes.items():
+        for d in (100, 200, 400, 800, 1600, 3200):
+            mu_star = 0.6 * d ** slope
+            for mu in np.geomspace(0.3, 12, 49):
+                for s in range(seeds):
+                    err = p + (0.5 - p) / (1 + (mu / mu_star) ** 6) + noise * rng.standard_normal()
+                    rows.append(dict(label=label, optimizer=label, d=d, mu_norm=mu, n=20, P=2, sigma_p=1.0, seed=s,
+                                     flip_p=p, test_error=err, diverged=False))
+    return pd.DataFrame(rows)
+
+
+def test_verify_recovers_a_known_slope():
+    df = synthetic_table({"sgd": 0.25, "sam": 0.02})
+    spec = SweepSpec.from_dict({"name": "synthetic", "seeds": 6,
+                                "grid": {"d": [100, 200, 400, 800, 1600, 3200],
+                                         "mu_norm": {"start": 0.3, "stop": 12, "num": 49, "spacing": "log"}},
+                                "optimizers": [{"label": "sgd"}, {"label": "sam", "optimizer": "sam"}],
+                                "base": {"epochs": 1}})
+    report = verify_table(df, spec, n_boot=100)
+    by = {c["label"]: c for c in report["slopes"]}
+    sgd, sam = by["sgd"], by["sam"]
+    assert abs(sgd["slope"] - 0.25) < 0.02 and sgd["ci_low"] <= 0.25 <= sgd["ci_high"] and sgd["holds"]
+    assert sgd["ci_high"] - sgd["ci_low"] < 0.05
+    assert sam["holds"] and abs(sam["slope"] - 0.02) < 0.02
+    assert all(c["holds"] for c in report["sam_below_sgd"])
+    wrong = verify_table(synthetic_table({"sgd": 0.5, "sam": 0.3}), spec, n_boot=100)
+    assert not any(c["holds"] for c in wrong["slopes"])
