@@ -6,12 +6,16 @@ mu = ||mu|| e_1; the other P-1 patches are noise xi ~ N(0, sigma_p^2 (I - mu mu^
 every noise patch (``noise_patches="shared"``, the default behind the P^4 of the threshold) or independent vectors
 (``"independent"``). The [K23] script's variant does not project the noise off mu (``project_noise=False``).
 
-Storage is compact because the networks only ever need <w, mu> and <w, xi>: ``xi`` has shape (R, n, K, d) with
-K = 1 (shared; the model counts it P-1 times) or K = P-1 (independent). ``patches()`` expands to the full
-(R, n, P, d) input for the autograd oracle and the nn.Module reference.
+Storage is compact because the networks only ever need <w, mu> and <w, xi>. A run's data set is its ``basis``
+[e_1, xi_11, ..., xi_nK] of shape (1 + n K, d), with K = 1 noise vector per sample (shared: the model counts it P-1
+times) or K = P-1 (independent), plus its labels and ||mu||. Runs whose data are identical — the same seed, sigma_p
+and flip_p, e.g. one seed across every ||mu|| of a sweep row and every optimizer — share one basis: R runs in U
+groups of G = R/U consecutive runs. The network's forward and backward are then one (G 2m x d) x (d x (1 + n K))
+matmul per group instead of R small ones. ``patches()`` expands to the full (R, n, P, d) input for the autograd
+oracle and the nn.Module reference.
 
-Every run draws from its own generator, seeded from (seed, stream), so a run's data does not depend on which other
-runs share its ensemble.
+Every data set is drawn from its own generator, seeded from (seed, stream), so a run's data do not depend on which
+other runs share its ensemble.
 """
 from __future__ import annotations
 
@@ -30,30 +34,36 @@ def run_rng(seed: int, stream: int) -> np.random.Generator:
 
 @dataclass
 class Batch:
-    """R runs' data sets of n samples each (compact form)."""
+    """R runs' data sets of n samples each (compact form), in U groups of G consecutive runs sharing data."""
 
-    mu: torch.Tensor          # (R, d) signal vector of each run
+    basis: torch.Tensor       # (U, 1 + n K, d): [e_1, xi_11, ..., xi_nK] for each distinct data set
+    mu_norm: torch.Tensor     # (R,) ||mu|| of each run (mu = ||mu|| e_1)
     yhat: torch.Tensor        # (R, n) true labels, +-1
     y: torch.Tensor           # (R, n) observed labels, +-1
     pos: torch.Tensor         # (R, n) index of the signal patch, in [0, P)
-    xi: torch.Tensor          # (R, n, K, d) noise vectors
+    K: int                    # stored noise vectors per sample
     P: int
     shared: bool              # True: one xi fills all P-1 noise patches
-    basis: torch.Tensor | None = None  # (R, 1 + n K, d) = [mu, xi_11, ..., xi_nK]; built on demand
-
-    def __post_init__(self) -> None:
-        if self.basis is None:
-            # mu and the noise vectors side by side: the network's forward and backward are then one matmul each
-            R, n, K, d = self.xi.shape
-            self.basis = torch.cat([self.mu[:, None], self.xi.reshape(R, n * K, d)], 1)
 
     @property
     def R(self) -> int:
-        return self.mu.shape[0]
+        return self.y.shape[0]
 
     @property
     def n(self) -> int:
         return self.y.shape[1]
+
+    @property
+    def U(self) -> int:
+        return self.basis.shape[0]
+
+    @property
+    def G(self) -> int:
+        return self.R // self.U
+
+    @property
+    def d(self) -> int:
+        return self.basis.shape[-1]
 
     @property
     def noise_multiplicity(self) -> int:
@@ -65,54 +75,87 @@ class Batch:
         """(R, n) bool: label not flipped (the set S+ of SPEC 4)."""
         return self.y == self.yhat
 
+    @property
+    def mu(self) -> torch.Tensor:
+        """(R, d) signal vectors (materialised)."""
+        return self.mu_norm[:, None] * self.basis[:, 0].repeat_interleave(self.G, 0)
+
+    @property
+    def xi(self) -> torch.Tensor:
+        """(R, n, K, d) noise vectors (materialised)."""
+        return self.basis[:, 1:].repeat_interleave(self.G, 0).reshape(self.R, self.n, self.K, self.d)
+
+    @property
+    def xi_sq(self) -> torch.Tensor:
+        """(R, n, K) squared norms of the noise vectors."""
+        return self.basis[:, 1:].pow(2).sum(-1).repeat_interleave(self.G, 0).reshape(self.R, self.n, self.K)
+
     def select(self, idx: torch.Tensor) -> "Batch":
-        """Per-run sample subsets: idx has shape (R, B). One gather copies mu and the chosen noise vectors."""
-        R, _, K, d = self.xi.shape
-        B = idx.shape[1]
-        rows = torch.arange(self.R, device=idx.device)[:, None]
-        noise_rows = 1 + (idx[..., None] * K + torch.arange(K, device=idx.device)).reshape(R, B * K)
-        basis = self.basis[rows, torch.cat([torch.zeros_like(idx[:, :1]), noise_rows], 1)]
-        return Batch(self.mu, self.yhat[rows, idx], self.y[rows, idx], self.pos[rows, idx],
-                     basis[:, 1:].reshape(R, B, K, d), self.P, self.shared, basis)
+        """Sample subsets, one per data set: idx has shape (U, B). One gather copies e_1 and the chosen noise."""
+        K, B = self.K, idx.shape[1]
+        groups = torch.arange(self.U, device=idx.device)[:, None]
+        noise_rows = 1 + (idx[..., None] * K + torch.arange(K, device=idx.device)).reshape(self.U, B * K)
+        basis = self.basis[groups, torch.cat([torch.zeros_like(idx[:, :1]), noise_rows], 1)]
+        run_idx = idx.repeat_interleave(self.G, 0)
+        runs = torch.arange(self.R, device=idx.device)[:, None]
+        return Batch(basis, self.mu_norm, self.yhat[runs, run_idx], self.y[runs, run_idx], self.pos[runs, run_idx],
+                     K, self.P, self.shared)
 
     def patches(self) -> torch.Tensor:
         """Full input x of shape (R, n, P, d): patch pos is yhat*mu, the others are the noise vectors in order."""
-        R, n, K, d = self.xi.shape
-        out = torch.empty(R, n, self.P, d, dtype=self.xi.dtype, device=self.xi.device)
+        xi = self.xi
+        R, n, K, d = xi.shape
+        out = torch.empty(R, n, self.P, d, dtype=xi.dtype, device=xi.device)
         signal = self.yhat[..., None] * self.mu[:, None, :]                      # (R, n, d)
         for i_patch in range(self.P):
             is_sig = (self.pos == i_patch)[..., None]
-            # the k-th noise patch is the k-th non-signal position
-            k = i_patch - (self.pos < i_patch).long()  # index among noise patches
-            noise = self.xi[:, :, 0] if self.shared else torch.gather(
-                self.xi, 2, k.clamp(0, K - 1)[..., None, None].expand(R, n, 1, d))[:, :, 0]
+            k = i_patch - (self.pos < i_patch).long()  # index among the noise patches
+            noise = xi[:, :, 0] if self.shared else torch.gather(
+                xi, 2, k.clamp(0, K - 1)[..., None, None].expand(R, n, 1, d))[:, :, 0]
             out[:, :, i_patch] = torch.where(is_sig, signal, noise)
         return out
+
+
+def group_size(keys: list) -> int:
+    """G such that the runs form consecutive blocks of G identical data keys (1: no sharing)."""
+    R = len(keys)
+    G = 1
+    while G < R and keys[G] == keys[0]:
+        G += 1
+    if R % G or any(keys[b + i] != keys[b] for b in range(0, R, G) for i in range(G)):
+        return 1
+    return G
 
 
 def generate(seeds, mu_norms, sigma_ps, flip_ps, *, d: int, n: int, P: int, noise_patches: str = "shared",
              project_noise: bool = True, stream: int = STREAM_TRAIN, dtype=torch.float64,
              device="cpu") -> Batch:
-    """Draw one data set per run. ``seeds``, ``mu_norms``, ``sigma_ps`` and ``flip_ps`` have one entry per run."""
+    """Draw the data of every run (``seeds``, ``mu_norms``, ``sigma_ps``, ``flip_ps``: one entry per run). Runs in
+    consecutive blocks with the same (seed, sigma_p, flip_p) share one draw."""
     R = len(seeds)
     K = 1 if noise_patches == "shared" else P - 1
-    yhat = np.empty((R, n))
-    y = np.empty((R, n))
-    pos = np.empty((R, n), dtype=np.int64)
-    xi = np.empty((R, n, K, d))
-    for r, seed in enumerate(seeds):
+    keys = [(int(s), float(sp), float(fp)) for s, sp, fp in zip(seeds, sigma_ps, flip_ps)]
+    G = group_size(keys)
+    U = R // G
+    yhat = np.empty((U, n))
+    y = np.empty((U, n))
+    pos = np.empty((U, n), dtype=np.int64)
+    basis = np.zeros((U, 1 + n * K, d))
+    basis[:, 0, 0] = 1.0  # the signal direction e_1
+    for u in range(U):
+        seed, sigma_p, flip_p = keys[u * G]
         rng = run_rng(seed, stream)
-        yhat[r] = rng.choice([-1.0, 1.0], size=n)
-        flips = rng.random(n) < flip_ps[r]
-        y[r] = np.where(flips, -yhat[r], yhat[r])
-        pos[r] = rng.integers(0, P, size=n)
-        xi[r] = rng.standard_normal((n, K, d)) * sigma_ps[r]
+        yhat[u] = rng.choice([-1.0, 1.0], size=n)
+        flips = rng.random(n) < flip_p
+        y[u] = np.where(flips, -yhat[u], yhat[u])
+        pos[u] = rng.integers(0, P, size=n)
+        basis[u, 1:] = (rng.standard_normal((n, K, d)) * sigma_p).reshape(n * K, d)
     if project_noise:
-        xi[..., 0] = 0.0  # mu = ||mu|| e_1: projecting off mu zeroes the first coordinate (also when ||mu|| = 0)
-    mu = np.zeros((R, d))
-    mu[:, 0] = np.asarray(mu_norms, dtype=float)
+        basis[:, 1:, 0] = 0.0  # projecting off mu = ||mu|| e_1 zeroes the first coordinate (also when ||mu|| = 0)
     as_t = lambda a, dt=dtype: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
-    return Batch(as_t(mu), as_t(yhat), as_t(y), as_t(pos, torch.long), as_t(xi), P, noise_patches == "shared")
+    per_run = lambda a, dt=dtype: as_t(a, dt).repeat_interleave(G, 0)  # noqa: E731
+    return Batch(as_t(basis), as_t(np.asarray(mu_norms, dtype=float)), per_run(yhat), per_run(y),
+                 per_run(pos, torch.long), K, P, noise_patches == "shared")
 
 
 def generate_for(configs, stream: int = STREAM_TRAIN, n: int | None = None, dtype=None, device="cpu") -> Batch:

@@ -104,9 +104,10 @@ class TwoLayerCNN:
         """Signal-patch pre-activations (R, 2, m, n) and noise-patch pre-activations (R, 2, m, n, K)."""
         W = params.W
         R, _, m, d = W.shape
-        _, n, K, _ = data.xi.shape
-        proj = torch.bmm(W.reshape(R, 2 * m, d), data.basis.transpose(1, 2)).reshape(R, 2, m, 1 + n * K)
-        s = proj[..., 0]                                                          # <w_{j,r}, mu>
+        n, K, U = data.n, data.K, data.U
+        # one matmul per group of runs sharing a data set: (G 2m x d) x (d x (1 + n K))
+        proj = torch.bmm(W.reshape(U, -1, d), data.basis.transpose(1, 2)).reshape(R, 2, m, 1 + n * K)
+        s = proj[..., 0] * data.mu_norm[:, None, None]                            # <w_{j,r}, mu>
         sig = s[..., None] * data.yhat[:, None, None, :]
         z = proj[..., 1:].reshape(R, 2, m, n, K)                                  # <w_{j,r}, xi_{i,k}>
         if params.b is not None:
@@ -148,8 +149,8 @@ class TwoLayerCNN:
         a_noise = coef[..., None] * act_z * mult                                 # (R, 2, m, n, K)
         R, _, m, d = params.W.shape
         n, K = a_noise.shape[-2:]
-        coefs = torch.cat([a_sig[..., None], a_noise.reshape(R, 2, m, n * K)], -1)
-        dW = torch.bmm(coefs.reshape(R, 2 * m, 1 + n * K), data.basis).reshape(R, 2, m, d)
+        coefs = torch.cat([(a_sig * data.mu_norm[:, None, None])[..., None], a_noise.reshape(R, 2, m, n * K)], -1)
+        dW = torch.bmm(coefs.reshape(data.U, -1, 1 + n * K), data.basis).reshape(R, 2, m, d)
         db = None
         if params.b is not None:
             db = (coef * (act_sig + mult * act_z.sum(-1))).sum(-1)

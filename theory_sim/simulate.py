@@ -119,8 +119,8 @@ def write_run(result, out: Path, base: SimConfig, seeds: list[int]) -> None:
     state = {"configs": [c.to_dict() for c in result.configs],
              "W": result.params.W.cpu(), "b": None if result.params.b is None else result.params.b.cpu(),
              "W0": result.init.W.cpu(), "b0": None if result.init.b is None else result.init.b.cpu(),
-             "data": {k: getattr(result.data, k).cpu() for k in ("mu", "yhat", "y", "pos", "xi")},
-             "P": result.data.P, "shared": result.data.shared}
+             "data": {k: getattr(result.data, k).cpu() for k in ("basis", "mu_norm", "yhat", "y", "pos")},
+             "K": result.data.K, "P": result.data.P, "shared": result.data.shared}
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(out / "final_state.pt", buf.getvalue())
@@ -145,7 +145,8 @@ def load_run(run_dir: str | Path) -> dict:
     d = state["data"]
     return {"configs": [SimConfig(**c) for c in state["configs"]],
             "params": Params(state["W"], state["b"]), "init": Params(state["W0"], state["b0"]),
-            "data": Batch(d["mu"], d["yhat"], d["y"], d["pos"], d["xi"], state["P"], state["shared"])}
+            "data": Batch(d["basis"], d["mu_norm"], d["yhat"], d["y"], d["pos"], state["K"], state["P"],
+                          state["shared"])}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -129,7 +129,7 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
         import concurrent.futures as cf
         import multiprocessing as mp
 
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, (os.cpu_count() or 1) // workers)  # small tensors: processes beat threads
         with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             futures = [pool.submit(run_chunk, str(out), i, threads) for i in todo]
             for fut in cf.as_completed(futures):
@@ -196,8 +196,10 @@ def status(out: Path) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", type=Path, help="sweep spec (TOML), e.g. studies/phase_diagram_quick.toml")
     p.add_argument("--out", type=Path, required=True, help="sweep directory (created, or resumed)")
-    p.add_argument("--executor", choices=EXECUTORS, default="inline")
-    p.add_argument("--workers", type=int, default=1, help="processes for --executor process")
+    p.add_argument("--executor", choices=EXECUTORS, default="process",
+                   help="process (default: a local pool, one torch thread per worker), inline, or submitit")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes for --executor process (default: the number of cores)")
     p.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
                    help="submitit backend (default: slurm when available)")
     p.add_argument("--partition", help="Slurm partition")

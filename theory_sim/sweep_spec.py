@@ -9,6 +9,7 @@ A spec is a frozen dataclass, loadable from TOML::
     benign_margin = 0.1          # benign: mean test error <= p + benign_margin * (0.5 - p)
     [base]                       # any SimConfig field shared by every run
     epochs = 100
+    batch_size = 5               # or "full": B = n in every cell (for grids over n)
     [grid.mu_norm]               # an axis: start/stop/num with spacing "log" or "linear", or explicit values
     start = 0.5
     stop = 8.0
@@ -174,8 +175,11 @@ class SweepSpec:
         for o in self.optimizers:
             for combo in product(*(axes[a] for a in order)):
                 cell = dict(zip(order, combo))
+                settings = {**base, **o.overrides, **cell}
+                if settings.get("batch_size") == "full":  # full batch at every n of the grid
+                    settings["batch_size"] = settings.get("n", SimConfig.preset(self.preset).n)
                 try:
-                    proto = SimConfig.preset(self.preset, **{**base, **o.overrides, **cell})
+                    proto = SimConfig.preset(self.preset, **settings)
                 except ConfigError as exc:
                     raise ConfigError(f"optimizer {o.label!r} at {cell}: {exc}") from None
                 for s in range(self.seeds):
@@ -189,14 +193,24 @@ class SweepSpec:
         return self._configs
 
     def chunks(self) -> list[list[tuple[tuple, SimConfig]]]:
-        """Deterministic chunks: runs grouped by the structural fields, in spec order, at most chunk_runs each."""
+        """Deterministic chunks: runs grouped by the structural fields and, inside, ordered so that the runs sharing
+        a data set (same seed, sigma_p, flip_p: every ||mu|| and optimizer of a seed) are consecutive — they then
+        share one matmul (see theory_sim.data). Chunks hold at most chunk_runs runs, whole data-set groups where
+        chunk_runs allows."""
         groups: dict[tuple, list] = {}
         for key, cfg in self.runs:
             groups.setdefault(tuple(getattr(cfg, f) for f in STRUCTURAL_FIELDS), []).append((key, cfg))
         out = []
         for runs in groups.values():
-            for lo in range(0, len(runs), self.chunk_runs):
-                out.append(runs[lo:lo + self.chunk_runs])
+            runs = sorted(runs, key=lambda kc: (kc[1].seed, kc[1].sigma_p, kc[1].flip_p))  # stable: spec order kept
+            sizes: dict[tuple, int] = {}
+            for _, cfg in runs:
+                k = (cfg.seed, cfg.sigma_p, cfg.flip_p)
+                sizes[k] = sizes.get(k, 0) + 1
+            g = next(iter(sizes.values())) if len(set(sizes.values())) == 1 else 1
+            size = (self.chunk_runs // g) * g if self.chunk_runs >= g else self.chunk_runs
+            for lo in range(0, len(runs), size):
+                out.append(runs[lo:lo + size])
         return out
 
     @property

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from theory_sim.data import STREAM_MC, STREAM_TEST, generate_for, run_rng
+from theory_sim.data import STREAM_MC, STREAM_TEST, generate_for
 from theory_sim.model import Params, TwoLayerCNN
 
 
@@ -42,10 +43,14 @@ def _noise_factor(W: torch.Tensor, sigma_p: torch.Tensor, project_noise: bool) -
 
 
 def standard_draws(configs, n_mc: int, K: int, width: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
-    """(R, n_mc, K, width) standard normal draws, each run's from its own generator (seed, STREAM_MC): same seed,
-    same numbers, whatever the ensemble. Re-using them across logged steps gives smooth trajectories."""
-    return torch.stack([torch.as_tensor(run_rng(c.seed, STREAM_MC).standard_normal((n_mc, K, width)), dtype=dtype)
-                        for c in configs]).to(device)
+    """(R, n_mc, K, width) standard normal draws, each run's from its own generator seeded from (seed, STREAM_MC):
+    same seed, same numbers, whatever the ensemble. Re-using them across logged steps gives smooth trajectories."""
+    out = torch.empty(len(configs), n_mc, K, width, dtype=dtype)
+    gen = torch.Generator()
+    for r, c in enumerate(configs):
+        gen.manual_seed(int(np.random.SeedSequence([int(c.seed), STREAM_MC]).generate_state(1, np.uint64)[0] >> 1))
+        torch.randn(n_mc, K, width, generator=gen, dtype=dtype, out=out[r])
+    return out.to(device)
 
 
 def gaussian_test_error(net: TwoLayerCNN, params: Params, configs, n_mc: int, chunk: int = 32,

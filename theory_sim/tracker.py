@@ -30,11 +30,11 @@ class CoefficientTracker:
     def __init__(self, params: Params, data: Batch):
         self.W0 = params.W.clone()
         R, _, m, _ = params.W.shape
-        _, n, K, _ = data.xi.shape
+        n, K = data.n, data.K
         self.gamma = torch.zeros(R, 2, m, dtype=params.W.dtype, device=params.W.device)
         self.rho = torch.zeros(R, 2, m, n, K, dtype=params.W.dtype, device=params.W.device)
-        self.mu_sq = data.mu.pow(2).sum(-1)                     # (R,)
-        self.xi_sq = data.xi.pow(2).sum(-1)                     # (R, n, K)
+        self.mu_sq = data.mu_norm.pow(2)                        # (R,)
+        self.xi_sq = data.xi_sq                                 # (R, n, K)
         self.signs = torch.tensor([1.0, -1.0], dtype=params.W.dtype, device=params.W.device)
         # rhobar entries: y_i = j ; rhounder entries: y_i = -j
         self.is_bar = (data.y[:, None, None, :, None] == self.signs[None, :, None, None, None])  # (R,2,1,n,1)

@@ -91,7 +91,8 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
     sam_until = vec([(math.inf if c.sam_steps is None else c.sam_steps) if c.optimizer == "sam" else 0
                      for c in configs], torch.float64)
     loss_eps = vec([c.loss_eps for c in configs])
-    perms = _batch_schedule(configs, c0.epochs, n, B)
+    # runs sharing a data set share its seed, hence its batch order: one schedule per data set
+    perms = _batch_schedule(configs[::data.G], c0.epochs, n, B)
     perms_t = None if perms is None else torch.as_tensor(perms, device=device)
     tracker = CoefficientTracker(params, data) if track else None
 
@@ -102,7 +103,7 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
     rows: list[pd.DataFrame] = []
     snapshots: dict[str, list] = {"step": [], "gamma": [], "rho": []}
 
-    K = data.xi.shape[2]
+    K = data.K
     draws = standard_draws(configs, min(TRAJECTORY_MC, c0.n_mc), K, 2 * c0.m, dtype, device) if log else None
 
     # fraction of noise terms that are active where the gradient is taken (W + eps for SAM, the quantity SAM
@@ -165,7 +166,7 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
             if tracker is not None:
                 grad.a_sig = torch.nan_to_num(grad.a_sig)
                 grad.a_noise = torch.nan_to_num(grad.a_noise)
-                tracker.update(grad, step_size, idx)
+                tracker.update(grad, step_size, None if idx is None else idx.repeat_interleave(data.G, 0))
             steps_done += active.long()
             step += 1
             bar.update(1)
