@@ -8,7 +8,7 @@ from the gradient g at the current weights w:
 - ``asam``     eps = rho T^2 g / ||T g||, T = |w| + eta_a    ASAM                 Kwon et al. [K21] arXiv 2102.11600
 - ``randsam``  eps = rho z / ||z||, z ~ N(0, I) every step   Rand-SAM             [T24] arXiv 2411.01714
 
-On top of any rule-free ascent:
+Two variants change how often, and on which data, the rule is applied:
 
 - multi-step SAM (``steps_k = k``): k steps of projected normalized gradient ascent inside the rho-ball,
   eps_{i+1} = Proj_rho(eps_i + alpha g(w + eps_i) / ||g(w + eps_i)||), alpha = rho by default, so k = 1 is SAM
@@ -27,6 +27,7 @@ The optimizer wraps any ``torch.optim`` optimizer, davda54/sam style::
         loss_fn(model(x), y).backward()             # gradient at w + eps
     opt.second_step(zero_grad=True)                 # w <- w, then the base optimizer steps with that gradient
 
+(multi-step SAM: ``opt.ascent_step(zero_grad=True)`` after each of the k - 1 extra backward passes at w + eps),
 or ``opt.step(closure)`` with a closure that runs forward + backward (pass ``model=`` to let the optimizer handle
 BatchNorm and DDP's no_sync itself). ``param_groups`` are the base optimizer's, so LR schedulers attach to ``opt``
 as usual; weight decay lives in the base optimizer, so the perturbation sees the loss gradient only.
@@ -193,7 +194,8 @@ class SAM(torch.optim.Optimizer):
     # ---- the closure API --------------------------------------------------------------------------------------
     def step(self, closure: Closure | None = None) -> torch.Tensor:
         """Full SAM step; ``closure`` runs forward + backward and returns the loss (grads are zeroed before each
-        call). Returns the clean-pass loss."""
+        call). Returns the clean-pass loss. Rand-SAM ignores the clean gradient but the clean pass still runs: it is
+        the pass that updates BatchNorm's running statistics and gives the logged loss."""
         if closure is None:
             raise ValueError("SAM.step needs a closure (forward + backward); or call first_step/second_step")
         return self.step_chunked([closure])
@@ -206,7 +208,7 @@ class SAM(torch.optim.Optimizer):
         weights = [1.0 / n] * n if weights is None else list(weights)
         if len(weights) != n or n == 0:
             raise ValueError("step_chunked needs one weight per closure and at least one closure")
-        acc, total = None, 0.0
+        acc, total, owners = None, 0.0, []
         for closure, w in zip(closures, weights):
             self.zero_grad()
             with no_sync(self.model), torch.enable_grad():
@@ -220,16 +222,17 @@ class SAM(torch.optim.Optimizer):
                 closure()  # gradient at w + eps; the only pass that all-reduces under DDP
             self.restore()
             total = total + w * loss.detach()
-            if n > 1:
+            if n > 1:  # acc = sum_c w_c grad L_c(w + eps_c), over the parameters the first chunk reached
                 with torch.no_grad():
-                    grads = [p.grad if p.grad is not None else torch.zeros_like(p)
-                             for g in self.param_groups for p in g["params"]]
                     if acc is None:
-                        acc = torch._foreach_mul(grads, w)
+                        owners = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+                        acc = torch._foreach_mul([p.grad for p in owners], w)
                     else:
-                        torch._foreach_add_(acc, grads, alpha=w)
+                        torch._foreach_add_(acc, [p.grad if p.grad is not None else torch.zeros_like(p)
+                                                  for p in owners], alpha=w)
         if acc is not None:
-            for p, a in zip((p for g in self.param_groups for p in g["params"]), acc):
+            self.zero_grad()
+            for p, a in zip(owners, acc):
                 p.grad = a
         self.base_optimizer.step()
         self._opt_called = True

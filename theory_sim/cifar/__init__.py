@@ -1,4 +1,6 @@
-"""CIFAR-10/100 WideResNet pipeline for the SAM family [F21, K21, T24]: model (``wrn``), data (``data``), trainer (``train``).
+"""CIFAR-10/100 WideResNet pipeline for the SAM family [F21, K21, T24].
+
+Model (``wrn``), data (``data``), trainer and CLI verb ``cifar`` (``train``), study plumbing (``study``).
 
 Nothing here downloads anything: the loader reads the standard python pickle archives from a local directory.
 """

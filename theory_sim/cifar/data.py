@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from theory_sim.config import ConfigError, check_float, check_int
+from theory_sim.io import atomic_write_bytes
 
 # per-channel mean/std of the CIFAR training images in [0, 1] (the values every PyTorch port uses)
 MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
@@ -133,12 +134,14 @@ def write_synthetic_cifar(root: str | os.PathLike, dataset: str = "cifar10", n_t
     archive_name, folder, train, test, key = LAYOUT[dataset]
     c = NUM_CLASSES[dataset]
     rng = np.random.default_rng(seed)
-    protos = rng.uniform(40, 215, size=(c, 3, 1, 1)) + 40 * np.sin(
+    # class = a faint colour cast + horizontal stripes of its own frequency and phase; per-image brightness and
+    # strong pixel noise make it a task a tiny WRN learns partly, not perfectly, in a couple of epochs
+    protos = rng.uniform(110, 145, size=(c, 3, 1, 1)) + 12 * np.sin(
         np.arange(32)[None, None, :, None] * rng.uniform(0.2, 1.0, size=(c, 1, 1, 1)) + rng.uniform(0, 6, (c, 1, 1, 1)))
 
     def batch(n: int, label: str) -> bytes:
         y = rng.integers(0, c, size=n)
-        x = protos[y] + rng.normal(0, 30, size=(n, 3, 32, 32))
+        x = protos[y] + rng.normal(0, 25, size=(n, 1, 1, 1)) + rng.normal(0, 60, size=(n, 3, 32, 32))
         d = {b"batch_label": label.encode(), key.encode(): [int(v) for v in y],
              b"data": np.clip(x, 0, 255).astype(np.uint8).reshape(n, 3072),
              b"filenames": [f"synthetic_{i}.png".encode() for i in range(n)]}
@@ -150,22 +153,24 @@ def write_synthetic_cifar(root: str | os.PathLike, dataset: str = "cifar10", n_t
     sizes[: n_train % len(train)] += 1
     files = {n: batch(int(s), f"training batch {i + 1}") for i, (n, s) in enumerate(zip(train, sizes))}
     files[test] = batch(n_test, "testing batch 1")
+    # atomic writes: several DDP processes may write the same (identical) files at once while others read them
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     if archive:
-        with tarfile.open(root / archive_name, "w:gz") as tar:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             for n, b in files.items():
                 info = tarfile.TarInfo(f"{folder}/{n}")
                 info.size = len(b)
                 tar.addfile(info, io.BytesIO(b))
+        atomic_write_bytes(root / archive_name, buf.getvalue())
     else:
-        (root / folder).mkdir(exist_ok=True)
         for n, b in files.items():
-            (root / folder / n).write_bytes(b)
+            atomic_write_bytes(root / folder / n, b)
     return root
 
 
-def symmetric_label_noise(labels: np.ndarray, rate: float, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def symmetric_label_noise(labels: np.ndarray, rate: float, num_classes: int,
+                          seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Change exactly round(rate * N) labels, chosen uniformly without replacement, each to a different class chosen
     uniformly among the other num_classes - 1 (the symmetric noise of [F21] Sec. 4). Returns (noisy labels, mask)."""
     check_float("label_noise", rate, lo=0.0, hi=1.0)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import os
-import platform
 import random
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from theory_sim.cifar.data import NUM_CLASSES, Augment, epoch_indices, load_cifa
     write_synthetic_cifar
 from theory_sim.cifar.wrn import WideResNet
 from theory_sim.config import ConfigError, check_choice, check_float, check_int
+from theory_sim.io import atomic_write_bytes, provenance, write_json, write_parquet
 from theory_sim.optim import SAM
 
 OPTIMIZERS = ("sgd", "sam", "asam", "randsam", "msam")
@@ -54,7 +53,7 @@ PRESETS: dict[str, dict] = {
 @dataclass(frozen=True)
 class CifarConfig:
     """One CIFAR training run. Defaults = preset ``f21`` on CIFAR-10 with SAM. ``rho=None`` picks the paper's radius
-    for the optimizer and dataset (0 for SGD). ``batch_size`` is global (split over DDP replicas);
+    for the optimizer and dataset (0 for SGD); ``steps_k=None`` is 2 ascent steps for msam, 1 otherwise. ``batch_size`` is global (split over DDP replicas);
     ``m_sharpness`` > 0 splits each replica's batch into chunks of that size, each perturbed with its own gradient;
     ``n_train``/``n_test`` > 0 use only the first n images (quick runs)."""
 
@@ -63,7 +62,7 @@ class CifarConfig:
     optimizer: str = "sam"
     rho: float | None = None
     norm: str = "2"  # SAM's dual norm: "2" or "inf" (sam / msam only)
-    steps_k: int = 1
+    steps_k: int | None = None  # None: 2 for msam, 1 otherwise
     m_sharpness: int = 0
     eta_a: float = 0.01
     label_noise: float = 0.0
@@ -99,6 +98,8 @@ class CifarConfig:
         check_choice("norm", self.norm, ("2", "inf"))
         if self.norm == "inf" and self.optimizer not in ("sam", "msam"):
             raise ConfigError(f"norm='inf' is for optimizer 'sam' or 'msam', got optimizer={self.optimizer!r}")
+        if self.steps_k is None:
+            object.__setattr__(self, "steps_k", 2 if self.optimizer == "msam" else 1)
         check_int("steps_k", self.steps_k, lo=1, hi=1 if self.optimizer != "msam" else 100)
         check_int("m_sharpness", self.m_sharpness, lo=0, hi=self.batch_size if isinstance(self.batch_size, int)
                   else None)
@@ -180,26 +181,19 @@ def setup_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     return d, device
 
 
-def atomic_write(path: Path, write) -> None:
-    """write(tmp_path) into a temp file in the same directory, then os.replace: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+def _atomic_torch_save(obj, path: Path) -> None:
+    """torch.save straight to a temp file in the same directory, fsync, os.replace: an interrupted save never
+    leaves half a checkpoint (streamed, not buffered: a WRN-28-10 checkpoint is ~300 MB)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                             timeout=10)
-        return (out.stdout.strip() or None) if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _rng_state(aug: Augment, opt) -> dict:
@@ -324,7 +318,11 @@ def train(cfg: CifarConfig, out: str | os.PathLike, *, resume: bool = False, sto
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"][dd.rank], aug, opt)
+        if len(ckpt["rng"]) == dd.world:
+            _set_rng_state(ckpt["rng"][dd.rank], aug, opt)
+        else:  # the shards and random streams are per process: exact continuation needs the same process count
+            log(f"resume: the checkpoint was written by {len(ckpt['rng'])} processes, this run has {dd.world}: "
+                f"continuing with fresh random streams (not bitwise identical to an uninterrupted run)")
         history, start = list(ckpt["history"]), ckpt["epoch"] + 1
     log(f"{cfg.dataset} WRN-{cfg.depth}-{cfg.width} {cfg.optimizer} (rule {cfg.rule if cfg.optimizer != 'sgd' else '-'}"
         f", rho {cfg.rho}, k {cfg.steps_k}) | {len(y_tr)} train / {len(y_te)} test | noise {cfg.label_noise} | "
@@ -335,6 +333,9 @@ def train(cfg: CifarConfig, out: str | os.PathLike, *, resume: bool = False, sto
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         tr = train_epoch(cfg, net, opt, sched, criterion, aug, Xtr, Ytr, epoch, steps, per_rank, dd, amp, mem_fmt)
+        if dd.world > 1:  # the last clean pass moved each replica's BN stats on its own shard: take rank 0's, as
+            for b in model.buffers():  # DDP would at the next forward, so evaluation and checkpoint agree
+                dist.broadcast(b, 0)
         te = evaluate(model, Xte, Yte, aug, cfg.eval_batch_size, dd, amp, mem_fmt)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -349,9 +350,9 @@ def train(cfg: CifarConfig, out: str | os.PathLike, *, resume: bool = False, sto
         if dd.main:
             _save(out, history, dict(epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(),
                                      scheduler=sched.state_dict(), rng=rngs, history=history, config=asdict(cfg)))
-            log(f"epoch {epoch + 1:>3}/{cfg.epochs} | train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"
-                f" | test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}% | gap "
-                f"{100 * row['gen_gap']:+.2f}% | lr {lr:.4g} | |eps| {row['perturbation_norm']:.4g} | "
+            log(f"epoch {epoch + 1:>3}/{cfg.epochs} | train loss {row['train_loss']:.4f} acc "
+                f"{100 * row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}%"
+                f" | gap {100 * row['gen_gap']:+.2f}% | lr {lr:.4g} | |eps| {row['perturbation_norm']:.4g} | "
                 f"{row['epoch_time']:.1f}s")
     finished = len(history) == cfg.epochs
     sharp = None
@@ -360,7 +361,7 @@ def train(cfg: CifarConfig, out: str | os.PathLike, *, resume: bool = False, sto
         sharp = final_sharpness(model, aug.normalize(Xtr[:n]).contiguous(memory_format=mem_fmt), Ytr[:n], cfg.rho,
                                 seed=cfg.seed, log=log)
         if sharp is not None:
-            atomic_write(out / "sharpness.json", lambda p: Path(p).write_text(json.dumps(sharp, indent=2)))
+            write_json(out / "sharpness.json", sharp)
     if dd.world > 1:
         dist.barrier()
     import pandas as pd
@@ -432,53 +433,45 @@ def evaluate(model, X, Y, aug, batch_size, dd, amp, mem_fmt) -> dict:
     return dict(loss=(stats[0] / stats[2]).item(), acc=(stats[1] / stats[2]).item())
 
 
-def final_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rho: float, seed: int, log=print) -> dict | None:
-    """lambda_1, Tr(H) and R_Max / R_Asc / R_Avg [W23, F21] of the training loss (eval-mode BatchNorm, plain CE) at
-    the final weights, on the first images of the training set, if ``theory_sim.sharpness`` is available."""
+def final_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rho: float, seed: int, log=print,
+                    batch_size: int = 128) -> dict | None:
+    """lambda_1, Tr(H) and R_Max / R_Asc / R_Avg [W23, F21] of the training loss (plain cross-entropy on the labels
+    trained on, eval-mode BatchNorm) at the final weights, on the given images, if ``theory_sim.sharpness`` is
+    available. Budgets are modest (Lanczos to 1e-3 relative residual, 20 Hutchinson probes, 64 random directions):
+    the numbers compare optimizers, they are not converged to many digits."""
     try:
-        import theory_sim.sharpness as sh
-        from theory_sim.sharpness import Objective
+        from theory_sim.sharpness import Objective, hutchinson_trace, r_asc, r_avg, r_max, top_eigenvalues
     except ImportError as exc:
-        log(f"sharpness: skipped, theory_sim.sharpness is not available ({exc})")
+        log(f"sharpness: skipped, theory_sim.sharpness is not importable ({exc})")
         return None
-    obj = Objective.from_module(model, F.cross_entropy, (x, y), train_mode=False)
-    radius = rho if rho > 0 else 0.05
-    res = {"n_samples": len(y), "rho": radius}
-    res["lambda_1"] = float(_value(obj.top_eigenvalues(1))[0] if _is_seq(_value(obj.top_eigenvalues(1)))
-                            else _value(obj.top_eigenvalues(1)))
-    res["trace"] = float(_value(obj.hutchinson_trace(16)))
-    for name in ("r_max", "r_asc", "r_avg"):
-        fn = getattr(sh, name, None)
-        if fn is not None:
-            res[name] = float(_value(fn(obj, radius)))
-    log("sharpness: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items() if isinstance(v, float)))
+    batches = list(zip(x.split(batch_size), y.split(batch_size)))  # HVPs batch by batch: bounded memory
+    obj = Objective.from_module(model, F.cross_entropy, batches, train_mode=False)
+    radius = rho if rho > 0 else 0.05  # SGD runs are measured at SAM's default radius
+    trace = hutchinson_trace(obj, 20, seed=seed)
+    avg = r_avg(obj, radius, 64, seed=seed)
+    res = {"n_samples": int(len(y)), "rho": float(radius), "loss": float(obj.loss()),
+           "lambda_1": float(top_eigenvalues(obj, 1, tol=1e-3, max_iter=60, seed=seed).values[0]),
+           "trace": trace.value, "trace_stderr": trace.stderr,
+           "r_max": r_max(obj, radius, n_steps=20, n_restarts=1, seed=seed), "r_asc": r_asc(obj, radius),
+           "r_avg": avg.value, "r_avg_stderr": avg.stderr}
+    log("sharpness (train loss, rho {rho:g}): lambda_1 {lambda_1:.4g} | trace {trace:.4g} | R_Max {r_max:.3g} | "
+        "R_Asc {r_asc:.3g} | R_Avg {r_avg:.3g}".format(**res))
     return res
 
 
-def _value(v):
-    return getattr(v, "value", getattr(v, "mean", v))
-
-
-def _is_seq(v):
-    return isinstance(v, (list, tuple)) or (torch.is_tensor(v) and v.dim() > 0)
-
-
 def _write_sidecars(out: Path, cfg: CifarConfig, dd: Dist, device, clean_y, noisy_y, mask) -> None:
-    meta = {"config": asdict(cfg), "git_commit": git_commit(), "seed": cfg.seed, "world_size": dd.world,
-            "device": str(device), "argv": sys.argv,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}}
-    atomic_write(out / "config.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    write_json(out / "config.json", {"config": asdict(cfg), "seed": cfg.seed, "world_size": dd.world,
+                                     "device": str(device), **provenance()})
     if cfg.label_noise > 0:  # the exact noisy labels and which ones were flipped
-        def write(p):
-            with open(p, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare temp name
-                np.savez(fh, clean_labels=clean_y, noisy_labels=noisy_y, noisy_mask=mask)
-        atomic_write(out / "label_noise.npz", write)
+        buf = io.BytesIO()
+        np.savez(buf, clean_labels=clean_y, noisy_labels=noisy_y, noisy_mask=mask)
+        atomic_write_bytes(out / "label_noise.npz", buf.getvalue())
 
 
 def _save(out: Path, history: list[dict], ckpt: dict) -> None:
     import pandas as pd
-    atomic_write(out / "metrics.parquet", lambda p: pd.DataFrame(history).to_parquet(p, index=False))
-    atomic_write(out / "checkpoint.pt", lambda p: torch.save(ckpt, p))
+    write_parquet(pd.DataFrame(history), out / "metrics.parquet")
+    _atomic_torch_save(ckpt, out / "checkpoint.pt")
 
 
 # ---- command line -------------------------------------------------------------------------------------------------
@@ -490,7 +483,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="msam = multi-step SAM (default sam)")
     p.add_argument("--rho", type=float, default=None, help="radius (default 0.05/0.1 SAM, 0.5/1.0 ASAM for C10/C100)")
     p.add_argument("--norm", choices=("2", "inf"), default=None, help="SAM's norm p (sam/msam)")
-    p.add_argument("--steps-k", type=int, default=None, help="ascent steps of multi-step SAM (msam)")
+    p.add_argument("--steps-k", type=int, default=None, help="ascent steps of multi-step SAM (msam; default 2)")
     p.add_argument("--m-sharpness", type=int, default=None, help="chunk size m for m-sharpness (0 = off)")
     p.add_argument("--eta-a", type=float, default=None, help="ASAM's eta")
     p.add_argument("--label-noise", type=float, default=None, help="symmetric label-noise rate in [0, 1]")
@@ -537,17 +530,27 @@ def config_from_args(args: argparse.Namespace) -> CifarConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
     if args.smoke and args.data_dir is None:
         args.data_dir = str(write_synthetic_cifar(Path(args.out) / "synthetic_data", args.dataset or "cifar10",
                                                   n_train=512, n_test=256, seed=0))
-        print(f"smoke: wrote a synthetic {args.dataset or 'cifar10'} (real pickle format) to {args.data_dir}")
-    cfg = config_from_args(args)
+        if main_process:
+            print(f"smoke: wrote a synthetic {args.dataset or 'cifar10'} (real pickle format) to {args.data_dir}")
+    saved = Path(args.out) / "config.json"
+    if args.resume and saved.exists():  # the run's own config; only where/how to run may change
+        values = json.loads(saved.read_text())["config"]
+        values.update({k: getattr(args, k) for k in RUNTIME_FIELDS if getattr(args, k) is not None})
+        cfg = CifarConfig(**values)
+        if main_process:
+            print(f"resume: config from {saved}")
+    else:
+        cfg = config_from_args(args)
     if args.slurm:
         return submit_slurm(cfg, args)
     result = train(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
     if dist.is_initialized():
         dist.destroy_process_group()
-    if result.finished:
+    if result.finished and main_process:
         print(f"done: {args.out}/metrics.parquet")
     return 0
 

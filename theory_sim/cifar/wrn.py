@@ -22,7 +22,8 @@ class Block(nn.Module):
         self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
         self.dropout = dropout
         # 1x1 projection only where the residual changes shape; it sees the pre-activated input (standard WRN)
-        self.shortcut = None if (c_in == c_out and stride == 1) else nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
+        self.shortcut = (None if (c_in == c_out and stride == 1)
+                         else nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.relu(self.bn1(x))
