@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # small tensors: one thread is fastest here (see theory_sim.cli)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,6 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "sweep": ("theory_sim.sweep", "run (or resume) a phase-diagram sweep from a TOML spec"),
     "sweep-status": ("theory_sim.sweep_status", "chunks done / total and ETA of a sweep directory"),
     "figures": ("theory_sim.phase_figures", "regenerate every figure of a sweep from its stored results"),
+    "sharpness": ("theory_sim.cnn_sharpness", "Hessian spectrum, trace and R_Max/R_Asc/R_Avg of a simulate run"),
     "verify": ("theory_sim.verify", "fit the benign/harmful boundary's shape and compare it with the theorems"),
     "cifar": ("theory_sim.cifar.train", "train a WideResNet on CIFAR-10/100 with SGD or the SAM family"),
 }

@@ -90,6 +90,16 @@ class Batch:
         """(R, n, K) squared norms of the noise vectors."""
         return self.basis[:, 1:].pow(2).sum(-1).repeat_interleave(self.G, 0).reshape(self.R, self.n, self.K)
 
+    def run(self, r: int) -> "Batch":
+        """The data of run r alone (a one-run batch)."""
+        return Batch(self.basis[r // self.G:r // self.G + 1], self.mu_norm[r:r + 1], self.yhat[r:r + 1],
+                     self.y[r:r + 1], self.pos[r:r + 1], self.K, self.P, self.shared)
+
+    def to(self, dtype=None, device=None) -> "Batch":
+        cast = lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)  # noqa: E731
+        return Batch(cast(self.basis), cast(self.mu_norm), cast(self.yhat), cast(self.y), cast(self.pos), self.K,
+                     self.P, self.shared)
+
     def select(self, idx: torch.Tensor) -> "Batch":
         """Sample subsets, one per data set: idx has shape (U, B). One gather copies e_1 and the chosen noise."""
         K, B = self.K, idx.shape[1]
