@@ -30,7 +30,9 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--baseline-runs", type=int, default=10,
                     help="runs of the per-run loop actually timed (its time is per run, scaled to --runs)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both (1 is fastest here)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     # one sweep row: R runs at the same d, ||mu|| spread over a grid, one seed each
     mus = np.linspace(0.5, 5.0, args.runs)

@@ -181,13 +181,29 @@ def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path) -> Path:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, help="sweep directory with results.parquet")
+    p.add_argument("--gallery", type=Path, default=None,
+                   help="also copy the figures (and verify.md) there as <sweep name>*.png, e.g. figures/")
 
 
 def run(args: argparse.Namespace) -> int:
+    import shutil
+
     from theory_sim.config import ConfigError
+    from theory_sim.sweep import load_spec
 
     if not (args.dir / "results.parquet").exists():
         raise ConfigError(f"DIR must hold results.parquet (run or finish the sweep first): {args.dir}")
+    name = load_spec(args.dir).name
     for path in draw_figures(args.dir):
         print(f"figure: {path}")
+        if args.gallery is not None:
+            args.gallery.mkdir(parents=True, exist_ok=True)
+            target = args.gallery / path.name.replace("phase_diagram", name).replace("boundary_scaling",
+                                                                                      f"{name}_boundary")
+            if target.name == path.name:
+                target = args.gallery / f"{name}_{path.name}"
+            shutil.copy(path, target)
+            print(f"  -> {target}")
+    if args.gallery is not None and (args.dir / "verify.md").exists():
+        shutil.copy(args.dir / "verify.md", args.gallery / f"{name}_verify.md")
     return 0

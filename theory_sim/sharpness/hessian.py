@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -220,9 +221,20 @@ def _flat_matvec(obj: Objective, hvp_method: str | None) -> Matvec:
     return lambda v: obj.hvp(v, method=hvp_method)
 
 
+def _graph_cache(obj: Objective, cache_graph: bool, hvp_method: str | None):
+    """``obj.cached_graph()`` if asked for (double-backward HVPs only), else a no-op context."""
+    if not isinstance(cache_graph, bool):
+        raise ConfigError(f"cache_graph must be True or False, got {cache_graph!r}")
+    if not cache_graph:
+        return contextlib.nullcontext()
+    if (hvp_method or obj.hvp_method) != "double_backward":
+        raise ConfigError("cache_graph=True needs hvp_method='double_backward'")
+    return obj.cached_graph()
+
+
 def top_eigenvalues(obj: Objective, k: int = 1, *, method: str = "lanczos", which: str = "LA",
                     max_iter: int | None = None, tol: float | None = None, seed: int | torch.Generator = 0,
-                    as_list: bool = False, hvp_method: str | None = None) -> Eigenpairs:
+                    as_list: bool = False, hvp_method: str | None = None, cache_graph: bool = False) -> Eigenpairs:
     """The k largest eigenvalues of the Hessian H of ``obj`` at its point, with unit eigenvectors.
 
     ``which="LA"``: largest algebraic (lambda_1 >= lambda_2 >= ..., the sharpness of [W23, F21]);
@@ -235,7 +247,8 @@ def top_eigenvalues(obj: Objective, k: int = 1, *, method: str = "lanczos", whic
     ``method="power"``: power iteration with deflation (see ``_power_top``), stopped at relative residual tol
     (default 1e-7, max_iter 2000 per eigenpair). Converges at rate lambda_2/lambda_1: slow for small gaps.
 
-    A RuntimeWarning is issued when the requested tolerance is not reached.
+    A RuntimeWarning is issued when the requested tolerance is not reached. ``cache_graph=True``: see
+    ``Objective.cached_graph`` (several times faster per HVP, much more memory).
     """
     check_int("k", k, 1, obj.dim)
     check_choice("method", method, ("lanczos", "power"))
@@ -248,14 +261,15 @@ def top_eigenvalues(obj: Objective, k: int = 1, *, method: str = "lanczos", whic
     check_float("tol", tol, 0.0)
     gen = make_generator(seed, obj.device)
     run = _lanczos_top if method == "lanczos" else _power_top
-    vals, vecs, res, n_hvp = run(_flat_matvec(obj, hvp_method), obj.dim, obj.dtype, obj.device, k, which,
-                                 max_iter, tol, gen)
+    with _graph_cache(obj, cache_graph, hvp_method):
+        vals, vecs, res, n_hvp = run(_flat_matvec(obj, hvp_method), obj.dim, obj.dtype, obj.device, k, which,
+                                     max_iter, tol, gen)
     vecs = [obj.unflatten(v) for v in vecs] if as_list else vecs
     return Eigenpairs(vals, vecs, res, n_hvp)
 
 
 def hutchinson_trace(obj: Objective, n_samples: int, *, seed: int | torch.Generator = 0,
-                     hvp_method: str | None = None) -> Estimate:
+                     hvp_method: str | None = None, cache_graph: bool = False) -> Estimate:
     """Hutchinson's estimator Tr(H) ~ (1/n) sum_i v_i^T H v_i, v_i Rademacher (E[v v^T] = I).
 
     Rademacher probes minimise the variance among i.i.d. probes: Var(v^T H v) = 2 sum_{i != j} H_ij^2.
@@ -264,9 +278,10 @@ def hutchinson_trace(obj: Objective, n_samples: int, *, seed: int | torch.Genera
     check_int("n_samples", n_samples, 2)
     gen = make_generator(seed, obj.device)
     samples = torch.empty(n_samples, dtype=torch.float64)
-    for i in range(n_samples):
-        v = rademacher((obj.dim,), obj.dtype, obj.device, gen)
-        samples[i] = torch.dot(v, obj.hvp(v, method=hvp_method)).double()
+    with _graph_cache(obj, cache_graph, hvp_method):
+        for i in range(n_samples):
+            v = rademacher((obj.dim,), obj.dtype, obj.device, gen)
+            samples[i] = torch.dot(v, obj.hvp(v, method=hvp_method)).double()
     return Estimate.from_samples(samples)
 
 
@@ -288,7 +303,7 @@ class SpectralDensity:
 
 def slq_density(obj: Objective, n_probes: int, n_steps: int, *, grid: int | torch.Tensor = 1001,
                 sigma: float | None = None, seed: int | torch.Generator = 0,
-                hvp_method: str | None = None) -> SpectralDensity:
+                hvp_method: str | None = None, cache_graph: bool = False) -> SpectralDensity:
     """Stochastic Lanczos quadrature (Lin, Saad, Yang 2016; Ghorbani, Krishnan, Xiao 2019).
 
     For a unit probe q = v/||v|| (v Rademacher), m Lanczos steps give T = S diag(theta) S^T and the Gauss quadrature
@@ -311,13 +326,14 @@ def slq_density(obj: Objective, n_probes: int, n_steps: int, *, grid: int | torc
     steps = min(n_steps, obj.dim)
     nodes = torch.zeros(n_probes, steps, dtype=torch.float64)
     weights = torch.zeros(n_probes, steps, dtype=torch.float64)
-    for p in range(n_probes):
-        v = rademacher((obj.dim,), obj.dtype, obj.device, gen)
-        alpha, beta, _ = lanczos(matvec, v, steps)
-        theta, S = tridiag_eigh(alpha, beta)
-        m = theta.numel()
-        nodes[p, :m], weights[p, :m] = theta, S[0].pow(2)
-        nodes[p, m:] = theta[-1]  # padding, weight 0
+    with _graph_cache(obj, cache_graph, hvp_method):
+        for p in range(n_probes):
+            v = rademacher((obj.dim,), obj.dtype, obj.device, gen)
+            alpha, beta, _ = lanczos(matvec, v, steps)
+            theta, S = tridiag_eigh(alpha, beta)
+            m = theta.numel()
+            nodes[p, :m], weights[p, :m] = theta, S[0].pow(2)
+            nodes[p, m:] = theta[-1]  # padding, weight 0
     lo, hi = float(nodes.min()), float(nodes.max())
     if sigma is None:
         sigma = 0.01 * (hi - lo) if hi > lo else 1e-3 * max(abs(hi), 1.0)
