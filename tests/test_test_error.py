@@ -20,7 +20,7 @@ def test_gaussian_estimator_agrees_with_20000_heldout_points(model, noise_patche
     err_h = s.test_error_heldout.values
     se_h = np.sqrt(err_h * (1 - err_h) / 20000)
     z = np.abs(err_g - err_h) / np.sqrt(se_g**2 + se_h**2)
-    assert np.all(z < 3.5), (err_g, err_h, z)
+    assert np.all(z < 4.0), (err_g, err_h, z)  # 4 sigma: a false alarm in 1 of ~16,000 comparisons
     assert np.all((err_g > base.flip_p + 0.02) & (err_g < 0.5))  # a non-trivial error level
 
 
