@@ -20,13 +20,6 @@ from theory_sim.cifar.wrn import WideResNet
 from theory_sim.config import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: one thread is as fast and steadier on 2 shared cores; restored for the other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TINY = dict(depth=10, width=1, epochs=2, batch_size=16, lr=0.05, n_train=64, n_test=32, sharpness=False,

@@ -15,13 +15,6 @@ from theory_sim.config import ConfigError
 from theory_sim.optim import SAM, disable_running_stats
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: one thread is as fast and steadier on 2 shared cores; restored for the other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---- a quadratic with two parameter tensors, gradients by hand ------------------------------------------------------

@@ -20,13 +20,6 @@ from theory_sim.sharpness import (HVP_METHODS, Objective, flatten, grad_top_eigv
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny float64 matmuls with 2 OpenMP threads on a shared 2-core box can be ~100x slower than with one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------------------------------------------
