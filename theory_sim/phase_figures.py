@@ -149,29 +149,34 @@ def draw_figures(out: str | Path) -> list[Path]:
 
 
 def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path) -> Path:
-    fig, axes = plt.subplots(1, len(swept), figsize=(4.8 * len(swept), 4.0), squeeze=False)
+    """||mu||* against each swept dimension, one line per combination of the other dimensions (log-log)."""
+    fig, axes = plt.subplots(1, len(swept), figsize=(5.2 * len(swept), 4.2), squeeze=False)
     optimizer_of = {o.label: o.optimizer for o in spec.optimizers}
     for ax, dim in zip(axes[0], swept):
+        others = [x for x in ("d", *SLICE) if x != dim and bnd[x].nunique() > 1]
         for k, lab in enumerate(labels):
             b = bnd[(bnd.label == lab) & (bnd.status == "ok")]
-            for j, (dval, g) in enumerate(b.groupby("d")):
-                if j % 2:  # every other d keeps the plot readable
-                    continue
+            groups = list(b.groupby(others)) if others else [((), b)]
+            for j, (key, g) in enumerate(groups):
+                key = key if isinstance(key, tuple) else (key,)
                 g = g.sort_values(dim)
-                ax.plot(g[dim], g.mu_star, LINESTYLES[k % 4], marker="o", ms=3, color=f"C{j // 2}",
-                        label=f"{lab}, d={dval}")
-            f = fits[(fits.label == lab) & (fits.dim == dim)] if not fits.empty else fits
-            pred = PREDICTED.get(optimizer_of[lab], {}).get(dim)
-            if len(f):
-                ax.text(0.02, 0.95 - 0.07 * k, f"{lab}: fitted slope {np.nanmedian(f.slope):.2f}"
-                        + (f" (theory {pred:g})" if pred is not None else ""), transform=ax.transAxes, fontsize=8)
+                ax.plot(g[dim], g.mu_star, LINESTYLES[k % 4], marker="o", ms=3, color=plt.cm.viridis(
+                    j / max(1, len(groups) - 1)), label=f"{lab} " + ", ".join(f"{o}={v:g}" for o, v in zip(others, key)))
+            names = [dim] + (["P-1"] if dim == "P" else [])
+            for i, name in enumerate(names):
+                f = fits[(fits.label == lab) & (fits.dim == name)] if not fits.empty else fits
+                pred = PREDICTED.get(optimizer_of[lab], {}).get(name)
+                if len(f):
+                    ax.text(0.02, 0.95 - 0.07 * (k * len(names) + i), f"{lab}: slope in {name} "
+                            f"{np.nanmedian(f.slope):.2f} (median over lines)"
+                            + (f", theory {pred:g}" if pred is not None else ""), transform=ax.transAxes, fontsize=8)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(dim)
         ax.set_ylabel("boundary ||mu||*")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6, loc="lower right")
-    fig.suptitle(f"{spec.name}: boundary against the swept dimensions (log-log)", fontsize=10)
+        ax.legend(fontsize=6, loc="lower right", ncol=2)
+    fig.suptitle(f"{spec.name}: the benign/harmful boundary against the swept dimensions (log-log)", fontsize=10)
     fig.tight_layout()
     path = figdir / "boundary_scaling.png"
     fig.savefig(path, dpi=100)
