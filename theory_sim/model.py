@@ -47,15 +47,19 @@ class Gradient:
 
     loss: torch.Tensor      # (R,) mean logistic loss on the batch
     f: torch.Tensor         # (R, n) network outputs
-    dW: torch.Tensor        # (R, 2, m, d)
+    coefs: torch.Tensor     # (R, 2, m, 1 + n K): dW = coefs @ basis = coefs[..., 0] e_1 + sum coefs[..., ik] xi_ik
     db: torch.Tensor | None
     a_sig: torch.Tensor     # (R, 2, m): dW = a_sig * mu + sum_{i,k} a_noise_{i,k} xi_{i,k}
     a_noise: torch.Tensor   # (R, 2, m, n, K)
-    noise_active: torch.Tensor | None = None  # (R,) fraction of noise pre-activations > 0 where grad was taken
-    finite: torch.Tensor | None = None        # (R,) all pre-activations finite (else the run has diverged)
+    noise_active: torch.Tensor  # (R,) fraction of noise pre-activations > 0 where the gradient was taken
+    finite: torch.Tensor        # (R,) all pre-activations finite (else the run has diverged)
+    dW: torch.Tensor | None = None  # (R, 2, m, d), materialised by ``loss_and_grad``
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.dW] if self.db is None else [self.dW, self.db]
+
+    def coefficient_tensors(self) -> list[torch.Tensor]:
+        return [self.coefs] if self.db is None else [self.coefs, self.db]
 
 
 SIGNS = (1.0, -1.0)  # the sign j of filter block 0 and 1
@@ -100,20 +104,28 @@ class TwoLayerCNN:
         return torch.tensor(SIGNS, dtype=like.dtype, device=like.device)
 
     # ---------------------------------------------------------------------------------------------------------
-    def preactivations(self, params: Params, data: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Signal-patch pre-activations (R, 2, m, n) and noise-patch pre-activations (R, 2, m, n, K)."""
+    def projections(self, params: Params, data: Batch) -> torch.Tensor:
+        """<w_{j,r}, e_1> and <w_{j,r}, xi_{i,k}> for every filter: (R, 2, m, 1 + n K). One matmul per group of runs
+        sharing a data set: (G 2m x d) x (d x (1 + n K))."""
         W = params.W
         R, _, m, d = W.shape
-        n, K, U = data.n, data.K, data.U
-        # one matmul per group of runs sharing a data set: (G 2m x d) x (d x (1 + n K))
-        proj = torch.bmm(W.reshape(U, -1, d), data.basis.transpose(1, 2)).reshape(R, 2, m, 1 + n * K)
-        s = proj[..., 0] * data.mu_norm[:, None, None]                            # <w_{j,r}, mu>
-        sig = s[..., None] * data.yhat[:, None, None, :]
-        z = proj[..., 1:].reshape(R, 2, m, n, K)                                  # <w_{j,r}, xi_{i,k}>
-        if params.b is not None:
-            sig = sig + params.b[..., None]
-            z = z + params.b[..., None, None]
+        return torch.bmm(W.reshape(data.U, -1, d), data.basis.transpose(1, 2)).reshape(R, 2, m, -1)
+
+    def preactivations_from_projections(self, proj: torch.Tensor, b: torch.Tensor | None, mu_norm: torch.Tensor,
+                                        yhat: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Signal-patch pre-activations (R, 2, m, n) and noise-patch pre-activations (R, 2, m, n, K)."""
+        R, _, m, _ = proj.shape
+        s = proj[..., 0] * mu_norm[:, None, None]                                 # <w_{j,r}, mu>
+        sig = s[..., None] * yhat[:, None, None, :]
+        z = proj[..., 1:].reshape(R, 2, m, yhat.shape[1], K)                      # <w_{j,r}, xi_{i,k}>
+        if b is not None:
+            sig = sig + b[..., None]
+            z = z + b[..., None, None]
         return sig, z
+
+    def preactivations(self, params: Params, data: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.preactivations_from_projections(self.projections(params, data), params.b, data.mu_norm,
+                                                    data.yhat, data.K)
 
     def output_from_preactivations(self, sig: torch.Tensor, z: torch.Tensor, mult: int) -> torch.Tensor:
         per_filter = torch.relu(sig) + mult * torch.relu(z).sum(-1)             # (R, 2, m, n)
@@ -129,35 +141,40 @@ class TwoLayerCNN:
         """(R,) mean logistic loss L_S(W) = mean_i l(y_i f(W, x_i))."""
         return logistic_loss(data.y * self.output(params, data)).mean(-1)
 
-    def loss_and_grad(self, params: Params, data: Batch) -> Gradient:
-        """Closed-form gradient of the mean logistic loss [C23 Sec. 3]:
+    def gradient(self, sig: torch.Tensor, z: torch.Tensor, y: torch.Tensor, yhat: torch.Tensor,
+                 mu_norm: torch.Tensor, mult: int, bias: bool) -> Gradient:
+        """Closed-form gradient of the mean logistic loss [C23 Sec. 3], from the pre-activations, as coefficients on
+        the basis [e_1, xi_11, ..., xi_nK]:
 
             dL/dw_{j,r} = (1/B) sum_i l'_i y_i j a_f a_p [relu'(<w,yhat_i mu>+b) yhat_i mu
                                                        + c_K sum_k relu'(<w,xi_ik>+b) xi_ik],
         with l'_i = -sigmoid(-y_i f_i) and c_K = P-1 for shared noise patches (1 for independent ones).
         """
-        sig, z = self.preactivations(params, data)
-        mult = data.noise_multiplicity
         f = self.output_from_preactivations(sig, z, mult)
-        margin = data.y * f
+        margin = y * f
         B = f.shape[-1]
-        g = -torch.sigmoid(-margin) * data.y / B                                # (R, n) = dL/df_i
+        g = -torch.sigmoid(-margin) * y / B                                      # (R, n) = dL/df_i
         coef = g[:, None, None, :] * (self.signs(f)[None, :, None, None] * (self.a_f * self.a_p))  # (R,2,1,n)
         act_sig = (sig > 0).to(f.dtype)
         act_z = (z > 0).to(f.dtype)
-        a_sig = (coef * act_sig * data.yhat[:, None, None, :]).sum(-1)           # (R, 2, m)
+        a_sig = (coef * act_sig * yhat[:, None, None, :]).sum(-1)                 # (R, 2, m)
         a_noise = coef[..., None] * act_z * mult                                 # (R, 2, m, n, K)
-        R, _, m, d = params.W.shape
-        n, K = a_noise.shape[-2:]
-        coefs = torch.cat([(a_sig * data.mu_norm[:, None, None])[..., None], a_noise.reshape(R, 2, m, n * K)], -1)
-        dW = torch.bmm(coefs.reshape(data.U, -1, 1 + n * K), data.basis).reshape(R, 2, m, d)
-        db = None
-        if params.b is not None:
-            db = (coef * (act_sig + mult * act_z.sum(-1))).sum(-1)
+        R, _, m = a_sig.shape
+        coefs = torch.cat([(a_sig * mu_norm[:, None, None])[..., None], a_noise.reshape(R, 2, m, -1)], -1)
+        db = (coef * (act_sig + mult * act_z.sum(-1))).sum(-1) if bias else None
         # Non-finite weights show in the pre-activations: every weight coordinate meets mu or a noise vector with a
         # non-zero entry (a coordinate no data vector touches never moves). A cheap check on (R, 2m, 1 + nK) values.
         finite = torch.isfinite(z).flatten(1).all(1) & torch.isfinite(sig).flatten(1).all(1)
-        return Gradient(logistic_loss(margin).mean(-1), f, dW, db, a_sig, a_noise, act_z.flatten(1).mean(1), finite)
+        return Gradient(logistic_loss(margin).mean(-1), f, coefs, db, a_sig, a_noise, act_z.flatten(1).mean(1),
+                        finite)
+
+    def loss_and_grad(self, params: Params, data: Batch) -> Gradient:
+        """Loss and gradient at W, with dW = coefs @ basis materialised (R, 2, m, d)."""
+        sig, z = self.preactivations(params, data)
+        grad = self.gradient(sig, z, data.y, data.yhat, data.mu_norm, data.noise_multiplicity, params.b is not None)
+        R, _, m, d = params.W.shape
+        grad.dW = torch.bmm(grad.coefs.reshape(data.U, -1, grad.coefs.shape[-1]), data.basis).reshape(R, 2, m, d)
+        return grad
 
     # ---------------------------------------------------------------------------------------------------------
     def output_patches(self, params: Params, x: torch.Tensor) -> torch.Tensor:

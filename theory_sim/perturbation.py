@@ -50,17 +50,18 @@ def _scale_to_radius(dirs: Sequence[torch.Tensor], rho, batch_dims: int, norm=No
 
 def perturbation(rule: str, grads: Sequence[torch.Tensor], rho, *, params: Sequence[torch.Tensor] | None = None,
                  adaptive: Sequence[bool] | None = None, eta_a: float = 0.01, batch_dims: int = 0,
-                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                 generator: torch.Generator | None = None, norm: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Return eps (one tensor per gradient) for the given rule.
 
     ``rho`` is a float or a tensor of the batch shape (one radius per run). ``params`` and ``adaptive`` are needed
     for ASAM only: ``adaptive[k]`` says whether tensor k is a weight (scaled by |w| + eta_a) or a bias/BN parameter
-    (scaled by 1) [K21].
+    (scaled by 1) [K21]. ``norm`` (rule ``sam``) overrides ||g||: the two-layer CNN trainer passes gradients as
+    coefficients on a non-orthonormal basis, whose Euclidean norm is not the norm of the gradient itself.
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     if rule == "sam":
-        return _scale_to_radius(grads, rho, batch_dims)
+        return _scale_to_radius(grads, rho, batch_dims, norm=norm)
     if rule == "sam_inf":
         return [torch.sign(g) * _expand(torch.as_tensor(rho, dtype=g.dtype, device=g.device), g, batch_dims)
                 for g in grads]

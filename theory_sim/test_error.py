@@ -30,16 +30,16 @@ def _normalised(params: Params) -> Params:
     return Params.from_tensors([t / peak.reshape(-1, *([1] * (t.dim() - 1))) for t in ts])
 
 
-def _noise_factor(W: torch.Tensor, sigma_p: torch.Tensor, project_noise: bool) -> torch.Tensor:
-    """L (R, 2m, 2m) with L L^T = sigma_p^2 W Pi W^T (eigendecomposition: robust when 2m > d)."""
+def noise_gram(W: torch.Tensor, project_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W Pi W^T (R, 2m, 2m), W[..., 0] (R, 2, m)): the noise pre-activations' covariance / sigma_p^2, and the
+    weights' first coordinate (<w, mu> = ||mu|| w_1). Pi projects off mu = ||mu|| e_1, or is I."""
     R, _, m, d = W.shape
     A = W.reshape(R, 2 * m, d)
-    if project_noise:
-        A = A.clone()
-        A[..., 0] = 0.0  # mu is along e_1
     gram = A @ A.transpose(1, 2)
-    evals, evecs = torch.linalg.eigh(gram)
-    return evecs * evals.clamp(min=0).sqrt()[:, None, :] * sigma_p[:, None, None]
+    w0 = W[..., 0]
+    if project_noise:
+        gram = gram - w0.reshape(R, 2 * m, 1) * w0.reshape(R, 1, 2 * m)
+    return gram, w0
 
 
 def standard_draws(configs, n_mc: int, K: int, width: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
@@ -59,21 +59,35 @@ def gaussian_test_error(net: TwoLayerCNN, params: Params, configs, n_mc: int, ch
 
     ``draws`` may hold pre-computed ``standard_draws`` (then n_mc is taken from it).
     """
-    W = params.W
-    R, _, m, d = W.shape
+    params = _normalised(params)
+    gram, w0 = noise_gram(params.W, configs[0].project_noise)
+    return gaussian_test_error_from_gram(net, gram, w0, params.b, configs, n_mc, chunk, draws)
+
+
+def gaussian_test_error_from_gram(net: TwoLayerCNN, gram: torch.Tensor, w0: torch.Tensor, b: torch.Tensor | None,
+                                  configs, n_mc: int, chunk: int = 32, draws: torch.Tensor | None = None):
+    """The estimator from the 2m x 2m Gram W Pi W^T, the first coordinates w0 of the filters and the biases — all
+    it needs, so the trainer evaluates it without materialising W."""
+    R, _, m = w0.shape
     c0 = configs[0]
     K = 1 if c0.noise_patches == "shared" else c0.P - 1
     mult = c0.P - 1 if c0.noise_patches == "shared" else 1
-    dtype, device = W.dtype, W.device
+    dtype, device = gram.dtype, gram.device
     sigma_p = torch.tensor([c.sigma_p for c in configs], dtype=dtype, device=device)
     flip_p = torch.tensor([c.flip_p for c in configs], dtype=dtype, device=device)
     mu_norm = torch.tensor([c.mu_norm for c in configs], dtype=dtype, device=device)
-    params = _normalised(params)
-    W = params.W
-    L = _noise_factor(W, sigma_p, c0.project_noise)
+    # scale invariance again (f is homogeneous in (W, b)): keeps huge-but-finite weights from overflowing
+    peak = torch.maximum(gram.diagonal(dim1=1, dim2=2).clamp(min=0).amax(1).sqrt(), w0.flatten(1).abs().amax(1))
+    if b is not None:
+        peak = torch.maximum(peak, b.flatten(1).abs().amax(1))
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    gram = gram / peak[:, None, None] ** 2
+    w0 = w0 / peak[:, None, None]
+    b = b / peak[:, None, None] if b is not None else torch.zeros_like(w0)
+    evals, evecs = torch.linalg.eigh(gram)   # L L^T = sigma_p^2 W Pi W^T, robust when 2m > d
+    L = evecs * evals.clamp(min=0).sqrt()[:, None, :] * sigma_p[:, None, None]
     scale = net.a_f * net.a_p
-    s = W[..., 0] * mu_norm[:, None, None]                                       # <w_{j,r}, mu>, (R, 2, m)
-    b = params.b if params.b is not None else torch.zeros_like(s)
+    s = w0 * mu_norm[:, None, None]                                               # <w_{j,r}, mu>, (R, 2, m)
     errs, ses = [], []
     for lo in range(0, R, chunk):
         hi = min(R, lo + chunk)

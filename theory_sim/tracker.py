@@ -1,24 +1,24 @@
-"""Signal-noise decomposition of the filters, accumulated exactly step by step [C23, K23] (SPEC 4).
+"""Signal-noise decomposition of the filters [C23, K23] (SPEC 4).
 
     w_{j,r}(t) = w_{j,r}(0) + j gamma_{j,r}(t) mu/||mu||^2 + sum_{i,k} rho_{j,r,i,k}(t) xi_{i,k}/||xi_{i,k}||^2
 
-Every gradient of the network is a combination of mu and the noise vectors (``Gradient.a_sig`` and
-``Gradient.a_noise``), so an update W <- W - eta dW moves the coefficients by
+Every gradient of the network is a combination of mu and the noise vectors, so the trainer keeps the weights as
+W = W(0) + A @ basis with basis = [e_1, xi_11, ..., xi_nK] and accumulates the coefficients A exactly, step by
+step: an update W <- W - eta dW adds -eta * (dW's coefficients), i.e.
 
-    gamma_{j,r}   += -eta * j * a_sig_{j,r} * ||mu||^2
-    rho_{j,r,i,k} += -eta * a_noise_{j,r,i,k} * ||xi_{i,k}||^2
+    gamma_{j,r}   += -eta * j * a_sig_{j,r} * ||mu||^2          (A[..., 0] = j gamma / ||mu||, as mu = ||mu|| e_1)
+    rho_{j,r,i,k} += -eta * a_noise_{j,r,i,k} * ||xi_{i,k}||^2  (A[..., ik] = rho / ||xi_ik||^2)
 
 which is SPEC 4's formula (for SAM the gradient is taken at W + eps, the coefficients still describe W). Because a
 sample's label is fixed, each rho_{j,r,i} only ever moves one way: it is rhobar (>= 0) when y_i = j and rhounder
-(<= 0) when y_i = -j, so one array holds both and masks split them. ``reconstruct`` rebuilds W from the
-coefficients; its distance to the trained W is float round-off.
+(<= 0) when y_i = -j, so one array holds both and masks split them. ``reconstruct`` rebuilds W from gamma and rho
+with SPEC 4's formula; the tests compare it with the trained W.
 """
 from __future__ import annotations
 
 import torch
 
 from theory_sim.data import Batch
-from theory_sim.model import Gradient, Params
 
 
 def _safe_inverse(x: torch.Tensor) -> torch.Tensor:
@@ -27,36 +27,24 @@ def _safe_inverse(x: torch.Tensor) -> torch.Tensor:
 
 
 class CoefficientTracker:
-    def __init__(self, params: Params, data: Batch):
-        self.W0 = params.W.clone()
-        R, _, m, _ = params.W.shape
-        n, K = data.n, data.K
-        self.gamma = torch.zeros(R, 2, m, dtype=params.W.dtype, device=params.W.device)
-        self.rho = torch.zeros(R, 2, m, n, K, dtype=params.W.dtype, device=params.W.device)
+    """gamma (R, 2, m) and rho (R, 2, m, n, K) of the weights W = W0 + A @ basis."""
+
+    def __init__(self, W0: torch.Tensor, A: torch.Tensor, data: Batch):
+        self.W0 = W0
+        R, _, m, _ = A.shape
+        self.signs = torch.tensor([1.0, -1.0], dtype=A.dtype, device=A.device)
         self.mu_sq = data.mu_norm.pow(2)                        # (R,)
         self.xi_sq = data.xi_sq                                 # (R, n, K)
-        self.signs = torch.tensor([1.0, -1.0], dtype=params.W.dtype, device=params.W.device)
+        self.gamma = self.signs[None, :, None] * data.mu_norm[:, None, None] * A[..., 0]
+        self.rho = A[..., 1:].reshape(R, 2, m, data.n, data.K) * self.xi_sq[:, None, None]
         # rhobar entries: y_i = j ; rhounder entries: y_i = -j
         self.is_bar = (data.y[:, None, None, :, None] == self.signs[None, :, None, None, None])  # (R,2,1,n,1)
         self.clean = data.clean
 
-    def update(self, grad: Gradient, step_size: torch.Tensor, idx: torch.Tensor | None) -> None:
-        """Add the increments of W <- W - step_size * grad.dW (step_size: (R,), 0 for frozen runs)."""
-        step = step_size[:, None, None]
-        self.gamma -= step * self.signs[None, :, None] * grad.a_sig * self.mu_sq[:, None, None]
-        R, _, m, B, K = grad.a_noise.shape
-        if idx is None:
-            self.rho -= step[..., None, None] * grad.a_noise * self.xi_sq[:, None, None]
-        else:
-            rows = torch.arange(R, device=idx.device)[:, None]
-            xi_sq = self.xi_sq[rows, idx]                         # (R, B, K)
-            delta = -step[..., None, None] * grad.a_noise * xi_sq[:, None, None]
-            self.rho.scatter_add_(3, idx[:, None, None, :, None].expand(R, 2, m, B, K), delta)
-
     def reconstruct(self, data: Batch) -> torch.Tensor:
         """W0 + j gamma mu/||mu||^2 + sum rho xi/||xi||^2, shape (R, 2, m, d)."""
         R, _, m, _ = self.W0.shape
-        _, n, K, d = data.xi.shape
+        n, K, d = data.n, data.K, data.d
         mu_dir = data.mu * _safe_inverse(self.mu_sq)[:, None]
         xi_dir = data.xi * _safe_inverse(self.xi_sq)[..., None]
         noise = torch.bmm(self.rho.reshape(R, 2 * m, n * K), xi_dir.reshape(R, n * K, d)).reshape(R, 2, m, d)

@@ -26,7 +26,8 @@ from theory_sim.config import STRUCTURAL_FIELDS, ConfigError, SimConfig, device_
 from theory_sim.data import STREAM_BATCHES, Batch, generate_for, run_rng
 from theory_sim.model import Params, TwoLayerCNN
 from theory_sim.perturbation import perturbation
-from theory_sim.test_error import gaussian_test_error, heldout_test_error, standard_draws
+from theory_sim.test_error import (gaussian_test_error, gaussian_test_error_from_gram, heldout_test_error,
+                                    standard_draws)
 from theory_sim.tracker import CoefficientTracker
 
 TRAJECTORY_MC = 2000  # Gaussian draws per logged test error (the final one uses the config's n_mc)
@@ -71,20 +72,25 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
                    progress: bool | None = None, heldout: bool = True) -> EnsembleResult:
     """Train every run in ``configs`` (sharing the structural fields) and evaluate it.
 
-    track: accumulate the gamma/rho coefficients (and log their summaries).  log: record a trajectory every
-    ``log_every`` steps (train loss, test error, coefficient summaries).  heldout: also estimate the test error on
-    ``n_test`` fresh samples (besides the Gaussian estimator).
+    track: log gamma/rho summaries and snapshots.  log: record a trajectory every ``log_every`` steps (train loss,
+    test error, coefficient summaries).  heldout: also estimate the test error on ``n_test`` fresh samples.
+
+    The weights are kept as W = W0 + A @ basis, basis = [e_1, xi_11, ..., xi_nK] (every gradient lies in its span,
+    SPEC 4), and training updates only the coefficients A (R, 2, m, 1 + n K). With the Gram matrix G = basis
+    basis^T and the initial projections P0 = W0 basis^T, the projections of W are P0 + A G, so a step costs
+    O(R m (nK)^2) whatever d is; W itself is materialised once, at the end. SAM's perturbation lives in the same
+    span: ||grad||^2 = sum_r C_r G C_r^T and the perturbed projections are P + eps_C G.
     """
     from tqdm.auto import tqdm
 
     check_ensemble(configs)
     c0 = configs[0]
     dtype, device = getattr(torch, c0.dtype), device_of(c0.device)
-    R, n, B = len(configs), c0.n, c0.batch_size
+    R, n, B, m = len(configs), c0.n, c0.batch_size, c0.m
     net = TwoLayerCNN.for_config(c0)
     data = generate_for(configs, dtype=dtype, device=device)
-    params = net.init([c.seed for c in configs], [c.sigma_0 for c in configs], c0.d, dtype, device)
-    init = params.clone()
+    init = net.init([c.seed for c in configs], [c.sigma_0 for c in configs], c0.d, dtype, device)
+    U, G, K, mult = data.U, data.G, data.K, data.noise_multiplicity
     vec = lambda vals, dt=dtype: torch.tensor(vals, dtype=dt, device=device)  # noqa: E731
     eta = vec([c.eta for c in configs])
     tau = vec([c.sam_radius if c.optimizer == "sam" else 0.0 for c in configs])
@@ -92,37 +98,58 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
                      for c in configs], torch.float64)
     loss_eps = vec([c.loss_eps for c in configs])
     # runs sharing a data set share its seed, hence its batch order: one schedule per data set
-    perms = _batch_schedule(configs[::data.G], c0.epochs, n, B)
+    perms = _batch_schedule(configs[::G], c0.epochs, n, B)
     perms_t = None if perms is None else torch.as_tensor(perms, device=device)
-    tracker = CoefficientTracker(params, data) if track else None
 
-    previous = params
+    def group_mm(X: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        """X (R, 2, m, c) @ M (U, c, c'): run r uses the matrix of its data set."""
+        return torch.bmm(X.reshape(U, G * 2 * m, X.shape[-1]), M).reshape(R, 2, m, M.shape[-1])
+
+    gram = data.basis @ data.basis.transpose(1, 2)                               # (U, 1 + nK, 1 + nK)
+    P0 = net.projections(init, data)                                              # (R, 2, m, 1 + nK)
+    W0 = init.W.reshape(R, 2 * m, -1)
+    W0_gram = W0 @ W0.transpose(1, 2)                                             # for the test error
+    basis_col0 = data.basis[..., :1]                                              # (U, 1 + nK, 1): e_1 coordinate
+    A = torch.zeros_like(P0)
+    b = None if init.b is None else init.b.clone()
+    prev_A, prev_b = A, b
+
+    def preactivations(proj, bias, yhat):
+        return net.preactivations_from_projections(proj, bias, data.mu_norm, yhat, K)
+
     active = torch.ones(R, dtype=torch.bool, device=device)
     diverged = torch.zeros(R, dtype=torch.bool, device=device)
     steps_done = torch.zeros(R, dtype=torch.long, device=device)
     rows: list[pd.DataFrame] = []
     snapshots: dict[str, list] = {"step": [], "gamma": [], "rho": []}
-
-    K = data.K
-    draws = standard_draws(configs, min(TRAJECTORY_MC, c0.n_mc), K, 2 * c0.m, dtype, device) if log else None
+    draws = standard_draws(configs, min(TRAJECTORY_MC, c0.n_mc), K, 2 * m, dtype, device) if log else None
 
     # fraction of noise terms that are active where the gradient is taken (W + eps for SAM, the quantity SAM
     # switches off [C23]), averaged over the steps since the last log
     update_active = {"sum": torch.zeros(R, dtype=dtype, device=device), "count": 0}
 
-    def record(step: int, epoch: int) -> None:
-        sig, z = net.preactivations(params, data)
-        f = net.output_from_preactivations(sig, z, data.noise_multiplicity)
+    def record(step: int, epoch: float) -> None:
+        proj = P0 + group_mm(A, gram)
+        sig, z = preactivations(proj, b, data.yhat)
+        f = net.output_from_preactivations(sig, z, mult)
+        # W Pi W^T from small matrices: W W^T = W0 W0^T + P0 A^T + A P0^T + A G A^T, and w_1 = W0_1 + A e_1-coords
+        Pf, Af = P0.reshape(R, 2 * m, -1), A.reshape(R, 2 * m, -1)
+        AG = group_mm(A, gram).reshape(R, 2 * m, -1)
+        wwt = W0_gram + Pf @ Af.transpose(1, 2) + Af @ Pf.transpose(1, 2) + AG @ Af.transpose(1, 2)
+        w0 = init.W[..., 0] + group_mm(A, basis_col0)[..., 0]
+        if c0.project_noise:
+            wwt = wwt - w0.reshape(R, 2 * m, 1) * w0.reshape(R, 1, 2 * m)
         cols = {"step": np.full(R, step), "epoch": np.full(R, epoch), "run": np.arange(R),
                 "seed": [c.seed for c in configs], "optimizer": [c.optimizer for c in configs],
                 "train_loss": torch.nn.functional.softplus(-data.y * f).mean(1),
                 "train_acc": (data.y * f > 0).to(dtype).mean(1),
-                "test_error": gaussian_test_error(net, params, configs, 0, draws=draws)[0]}
+                "test_error": gaussian_test_error_from_gram(net, wwt, w0, b, configs, 0, draws=draws)[0]}
         cols["update_noise_active_frac"] = (update_active["sum"] / update_active["count"] if update_active["count"]
                                             else torch.full((R,), float("nan"), dtype=dtype))
         update_active["sum"].zero_()
         update_active["count"] = 0
-        if tracker is not None:
+        if track:
+            tracker = CoefficientTracker(init.W, A, data)
             cols.update(tracker.summaries(z))
             snapshots["step"].append(step)
             snapshots["gamma"].append(tracker.gamma.cpu().numpy().copy())
@@ -135,51 +162,77 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
                leave=False)
     if log:
         record(0, 0)
+    full_cols = None
     step = 0
     for epoch in range(c0.epochs):
-        for b in range(H):
-            idx = None if perms_t is None else perms_t[:, epoch, b * B:(b + 1) * B]
-            batch = data if idx is None else data.select(idx)
-            grad = net.loss_and_grad(params, batch)
+        for i_batch in range(H):
+            if perms_t is None:
+                cols, gram_b, proj = full_cols, gram, P0 + group_mm(A, gram)
+                y_b, yhat_b = data.y, data.yhat
+            else:
+                idx = perms_t[:, epoch, i_batch * B:(i_batch + 1) * B]                  # (U, B)
+                noise_cols = 1 + (idx[..., None] * K + torch.arange(K, device=device)).reshape(U, B * K)
+                cols = torch.cat([torch.zeros_like(idx[:, :1]), noise_cols], 1)       # (U, 1 + BK)
+                cols_g = cols[:, None, :].expand(U, gram.shape[1], cols.shape[1])
+                gram_cb = torch.gather(gram, 2, cols_g)                               # (U, 1 + nK, 1 + BK)
+                gram_b = torch.gather(gram_cb, 1, cols[:, :, None].expand(U, cols.shape[1], cols.shape[1]))
+                cols_r = cols.repeat_interleave(G, 0)[:, None, None, :].expand(R, 2, m, cols.shape[1])
+                proj = torch.gather(P0, 3, cols_r) + group_mm(A, gram_cb)
+                idx_r = idx.repeat_interleave(G, 0)
+                y_b, yhat_b = torch.gather(data.y, 1, idx_r), torch.gather(data.yhat, 1, idx_r)
+            grad = net.gradient(*preactivations(proj, b, yhat_b), y_b, yhat_b, data.mu_norm, mult, b is not None)
             finite = grad.finite
             use_sam = (sam_until > step).to(dtype) * active.to(dtype)
             if bool((use_sam * tau > 0).any()):
-                eps = perturbation("sam", grad.tensors(), tau * use_sam, batch_dims=1)
-                perturbed = Params.from_tensors([p + e for p, e in zip(params.tensors(), eps)])
-                grad = net.loss_and_grad(perturbed, batch)
+                # ||grad||^2 = sum over filters of C G C^T (+ ||db||^2): the norm of the gradient, not of C
+                sq = (group_mm(grad.coefs, gram_b) * grad.coefs).sum(dim=(1, 2, 3))
+                if grad.db is not None:
+                    sq = sq + grad.db.pow(2).sum(dim=(1, 2))
+                eps = perturbation("sam", grad.coefficient_tensors(), tau * use_sam, batch_dims=1,
+                                   norm=sq.clamp(min=0).sqrt())
+                b_pert = None if b is None else b + eps[1]
+                grad = net.gradient(*preactivations(proj + group_mm(eps[0], gram_b), b_pert, yhat_b), y_b, yhat_b,
+                                    data.mu_norm, mult, b is not None)
                 finite = finite & grad.finite
             update_active["sum"] += grad.noise_active
             update_active["count"] += 1
-            step_size = eta * active.to(dtype)   # stopped runs step by 0
-            new = [torch.addcmul(p, step_size.reshape(-1, *([1] * (p.dim() - 1))), g, value=-1.0)
-                   for p, g in zip(params.tensors(), grad.tensors())]
+            step_size = (eta * active.to(dtype))[:, None, None, None]   # stopped runs step by 0
+            delta = -step_size * torch.nan_to_num(grad.coefs)            # (a NaN step is caught below)
+            if cols is None:
+                new_A = A + delta
+            else:
+                new_A = A.scatter_add(3, cols_r, delta)
+            new_b = None if b is None else b - step_size[..., 0] * torch.nan_to_num(grad.db)
             if not bool(finite.all()):
                 # W_t gave non-finite pre-activations: the run diverged. Freeze it at its last finite weights
-                # W_{t-1} (``previous``). Frozen runs step by 0, but 0 * NaN is NaN, so copy rather than step.
+                # W_{t-1} (the coefficients before the last step).
                 bad = ~finite
                 diverged |= active & bad
                 active &= ~bad
-                step_size = eta * active.to(dtype)
-                for nw, old in zip(new, previous.tensors()):
-                    nw[bad] = old[bad]
-            previous, params = params, Params.from_tensors(new)
-            if tracker is not None:
-                grad.a_sig = torch.nan_to_num(grad.a_sig)
-                grad.a_noise = torch.nan_to_num(grad.a_noise)
-                tracker.update(grad, step_size, None if idx is None else idx.repeat_interleave(data.G, 0))
+                new_A[bad] = prev_A[bad]
+                if new_b is not None:
+                    new_b[bad] = prev_b[bad]
+            prev_A, prev_b = A, b
+            A, b = new_A, new_b
             steps_done += active.long()
             step += 1
             bar.update(1)
             if log and step % c0.log_every == 0:
-                record(step, epoch + (b + 1) / H)
+                record(step, epoch + (i_batch + 1) / H)
         # early stopping on the full training loss, once per epoch
-        full_loss = net.loss(params, data)
+        sig, z = preactivations(P0 + group_mm(A, gram), b, data.yhat)
+        full_loss = torch.nn.functional.softplus(-data.y * net.output_from_preactivations(sig, z, mult)).mean(1)
         active &= ~(full_loss <= loss_eps)
         if not bool(active.any()):
             break
     bar.close()
     if log and step % c0.log_every != 0:
         record(step, c0.epochs if step == total else step / H)
+
+    # the weights, materialised once
+    params = Params(init.W + group_mm(A, data.basis), b)
+    previous = Params(init.W + group_mm(prev_A, data.basis), prev_b)
+    tracker = CoefficientTracker(init.W, A, data) if track else None
 
     # final evaluation; a run whose last step produced non-finite weights is frozen at the previous ones
     sig, z = net.preactivations(params, data)
