@@ -133,7 +133,7 @@ def draw_figures(out: str | Path) -> list[Path]:
         if axes[0, 0].get_legend_handles_labels()[0]:
             axes[0, 0].legend(fontsize=7, loc="lower right")
         fig.suptitle(f"{spec.name}: n={sl['n']}, P={sl['P']}, sigma_p={sl['sigma_p']:g}, p={p:g}, "
-                     f"{df.seed.nunique()} seeds/cell. Benign: mean test error <= {thr_benign:.3f} "
+                     f"{df.seed.nunique()} seeds/cell.\nBenign: mean test error <= {thr_benign:.3f} "
                      f"(p + {spec.benign_margin:g}(0.5 - p)); harmful: >= {thr_harmful:.3f} (p + 0.1); grey: "
                      f"diverged", fontsize=10)
         fig.tight_layout()
