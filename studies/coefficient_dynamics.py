@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from theory_sim.config import SimConfig
 from theory_sim.plotting import plot_trajectory
 from theory_sim.train import train_ensemble
@@ -37,6 +39,7 @@ def main() -> None:
     ap.add_argument("--early-step", type=int, default=20, help="step at which the early phase is compared")
     ap.add_argument("--out", type=Path, default=FIGURES)
     args = ap.parse_args()
+    torch.set_num_threads(1)  # many small tensors: one thread per process is fastest (see theory_sim.cli)
 
     base = SimConfig(d=args.d, mu_norm=args.mu_norm, n=20, m=10, P=2, sigma_p=1.0, flip_p=0.1, eta=0.1,
                      batch_size=5, epochs=100, n_test=2000, log_every=4)

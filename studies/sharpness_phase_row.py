@@ -31,6 +31,8 @@ import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from theory_sim.cnn_sharpness import sharpness_of_run  # noqa: E402
+import torch
+
 from theory_sim.config import SimConfig  # noqa: E402
 from theory_sim.model import TwoLayerCNN  # noqa: E402
 from theory_sim.train import train_ensemble  # noqa: E402
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--out", type=Path, default=FIGURES)
     args = ap.parse_args()
+    torch.set_num_threads(1)  # many small tensors: one thread per process is fastest (see theory_sim.cli)
 
     base = SimConfig(d=args.d, n=20, m=10, P=2, sigma_p=1.0, flip_p=0.1, eta=0.1, batch_size=5, epochs=100,
                      n_test=0, n_mc=20000)
