@@ -28,11 +28,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from theory_sim.cnn_sharpness import sharpness_of_run  # noqa: E402
-import torch
-
 from theory_sim.config import SimConfig  # noqa: E402
 from theory_sim.model import TwoLayerCNN  # noqa: E402
 from theory_sim.train import train_ensemble  # noqa: E402
