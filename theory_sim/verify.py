@@ -18,7 +18,6 @@ so only shapes are checked: a prediction holds when it lies in the bootstrap int
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
