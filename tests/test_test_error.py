@@ -58,3 +58,17 @@ def test_estimators_are_scale_invariant_and_survive_huge_weights():
     assert torch.equal(e1, e2)
     assert torch.equal(heldout_test_error(net, Params(W), [cfg], 500),
                        heldout_test_error(net, Params(W * 1e300), [cfg], 500))
+
+
+@pytest.mark.parametrize("model,noise_patches", [("c23", "shared"), ("c23", "independent"), ("kou2023", "shared")])
+def test_trainer_estimate_from_coefficients_equals_estimate_from_weights(model, noise_patches):
+    """During training the test error comes from W Pi W^T assembled from small matrices (W0 W0^T, P0, A, G); at the
+    end it comes from the materialised W. With the same draws both must agree to round-off."""
+    base = SimConfig(d=50, n=12, P=3, m=4, batch_size=4, epochs=6, mu_norm=1.2, flip_p=0.2, model=model,
+                     noise_patches=noise_patches, project_noise=(model == "c23"), n_test=0, n_mc=2000,
+                     log_every=1000)
+    cfgs = [base.replace(seed=s, optimizer=o) for s in range(2) for o in ("sgd", "sam")]
+    res = train_ensemble(cfgs, progress=False, track=False)
+    last = res.trajectory[res.trajectory.step == res.trajectory.step.max()].sort_values("run")
+    assert np.allclose(last.test_error.values, res.summary.test_error.values, rtol=0, atol=1e-12)
+    assert np.allclose(last.train_loss.values, res.summary.train_loss.values, rtol=1e-12)
