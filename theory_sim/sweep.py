@@ -63,12 +63,8 @@ def shard_is_complete(path: Path, chunk) -> bool:
     except Exception:  # noqa: BLE001 - any unreadable file (truncated, corrupt, not parquet) is recomputed
         return False
     got = sorted(map(tuple, df[list(RUN_KEY)].itertuples(index=False, name=None)))
-    want = sorted(_key_tuple(key) for key, _ in chunk)
+    want = sorted(tuple(key) for key, _ in chunk)
     return got == want
-
-
-def _key_tuple(key):
-    return tuple(key)
 
 
 def run_chunk(out: str, chunk_id: int, threads: int | None = None) -> str:
