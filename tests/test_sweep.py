@@ -202,3 +202,12 @@ def test_verify_recovers_a_known_slope():
     assert all(c["holds"] for c in report["sam_below_sgd"])
     wrong = verify_table(synthetic_table({"sgd": 0.5, "sam": 0.3}), spec, n_boot=100)
     assert not any(c["holds"] for c in wrong["slopes"])
+
+
+def test_full_batch_over_an_n_grid_and_data_sharing_chunks(tmp_path):
+    text = TINY.replace("batch_size = 4", 'batch_size = "full"').replace("n = 8\n", "") + "\n[grid.n]\nvalues = [6, 12]\n"
+    spec = SweepSpec.from_toml(write_spec(tmp_path, text, "full.toml"))
+    assert all(cfg.batch_size == cfg.n for _, cfg in spec.runs)
+    for chunk in spec.chunks():  # runs of one seed are consecutive: they share a data set and its matmul
+        seeds = [cfg.seed for _, cfg in chunk]
+        assert seeds == sorted(seeds)
