@@ -7,9 +7,7 @@ study uses the package's WideResNet (WRN-28-10 by default), so compare trends, n
     python studies/cifar_label_noise.py --data-dir ~/data/cifar [--out runs/label_noise]
     python studies/cifar_label_noise.py --smoke        # tiny WRN on a synthetic CIFAR, ~1 minute on a CPU
 """
-import pandas as pd
-
-from theory_sim.cifar.study import base_config, run_all, study_arguments
+from theory_sim.cifar.study import base_config, print_report, run_all, study_arguments
 from theory_sim.cifar.train import CifarConfig
 
 # [F21] ResNet-32 on CIFAR-10, clean test accuracy (%) by noise rate
@@ -27,15 +25,8 @@ def main() -> None:
     df["ref_test_acc_F21"] = [REFERENCE[o][n] if args.dataset == "cifar10" else float("nan")
                               for o, n in zip(df.optimizer, df.label_noise)]
     table = df.pivot(index="noise_%", columns="optimizer", values=["test_acc", "ref_test_acc_F21", "train_acc"])
-    with pd.option_context("display.width", 200, "display.float_format", "{:.1f}".format):
-        print(f"\n{args.dataset}: clean test accuracy (%) measured vs [F21] (ResNet-32, CIFAR-10); train_acc is on "
-              f"the noisy labels")
-        print(table.to_string())
-    if args.smoke:
-        print("(smoke run: a tiny net on synthetic data for 2 epochs -- the measured columns check the pipeline, "
-              "not the paper)")
-    print(f"summary: {args.out}/summary.csv")
-
+    print_report(args, "clean test accuracy (%) measured vs [F21] (ResNet-32, CIFAR-10); train_acc is on the "
+                       "noisy labels", table, "{:.1f}")
 
 if __name__ == "__main__":
     main()

@@ -7,9 +7,7 @@ final test error, generalisation gap and the final model's sharpness, beside the
     python studies/cifar_sam_variants.py --data-dir ~/data/cifar [--dataset cifar100] [--out runs/sam_variants]
     python studies/cifar_sam_variants.py --smoke        # tiny WRN on a synthetic CIFAR, ~1 minute on a CPU
 """
-import pandas as pd
-
-from theory_sim.cifar.study import base_config, run_all, study_arguments
+from theory_sim.cifar.study import base_config, print_report, run_all, study_arguments
 from theory_sim.cifar.train import CifarConfig
 
 # [F21] WRN-28-10 test error (%): Table 1 (SGD, SAM) and App. C.6 (SAM with 1/2/3/5 ascent steps, CIFAR-10 only)
@@ -29,15 +27,9 @@ def main() -> None:
     df.insert(df.columns.get_loc("test_err") + 1, "ref_test_err_F21", [ref.get(r, float("nan")) for r in df.run])
     cols = ["run", "epochs_done", "test_err", "ref_test_err_F21", "train_acc", "gen_gap", "lambda_1", "trace",
             "r_max", "r_asc", "r_avg"]
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
-        print(f"\n{args.dataset}: measured vs [F21] WRN-28-10 (200 epochs) test error in %; gap = train acc - test acc"
-              f" (%), sharpness of the final training loss at rho = the run's radius (SGD: 0.05)")
-        print(df[cols].to_string(index=False))
-    if args.smoke:
-        print("(smoke run: a tiny net on synthetic data for 2 epochs -- the measured column checks the pipeline, "
-              "not the paper)")
-    print(f"summary: {args.out}/summary.csv")
-
+    print_report(args, "measured vs [F21] WRN-28-10 (200 epochs) test error in %; gap = train acc - test acc (%), "
+                       "sharpness of the final training loss at rho = the run's radius (SGD: 0.05)",
+                 df[cols].set_index("run"))
 
 if __name__ == "__main__":
     main()

@@ -71,3 +71,15 @@ def run_all(configs: dict[str, CifarConfig], out: str | Path, log=print) -> pd.D
     df = pd.DataFrame(rows)
     df.to_csv(Path(out) / "summary.csv", index=False)
     return df
+
+
+def print_report(args: argparse.Namespace, title: str, table: pd.DataFrame, float_format: str = "{:.4g}") -> None:
+    """The measured-vs-paper table of a study, with the smoke caveat and where the summary went."""
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format",
+                           float_format.format):
+        print(f"\n{args.dataset}: {title}")
+        print(table.to_string())
+    if args.smoke:
+        print("(smoke run: a tiny net on synthetic data for 2 epochs -- the measured columns check the pipeline, "
+              "not the paper)")
+    print(f"summary: {args.out}/summary.csv")
