@@ -211,3 +211,24 @@ def test_full_batch_over_an_n_grid_and_data_sharing_chunks(tmp_path):
     for chunk in spec.chunks():  # runs of one seed are consecutive: they share a data set and its matmul
         seeds = [cfg.seed for _, cfg in chunk]
         assert seeds == sorted(seeds)
+
+
+@pytest.mark.timeout(300)
+def test_submitit_no_wait_does_not_queue_chunks_twice(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    import json
+
+    spec = SweepSpec.from_toml(write_spec(tmp_path, TINY.replace("chunk_runs = 4", "chunk_runs = 12")))
+    out = tmp_path / "nowait"
+    opts = {"cluster": "local", "timeout_min": 4, "cpus_per_task": 1, "wait": False}
+    assert run_sweep(spec, out, executor="submitit", progress=False, submitit_options=dict(opts)) is None
+    first = json.loads((out / "submitted.json").read_text())
+    assert sorted(first) == ["0", "1"]
+    assert run_sweep(spec, out, executor="submitit", progress=False, submitit_options=dict(opts)) is None
+    assert json.loads((out / "submitted.json").read_text()) == first  # nothing queued twice
+    assert "not resubmitting" in capsys.readouterr().out
+    deadline = time.time() + 240
+    while missing_chunks(spec, out) and time.time() < deadline:
+        time.sleep(0.5)
+    df = run_sweep(spec, out, executor="inline", progress=False)  # the jobs' shards are aggregated, not recomputed
+    assert len(df) == len(spec.runs) and status(out)["chunks_submitted_pending"] == 0

@@ -132,8 +132,14 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
                 fut.result()
                 bar.update(1)
     else:
-        jobs = submit_chunks(out, todo, **(submitit_options or {}))
-        if not (submitit_options or {}).get("wait", True):
+        opts = dict(submitit_options or {})
+        in_flight = [] if opts.pop("resubmit", False) else pending_chunks(out, todo)
+        if in_flight:  # submitted earlier and still within their time limit: do not queue them twice
+            print(f"{len(in_flight)} chunks were submitted earlier and may still be running; not resubmitting them "
+                  f"(--resubmit to force)")
+            todo = [i for i in todo if i not in set(in_flight)]
+        jobs = submit_chunks(out, todo, **opts)
+        if not opts.get("wait", True) or in_flight:
             bar.close()
             print(f"submitted {len(jobs)} chunk jobs; re-run the same command (or `sweep-status {out}`) later")
             return None
@@ -164,7 +170,23 @@ def submit_chunks(out: Path, chunk_ids: list[int], cluster: str | None = None, p
     ex.update_parameters(name=f"theory_sim-{Path(out).name}", **params, **extra)
     if not chunk_ids:
         return []
-    return ex.map_array(run_chunk, [str(out)] * len(chunk_ids), chunk_ids, [cpus_per_task] * len(chunk_ids))
+    jobs = ex.map_array(run_chunk, [str(out)] * len(chunk_ids), chunk_ids, [cpus_per_task] * len(chunk_ids))
+    record = Path(out) / "submitted.json"
+    submitted = json.loads(record.read_text()) if record.exists() else {}
+    deadline = time.time() + 60 * timeout_min
+    submitted.update({str(i): {"job_id": job.job_id, "deadline": deadline} for i, job in zip(chunk_ids, jobs)})
+    write_json(record, submitted)
+    return jobs
+
+
+def pending_chunks(out: Path, chunk_ids: list[int]) -> list[int]:
+    """Chunks submitted through submitit whose jobs may still be queued or running (before their time limit)."""
+    record = Path(out) / "submitted.json"
+    if not record.exists():
+        return []
+    submitted = json.loads(record.read_text())
+    now = time.time()
+    return [i for i in chunk_ids if str(i) in submitted and submitted[str(i)]["deadline"] > now]
 
 
 def status(out: Path) -> dict:
@@ -182,8 +204,10 @@ def status(out: Path) -> dict:
     workers = run_info.get("workers", 1) if run_info.get("executor") != "inline" else 1
     remaining = len(chunks) - len(done)
     eta = (sum(seconds) / len(seconds)) * remaining / workers if seconds and remaining else 0.0
+    pending = pending_chunks(Path(out), [i for i in range(len(chunks)) if i not in set(done)])
     return {"name": spec.name, "chunks_done": len(done), "chunks_total": len(chunks), "runs_done": runs_done,
-            "runs_total": len(spec.runs), "eta_seconds": eta, "results": (Path(out) / "results.parquet").exists()}
+            "runs_total": len(spec.runs), "eta_seconds": eta, "chunks_submitted_pending": len(pending),
+            "results": (Path(out) / "results.parquet").exists()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -205,6 +229,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--array-parallelism", type=int, default=64)
     p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                    help="wait for submitit jobs and aggregate (--no-wait: submit and return)")
+    p.add_argument("--resubmit", action="store_true",
+                   help="submit missing chunks even if earlier jobs for them may still be running")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                    help="draw the figures and run verify once the results are complete")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
@@ -215,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     check_int("workers", args.workers, 1)
     opts = dict(cluster=args.cluster, partition=args.partition, timeout_min=args.timeout_min,
                 cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node,
-                array_parallelism=args.array_parallelism, wait=args.wait)
+                array_parallelism=args.array_parallelism, wait=args.wait, resubmit=args.resubmit)
     t0 = time.perf_counter()
     df = run_sweep(spec, args.out, args.executor, args.workers, args.progress, opts)
     if df is None:

@@ -15,5 +15,6 @@ def run(args: argparse.Namespace) -> int:
     s = status(args.dir)
     eta = s["eta_seconds"]
     print(f"{s['name']}: {s['chunks_done']}/{s['chunks_total']} chunks, {s['runs_done']}/{s['runs_total']} runs "
-          f"done; ETA {eta / 60:.1f} min; results.parquet {'written' if s['results'] else 'not yet written'}")
+          f"done; ETA {eta / 60:.1f} min; {s['chunks_submitted_pending']} chunks submitted and pending; "
+          f"results.parquet {'written' if s['results'] else 'not yet written'}")
     return 0
