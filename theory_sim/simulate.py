@@ -3,7 +3,8 @@
 Writes to ``--out DIR``:
   config.json          the base config, the seeds, git commit and versions
   summary.parquet      one row per seed: every config field, tau_effective, train_loss, train_acc, test_error
-                       (+ test_error_se, Gaussian estimator), test_error_heldout, bayes_error, steps, diverged
+                       (+ test_error_se, Gaussian estimator), test_error_heldout, bayes_error, steps, diverged,
+                       reconstruction_error (W rebuilt from gamma/rho vs the trained W, relative)
   trajectory.parquet   one row per (logged step, seed): step, epoch, seed, train_loss, train_acc, test_error,
                        gamma_max(_pos/_neg), rhobar_max, rhounder_min, rhobar_clean_mean, rhobar_flipped_mean,
                        noise_active_frac

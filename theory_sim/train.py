@@ -256,6 +256,9 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
         summary["test_error_heldout"] = heldout_test_error(net, params, configs, c0.n_test).cpu().numpy()
     summary["bayes_error"] = [c.flip_p for c in configs]
     summary["steps"] = steps_done.cpu().numpy()
+    if tracker is not None:  # SPEC 4's decomposition, rebuilt from gamma and rho, against the trained weights
+        err = (tracker.reconstruct(data) - params.W).flatten(1).abs().amax(1)
+        summary["reconstruction_error"] = (err / params.W.flatten(1).abs().amax(1)).cpu().numpy()
     summary["diverged"] = diverged.cpu().numpy()
     for col in ("train_loss", "train_acc", "test_error", "test_error_se", "test_error_heldout"):
         if col in summary:
