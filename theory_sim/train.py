@@ -162,14 +162,13 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
                leave=False)
     if log:
         record(0, 0)
-    full_cols = None
     step = 0
     for epoch in range(c0.epochs):
         for i_batch in range(H):
-            if perms_t is None:
-                cols, gram_b, proj = full_cols, gram, P0 + group_mm(A, gram)
+            if perms_t is None:  # full batch: every basis column
+                cols, gram_b, proj = None, gram, P0 + group_mm(A, gram)
                 y_b, yhat_b = data.y, data.yhat
-            else:
+            else:  # the batch's columns of the basis: e_1 and its samples' noise vectors
                 idx = perms_t[:, epoch, i_batch * B:(i_batch + 1) * B]                  # (U, B)
                 noise_cols = 1 + (idx[..., None] * K + torch.arange(K, device=device)).reshape(U, B * K)
                 cols = torch.cat([torch.zeros_like(idx[:, :1]), noise_cols], 1)       # (U, 1 + BK)
