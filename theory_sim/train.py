@@ -129,13 +129,13 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
     update_active = {"sum": torch.zeros(R, dtype=dtype, device=device), "count": 0}
 
     def record(step: int, epoch: float) -> None:
-        proj = P0 + group_mm(A, gram)
-        sig, z = preactivations(proj, b, data.yhat)
+        AG = group_mm(A, gram)
+        sig, z = preactivations(P0 + AG, b, data.yhat)
         f = net.output_from_preactivations(sig, z, mult)
         # W Pi W^T from small matrices: W W^T = W0 W0^T + P0 A^T + A P0^T + A G A^T, and w_1 = W0_1 + A e_1-coords
         Pf, Af = P0.reshape(R, 2 * m, -1), A.reshape(R, 2 * m, -1)
-        AG = group_mm(A, gram).reshape(R, 2 * m, -1)
-        wwt = W0_gram + Pf @ Af.transpose(1, 2) + Af @ Pf.transpose(1, 2) + AG @ Af.transpose(1, 2)
+        AGf = AG.reshape(R, 2 * m, -1)
+        wwt = W0_gram + Pf @ Af.transpose(1, 2) + Af @ Pf.transpose(1, 2) + AGf @ Af.transpose(1, 2)
         w0 = init.W[..., 0] + group_mm(A, basis_col0)[..., 0]
         if c0.project_noise:
             wwt = wwt - w0.reshape(R, 2 * m, 1) * w0.reshape(R, 1, 2 * m)
