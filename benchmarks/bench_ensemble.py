@@ -13,11 +13,11 @@ import time
 import numpy as np
 import torch
 
+from theory_sim.cnn.data import generate_for
+from theory_sim.cnn.model import TwoLayerCNN
+from theory_sim.cnn.reference import train_reference
+from theory_sim.cnn.train import train_ensemble
 from theory_sim.config import SimConfig
-from theory_sim.data import generate_for
-from theory_sim.model import TwoLayerCNN
-from theory_sim.reference import train_reference
-from theory_sim.train import train_ensemble
 
 
 def main() -> None:

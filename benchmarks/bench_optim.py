@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from theory_sim.cifar.wrn import WideResNet
-from theory_sim.optim import SAM
+from theory_sim.sam.optim import SAM
 
 
 def main() -> None:

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from theory_sim.data import generate_for
-from theory_sim.model import TwoLayerCNN
-from theory_sim.reference import train_reference
-from theory_sim.sweep import run_sweep
-from theory_sim.sweep_spec import SweepSpec
+from theory_sim.cnn.data import generate_for
+from theory_sim.cnn.model import TwoLayerCNN
+from theory_sim.cnn.reference import train_reference
+from theory_sim.sweeps.runner import run_sweep
+from theory_sim.sweeps.spec import SweepSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 

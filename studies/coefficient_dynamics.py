@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
+from theory_sim.cnn.plotting import plot_trajectory
+from theory_sim.cnn.train import train_ensemble
 from theory_sim.config import SimConfig
-from theory_sim.plotting import plot_trajectory
-from theory_sim.train import train_ensemble
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 

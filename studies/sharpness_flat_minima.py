@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from theory_sim.perturbation import perturbation
+from theory_sim.sam.perturbation import perturbation
 from theory_sim.sharpness import Objective, hutchinson_trace, top_eigenvalues
 
 CONFIG = dict(

@@ -31,10 +31,10 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from theory_sim.cnn_sharpness import sharpness_of_run  # noqa: E402
+from theory_sim.cnn.model import TwoLayerCNN  # noqa: E402
+from theory_sim.cnn.run_sharpness import sharpness_of_run  # noqa: E402
+from theory_sim.cnn.train import train_ensemble  # noqa: E402
 from theory_sim.config import SimConfig  # noqa: E402
-from theory_sim.model import TwoLayerCNN  # noqa: E402
-from theory_sim.train import train_ensemble  # noqa: E402
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 QUANTITIES = [("lambda_1", r"$\lambda_1(H)$"), ("trace", r"Tr$(H)$"), ("r_max", r"$R_{Max}$"),

@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from theory_sim.perturbation import perturbation
+from theory_sim.sam.perturbation import perturbation
 from theory_sim.sharpness import Objective, top_eigenvalues
 
 CONFIG = dict(

@@ -13,14 +13,17 @@ import pandas as pd
 import pytest
 import torch
 
-from theory_sim.cifar.data import (Augment, DataNotFoundError, epoch_indices, load_cifar, symmetric_label_noise,
-                                   write_synthetic_cifar)
+from theory_sim.cifar.data import (
+    Augment,
+    DataNotFoundError,
+    epoch_indices,
+    load_cifar,
+    symmetric_label_noise,
+    write_synthetic_cifar,
+)
 from theory_sim.cifar.train import CifarConfig, main, train
 from theory_sim.cifar.wrn import WideResNet
 from theory_sim.config import ConfigError
-
-
-
 
 TINY = dict(depth=10, width=1, epochs=2, batch_size=16, lr=0.05, n_train=64, n_test=32, sharpness=False,
             device="cpu")

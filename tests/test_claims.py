@@ -5,8 +5,8 @@ the claim is about test errors of order 0.1, far above float32 round-off).
 """
 import pytest
 
+from theory_sim.cnn.train import train_ensemble
 from theory_sim.config import SimConfig
-from theory_sim.train import train_ensemble
 
 BASE = SimConfig(mu_norm=2.0, n=20, m=10, P=2, sigma_p=1.0, flip_p=0.1, eta=0.1, batch_size=5, epochs=100,
                  n_test=0, n_mc=20000, dtype="float32")

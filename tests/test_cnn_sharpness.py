@@ -4,10 +4,10 @@ import json
 import torch
 
 from theory_sim.cli import main
-from theory_sim.cnn_sharpness import run_objective
+from theory_sim.cnn.model import TwoLayerCNN
+from theory_sim.cnn.run_sharpness import run_objective
+from theory_sim.cnn.train import train_ensemble
 from theory_sim.config import SimConfig
-from theory_sim.model import TwoLayerCNN
-from theory_sim.train import train_ensemble
 
 
 def test_run_objective_is_the_runs_training_loss_with_closed_form_gradient_and_dense_hessian():

@@ -4,8 +4,8 @@ import pytest
 import torch
 from scipy import stats
 
+from theory_sim.cnn.data import generate, generate_for
 from theory_sim.config import SimConfig
-from theory_sim.data import generate, generate_for
 
 
 def big(n=100_000, P=5, p=0.2, **kw):

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
+from theory_sim.cnn.train import train_ensemble
 from theory_sim.config import SimConfig
-from theory_sim.train import train_ensemble
 
 
 @pytest.mark.gpu

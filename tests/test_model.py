@@ -2,11 +2,11 @@
 import pytest
 import torch
 
+from theory_sim.cnn.data import generate_for
+from theory_sim.cnn.model import Params, TwoLayerCNN, logistic_loss
+from theory_sim.cnn.reference import PatchCNN
 from theory_sim.config import SimConfig
-from theory_sim.data import generate_for
-from theory_sim.model import Params, TwoLayerCNN, logistic_loss
-from theory_sim.perturbation import perturbation
-from theory_sim.reference import PatchCNN
+from theory_sim.sam.perturbation import perturbation
 
 CASES = [("c23", "shared", True), ("c23", "independent", True), ("kou2023", "shared", False),
          ("kou2023", "independent", False)]

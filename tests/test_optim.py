@@ -1,4 +1,4 @@
-"""The SAM-family optimizer (theory_sim.optim) against hand-computed updates [F21, K21, T24]."""
+"""The SAM-family optimizer (theory_sim.sam.optim) against hand-computed updates [F21, K21, T24]."""
 from __future__ import annotations
 
 import copy
@@ -12,9 +12,7 @@ import torch
 from torch import nn
 
 from theory_sim.config import ConfigError
-from theory_sim.optim import SAM, disable_running_stats
-
-
+from theory_sim.sam.optim import SAM, disable_running_stats
 
 
 # ---- a quadratic with two parameter tensors, gradients by hand ------------------------------------------------------

@@ -14,8 +14,18 @@ from torch.autograd.functional import hessian
 from torch.utils.data import DataLoader, TensorDataset
 
 from theory_sim.config import ConfigError
-from theory_sim.sharpness import (HVP_METHODS, Objective, flatten, grad_top_eigvec_cosine, hutchinson_trace,
-                                  r_asc, r_avg, r_max, slq_density, top_eigenvalues)
+from theory_sim.sharpness import (
+    HVP_METHODS,
+    Objective,
+    flatten,
+    grad_top_eigvec_cosine,
+    hutchinson_trace,
+    r_asc,
+    r_avg,
+    r_max,
+    slq_density,
+    top_eigenvalues,
+)
 
 DT = torch.float64
 

@@ -11,9 +11,11 @@ import pytest
 
 from theory_sim.cli import main
 from theory_sim.config import ConfigError
-from theory_sim.sweep import missing_chunks, run_sweep, shard_path, status
-from theory_sim.sweep_spec import SweepSpec
-from theory_sim.verify import verify_table
+from theory_sim.sweeps.runner import run_sweep
+from theory_sim.sweeps.spec import SweepSpec
+from theory_sim.sweeps.status import status
+from theory_sim.sweeps.store import missing_chunks, shard_path
+from theory_sim.sweeps.verify import verify_table
 
 TINY = """
 name = "tiny"

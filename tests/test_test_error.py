@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from theory_sim.cnn.model import Params, TwoLayerCNN
+from theory_sim.cnn.test_error import gaussian_test_error, heldout_test_error
+from theory_sim.cnn.train import train_ensemble
 from theory_sim.config import SimConfig
-from theory_sim.model import Params, TwoLayerCNN
-from theory_sim.test_error import gaussian_test_error, heldout_test_error
-from theory_sim.train import train_ensemble
 
 
 @pytest.mark.parametrize("model,noise_patches", [("c23", "shared"), ("c23", "independent"), ("kou2023", "shared")])

@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
+from theory_sim.cnn.data import generate_for
+from theory_sim.cnn.model import TwoLayerCNN
+from theory_sim.cnn.reference import train_reference
+from theory_sim.cnn.train import train_ensemble
 from theory_sim.config import SimConfig
-from theory_sim.data import generate_for
-from theory_sim.model import TwoLayerCNN
-from theory_sim.reference import train_reference
-from theory_sim.train import train_ensemble
 
 BASE = SimConfig(d=40, n=12, batch_size=4, epochs=15, m=5, P=3, mu_norm=1.5, sigma_p=1.0, flip_p=0.25,
                  eta=0.5, n_test=0, n_mc=500, log_every=5)

@@ -13,12 +13,12 @@ from theory_sim.config import ConfigError
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
-    "simulate": ("theory_sim.simulate", "train SGD/SAM two-layer CNN runs at one setting, track gamma/rho"),
-    "sweep": ("theory_sim.sweep", "run (or resume) a phase-diagram sweep from a TOML spec"),
-    "sweep-status": ("theory_sim.sweep_status", "chunks done / total and ETA of a sweep directory"),
-    "figures": ("theory_sim.phase_figures", "regenerate every figure of a sweep from its stored results"),
-    "sharpness": ("theory_sim.cnn_sharpness", "Hessian spectrum, trace and R_Max/R_Asc/R_Avg of a simulate run"),
-    "verify": ("theory_sim.verify", "fit the benign/harmful boundary's shape and compare it with the theorems"),
+    "simulate": ("theory_sim.cnn.simulate", "train SGD/SAM two-layer CNN runs at one setting, track gamma/rho"),
+    "sweep": ("theory_sim.sweeps.runner", "run (or resume) a phase-diagram sweep from a TOML spec"),
+    "sweep-status": ("theory_sim.sweeps.status", "chunks done / total and ETA of a sweep directory"),
+    "figures": ("theory_sim.sweeps.figures", "regenerate every figure of a sweep from its stored results"),
+    "sharpness": ("theory_sim.cnn.run_sharpness", "Hessian spectrum, trace and R_Max/R_Asc/R_Avg of a simulate run"),
+    "verify": ("theory_sim.sweeps.verify", "fit the benign/harmful boundary's shape and compare it with the theorems"),
     "cifar": ("theory_sim.cifar.train", "train a WideResNet on CIFAR-10/100 with SGD or the SAM family"),
 }
 

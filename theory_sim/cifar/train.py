@@ -1,7 +1,7 @@
 """Train a WideResNet on CIFAR-10/100 with SGD or a member of the SAM family: ``python -m theory_sim cifar ...``.
 
 One plain loop, nanoGPT style: the dataset sits on the device as uint8, each step augments a batch there, runs the
-optimizer (``theory_sim.optim.SAM``: SAM p=2 / p=inf [F21], ASAM [K21], Rand-SAM and multi-step SAM [T24],
+optimizer (``theory_sim.sam.optim.SAM``: SAM p=2 / p=inf [F21], ASAM [K21], Rand-SAM and multi-step SAM [T24],
 m-sharpness [F21]), and each epoch appends one row of metrics to ``RUN/metrics.parquet`` and writes an atomic
 checkpoint from which ``--resume`` continues bitwise identically (on CPU). Preset ``f21`` is the SAM paper's
 WRN-28-10 recipe (SPEC 7). Multi-GPU: launch with ``torchrun`` (DDP, detected from WORLD_SIZE/RANK/LOCAL_RANK);
@@ -27,12 +27,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from theory_sim.cifar.data import NUM_CLASSES, Augment, epoch_indices, load_cifar, symmetric_label_noise, \
-    write_synthetic_cifar
+from theory_sim.cifar.data import (
+    NUM_CLASSES,
+    Augment,
+    epoch_indices,
+    load_cifar,
+    symmetric_label_noise,
+    write_synthetic_cifar,
+)
 from theory_sim.cifar.wrn import WideResNet
 from theory_sim.config import ConfigError, check_choice, check_float, check_int
 from theory_sim.io import atomic_write_bytes, provenance, write_json, write_parquet
-from theory_sim.optim import SAM
+from theory_sim.sam.optim import SAM
 
 OPTIMIZERS = ("sgd", "sam", "asam", "randsam", "msam")
 # default radius per (optimizer family, dataset): SAM rho 0.05 / 0.1 [F21], ASAM 0.5 / 1.0 [K21] (SPEC 7)
@@ -440,7 +446,14 @@ def final_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rho: flo
     available. Budgets are modest (Lanczos to 1e-3 relative residual, 20 Hutchinson probes, 64 random directions):
     the numbers compare optimizers, they are not converged to many digits."""
     try:
-        from theory_sim.sharpness import Objective, hutchinson_trace, r_asc, r_avg, r_max, top_eigenvalues
+        from theory_sim.sharpness import (
+            Objective,
+            hutchinson_trace,
+            r_asc,
+            r_avg,
+            r_max,
+            top_eigenvalues,
+        )
     except ImportError as exc:
         log(f"sharpness: skipped, theory_sim.sharpness is not importable ({exc})")
         return None

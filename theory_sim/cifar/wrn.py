@@ -7,8 +7,8 @@ plus the identity, or a 1x1 conv on the pre-activated input when the shape chang
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from theory_sim.config import check_float, check_int
 

@@ -13,10 +13,22 @@ Modules: ``objective`` (loss/grad/HVP on a list of tensors), ``hessian`` (Lanczo
 [F21] Foret, Kleiner, Mobahi, Neyshabur. Sharpness-Aware Minimization. ICLR 2021, arXiv 2010.01412.
 """
 from theory_sim.sharpness.estimate import Estimate, make_generator
-from theory_sim.sharpness.hessian import (Eigenpairs, SpectralDensity, grad_top_eigvec_cosine, hutchinson_trace,
-                                          lanczos, slq_density, top_eigenvalues)
+from theory_sim.sharpness.hessian import (
+                                          Eigenpairs,
+                                          SpectralDensity,
+                                          grad_top_eigvec_cosine,
+                                          hutchinson_trace,
+                                          lanczos,
+                                          slq_density,
+                                          top_eigenvalues,
+)
 from theory_sim.sharpness.notions import r_asc, r_avg, r_max
-from theory_sim.sharpness.objective import DEFAULT_HVP_METHOD, HVP_METHODS, Objective, flatten
+from theory_sim.sharpness.objective import (
+                                          DEFAULT_HVP_METHOD,
+                                          HVP_METHODS,
+                                          Objective,
+                                          flatten,
+)
 
 __all__ = ["Objective", "flatten", "HVP_METHODS", "DEFAULT_HVP_METHOD", "Estimate", "make_generator",
            "Eigenpairs", "SpectralDensity", "top_eigenvalues", "lanczos", "hutchinson_trace", "slq_density",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from theory_sim.config import check_float, check_int
-from theory_sim.perturbation import group_norm, perturbation, project_to_ball
+from theory_sim.sam.perturbation import group_norm, perturbation, project_to_ball
 from theory_sim.sharpness.estimate import Estimate, make_generator
 from theory_sim.sharpness.objective import Objective
 

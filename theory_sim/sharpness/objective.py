@@ -247,23 +247,6 @@ class Objective:
         if value.dim() != 0:
             raise ConfigError(f"the loss must be a scalar (0-dim) tensor, got shape {tuple(value.shape)}")
 
-    # thin delegations so ``obj.top_eigenvalues(...)`` etc. work; the implementations live in hessian.py
-    def top_eigenvalues(self, k: int = 1, **kwargs):
-        from theory_sim.sharpness.hessian import top_eigenvalues
-        return top_eigenvalues(self, k, **kwargs)
-
-    def hutchinson_trace(self, n_samples: int, **kwargs):
-        from theory_sim.sharpness.hessian import hutchinson_trace
-        return hutchinson_trace(self, n_samples, **kwargs)
-
-    def slq_density(self, n_probes: int, n_steps: int, **kwargs):
-        from theory_sim.sharpness.hessian import slq_density
-        return slq_density(self, n_probes, n_steps, **kwargs)
-
-    def grad_top_eigvec_cosine(self, **kwargs) -> float:
-        from theory_sim.sharpness.hessian import grad_top_eigvec_cosine
-        return grad_top_eigvec_cosine(self, **kwargs)
-
 
 def _hvp_double_backward(term: Term, params: Params, v: Params) -> Params:
     """Reverse-over-reverse: H v = grad_w <grad_w L(w), v>."""

@@ -107,7 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def write_run(result, out: Path, base: SimConfig, seeds: list[int]) -> None:
     """Write every output of a finished ensemble to ``out`` (each file atomically)."""
-    from theory_sim.plotting import plot_trajectory
+    from theory_sim.cnn.plotting import plot_trajectory
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {"config": base.to_dict(), "seeds": seeds, "tau_effective": base.sam_radius, **provenance()}
@@ -135,9 +135,9 @@ def write_run(result, out: Path, base: SimConfig, seeds: list[int]) -> None:
 
 def load_run(run_dir: str | Path) -> dict:
     """The stored final state of a simulate run: configs, weights (W, b, W0, b0) and the training data."""
+    from theory_sim.cnn.data import Batch
+    from theory_sim.cnn.model import Params
     from theory_sim.config import SimConfig
-    from theory_sim.data import Batch
-    from theory_sim.model import Params
 
     path = Path(run_dir) / "final_state.pt"
     if not path.exists():
@@ -151,7 +151,7 @@ def load_run(run_dir: str | Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from theory_sim.train import train_ensemble
+    from theory_sim.cnn.train import train_ensemble
 
     base = config_from_args(args)
     seeds = parse_seeds(args.seeds)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from theory_sim.data import STREAM_INIT, Batch, run_rng
+from theory_sim.cnn.data import STREAM_INIT, Batch, run_rng
 
 
 @dataclass

@@ -105,7 +105,7 @@ def fit_slopes(bnd: pd.DataFrame) -> pd.DataFrame:
 
 def verify(out: str | Path, n_boot: int = 200, seed: int = 0) -> dict:
     """Write DIR/verify.json and DIR/verify.md; return the report (with its markdown under 'markdown')."""
-    from theory_sim.sweep import load_spec
+    from theory_sim.sweeps.store import load_spec
 
     out = Path(out)
     spec = load_spec(out)

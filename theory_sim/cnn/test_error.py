@@ -17,8 +17,8 @@ import math
 import numpy as np
 import torch
 
-from theory_sim.data import STREAM_MC, STREAM_TEST, generate_for
-from theory_sim.model import Params, TwoLayerCNN
+from theory_sim.cnn.data import STREAM_MC, STREAM_TEST, generate_for
+from theory_sim.cnn.model import Params, TwoLayerCNN
 
 
 def _normalised(params: Params) -> Params:

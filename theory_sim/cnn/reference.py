@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from theory_sim.cnn.data import STREAM_BATCHES, run_rng
 from theory_sim.config import SimConfig
-from theory_sim.data import STREAM_BATCHES, run_rng
 
 
 class PatchCNN(nn.Module):

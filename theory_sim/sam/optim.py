@@ -1,6 +1,6 @@
 """The SAM family as one optimizer: perturb, take the gradient there, restore, step the base optimizer.
 
-Rules (``theory_sim.perturbation``, shared with the two-layer CNN trainer) decide how the perturbation eps is built
+Rules (``theory_sim.sam.perturbation``, shared with the two-layer CNN trainer) decide how the perturbation eps is built
 from the gradient g at the current weights w:
 
 - ``sam``      eps = rho g / ||g||_2                         SAM, p = 2           Foret et al. [F21] arXiv 2010.01412
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from theory_sim.config import check_choice, check_float, check_int
-from theory_sim.perturbation import RULES, perturbation, project_to_ball
+from theory_sim.sam.perturbation import RULES, perturbation, project_to_ball
 
 Closure = Callable[[], torch.Tensor]
 
@@ -77,7 +77,7 @@ class SAM(torch.optim.Optimizer):
             its tensors by |w| + eta_a; by default tensors with more than one dimension (conv/linear weights) are
             scaled and biases and BatchNorm parameters use 1 [K21].
         base_optimizer_cls: e.g. ``torch.optim.SGD``; built on the same param groups with ``**base_kwargs``.
-        rule: one of ``theory_sim.perturbation.RULES``.
+        rule: one of ``theory_sim.sam.perturbation.RULES``.
         rho: perturbation radius (the same in every group).
         steps_k: ascent steps (multi-step SAM, rules ``sam`` / ``sam_inf`` only); 1 = one-step rule.
         ascent_lr: step length of each normalized ascent step when ``steps_k > 1`` (default rho).

@@ -15,12 +15,19 @@ from pathlib import Path
 
 import torch
 
+from theory_sim.cnn.data import Batch
+from theory_sim.cnn.model import Params, TwoLayerCNN
 from theory_sim.config import ConfigError, check_float, check_int
-from theory_sim.data import Batch
 from theory_sim.io import write_json
-from theory_sim.model import Params, TwoLayerCNN
-from theory_sim.sharpness import (Objective, grad_top_eigvec_cosine, hutchinson_trace, r_asc, r_avg, r_max,
-                                  top_eigenvalues)
+from theory_sim.sharpness import (
+    Objective,
+    grad_top_eigvec_cosine,
+    hutchinson_trace,
+    r_asc,
+    r_avg,
+    r_max,
+    top_eigenvalues,
+)
 
 
 def run_objective(net: TwoLayerCNN, params: Params, data: Batch, r: int) -> Objective:
@@ -59,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from theory_sim.simulate import load_run
+    from theory_sim.cnn.simulate import load_run
 
     if args.rho is not None:
         check_float("rho", args.rho, 0.0, lo_open=True)

@@ -1,10 +1,6 @@
 """Resumable phase-diagram sweeps: chunks of runs trained as batched ensembles, one parquet shard per chunk.
 
-Layout of a sweep directory::
-
-    DIR/spec.json             the normalised spec and its digest (a different spec in DIR is refused)
-    DIR/shards/chunk-NNNNN.parquet   one row per run of chunk NNNNN, written atomically when the chunk finishes
-    DIR/results.parquet       every shard, concatenated and sorted (+ results.json: spec, provenance)
+The directory layout is described in ``theory_sim.sweeps.store``.
 
 A killed sweep loses at most the chunks that were running; re-running the same command recomputes only the shards
 that are missing or unreadable or hold the wrong runs. Executors: ``inline`` (this process), ``process`` (a local
@@ -22,56 +18,23 @@ import pandas as pd
 
 from theory_sim.config import ConfigError, check_choice, check_int
 from theory_sim.io import provenance, save_table, write_json, write_parquet
-from theory_sim.sweep_spec import RUN_KEY, SweepSpec
+from theory_sim.sweeps.spec import RUN_KEY, SweepSpec
+from theory_sim.sweeps.store import (
+    load_spec,
+    missing_chunks,
+    pending_chunks,
+    prepare,
+    shard_path,
+)
 
 EXECUTORS = ("inline", "process", "submitit")
-
-
-def shard_path(out: Path, chunk_id: int) -> Path:
-    return Path(out) / "shards" / f"chunk-{chunk_id:05d}.parquet"
-
-
-def load_spec(out: Path) -> SweepSpec:
-    """The spec of a sweep directory: spec.json, or the copy in results.json (so results alone suffice)."""
-    for name in ("spec.json", "results.json"):
-        path = Path(out) / name
-        if path.exists():
-            return SweepSpec.from_dict(json.loads(path.read_text())["spec"])
-    raise ConfigError(f"DIR must be a sweep directory holding spec.json or results.json; neither is in {out}")
-
-
-def prepare(spec: SweepSpec, out: Path) -> None:
-    """Create DIR with spec.json, or check that the spec stored there is the same one."""
-    out = Path(out)
-    path = out / "spec.json"
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored.get("digest") != spec.digest():
-            raise ConfigError(f"spec differs from the one that produced the results in {out} (digest "
-                              f"{stored.get('digest')} vs {spec.digest()}); use a new --out directory, or delete "
-                              f"{out} to start over")
-    else:
-        write_json(path, {"spec": spec.to_dict(), "digest": spec.digest(), **provenance()})
-
-
-def shard_is_complete(path: Path, chunk) -> bool:
-    """A shard counts as done only if it reads back and holds exactly the chunk's runs."""
-    if not path.exists():
-        return False
-    try:
-        df = pd.read_parquet(path, columns=list(RUN_KEY))
-    except Exception:  # noqa: BLE001 - any unreadable file (truncated, corrupt, not parquet) is recomputed
-        return False
-    got = sorted(map(tuple, df[list(RUN_KEY)].itertuples(index=False, name=None)))
-    want = sorted(tuple(key) for key, _ in chunk)
-    return got == want
 
 
 def run_chunk(out: str, chunk_id: int, threads: int | None = None) -> str:
     """Train one chunk and write its shard atomically. Top-level so process pools and submitit can pickle it."""
     import torch
 
-    from theory_sim.train import train_ensemble
+    from theory_sim.cnn.train import train_ensemble
 
     if threads:
         torch.set_num_threads(threads)
@@ -89,8 +52,6 @@ def run_chunk(out: str, chunk_id: int, threads: int | None = None) -> str:
     return str(path)
 
 
-def missing_chunks(spec: SweepSpec, out: Path) -> list[int]:
-    return [i for i, chunk in enumerate(spec.chunks()) if not shard_is_complete(shard_path(out, i), chunk)]
 
 
 def aggregate(spec: SweepSpec, out: Path) -> pd.DataFrame:
@@ -179,35 +140,6 @@ def submit_chunks(out: Path, chunk_ids: list[int], cluster: str | None = None, p
     return jobs
 
 
-def pending_chunks(out: Path, chunk_ids: list[int]) -> list[int]:
-    """Chunks submitted through submitit whose jobs may still be queued or running (before their time limit)."""
-    record = Path(out) / "submitted.json"
-    if not record.exists():
-        return []
-    submitted = json.loads(record.read_text())
-    now = time.time()
-    return [i for i in chunk_ids if str(i) in submitted and submitted[str(i)]["deadline"] > now]
-
-
-def status(out: Path) -> dict:
-    spec = load_spec(Path(out))
-    chunks = spec.chunks()
-    done = [i for i, c in enumerate(chunks) if shard_is_complete(shard_path(out, i), c)]
-    runs_done = sum(len(chunks[i]) for i in done)
-    seconds = []
-    for i in done:
-        try:
-            seconds.append(float(pd.read_parquet(shard_path(out, i), columns=["chunk_seconds"]).iloc[0, 0]))
-        except Exception:  # noqa: BLE001
-            pass
-    run_info = json.loads((Path(out) / "run.json").read_text()) if (Path(out) / "run.json").exists() else {}
-    workers = run_info.get("workers", 1) if run_info.get("executor") != "inline" else 1
-    remaining = len(chunks) - len(done)
-    eta = (sum(seconds) / len(seconds)) * remaining / workers if seconds and remaining else 0.0
-    pending = pending_chunks(Path(out), [i for i in range(len(chunks)) if i not in set(done)])
-    return {"name": spec.name, "chunks_done": len(done), "chunks_total": len(chunks), "runs_done": runs_done,
-            "runs_total": len(spec.runs), "eta_seconds": eta, "chunks_submitted_pending": len(pending),
-            "results": (Path(out) / "results.parquet").exists()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -248,8 +180,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{spec.name}: {len(df)} runs in {args.out / 'results.parquet'} ({time.perf_counter() - t0:.1f} s)")
     if args.figures:
-        from theory_sim.phase_figures import draw_figures
-        from theory_sim.verify import verify
+        from theory_sim.sweeps.figures import draw_figures
+        from theory_sim.sweeps.verify import verify
 
         report = verify(args.out)
         for path in draw_figures(args.out):

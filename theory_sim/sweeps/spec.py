@@ -41,8 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from theory_sim.config import (STRUCTURAL_FIELDS, ConfigError, SimConfig, check_choice, check_float,
-                               check_int)
+from theory_sim.config import (
+    STRUCTURAL_FIELDS,
+    ConfigError,
+    SimConfig,
+    check_choice,
+    check_float,
+    check_int,
+)
 
 AXES = ("mu_norm", "d", "n", "P", "sigma_p")
 INTEGER_AXES = ("d", "n", "P")
@@ -194,7 +200,7 @@ class SweepSpec:
     def chunks(self) -> list[list[tuple[tuple, SimConfig]]]:
         """Deterministic chunks: runs grouped by the structural fields and, inside, ordered so that the runs sharing
         a data set (same seed, sigma_p, flip_p: every ||mu|| and optimizer of a seed) are consecutive — they then
-        share one matmul (see theory_sim.data). Chunks hold at most chunk_runs runs, whole data-set groups where
+        share one matmul (see theory_sim.cnn.data). Chunks hold at most chunk_runs runs, whole data-set groups where
         chunk_runs allows."""
         groups: dict[tuple, list] = {}
         for key, cfg in self.runs:

@@ -23,8 +23,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm  # noqa: E402
 
-from theory_sim.sweep_spec import log_spaced  # noqa: E402
-from theory_sim.verify import PREDICTED, SLICE, boundaries, cell_arrays, fit_slopes  # noqa: E402
+from theory_sim.sweeps.spec import log_spaced  # noqa: E402
+from theory_sim.sweeps.verify import (  # noqa: E402
+    PREDICTED,
+    SLICE,
+    boundaries,
+    cell_arrays,
+    fit_slopes,
+)
 
 LINESTYLES = ["-", "--", ":", "-."]
 
@@ -61,7 +67,7 @@ def _overlay(ax, bnd: pd.DataFrame, fits: pd.DataFrame, labels: list[str], sl: d
 
 
 def draw_figures(out: str | Path) -> list[Path]:
-    from theory_sim.sweep import load_spec
+    from theory_sim.sweeps.store import load_spec
 
     out = Path(out)
     spec = load_spec(out)
@@ -194,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from theory_sim.config import ConfigError
-    from theory_sim.sweep import load_spec
+    from theory_sim.sweeps.store import load_spec
 
     if not (args.dir / "results.parquet").exists():
         raise ConfigError(f"DIR must hold results.parquet (run or finish the sweep first): {args.dir}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from theory_sim.data import Batch
+from theory_sim.cnn.data import Batch
 
 
 def _safe_inverse(x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ Epoch t splits each run's data into H = n/B batches without replacement (its own
 stop individually: at max epochs, once their full training loss is <= loss_eps (checked after each epoch), or when
 they diverge (non-finite weights: the run is flagged ``diverged`` and frozen at its last finite weights).
 
-The perturbation uses the SAM-family rule of ``theory_sim.perturbation`` with one radius per run, so SGD runs
+The perturbation uses the SAM-family rule of ``theory_sim.sam.perturbation`` with one radius per run, so SGD runs
 (radius 0) and SAM runs share an ensemble.
 """
 from __future__ import annotations
@@ -22,13 +22,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from theory_sim.cnn.data import STREAM_BATCHES, Batch, generate_for, run_rng
+from theory_sim.cnn.model import Params, TwoLayerCNN
+from theory_sim.cnn.test_error import (
+    gaussian_test_error,
+    gaussian_test_error_from_gram,
+    heldout_test_error,
+    standard_draws,
+)
+from theory_sim.cnn.tracker import CoefficientTracker
 from theory_sim.config import STRUCTURAL_FIELDS, ConfigError, SimConfig, device_of
-from theory_sim.data import STREAM_BATCHES, Batch, generate_for, run_rng
-from theory_sim.model import Params, TwoLayerCNN
-from theory_sim.perturbation import perturbation
-from theory_sim.test_error import (gaussian_test_error, gaussian_test_error_from_gram, heldout_test_error,
-                                    standard_draws)
-from theory_sim.tracker import CoefficientTracker
+from theory_sim.sam.perturbation import perturbation
 
 TRAJECTORY_MC = 2000  # Gaussian draws per logged test error (the final one uses the config's n_mc)
 

@@ -1,0 +1,49 @@
+"""``python -m theory_sim sweep-status DIR``: chunks and runs done, and an ETA from the finished chunks' times."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from theory_sim.sweeps.store import (
+    load_spec,
+    pending_chunks,
+    shard_is_complete,
+    shard_path,
+)
+
+
+def status(out: Path) -> dict:
+    spec = load_spec(Path(out))
+    chunks = spec.chunks()
+    done = [i for i, c in enumerate(chunks) if shard_is_complete(shard_path(out, i), c)]
+    runs_done = sum(len(chunks[i]) for i in done)
+    seconds = []
+    for i in done:
+        try:
+            seconds.append(float(pd.read_parquet(shard_path(out, i), columns=["chunk_seconds"]).iloc[0, 0]))
+        except Exception:  # noqa: BLE001
+            pass
+    run_info = json.loads((Path(out) / "run.json").read_text()) if (Path(out) / "run.json").exists() else {}
+    workers = run_info.get("workers", 1) if run_info.get("executor") != "inline" else 1
+    remaining = len(chunks) - len(done)
+    eta = (sum(seconds) / len(seconds)) * remaining / workers if seconds and remaining else 0.0
+    pending = pending_chunks(Path(out), [i for i in range(len(chunks)) if i not in set(done)])
+    return {"name": spec.name, "chunks_done": len(done), "chunks_total": len(chunks), "runs_done": runs_done,
+            "runs_total": len(spec.runs), "eta_seconds": eta, "chunks_submitted_pending": len(pending),
+            "results": (Path(out) / "results.parquet").exists()}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", type=Path, help="sweep directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    s = status(args.dir)
+    eta = s["eta_seconds"]
+    print(f"{s['name']}: {s['chunks_done']}/{s['chunks_total']} chunks, {s['runs_done']}/{s['runs_total']} runs "
+          f"done; ETA {eta / 60:.1f} min; {s['chunks_submitted_pending']} chunks submitted and pending; "
+          f"results.parquet {'written' if s['results'] else 'not yet written'}")
+    return 0
