@@ -65,7 +65,9 @@ class SimConfig:
     The SAM radius is ``tau`` when given, else the theory scale ``c_tau * m * sqrt(B) / (P * sigma_p * sqrt(d))``
     [C23 Sec. 4]. ``sam_steps=K`` runs SAM for the first K steps and SGD afterwards; ``None`` runs SAM throughout.
     Training stops at max ``epochs`` or once the full training loss is ``<= loss_eps`` (checked after every epoch;
-    ``loss_eps=0`` trains all epochs).
+    ``loss_eps=0`` trains all epochs). The trajectory is logged every ``log_every`` steps, or, with
+    ``log_points = N > 0``, at about N log-spaced steps that always include step 0, the end of epoch 1, the SAM -> SGD
+    switch and the last step (``theory_sim.cnn.train.log_steps``).
     """
 
     optimizer: str = "sgd"
@@ -90,6 +92,7 @@ class SimConfig:
     n_test: int = 1000
     n_mc: int = 20000
     log_every: int = 1
+    log_points: int = 0
     seed: int = 0
     dtype: str = "float64"
     device: str = "auto"
@@ -122,6 +125,7 @@ class SimConfig:
         check_int("n_test", self.n_test, 0)
         check_int("n_mc", self.n_mc, 100)
         check_int("log_every", self.log_every, 1)
+        check_int("log_points", self.log_points, 0, 100000)
         check_int("seed", self.seed, 0, 2**63 - 1)
         check_choice("dtype", self.dtype, DTYPES)
         if not isinstance(self.device, str) or not self.device:

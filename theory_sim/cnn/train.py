@@ -1,4 +1,5 @@
-"""SGD and SAM on the two-layer CNN, for R independent runs trained as ONE batched computation [C23 Sec. 3-4].
+"""SGD and SAM on the two-layer CNN, for R independent runs trained as ONE batched computation [C23 Sec. 3-4]
+(docs/science.md §2-3).
 
 Epoch t splits each run's data into H = n/B batches without replacement (its own permutation). At step (t, b):
 
@@ -10,8 +11,16 @@ Epoch t splits each run's data into H = n/B batches without replacement (its own
 stop individually: at max epochs, once their full training loss is <= loss_eps (checked after each epoch), or when
 they diverge (non-finite weights: the run is flagged ``diverged`` and frozen at its last finite weights).
 
-The perturbation uses the SAM-family rule of ``theory_sim.sam.perturbation`` with one radius per run, so SGD runs
-(radius 0) and SAM runs share an ensemble.
+The weights are kept as W = W0 + A @ basis, basis = [e_1, xi_11, ..., xi_nK] (every gradient lies in its span,
+docs/science.md §4), and training updates only the coefficients A (R, 2, m, 1 + n K). With the Gram matrix
+G = basis basis^T and the initial projections P0 = W0 basis^T, the projections of W are P0 + A G, so a step costs
+O(R m (nK)^2) whatever d is; W itself is materialised once, at the end. SAM's perturbation lives in the same span:
+||grad||^2 = sum_r C_r G C_r^T and the perturbed projections are P + eps_C G. The perturbation uses the SAM-family
+rule of ``theory_sim.sam.perturbation`` with one radius per run, so SGD runs (radius 0) and SAM runs share an
+ensemble.
+
+The loop in ``train_ensemble`` reads top to bottom: pick the batch's basis columns, take the (perturbed) gradient,
+step the coefficients (freezing runs that diverge), log, and stop runs whose training loss is small enough.
 """
 from __future__ import annotations
 
@@ -21,9 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from theory_sim.cnn.data import STREAM_BATCHES, Batch, generate_for, run_rng
-from theory_sim.cnn.model import Params, TwoLayerCNN
+from theory_sim.cnn.model import Gradient, Params, TwoLayerCNN
 from theory_sim.cnn.test_error import (
     gaussian_test_error,
     gaussian_test_error_from_gram,
@@ -60,6 +70,21 @@ def check_ensemble(configs) -> None:
                                   f"{getattr(c, name)!r}); group runs by {STRUCTURAL_FIELDS}")
 
 
+def log_steps(cfg: SimConfig) -> np.ndarray:
+    """The steps at which a run is logged (sorted). ``log_points = 0``: every ``log_every`` steps and the last one.
+    ``log_points = N``: about N log-spaced steps, always including step 0, the end of epoch 1, the SAM -> SGD switch
+    and the last step (the phases the trajectory claims of docs/science.md §6 look at)."""
+    total = cfg.total_steps
+    if cfg.log_points == 0:
+        steps = set(range(0, total + 1, cfg.log_every)) | {total}
+    else:
+        steps = {0, min(cfg.steps_per_epoch, total), total}
+        steps |= {int(s) for s in np.unique(np.round(np.geomspace(1, total, max(1, cfg.log_points - 3))))}
+        if cfg.optimizer == "sam" and cfg.sam_steps is not None and 0 < cfg.sam_steps < total:
+            steps.add(cfg.sam_steps)
+    return np.array(sorted(steps), dtype=np.int64)
+
+
 def _batch_schedule(configs, epochs: int, n: int, B: int) -> np.ndarray | None:
     """(R, epochs, n) per-run permutations; None for full batch (no permutation needed)."""
     if B == n:
@@ -72,204 +97,288 @@ def _batch_schedule(configs, epochs: int, n: int, B: int) -> np.ndarray | None:
     return out
 
 
+class Ensemble:
+    """The state of R runs in coefficient space (W = W0 + A @ basis) and the fixed quantities a step needs."""
+
+    def __init__(self, configs: list[SimConfig]):
+        check_ensemble(configs)
+        c0 = self.c0 = configs[0]
+        self.configs = list(configs)
+        self.dtype, self.device = getattr(torch, c0.dtype), device_of(c0.device)
+        self.R, self.n, self.B, self.m = len(configs), c0.n, c0.batch_size, c0.m
+        self.net = TwoLayerCNN.for_config(c0)
+        self.data = data = generate_for(configs, dtype=self.dtype, device=self.device)
+        self.init = self.net.init([c.seed for c in configs], [c.sigma_0 for c in configs], c0.d, self.dtype,
+                                  self.device)
+        self.U, self.G, self.K, self.mult = data.U, data.G, data.K, data.noise_multiplicity
+        self.eta = self.vector([c.eta for c in configs])
+        self.tau = self.vector([c.sam_radius if c.optimizer == "sam" else 0.0 for c in configs])
+        self.sam_until = self.vector([(math.inf if c.sam_steps is None else c.sam_steps) if c.optimizer == "sam"
+                                      else 0 for c in configs], torch.float64)
+        self.loss_eps = self.vector([c.loss_eps for c in configs])
+        # runs sharing a data set share its seed, hence its batch order: one schedule per data set
+        perms = _batch_schedule(configs[::self.G], c0.epochs, self.n, self.B)
+        self.perms = None if perms is None else torch.as_tensor(perms, device=self.device)
+        self.gram = data.basis @ data.basis.transpose(1, 2)                         # (U, 1 + nK, 1 + nK)
+        self.P0 = self.net.projections(self.init, data)                            # (R, 2, m, 1 + nK)
+        self.A = torch.zeros_like(self.P0)
+        self.b = None if self.init.b is None else self.init.b.clone()
+        self.prev_A, self.prev_b = self.A, self.b
+        self.active = torch.ones(self.R, dtype=torch.bool, device=self.device)
+        self.diverged = torch.zeros(self.R, dtype=torch.bool, device=self.device)
+        self.steps_done = torch.zeros(self.R, dtype=torch.long, device=self.device)
+
+    def vector(self, values, dtype=None) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype or self.dtype, device=self.device)
+
+    def group_mm(self, X: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        """X (R, 2, m, c) @ M (U, c, c'): run r uses the matrix of its data set."""
+        return torch.bmm(X.reshape(self.U, self.G * 2 * self.m, X.shape[-1]), M).reshape(self.R, 2, self.m,
+                                                                                         M.shape[-1])
+
+    def preactivations(self, proj: torch.Tensor, bias, yhat) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.preactivations_from_projections(proj, bias, self.data.mu_norm, yhat, self.K)
+
+    def outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """f on the whole training set at the current W (R, n), and the noise pre-activations (R, 2, m, n, K)."""
+        sig, z = self.preactivations(self.P0 + self.group_mm(self.A, self.gram), self.b, self.data.yhat)
+        return self.net.output_from_preactivations(sig, z, self.mult), z
+
+    def gradient(self, batch: "StepBatch", proj: torch.Tensor, bias) -> Gradient:
+        return self.net.gradient(*self.preactivations(proj, bias, batch.yhat), batch.y, batch.yhat,
+                                 self.data.mu_norm, self.mult, bias is not None)
+
+
+@dataclass
+class StepBatch:
+    """One step's batch in coefficient space: the projections of W on the batch's basis columns and their Gram."""
+
+    cols: torch.Tensor | None    # (R, 2, m, 1 + BK) basis columns of the batch (None: full batch, every column)
+    gram: torch.Tensor           # (U, 1 + BK, 1 + BK)
+    proj: torch.Tensor           # (R, 2, m, 1 + BK)
+    y: torch.Tensor              # (R, B)
+    yhat: torch.Tensor           # (R, B)
+
+
+def select_batch(ens: Ensemble, epoch: int, i_batch: int) -> StepBatch:
+    """The columns e_1 and the batch samples' noise vectors; a full batch uses every column (no gather)."""
+    data, U, K, B = ens.data, ens.U, ens.K, ens.B
+    if ens.perms is None:
+        return StepBatch(None, ens.gram, ens.P0 + ens.group_mm(ens.A, ens.gram), data.y, data.yhat)
+    idx = ens.perms[:, epoch, i_batch * B:(i_batch + 1) * B]                       # (U, B)
+    noise_cols = 1 + (idx[..., None] * K + torch.arange(K, device=ens.device)).reshape(U, B * K)
+    cols = torch.cat([torch.zeros_like(idx[:, :1]), noise_cols], 1)                # (U, 1 + BK)
+    gram_cb = torch.gather(ens.gram, 2, cols[:, None, :].expand(U, ens.gram.shape[1], cols.shape[1]))
+    gram_b = torch.gather(gram_cb, 1, cols[:, :, None].expand(U, cols.shape[1], cols.shape[1]))
+    cols_r = cols.repeat_interleave(ens.G, 0)[:, None, None, :].expand(ens.R, 2, ens.m, cols.shape[1])
+    proj = torch.gather(ens.P0, 3, cols_r) + ens.group_mm(ens.A, gram_cb)
+    idx_r = idx.repeat_interleave(ens.G, 0)
+    return StepBatch(cols_r, gram_b, proj, torch.gather(data.y, 1, idx_r), torch.gather(data.yhat, 1, idx_r))
+
+
+def update_gradient(ens: Ensemble, batch: StepBatch, step: int) -> tuple[Gradient, torch.Tensor]:
+    """The gradient each run steps with (at W for SGD, at W + eps for SAM) and whether its pre-activations at W
+    and at the update point were finite."""
+    grad = ens.gradient(batch, batch.proj, ens.b)
+    finite = grad.finite
+    radius = ens.tau * ((ens.sam_until > step) & ens.active).to(ens.dtype)
+    if not bool((radius > 0).any()):
+        return grad, finite
+    # ||grad||^2 = sum over filters of C G C^T (+ ||db||^2): the norm of the gradient, not of its coefficients
+    sq = (ens.group_mm(grad.coefs, batch.gram) * grad.coefs).sum(dim=(1, 2, 3))
+    if grad.db is not None:
+        sq = sq + grad.db.pow(2).sum(dim=(1, 2))
+    eps = perturbation("sam", grad.coefficient_tensors(), radius, batch_dims=1, norm=sq.clamp(min=0).sqrt())
+    b_pert = None if ens.b is None else ens.b + eps[1]
+    grad = ens.gradient(batch, batch.proj + ens.group_mm(eps[0], batch.gram), b_pert)
+    return grad, finite & grad.finite
+
+
+def apply_step(ens: Ensemble, batch: StepBatch, grad: Gradient, finite: torch.Tensor) -> None:
+    """A <- A - eta * coefs on the batch's columns (stopped runs step by 0). A run whose pre-activations were not
+    finite has diverged: it is frozen at its last finite weights (the coefficients before the last step)."""
+    step_size = (ens.eta * ens.active.to(ens.dtype))[:, None, None, None]
+    delta = -step_size * torch.nan_to_num(grad.coefs)                   # (a NaN step is caught below)
+    new_A = ens.A + delta if batch.cols is None else ens.A.scatter_add(3, batch.cols, delta)
+    new_b = None if ens.b is None else ens.b - step_size[..., 0] * torch.nan_to_num(grad.db)
+    if not bool(finite.all()):
+        bad = ~finite
+        ens.diverged |= ens.active & bad
+        ens.active &= ~bad
+        new_A[bad] = ens.prev_A[bad]
+        if new_b is not None:
+            new_b[bad] = ens.prev_b[bad]
+    ens.prev_A, ens.prev_b = ens.A, ens.b
+    ens.A, ens.b = new_A, new_b
+    ens.steps_done += ens.active.long()
+
+
+def stop_converged(ens: Ensemble) -> None:
+    """Early stopping on the full training loss, once per epoch."""
+    f, _ = ens.outputs()
+    ens.active &= ~(F.softplus(-ens.data.y * f).mean(1) <= ens.loss_eps)
+
+
+class TrajectoryLog:
+    """Per-run rows of summaries at each run's logged steps (``log_steps``), and gamma/rho snapshots.
+
+    ``update_noise_active_frac`` is the fraction of noise pre-activations that are positive where the gradient is
+    taken (W + eps for SAM: the quantity SAM switches off [C23]), averaged over the run's steps since its previous
+    logged step. Everything in a row depends on the run alone, not on the ensemble it was trained in.
+    """
+
+    def __init__(self, ens: Ensemble, track: bool):
+        self.ens, self.track = ens, track
+        total = ens.c0.total_steps
+        self.due = np.zeros((ens.R, total + 1), dtype=bool)
+        for r, c in enumerate(ens.configs):
+            self.due[r, log_steps(c)] = True
+        self.any_due = self.due.any(0)
+        self.draws = standard_draws(ens.configs, min(TRAJECTORY_MC, ens.c0.n_mc), ens.K, 2 * ens.m, ens.dtype,
+                                    ens.device)
+        self.W0_gram = ens.init.W.reshape(ens.R, 2 * ens.m, -1) @ ens.init.W.reshape(ens.R, 2 * ens.m, -1).mT
+        self.active_sum = torch.zeros(ens.R, dtype=ens.dtype, device=ens.device)
+        self.active_count = torch.zeros(ens.R, dtype=ens.dtype, device=ens.device)
+        self.rows: list[pd.DataFrame] = []
+        self.snapshots: dict[str, list] = {"step": [], "gamma": [], "rho": []}
+        self.logged_at = np.full(ens.R, -1)   # each run's last logged step
+
+    def add_update(self, grad: Gradient) -> None:
+        self.active_sum += grad.noise_active
+        self.active_count += 1
+
+    def test_error(self, AG: torch.Tensor) -> torch.Tensor:
+        """Gaussian test error from W Pi W^T built out of small matrices: W W^T = W0 W0^T + P0 A^T + A P0^T +
+        A G A^T, and w_1 = W0_1 + A e_1-coordinates (docs/science.md §5)."""
+        ens = self.ens
+        R, m = ens.R, ens.m
+        Pf, Af, AGf = (t.reshape(R, 2 * m, -1) for t in (ens.P0, ens.A, AG))
+        wwt = self.W0_gram + Pf @ Af.mT + Af @ Pf.mT + AGf @ Af.mT
+        w0 = ens.init.W[..., 0] + ens.group_mm(ens.A, ens.data.basis[..., :1])[..., 0]
+        if ens.c0.project_noise:
+            wwt = wwt - w0.reshape(R, 2 * m, 1) * w0.reshape(R, 1, 2 * m)
+        return gaussian_test_error_from_gram(ens.net, wwt, w0, ens.b, ens.configs, 0, draws=self.draws)[0]
+
+    def record(self, step: int, epoch: float, force: bool = False) -> None:
+        """Log the runs due at ``step`` (every run with ``force``: the last step of an early-stopped ensemble)."""
+        rows = (self.logged_at != step) if force else self.due[:, step]
+        if not rows.any():
+            return
+        self.logged_at[rows] = step
+        ens = self.ens
+        AG = ens.group_mm(ens.A, ens.gram)
+        sig, z = ens.preactivations(ens.P0 + AG, ens.b, ens.data.yhat)
+        f = ens.net.output_from_preactivations(sig, z, ens.mult)
+        cols = {"step": np.full(ens.R, step), "epoch": np.full(ens.R, epoch), "run": np.arange(ens.R),
+                "seed": [c.seed for c in ens.configs], "optimizer": [c.optimizer for c in ens.configs],
+                "train_loss": F.softplus(-ens.data.y * f).mean(1),
+                "train_acc": (ens.data.y * f > 0).to(ens.dtype).mean(1),
+                "test_error": self.test_error(AG),
+                "update_noise_active_frac": self.active_sum / self.active_count}  # 0/0 = NaN at step 0
+        mask = torch.as_tensor(rows, device=ens.device)
+        self.active_sum[mask] = 0
+        self.active_count[mask] = 0
+        if self.track:
+            tracker = CoefficientTracker(ens.init.W, ens.A, ens.data)
+            cols.update(tracker.summaries(z))
+            self.snapshots["step"].append(step)
+            self.snapshots["gamma"].append(tracker.gamma.cpu().numpy().copy())
+            self.snapshots["rho"].append(tracker.rho.cpu().numpy().copy())
+        frame = pd.DataFrame({k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in cols.items()})
+        self.rows.append(frame[rows])
+
+    def table(self) -> pd.DataFrame:
+        return pd.concat(self.rows, ignore_index=True) if self.rows else pd.DataFrame()
+
+    def coefficients(self) -> dict[str, np.ndarray]:
+        if not (self.track and self.snapshots["step"]):
+            return {}
+        return {"step": np.asarray(self.snapshots["step"]), "gamma": np.stack(self.snapshots["gamma"]),
+                "rho": np.stack(self.snapshots["rho"]), "y": self.ens.data.y.cpu().numpy(),
+                "yhat": self.ens.data.yhat.cpu().numpy()}
+
+
 def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = True,
                    progress: bool | None = None, heldout: bool = True) -> EnsembleResult:
     """Train every run in ``configs`` (sharing the structural fields) and evaluate it.
 
-    track: log gamma/rho summaries and snapshots.  log: record a trajectory every ``log_every`` steps (train loss,
-    test error, coefficient summaries).  heldout: also estimate the test error on ``n_test`` fresh samples.
-
-    The weights are kept as W = W0 + A @ basis, basis = [e_1, xi_11, ..., xi_nK] (every gradient lies in its span,
-    SPEC 4), and training updates only the coefficients A (R, 2, m, 1 + n K). With the Gram matrix G = basis
-    basis^T and the initial projections P0 = W0 basis^T, the projections of W are P0 + A G, so a step costs
-    O(R m (nK)^2) whatever d is; W itself is materialised once, at the end. SAM's perturbation lives in the same
-    span: ||grad||^2 = sum_r C_r G C_r^T and the perturbed projections are P + eps_C G.
+    track: gamma/rho summaries and snapshots in the log.  log: record a trajectory at each run's ``log_steps``
+    (train loss, test error, coefficient summaries).  heldout: also estimate the test error on ``n_test`` fresh
+    samples.
     """
     from tqdm.auto import tqdm
 
-    check_ensemble(configs)
-    c0 = configs[0]
-    dtype, device = getattr(torch, c0.dtype), device_of(c0.device)
-    R, n, B, m = len(configs), c0.n, c0.batch_size, c0.m
-    net = TwoLayerCNN.for_config(c0)
-    data = generate_for(configs, dtype=dtype, device=device)
-    init = net.init([c.seed for c in configs], [c.sigma_0 for c in configs], c0.d, dtype, device)
-    U, G, K, mult = data.U, data.G, data.K, data.noise_multiplicity
-    vec = lambda vals, dt=dtype: torch.tensor(vals, dtype=dt, device=device)  # noqa: E731
-    eta = vec([c.eta for c in configs])
-    tau = vec([c.sam_radius if c.optimizer == "sam" else 0.0 for c in configs])
-    sam_until = vec([(math.inf if c.sam_steps is None else c.sam_steps) if c.optimizer == "sam" else 0
-                     for c in configs], torch.float64)
-    loss_eps = vec([c.loss_eps for c in configs])
-    # runs sharing a data set share its seed, hence its batch order: one schedule per data set
-    perms = _batch_schedule(configs[::G], c0.epochs, n, B)
-    perms_t = None if perms is None else torch.as_tensor(perms, device=device)
-
-    def group_mm(X: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-        """X (R, 2, m, c) @ M (U, c, c'): run r uses the matrix of its data set."""
-        return torch.bmm(X.reshape(U, G * 2 * m, X.shape[-1]), M).reshape(R, 2, m, M.shape[-1])
-
-    gram = data.basis @ data.basis.transpose(1, 2)                               # (U, 1 + nK, 1 + nK)
-    P0 = net.projections(init, data)                                              # (R, 2, m, 1 + nK)
-    W0 = init.W.reshape(R, 2 * m, -1)
-    W0_gram = W0 @ W0.transpose(1, 2)                                             # for the test error
-    basis_col0 = data.basis[..., :1]                                              # (U, 1 + nK, 1): e_1 coordinate
-    A = torch.zeros_like(P0)
-    b = None if init.b is None else init.b.clone()
-    prev_A, prev_b = A, b
-
-    def preactivations(proj, bias, yhat):
-        return net.preactivations_from_projections(proj, bias, data.mu_norm, yhat, K)
-
-    active = torch.ones(R, dtype=torch.bool, device=device)
-    diverged = torch.zeros(R, dtype=torch.bool, device=device)
-    steps_done = torch.zeros(R, dtype=torch.long, device=device)
-    rows: list[pd.DataFrame] = []
-    snapshots: dict[str, list] = {"step": [], "gamma": [], "rho": []}
-    draws = standard_draws(configs, min(TRAJECTORY_MC, c0.n_mc), K, 2 * m, dtype, device) if log else None
-
-    # fraction of noise terms that are active where the gradient is taken (W + eps for SAM, the quantity SAM
-    # switches off [C23]), averaged over the steps since the last log
-    update_active = {"sum": torch.zeros(R, dtype=dtype, device=device), "count": 0}
-
-    def record(step: int, epoch: float) -> None:
-        AG = group_mm(A, gram)
-        sig, z = preactivations(P0 + AG, b, data.yhat)
-        f = net.output_from_preactivations(sig, z, mult)
-        # W Pi W^T from small matrices: W W^T = W0 W0^T + P0 A^T + A P0^T + A G A^T, and w_1 = W0_1 + A e_1-coords
-        Pf, Af = P0.reshape(R, 2 * m, -1), A.reshape(R, 2 * m, -1)
-        AGf = AG.reshape(R, 2 * m, -1)
-        wwt = W0_gram + Pf @ Af.transpose(1, 2) + Af @ Pf.transpose(1, 2) + AGf @ Af.transpose(1, 2)
-        w0 = init.W[..., 0] + group_mm(A, basis_col0)[..., 0]
-        if c0.project_noise:
-            wwt = wwt - w0.reshape(R, 2 * m, 1) * w0.reshape(R, 1, 2 * m)
-        cols = {"step": np.full(R, step), "epoch": np.full(R, epoch), "run": np.arange(R),
-                "seed": [c.seed for c in configs], "optimizer": [c.optimizer for c in configs],
-                "train_loss": torch.nn.functional.softplus(-data.y * f).mean(1),
-                "train_acc": (data.y * f > 0).to(dtype).mean(1),
-                "test_error": gaussian_test_error_from_gram(net, wwt, w0, b, configs, 0, draws=draws)[0]}
-        cols["update_noise_active_frac"] = (update_active["sum"] / update_active["count"] if update_active["count"]
-                                            else torch.full((R,), float("nan"), dtype=dtype))
-        update_active["sum"].zero_()
-        update_active["count"] = 0
-        if track:
-            tracker = CoefficientTracker(init.W, A, data)
-            cols.update(tracker.summaries(z))
-            snapshots["step"].append(step)
-            snapshots["gamma"].append(tracker.gamma.cpu().numpy().copy())
-            snapshots["rho"].append(tracker.rho.cpu().numpy().copy())
-        rows.append(pd.DataFrame({k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in cols.items()}))
-
-    H = n // B
-    total = c0.total_steps
-    bar = tqdm(total=total, desc=f"train d={c0.d} R={R}", disable=(not progress) if progress is not None else None,
-               leave=False)
-    if log:
-        record(0, 0)
+    ens = Ensemble(configs)
+    c0, H = ens.c0, ens.n // ens.B
+    logger = TrajectoryLog(ens, track) if log else None
+    bar = tqdm(total=c0.total_steps, desc=f"train d={c0.d} R={ens.R}", leave=False,
+               disable=(not progress) if progress is not None else None)
+    if logger:
+        logger.record(0, 0)
     step = 0
     for epoch in range(c0.epochs):
         for i_batch in range(H):
-            if perms_t is None:  # full batch: every basis column
-                cols, gram_b, proj = None, gram, P0 + group_mm(A, gram)
-                y_b, yhat_b = data.y, data.yhat
-            else:  # the batch's columns of the basis: e_1 and its samples' noise vectors
-                idx = perms_t[:, epoch, i_batch * B:(i_batch + 1) * B]                  # (U, B)
-                noise_cols = 1 + (idx[..., None] * K + torch.arange(K, device=device)).reshape(U, B * K)
-                cols = torch.cat([torch.zeros_like(idx[:, :1]), noise_cols], 1)       # (U, 1 + BK)
-                cols_g = cols[:, None, :].expand(U, gram.shape[1], cols.shape[1])
-                gram_cb = torch.gather(gram, 2, cols_g)                               # (U, 1 + nK, 1 + BK)
-                gram_b = torch.gather(gram_cb, 1, cols[:, :, None].expand(U, cols.shape[1], cols.shape[1]))
-                cols_r = cols.repeat_interleave(G, 0)[:, None, None, :].expand(R, 2, m, cols.shape[1])
-                proj = torch.gather(P0, 3, cols_r) + group_mm(A, gram_cb)
-                idx_r = idx.repeat_interleave(G, 0)
-                y_b, yhat_b = torch.gather(data.y, 1, idx_r), torch.gather(data.yhat, 1, idx_r)
-            grad = net.gradient(*preactivations(proj, b, yhat_b), y_b, yhat_b, data.mu_norm, mult, b is not None)
-            finite = grad.finite
-            use_sam = (sam_until > step).to(dtype) * active.to(dtype)
-            if bool((use_sam * tau > 0).any()):
-                # ||grad||^2 = sum over filters of C G C^T (+ ||db||^2): the norm of the gradient, not of C
-                sq = (group_mm(grad.coefs, gram_b) * grad.coefs).sum(dim=(1, 2, 3))
-                if grad.db is not None:
-                    sq = sq + grad.db.pow(2).sum(dim=(1, 2))
-                eps = perturbation("sam", grad.coefficient_tensors(), tau * use_sam, batch_dims=1,
-                                   norm=sq.clamp(min=0).sqrt())
-                b_pert = None if b is None else b + eps[1]
-                grad = net.gradient(*preactivations(proj + group_mm(eps[0], gram_b), b_pert, yhat_b), y_b, yhat_b,
-                                    data.mu_norm, mult, b is not None)
-                finite = finite & grad.finite
-            update_active["sum"] += grad.noise_active
-            update_active["count"] += 1
-            step_size = (eta * active.to(dtype))[:, None, None, None]   # stopped runs step by 0
-            delta = -step_size * torch.nan_to_num(grad.coefs)            # (a NaN step is caught below)
-            if cols is None:
-                new_A = A + delta
-            else:
-                new_A = A.scatter_add(3, cols_r, delta)
-            new_b = None if b is None else b - step_size[..., 0] * torch.nan_to_num(grad.db)
-            if not bool(finite.all()):
-                # W_t gave non-finite pre-activations: the run diverged. Freeze it at its last finite weights
-                # W_{t-1} (the coefficients before the last step).
-                bad = ~finite
-                diverged |= active & bad
-                active &= ~bad
-                new_A[bad] = prev_A[bad]
-                if new_b is not None:
-                    new_b[bad] = prev_b[bad]
-            prev_A, prev_b = A, b
-            A, b = new_A, new_b
-            steps_done += active.long()
+            batch = select_batch(ens, epoch, i_batch)
+            grad, finite = update_gradient(ens, batch, step)
+            apply_step(ens, batch, grad, finite)
             step += 1
             bar.update(1)
-            if log and step % c0.log_every == 0:
-                record(step, epoch + (i_batch + 1) / H)
-        # early stopping on the full training loss, once per epoch
-        sig, z = preactivations(P0 + group_mm(A, gram), b, data.yhat)
-        full_loss = torch.nn.functional.softplus(-data.y * net.output_from_preactivations(sig, z, mult)).mean(1)
-        active &= ~(full_loss <= loss_eps)
-        if not bool(active.any()):
+            if logger:
+                logger.add_update(grad)
+                if logger.any_due[step]:
+                    logger.record(step, epoch + (i_batch + 1) / H)
+        stop_converged(ens)
+        if not bool(ens.active.any()):
             break
     bar.close()
-    if log and step % c0.log_every != 0:
-        record(step, c0.epochs if step == total else step / H)
+    if logger:  # an ensemble that stopped early logs its last step for every run
+        logger.record(step, c0.epochs if step == c0.total_steps else step / H, force=True)
+    summary, params, tracker = evaluate(ens, track, heldout)
+    trajectory = logger.table() if logger else pd.DataFrame()
+    coefficients = logger.coefficients() if logger else {}
+    return EnsembleResult(ens.configs, summary, trajectory, params, ens.init, ens.data, coefficients, tracker)
 
-    # the weights, materialised once
-    params = Params(init.W + group_mm(A, data.basis), b)
-    previous = Params(init.W + group_mm(prev_A, data.basis), prev_b)
-    tracker = CoefficientTracker(init.W, A, data) if track else None
 
-    # final evaluation; a run whose last step produced non-finite weights is frozen at the previous ones
-    sig, z = net.preactivations(params, data)
+def final_weights(ens: Ensemble) -> Params:
+    """W materialised once; a run whose last step produced non-finite weights is frozen at the previous ones."""
+    init, data = ens.init, ens.data
+    params = Params(init.W + ens.group_mm(ens.A, data.basis), ens.b)
+    sig, z = ens.net.preactivations(params, data)
     bad = ~(torch.isfinite(z).flatten(1).all(1) & torch.isfinite(sig).flatten(1).all(1))
     if bool(bad.any()):
-        diverged |= bad & active
-        steps_done -= (bad & active).long()
+        previous = Params(init.W + ens.group_mm(ens.prev_A, data.basis), ens.prev_b)
+        ens.diverged |= bad & ens.active
+        ens.steps_done -= (bad & ens.active).long()
         params = Params.from_tensors([torch.where(bad.reshape(-1, *([1] * (p.dim() - 1))), o, p)
                                       for p, o in zip(params.tensors(), previous.tensors())])
+    return params
+
+
+def evaluate(ens: Ensemble, track: bool, heldout: bool) -> tuple[pd.DataFrame, Params, CoefficientTracker | None]:
+    """The summary table (one row per run): the config, training loss/accuracy, test errors, steps, divergence
+    and the reconstruction error of W from gamma/rho."""
+    configs, data, net = ens.configs, ens.data, ens.net
+    params = final_weights(ens)
     f = net.output(params, data)
-    test_err, test_se = gaussian_test_error(net, params, configs, c0.n_mc)
+    test_err, test_se = gaussian_test_error(net, params, configs, ens.c0.n_mc)
     summary = pd.DataFrame([c.to_dict() for c in configs])
     for col in ("tau", "sam_steps"):  # optional fields: None -> NaN, so every table has one dtype per column
         summary[col] = pd.to_numeric(summary[col], errors="coerce").astype("float64")
-    summary["tau_effective"] = tau.cpu().numpy()
-    summary["train_loss"] = torch.nn.functional.softplus(-data.y * f).mean(1).cpu().numpy()
-    summary["train_acc"] = (data.y * f > 0).to(dtype).mean(1).cpu().numpy()
+    summary["tau_effective"] = ens.tau.cpu().numpy()
+    summary["train_loss"] = F.softplus(-data.y * f).mean(1).cpu().numpy()
+    summary["train_acc"] = (data.y * f > 0).to(ens.dtype).mean(1).cpu().numpy()
     summary["test_error"] = test_err.cpu().numpy()
     summary["test_error_se"] = test_se.cpu().numpy()
-    if heldout and c0.n_test > 0:
-        summary["test_error_heldout"] = heldout_test_error(net, params, configs, c0.n_test).cpu().numpy()
+    if heldout and ens.c0.n_test > 0:
+        summary["test_error_heldout"] = heldout_test_error(net, params, configs, ens.c0.n_test).cpu().numpy()
     summary["bayes_error"] = [c.flip_p for c in configs]
-    summary["steps"] = steps_done.cpu().numpy()
-    if tracker is not None:  # SPEC 4's decomposition, rebuilt from gamma and rho, against the trained weights
+    summary["steps"] = ens.steps_done.cpu().numpy()
+    tracker = CoefficientTracker(ens.init.W, ens.A, data) if track else None
+    if tracker is not None:  # the decomposition of docs/science.md §4, rebuilt from gamma and rho
         err = (tracker.reconstruct(data) - params.W).flatten(1).abs().amax(1)
         summary["reconstruction_error"] = (err / params.W.flatten(1).abs().amax(1)).cpu().numpy()
-    summary["diverged"] = diverged.cpu().numpy()
+    summary["diverged"] = ens.diverged.cpu().numpy()
     for col in ("train_loss", "train_acc", "test_error", "test_error_se", "test_error_heldout"):
         if col in summary:
             summary.loc[summary["diverged"], col] = np.nan
-    coefficients = {}
-    if tracker is not None and snapshots["step"]:
-        coefficients = {"step": np.asarray(snapshots["step"]), "gamma": np.stack(snapshots["gamma"]),
-                        "rho": np.stack(snapshots["rho"]), "y": data.y.cpu().numpy(),
-                        "yhat": data.yhat.cpu().numpy()}
-    trajectory = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    return EnsembleResult(list(configs), summary, trajectory, params, init, data, coefficients, tracker)
+    return summary, params, tracker
