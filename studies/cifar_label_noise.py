@@ -1,5 +1,5 @@
 """SAM vs SGD under symmetric label noise on CIFAR-10 (the [F21] noisy-label table): clean test accuracy at noise
-rates 20/40/60/80 %, beside the paper's numbers (SPEC 7).
+rates 20/40/60/80 %, beside the papers' numbers (docs/science.md §9).
 
 [F21] Foret et al., Sharpness-Aware Minimization, arXiv 2010.01412, Sec. 3.3. The paper trains ResNet-32; this
 study uses the package's WideResNet (WRN-28-10 by default), so compare trends, not digits.

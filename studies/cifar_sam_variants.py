@@ -1,5 +1,5 @@
 """SGD vs SAM vs Rand-SAM vs multi-step SAM on CIFAR (the [T24] comparison), WRN-28-10 with the [F21] recipe:
-final test error, generalisation gap and the final model's sharpness, beside the papers' numbers (SPEC 7).
+final test error, generalisation gap and the final model's sharpness, beside the papers' numbers (docs/science.md §9).
 
 [F21] Foret et al., Sharpness-Aware Minimization, arXiv 2010.01412 (WRN-28-10, Table 1 and App. C.6).
 [T24] 1st-Order Magic: Analysis of Sharpness-Aware Minimization, arXiv 2411.01714 (Rand-SAM, multi-step SAM).

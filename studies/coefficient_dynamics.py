@@ -9,7 +9,7 @@ overfitting. Found with the defaults below (8 seeds): at step 20, update-point n
 ~0.28 (SGD), clean-sample memorisation ~2.9 vs ~5.4, gamma_max ~0.21 vs ~0.07; final test error ~0.12 (SAM->SGD) vs
 ~0.39 (SGD), Bayes error 0.1. The study recomputes and prints these numbers.
 
-Setting (SPEC 3): n=20, m=10, P=2, sigma_p=1, p=0.1, d=3200, ||mu||=2, B=5, eta=0.1, 100 epochs, 8 seeds.
+Setting (docs/science.md §3): n=20, m=10, P=2, sigma_p=1, p=0.1, d=3200, ||mu||=2, B=5, eta=0.1, 100 epochs, 8 seeds.
 SGD vs SAM (c_tau=1, SAM for the first 200 steps = 50 epochs, then SGD), both to zero training error.
 Prints the coefficient summaries at the switch and at the end, and the final test errors; writes
 figures/coefficient_dynamics.png and figures/coefficient_dynamics.md.

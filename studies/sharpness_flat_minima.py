@@ -1,6 +1,6 @@
 """Near a manifold of interpolating minima: full-batch SAM lowers lambda_1, 1-SAM lowers Tr(H) [W23].
 
-Claim checked ([W23] Wen, Ma, Li, ICLR 2023, arXiv 2211.05729; SPEC 6 (b)): near a manifold of minimisers, with
+Claim checked ([W23] Wen, Ma, Li, ICLR 2023, arXiv 2211.05729; docs/science.md §7 (b)): near a manifold of minimisers, with
 small eta and rho, full-batch SAM follows the manifold in the direction that decreases lambda_1(H) (its implicit
 regulariser is R_Max ~ rho^2 lambda_1 / 2), while batch-size-1 SAM decreases Tr(H) (each per-sample Hessian is
 rank one at an interpolating point, so its top eigenvalue is its trace, and the average of per-sample traces is

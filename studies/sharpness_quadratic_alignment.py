@@ -1,6 +1,6 @@
 """Full-batch SAM on a quadratic aligns with the top eigenvector and settles at a predicted norm [W23].
 
-Claim checked ([W23] Wen, Ma, Li, ICLR 2023, arXiv 2211.05729; SPEC 6 (a)): on L(x) = x^T A x / 2 with A PSD,
+Claim checked ([W23] Wen, Ma, Li, ICLR 2023, arXiv 2211.05729; docs/science.md §7 (a)): on L(x) = x^T A x / 2 with A PSD,
 full-batch SAM [F21]
     eps_t = rho g_t / ||g_t||,  g_t = A x_t,      x_{t+1} = x_t - eta A (x_t + eps_t)
 ends in a period-2 orbit x_t ~ +-||x_t|| v_1 (so |cos(x_t, v_1)| -> 1, the sign flips every step) with

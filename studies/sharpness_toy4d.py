@@ -5,7 +5,7 @@
 Every point with x3 = x4 = 0 is a global minimum; there the Hessian is diag(0, 0, 2 F1, 2 F2), so
 lambda_1 = 2 F1, lambda_min(nonzero) = 2 F2, Tr = 2 (F1 + F2).
 
-Claims checked ([W23] Wen, Ma, Li, ICLR 2023, arXiv 2211.05729; SPEC 6 (c)), for small eta and rho:
+Claims checked ([W23] Wen, Ma, Li, ICLR 2023, arXiv 2211.05729; docs/science.md §7 (c)), for small eta and rho:
   1. full-batch SAM [F21] minimises lambda_1        -> ends at argmin F1 = m1;
   2. GD on L_Asc(x) = L(x + rho g/||g||) (the exact gradient, including d(g/||g||)/dx) minimises the smallest
      nonzero eigenvalue                              -> ends at argmin F2 = m2;

@@ -1,4 +1,4 @@
-"""SPEC 3's reference numbers, recomputed: harmful overfitting for SGD grows with d; SAM-then-SGD stays benign.
+"""docs/science.md §3's reference numbers, recomputed: harmful overfitting for SGD grows with d; SAM-then-SGD stays benign.
 
 n=20, m=10, P=2, sigma_p=1, p=0.1, eta=0.1, 100 epochs, B=5, 8 seeds, ||mu||=2 (about 30 s on 2 cores, float32:
 the claim is about test errors of order 0.1, far above float32 round-off).

@@ -1,4 +1,4 @@
-"""Data model of SPEC 1 [C23 Def. 2.1]: statistical properties checked against exact distributions."""
+"""Data model of docs/science.md §1 [C23 Def. 2.1]: statistical properties checked against exact distributions."""
 import numpy as np
 import pytest
 import torch

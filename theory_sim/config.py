@@ -60,7 +60,7 @@ STRUCTURAL_FIELDS = ("d", "n", "P", "m", "model", "noise_patches", "project_nois
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Configuration of one run. Defaults follow SPEC sections 1-3 ([C23] model, shared noise patches).
+    """Configuration of one run. Defaults follow docs/science.md §1-3 ([C23] model, shared noise patches).
 
     The SAM radius is ``tau`` when given, else the theory scale ``c_tau * m * sqrt(B) / (P * sigma_p * sqrt(d))``
     [C23 Sec. 4]. ``sam_steps=K`` runs SAM for the first K steps and SGD afterwards; ``None`` runs SAM throughout.

@@ -72,7 +72,7 @@ class Batch:
 
     @property
     def clean(self) -> torch.Tensor:
-        """(R, n) bool: label not flipped (the set S+ of SPEC 4)."""
+        """(R, n) bool: label not flipped (the set S+ of docs/science.md §4)."""
         return self.y == self.yhat
 
     @property

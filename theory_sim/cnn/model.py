@@ -12,7 +12,7 @@ Weights are stored as W of shape (R, 2, m, d) (index 0 is j = +1, index 1 is j =
 (or None). Because the signal patch is yhat*mu and every noise patch is a stored noise vector, the network needs
 only <w, mu> and <w, xi>: the forward pass is one batched matmul (R, 2m, d) x (R, d, n K) and the gradient, written
 in closed form below, one more. The closed form also yields the coefficients that drive the signal-noise
-decomposition (SPEC 4), so the tracker is exact at no extra cost.
+decomposition (docs/science.md §4), so the tracker is exact at no extra cost.
 """
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ class TwoLayerCNN:
 
     # ---------------------------------------------------------------------------------------------------------
     def output_patches(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """Plain forward on the full input x (R, n, P, d): the definition of SPEC 2, used as the autograd oracle
+        """Plain forward on the full input x (R, n, P, d): the definition of docs/science.md §2, used as the autograd oracle
         (it never uses the compact signal/noise structure)."""
         pre = torch.einsum("rjmd,rnpd->rjmnp", params.W, x)
         if params.b is not None:

@@ -58,7 +58,7 @@ def _optional_int(text: str) -> int | None:
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The SimConfig options (shared by ``simulate`` and the studies). Defaults come from SimConfig / the preset."""
     p.add_argument("--preset", choices=("c23", "kou2023"), default="c23",
-                   help="defaults to start from: c23 (SPEC 1-3) or kou2023 (the [K23] public script)")
+                   help="defaults to start from: c23 (docs/science.md §1-3) or kou2023 (the [K23] public script)")
     p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--d", type=int, help="dimension of every patch (>= 1)")
     p.add_argument("--mu-norm", dest="mu_norm", type=float, help="signal strength ||mu|| (>= 0)")

@@ -4,7 +4,7 @@ Label noise is independent of x, and a point counts as misclassified when y f(W,
 
     err = (1 - p) * P(yhat f <= 0) + p * P(yhat f >= 0)   ( = p + (1 - 2p) P_clean(yhat f <= 0) when P(f = 0) = 0 )
 
-(SPEC 5); p is the Bayes error. A ReLU network outputs exactly 0 with positive probability when every unit is
+(docs/science.md §5); p is the Bayes error. A ReLU network outputs exactly 0 with positive probability when every unit is
 inactive, so the tie term is kept rather than assumed away. For a clean point the signal patch is deterministic given yhat and every noise patch enters
 only through z = (<w_{j,r}, xi>)_{j,r}, which is Gaussian N(0, sigma_p^2 W Pi W^T) in R^{2m} (Pi projects off mu,
 or is I for the [K23] variant). So P_clean is estimated from 2m-dimensional Gaussian draws: a cost independent of

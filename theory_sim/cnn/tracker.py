@@ -1,4 +1,4 @@
-"""Signal-noise decomposition of the filters [C23, K23] (SPEC 4).
+"""Signal-noise decomposition of the filters [C23, K23] (docs/science.md §4).
 
     w_{j,r}(t) = w_{j,r}(0) + j gamma_{j,r}(t) mu/||mu||^2 + sum_{i,k} rho_{j,r,i,k}(t) xi_{i,k}/||xi_{i,k}||^2
 
@@ -9,10 +9,10 @@ step: an update W <- W - eta dW adds -eta * (dW's coefficients), i.e.
     gamma_{j,r}   += -eta * j * a_sig_{j,r} * ||mu||^2          (A[..., 0] = j gamma / ||mu||, as mu = ||mu|| e_1)
     rho_{j,r,i,k} += -eta * a_noise_{j,r,i,k} * ||xi_{i,k}||^2  (A[..., ik] = rho / ||xi_ik||^2)
 
-which is SPEC 4's formula (for SAM the gradient is taken at W + eps, the coefficients still describe W). Because a
+which is docs/science.md §4's formula (for SAM the gradient is taken at W + eps, the coefficients still describe W). Because a
 sample's label is fixed, each rho_{j,r,i} only ever moves one way: it is rhobar (>= 0) when y_i = j and rhounder
 (<= 0) when y_i = -j, so one array holds both and masks split them. ``reconstruct`` rebuilds W from gamma and rho
-with SPEC 4's formula; the tests compare it with the trained W.
+with docs/science.md §4's formula; the tests compare it with the trained W.
 """
 from __future__ import annotations
 

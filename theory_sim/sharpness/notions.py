@@ -1,4 +1,4 @@
-"""The three notions of sharpness of [W23] (SPEC 6), each a difference of losses on the rho-ball around w.
+"""The three notions of sharpness of [W23] (docs/science.md §7), each a difference of losses on the rho-ball around w.
 
 - worst direction   R_Max(w) = max_{||v|| <= 1} L(w + rho v) - L(w)            ~ rho^2 lambda_1(H) / 2
 - ascent direction  R_Asc(w) = L(w + rho g/||g||) - L(w),  g = grad L(w)       (what SAM evaluates [F21])

@@ -4,7 +4,7 @@ For each slice (n, P, sigma_p) of the sweep, ``phase_diagram[...].png``:
   row 1: seed-averaged test error of every optimizer variant (shared colour scale 0..0.5) and, with two or more
          variants, the difference of the second and the first (e.g. SAM - SGD, diverging colours);
   row 2: the benign / intermediate / harmful map of every variant: benign if the mean test error is <= the benign
-         threshold p + margin (0.5 - p), harmful if >= p + 0.1 (SPEC 5), stated on the figure.
+         threshold p + margin (0.5 - p), harmful if >= p + 0.1 (docs/science.md §5), stated on the figure.
 Every panel is a pcolormesh with correct cell edges (geometric midpoints on log-spaced axes, which are drawn log);
 the located boundaries ||mu||*(d) of every variant and their fitted power laws are overlaid.
 With n, P or sigma_p swept, ``boundary_scaling.png`` plots ||mu||* against them on log-log axes with the fitted and

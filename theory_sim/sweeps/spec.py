@@ -269,11 +269,11 @@ class SweepSpec:
             import tomli as tomllib
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"SPEC must be a TOML sweep file; {path} does not exist")
+            raise ConfigError(f"spec must be a TOML sweep file; {path} does not exist")
         try:
             d = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"SPEC {path} is not valid TOML: {exc}") from None
+            raise ConfigError(f"spec {path} is not valid TOML: {exc}") from None
         return cls.from_dict(d, name=path.stem)
 
 

@@ -11,7 +11,7 @@ resampled jointly across cells, since every cell uses the same seeds). The inter
 discretisation of the ||mu|| grid: interpolating between grid points biases a slope by up to about the grid's
 log-spacing divided by the log-range of the dimension, so use fine ||mu|| grids for tight checks.
 
-Theory (SPEC 5, [C23] and [K23]): SGD is benign when n ||mu||^4 >= C d P^4 sigma_p^4, so ||mu||* ~ d^(1/4) n^(-1/4) P
+Theory (docs/science.md §5, [C23] and [K23]): SGD is benign when n ||mu||^4 >= C d P^4 sigma_p^4, so ||mu||* ~ d^(1/4) n^(-1/4) P
 sigma_p; SAM (with the [C23] radius scale) is benign once ||mu|| >= Omega~(1): slope ~0 in d. Constants are unknown,
 so only shapes are checked: a prediction holds when it lies in the bootstrap interval.
 """
@@ -222,7 +222,7 @@ def _markdown(report: dict, spec) -> str:
                      f"{_fmt(b['mu_star'])} | {b['status']} | {_fmt(b['relapse_mu'])} | "
                      f"{_fmt(b.get('init_scale'))} |")
     lines += ["", "Censored cells (benign_everywhere: below the grid; never_benign: above it) are left out of the "
-              "fits. Theory (SPEC 5): SGD slope 1/4 in d, -1/4 in n, 1 in P and sigma_p (holds: the interval contains it; "
+              "fits. Theory (docs/science.md §5): SGD slope 1/4 in d, -1/4 in n, 1 in P and sigma_p (holds: the interval contains it; "
               "'P-1' fits against the number of noise patches, which the shared-noise gradient actually counts); "
               "SAM about 0 in d (holds: the whole interval within +-0.125, half of SGD's slope)."]
     return "\n".join(lines) + "\n"
