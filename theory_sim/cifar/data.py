@@ -12,12 +12,14 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from theory_sim.cifar.errors import BadPickleError, CifarDataError, DataNotFoundError, one_line
 from theory_sim.config import ConfigError, check_float, check_int
 from theory_sim.io import atomic_write_bytes
 
@@ -34,17 +36,20 @@ LAYOUT = {
 }
 
 
-class DataNotFoundError(ConfigError):
-    """The CIFAR files are not where the loader looks; the message says where to put which file."""
+URL = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+       "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"}
 
 
 def _missing_message(dataset: str, data_dir: Path, detail: str) -> str:
     archive, folder, train, test, _ = LAYOUT[dataset]
-    url = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-           "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"}[dataset]
     return (f"{dataset} not found in {data_dir} ({detail}). Put EITHER the archive {data_dir / archive} "
-            f"(from {url}, no need to extract) OR its extracted folder {data_dir / folder}/ containing "
+            f"(from {URL[dataset]}, no need to extract) OR its extracted folder {data_dir / folder}/ containing "
             f"{', '.join(train + [test])} (python pickle version). Nothing is downloaded automatically.")
+
+
+def _bad_file(dataset: str, where: str, problem: str) -> str:
+    return (f"{where} {problem}; it is not a {dataset} python-pickle batch. Replace it with the file from the "
+            f"original {LAYOUT[dataset][0]} ({URL[dataset]})")
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -61,40 +66,80 @@ class _CifarUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR batch file")
 
 
-def _unpickle(raw: bytes) -> dict:
-    d = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+def _unpickle(raw: bytes, dataset: str, where: str) -> dict:
+    try:
+        d = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:  # truncated or garbage bytes fail in many ways (EOF, Unpickling, Unicode, Value, ...)
+        raise BadPickleError(_bad_file(dataset, where, f"does not unpickle ({one_line(exc)})")) from None
+    if not isinstance(d, dict):
+        raise BadPickleError(_bad_file(dataset, where, f"unpickles to a {type(d).__name__}, not a dict"))
+    return {(k.decode(errors="replace") if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
-def _read_members(dataset: str, data_dir: Path) -> dict[str, bytes]:
-    """Raw bytes of the train/test members, from the extracted folder if present, else from the archive."""
+def _read_archive(dataset: str, data_dir: Path, names: list[str]) -> dict[str, tuple[bytes, str]]:
+    archive, folder = LAYOUT[dataset][:2]
+    path = data_dir / archive
+    out = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for n in names:
+                try:
+                    member = tar.extractfile(f"{folder}/{n}")
+                except KeyError:
+                    member = None
+                if member is None:
+                    raise DataNotFoundError(_missing_message(dataset, data_dir, f"{archive} has no file {folder}/{n}"))
+                out[n] = (member.read(), f"{path} member {folder}/{n}")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:  # truncated gzip, garbage, unreadable file
+        raise CifarDataError(
+            f"{path} is not a readable .tar.gz archive ({one_line(exc)}): it is probably truncated or corrupt. "
+            f"Download it again from {URL[dataset]} (or put its extracted folder {folder}/ in {data_dir})") from None
+    return out
+
+
+def _read_members(dataset: str, data_dir: Path) -> dict[str, tuple[bytes, str]]:
+    """(raw bytes, where they came from) of the train/test members: from the extracted folder if present, else from
+    the archive."""
     archive, folder, train, test, _ = LAYOUT[dataset]
     names = train + [test]
     if not data_dir.is_dir():
         raise DataNotFoundError(_missing_message(dataset, data_dir, "the directory does not exist"))
     for cand in (data_dir / folder, data_dir):  # data_dir may also BE the extracted folder
         if all((cand / n).is_file() for n in names):
-            return {n: (cand / n).read_bytes() for n in names}
+            try:
+                return {n: ((cand / n).read_bytes(), str(cand / n)) for n in names}
+            except OSError as exc:
+                raise CifarDataError(f"cannot read {exc.filename or cand}: {one_line(exc)}") from None
     if (data_dir / archive).is_file():
-        out = {}
-        with tarfile.open(data_dir / archive, "r:gz") as tar:
-            for n in names:
-                try:
-                    out[n] = tar.extractfile(f"{folder}/{n}").read()
-                except KeyError:
-                    raise DataNotFoundError(_missing_message(dataset, data_dir,
-                                                             f"{archive} has no member {folder}/{n}")) from None
-        return out
+        return _read_archive(dataset, data_dir, names)
     partial = [n for n in names if (data_dir / folder / n).is_file()]
     detail = (f"{folder}/ has only {partial}" if partial else f"neither {archive} nor {folder}/ is there")
     raise DataNotFoundError(_missing_message(dataset, data_dir, detail))
 
 
-def _decode(d: dict, label_key: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-    data, labels = np.asarray(d["data"]), np.asarray(d[label_key], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise ConfigError(f"{where}: expected uint8 data of shape (N, 3072) and N labels, got {data.dtype} "
-                          f"{data.shape} and {labels.shape}")
+def _decode(d: dict, dataset: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (N, 3, 32, 32) uint8 images and N int64 labels of one unpickled batch, checked."""
+    label_key, c = LAYOUT[dataset][4], NUM_CLASSES[dataset]
+    missing = [k for k in ("data", label_key) if k not in d]
+    if missing:
+        raise CifarDataError(_bad_file(dataset, where, f"has no {' or '.join(repr(k) for k in missing)} entry "
+                                                       f"(keys: {sorted(map(str, d))})"))
+    data = np.asarray(d["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise CifarDataError(_bad_file(dataset, where, f"has 'data' of {data.dtype} {data.shape}, expected uint8 "
+                                                       f"of shape (N, 3072)"))
+    try:
+        labels = np.asarray(d[label_key])
+        ok = labels.ndim == 1 and (labels.size == 0 or np.issubdtype(labels.dtype, np.integer))
+    except Exception:  # ragged or odd objects
+        ok = False
+    if not ok or len(labels) != len(data):
+        raise CifarDataError(_bad_file(dataset, where, f"has {label_key!r} that is not a list of {len(data)} integer "
+                                                       f"labels (one per image)"))
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= c):
+        raise CifarDataError(_bad_file(dataset, where, f"has {label_key!r} outside [0, {c - 1}] "
+                                                       f"(range [{labels.min()}, {labels.max()}])"))
     return data.reshape(-1, 3, 32, 32), labels  # rows are R(1024) G(1024) B(1024), each 32x32 row-major
 
 
@@ -108,21 +153,19 @@ class CifarArrays:
 
 
 def load_cifar(dataset: str, data_dir: str | os.PathLike) -> CifarArrays:
-    """Read CIFAR-10 or CIFAR-100 (fine labels) from ``data_dir``; raises DataNotFoundError saying what to put where."""
+    """Read CIFAR-10 or CIFAR-100 (fine labels) from ``data_dir``. Missing files raise DataNotFoundError saying what
+    to put where; an unreadable archive or a malformed batch raises CifarDataError naming the file (both are
+    ConfigErrors)."""
     if dataset not in LAYOUT:
         raise ConfigError(f"dataset must be one of {tuple(LAYOUT)}, got {dataset!r}")
     data_dir = Path(data_dir).expanduser()
-    _, _, train, test, key = LAYOUT[dataset]
+    _, _, train, test, _ = LAYOUT[dataset]
     raw = _read_members(dataset, data_dir)
-    parts = [_decode(_unpickle(raw[n]), key, n) for n in train]
-    x_test, y_test = _decode(_unpickle(raw[test]), key, test)
+    parts = [_decode(_unpickle(raw[n][0], dataset, raw[n][1]), dataset, raw[n][1]) for n in train]
+    x_test, y_test = _decode(_unpickle(raw[test][0], dataset, raw[test][1]), dataset, raw[test][1])
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
-    c = NUM_CLASSES[dataset]
-    for name, y in (("train", y_train), ("test", y_test)):
-        if y.size and (y.min() < 0 or y.max() >= c):
-            raise ConfigError(f"{dataset} {name} labels must be in [0, {c - 1}], got [{y.min()}, {y.max()}]")
-    return CifarArrays(x_train, y_train, x_test, y_test, c)
+    return CifarArrays(x_train, y_train, x_test, y_test, NUM_CLASSES[dataset])
 
 
 def write_synthetic_cifar(root: str | os.PathLike, dataset: str = "cifar10", n_train: int = 500, n_test: int = 100,

@@ -2,31 +2,52 @@
 
 One plain loop, nanoGPT style: the dataset sits on the device as uint8, each step augments a batch there, runs the
 optimizer (``theory_sim.sam.optim.SAM``: SAM p=2 / p=inf [F21], ASAM [K21], Rand-SAM and multi-step SAM [T24],
-m-sharpness [F21]), and each epoch appends one row of metrics to ``RUN/metrics.parquet`` and writes an atomic
-checkpoint from which ``--resume`` continues bitwise identically (on CPU). Preset ``f21`` is the SAM paper's
-WRN-28-10 recipe (SPEC 7). Multi-GPU: launch with ``torchrun`` (DDP, detected from WORLD_SIZE/RANK/LOCAL_RANK);
-Slurm: ``--slurm`` submits the same run through submitit.
+m-sharpness [F21]; docs/science.md §8), and each epoch appends one row of metrics to ``RUN/metrics.parquet`` and writes
+an atomic checkpoint from which ``--resume`` continues bitwise identically (on CPU). Preset ``f21`` is the SAM paper's
+WRN-28-10 recipe (docs/science.md §9.3). Multi-GPU: launch with ``torchrun`` (DDP, detected from
+WORLD_SIZE/RANK/LOCAL_RANK); Slurm: ``--slurm`` submits the same run through submitit.
+
+The pieces: ``config`` (CifarConfig, presets), ``data`` (loader, augmentation), ``wrn`` (the model), ``checkpoint``
+(the run directory, resume), ``distributed`` (device, DDP, Slurm); this module is the loop and the CLI.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
-import io
-import json
-import os
 import random
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from theory_sim.cifar.checkpoint import (
+    CHECKPOINT,
+    load_checkpoint,
+    read_config_json,
+    restore,
+    rng_state,
+    save_epoch,
+    sync_metrics,
+    write_result_json,
+    write_sidecars,
+)
+from theory_sim.cifar.config import (  # noqa: F401  (re-exported: the public names of the CIFAR trainer)
+    DEFAULT_RHO,
+    OPTIMIZERS,
+    PRESETS,
+    RUNTIME_FIELDS,
+    CifarConfig,
+    config_from_values,
+    resumed_config,
+)
 from theory_sim.cifar.data import (
     NUM_CLASSES,
     Augment,
@@ -35,252 +56,146 @@ from theory_sim.cifar.data import (
     symmetric_label_noise,
     write_synthetic_cifar,
 )
+from theory_sim.cifar.distributed import (
+    Dist,
+    all_reduce,
+    barrier,
+    broadcast_buffers,
+    gather_objects,
+    is_main_process,
+    pick_device,
+    setup_distributed,
+    submit_slurm,
+    teardown_distributed,
+    wrap_ddp,
+)
+from theory_sim.cifar.errors import writing
 from theory_sim.cifar.wrn import WideResNet
-from theory_sim.config import ConfigError, check_choice, check_float, check_int
-from theory_sim.io import atomic_write_bytes, provenance, write_json, write_parquet
+from theory_sim.config import ConfigError, check_int
 from theory_sim.sam.optim import SAM
 
-OPTIMIZERS = ("sgd", "sam", "asam", "randsam", "msam")
-# default radius per (optimizer family, dataset): SAM rho 0.05 / 0.1 [F21], ASAM 0.5 / 1.0 [K21] (SPEC 7)
-DEFAULT_RHO = {"sam": {"cifar10": 0.05, "cifar100": 0.1}, "asam": {"cifar10": 0.5, "cifar100": 1.0}}
 
-# Presets fill the fields the user did not set on the command line.
-PRESETS: dict[str, dict] = {
-    # [F21] WRN-28-10: 200 epochs, batch 128 (PyTorch ports; the paper used 256), lr 0.1 cosine, Nesterov 0.9,
-    # wd 5e-4, flip + pad-4 crop, rho 0.05 (C10) / 0.1 (C100)
-    "f21": dict(depth=28, width=10, epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
-                weight_decay=5e-4, label_smoothing=0.0, cutout=0, dropout=0.0),
-    # a few seconds on a CPU: WRN-10-1, 1 epoch on 512 images
-    "smoke": dict(depth=10, width=1, epochs=1, batch_size=64, lr=0.05, n_train=512, n_test=256,
-                  sharpness_samples=64),
-}
-
-
-@dataclass(frozen=True)
-class CifarConfig:
-    """One CIFAR training run. Defaults = preset ``f21`` on CIFAR-10 with SAM. ``rho=None`` picks the paper's radius
-    for the optimizer and dataset (0 for SGD); ``steps_k=None`` is 2 ascent steps for msam, 1 otherwise. ``batch_size`` is global (split over DDP replicas);
-    ``m_sharpness`` > 0 splits each replica's batch into chunks of that size, each perturbed with its own gradient;
-    ``n_train``/``n_test`` > 0 use only the first n images (quick runs)."""
-
-    dataset: str = "cifar10"
-    data_dir: str = "data"
-    optimizer: str = "sam"
-    rho: float | None = None
-    norm: str = "2"  # SAM's dual norm: "2" or "inf" (sam / msam only)
-    steps_k: int | None = None  # None: 2 for msam, 1 otherwise
-    m_sharpness: int = 0
-    eta_a: float = 0.01
-    label_noise: float = 0.0
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    depth: int = 28
-    width: int = 10
-    dropout: float = 0.0
-    cutout: int = 0
-    n_train: int = 0
-    n_test: int = 0
-    eval_batch_size: int = 1000
-    sharpness: bool = True
-    sharpness_samples: int = 1024
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        check_choice("dataset", self.dataset, tuple(NUM_CLASSES))
-        if not isinstance(self.data_dir, str):
-            raise ConfigError(f"data_dir must be a path string, got {self.data_dir!r}")
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        if self.rho is None:  # resolve here so config.json records the radius actually used
-            family = "asam" if self.optimizer == "asam" else "sam"
-            object.__setattr__(self, "rho", 0.0 if self.optimizer == "sgd" else DEFAULT_RHO[family][self.dataset])
-        check_float("rho", self.rho, lo=0.0)
-        check_choice("norm", self.norm, ("2", "inf"))
-        if self.norm == "inf" and self.optimizer not in ("sam", "msam"):
-            raise ConfigError(f"norm='inf' is for optimizer 'sam' or 'msam', got optimizer={self.optimizer!r}")
-        if self.steps_k is None:
-            object.__setattr__(self, "steps_k", 2 if self.optimizer == "msam" else 1)
-        check_int("steps_k", self.steps_k, lo=1, hi=1 if self.optimizer != "msam" else 100)
-        check_int("m_sharpness", self.m_sharpness, lo=0, hi=self.batch_size if isinstance(self.batch_size, int)
-                  else None)
-        if self.m_sharpness and self.optimizer == "sgd":
-            raise ConfigError("m_sharpness needs a SAM-family optimizer, got optimizer='sgd'")
-        check_float("eta_a", self.eta_a, lo=0.0)
-        check_float("label_noise", self.label_noise, lo=0.0, hi=1.0)
-        check_int("epochs", self.epochs, lo=1)
-        check_int("batch_size", self.batch_size, lo=2)
-        check_float("lr", self.lr, lo=0.0, lo_open=True)
-        check_float("momentum", self.momentum, lo=0.0, hi=1.0, hi_open=True)
-        check_choice("nesterov", self.nesterov, (True, False))
-        if self.nesterov and self.momentum == 0:
-            raise ConfigError("nesterov=True needs momentum in (0, 1), got momentum=0")
-        check_float("weight_decay", self.weight_decay, lo=0.0)
-        check_float("label_smoothing", self.label_smoothing, lo=0.0, hi=1.0, hi_open=True)
-        check_int("depth", self.depth, lo=10)
-        if (self.depth - 4) % 6:
-            raise ConfigError(f"depth must be 6n+4 (10, 16, 22, 28, 40, ...), got {self.depth}")
-        check_int("width", self.width, lo=1)
-        check_float("dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
-        check_int("cutout", self.cutout, lo=0, hi=32)
-        check_int("n_train", self.n_train, lo=0)
-        check_int("n_test", self.n_test, lo=0)
-        check_int("eval_batch_size", self.eval_batch_size, lo=1)
-        check_choice("sharpness", self.sharpness, (True, False))
-        check_int("sharpness_samples", self.sharpness_samples, lo=2)
-        check_int("seed", self.seed, lo=0, hi=2**31 - 1)
-        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
-            raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
-        check_choice("compile", self.compile, (True, False))
-
-    @property
-    def rule(self) -> str:
-        return {"sam": "sam", "msam": "sam", "asam": "asam", "randsam": "randsam"}[self.optimizer] + \
-            ("_inf" if self.norm == "inf" else "")
-
-
-# ---- runtime: device, distributed, checkpoints ----------------------------------------------------------------------
-RUNTIME_FIELDS = ("data_dir", "device", "compile")  # may change on --resume (another machine); the rest may not
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} requested but CUDA is not available (use device='auto' or 'cpu')")
-    return dev
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: torch.device) -> tuple[Dist, torch.device]:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK (and MASTER_ADDR/PORT): join the process group, one device per rank;
-    nccl on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(), device
-    d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":
-        torch.cuda.set_device(d.local_rank)
-        device = torch.device("cuda", d.local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=d.rank, world_size=world)
-    return d, device
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    """torch.save straight to a temp file in the same directory, fsync, os.replace: an interrupted save never
-    leaves half a checkpoint (streamed, not buffered: a WRN-28-10 checkpoint is ~300 MB)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _rng_state(aug: Augment, opt) -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-             "augment": aug.generator.get_state(),
-             "sam": opt.generator.get_state() if getattr(opt, "generator", None) is not None else None}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, aug: Augment, opt) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    aug.generator.set_state(state["augment"])
-    if state.get("sam") is not None and getattr(opt, "generator", None) is not None:
-        opt.generator.set_state(state["sam"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---- the run --------------------------------------------------------------------------------------------------------
 @dataclass
 class Result:
-    metrics: "object"  # pandas.DataFrame, one row per epoch
+    metrics: pd.DataFrame  # one row per epoch
     model: nn.Module
     sharpness: dict | None
     finished: bool
 
 
-def build_optimizer(cfg: CifarConfig, model: nn.Module, net: nn.Module, device: torch.device, seed: int):
-    base = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), **base)
-    gen = None
-    if cfg.optimizer == "randsam":
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed)
-    return SAM(model.parameters(), torch.optim.SGD, rule=cfg.rule, rho=cfg.rho, steps_k=cfg.steps_k,
-               eta_a=cfg.eta_a, model=net, generator=gen, **base)
+@dataclass
+class Runtime:
+    """Where the tensors live: device, DDP rank/world, bf16 autocast (CUDA only, a fresh context per use; CPU and MPS
+    train in float32) and the memory format (channels_last on GPUs)."""
+    device: torch.device
+    dd: Dist
+    amp: Callable
+    mem_fmt: torch.memory_format
 
 
-def train(cfg: CifarConfig, out: str | os.PathLike, *, resume: bool = False, stop_after: int | None = None,
+@dataclass
+class TrainData:
+    """The run's images (uint8) and labels on the device; the train labels possibly noised."""
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    per_rank: int  # batch size per DDP replica
+    steps: int  # optimizer steps per epoch (full batches only: no batch of 1 reaches BatchNorm)
+
+
+# ---- the run --------------------------------------------------------------------------------------------------------
+def train(cfg: CifarConfig, out: str | Path, *, resume: bool = False, stop_after: int | None = None,
           log=print) -> Result:
     """Train (or, with ``resume``, continue) the run in directory ``out``; ``stop_after`` ends this invocation after
     that many epochs (the checkpoint lets a later ``resume`` finish the run)."""
     out = Path(out)
-    ckpt_path = out / "checkpoint.pt"
-    device = pick_device(cfg.device)
-    dd, device = setup_distributed(device)
-    log = log if dd.main else (lambda *a, **k: None)
-    if ckpt_path.exists() and not resume:
-        raise ConfigError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it or choose "
-                          f"another --out")
-    ckpt = None
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file: RNG states are numpy
-        saved = dict(ckpt["config"])
-        for k in RUNTIME_FIELDS:
-            saved[k] = getattr(cfg, k)
-        if asdict(cfg) != saved:
-            log(f"resume: using the run's saved config; ignoring changed "
-                f"{sorted(k for k in saved if saved[k] != asdict(cfg)[k])}")
-        cfg = CifarConfig(**saved)
-        log(f"resume: {out} after epoch {ckpt['epoch'] + 1}")
-    elif resume:
-        log(f"resume: no checkpoint in {out}, starting a fresh run")
+    rt = make_runtime(cfg.device)
+    log = log if rt.dd.main else (lambda *a, **k: None)
+    cfg, ckpt = open_run(cfg, out, resume, rt.dd.main, log)
     if stop_after is not None:
         check_int("stop_after", stop_after, lo=1)
-
     # Python/numpy/torch seeds; every rank draws the same init (DDP also broadcasts it), then its own stream.
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    on_gpu = device.type in ("cuda", "mps")
-    # bf16 autocast on CUDA only (a fresh context per use); CPU and MPS train in float32
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
-    mem_fmt = torch.channels_last if on_gpu else torch.contiguous_format
+    data = prepare_data(cfg, out, rt, fresh=ckpt is None)
 
-    # ---- data: everything on the device as uint8; labels possibly noised (train only) ----
+    model = WideResNet(cfg.depth, cfg.width, data.num_classes, cfg.dropout).to(rt.device, memory_format=rt.mem_fmt)
+    net = wrap_ddp(model, rt.dd, rt.device)
+    if cfg.compile:
+        net = torch.compile(net)
+    opt = build_optimizer(cfg, model, net, rt.device, seed=cfg.seed * 1000 + rt.dd.rank + 1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * data.steps)  # per-step cosine to 0
+    aug = Augment(cfg.dataset, rt.device, seed=cfg.seed * 1000 + rt.dd.rank, cutout=cfg.cutout)
+    torch.manual_seed(cfg.seed * 1000 + rt.dd.rank + 7)  # dropout: its own stream per replica
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    history, start = [], 0
+    if ckpt is not None:
+        history, start = restore(ckpt, model, opt, sched, aug, rt.dd.rank, rt.dd.world, out / CHECKPOINT, log)
+    log(describe(cfg, data, rt))
+
+    end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+    for epoch in range(start, end):
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        tr = train_one_epoch(cfg, net, opt, sched, criterion, aug, data, epoch, rt)
+        broadcast_buffers(model, rt.dd)
+        te = evaluate(model, data.x_test, data.y_test, aug, cfg.eval_batch_size, rt)
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize()
+        row = dict(epoch=epoch + 1, train_loss=tr["loss"], train_acc=tr["acc"], test_loss=te["loss"],
+                   test_acc=te["acc"], gen_gap=tr["acc"] - te["acc"], gen_gap_loss=te["loss"] - tr["loss"], lr=lr,
+                   perturbation_norm=tr["pnorm"], epoch_time=time.perf_counter() - t0)
+        history.append(row)
+        rngs = gather_objects(rng_state(aug, opt), rt.dd)
+        if rt.dd.main:
+            save_epoch(out, history, dict(epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(),
+                                          scheduler=sched.state_dict(), rng=rngs, history=history, config=asdict(cfg)))
+            log(format_row(row, cfg.epochs))
+
+    finished = len(history) == cfg.epochs
+    sharp = None
+    if finished and cfg.sharpness and rt.dd.main and (end > start or not (out / "sharpness.json").exists()):
+        sharp = measure_sharpness(cfg, model, data, aug, rt, out, log)
+    barrier(rt.dd)
+    return Result(pd.DataFrame(history), model, sharp, finished)
+
+
+def make_runtime(device_name: str) -> Runtime:
+    device = pick_device(device_name)
+    dd, device = setup_distributed(device)
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    mem_fmt = torch.channels_last if device.type in ("cuda", "mps") else torch.contiguous_format
+    return Runtime(device, dd, amp, mem_fmt)
+
+
+def open_run(cfg: CifarConfig, out: Path, resume: bool, main: bool, log) -> tuple[CifarConfig, dict | None]:
+    """The config to train with and the checkpoint to continue from (``None``: a fresh run). A run directory is never
+    reused without ``resume``; on resume only the runtime fields of ``cfg`` may differ from the checkpoint's config,
+    and the main process brings metrics.parquet up to the checkpoint (after a failed write)."""
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists() and not resume:
+        raise ConfigError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it or choose "
+                          f"another --out")
+    if not resume:
+        return cfg, None
+    if not ckpt_path.exists():
+        log(f"resume: no checkpoint in {out}, starting a fresh run")
+        return cfg, None
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = resumed_config(config_from_values(ckpt["config"], str(ckpt_path)), asdict(cfg), str(out))
+    if main:
+        sync_metrics(out, ckpt["history"])
+    log(f"resume: {out} after epoch {ckpt['epoch'] + 1}")
+    return cfg, ckpt
+
+
+def prepare_data(cfg: CifarConfig, out: Path, rt: Runtime, fresh: bool) -> TrainData:
+    """Load the dataset (the first n_train / n_test images), noise the train labels, check the batch fits, write the
+    run's sidecar files (fresh runs, main process) and move everything to the device as uint8."""
+    dd = rt.dd
     arr = load_cifar(cfg.dataset, cfg.data_dir)
     x_tr, y_tr, x_te, y_te = arr.x_train, arr.y_train, arr.x_test, arr.y_test
     if cfg.n_train:
@@ -300,83 +215,49 @@ def train(cfg: CifarConfig, out: str | os.PathLike, *, resume: bool = False, sto
         raise ConfigError(f"batch_size must be <= the training set size per process "
                           f"({-(-len(y_tr) // dd.world)}), got {cfg.batch_size}")
     if dd.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if ckpt is None:
-            _write_sidecars(out, cfg, dd, device, clean_y_tr, y_tr, noise_mask)
-    Xtr, Ytr = torch.from_numpy(x_tr).to(device), torch.from_numpy(y_tr).to(device)
-    Xte, Yte = torch.from_numpy(x_te).to(device), torch.from_numpy(y_te).to(device)
-
-    # ---- model, optimizer, schedule ----
-    model = WideResNet(cfg.depth, cfg.width, arr.num_classes, cfg.dropout).to(device, memory_format=mem_fmt)
-    net = model
-    if dd.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-    opt = build_optimizer(cfg, model, net, device, seed=cfg.seed * 1000 + dd.rank + 1)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)  # per-step cosine to 0
-    aug = Augment(cfg.dataset, device, seed=cfg.seed * 1000 + dd.rank, cutout=cfg.cutout)
-    torch.manual_seed(cfg.seed * 1000 + dd.rank + 7)  # dropout: its own stream per replica
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    history: list[dict] = []
-    start = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if len(ckpt["rng"]) == dd.world:
-            _set_rng_state(ckpt["rng"][dd.rank], aug, opt)
-        else:  # the shards and random streams are per process: exact continuation needs the same process count
-            log(f"resume: the checkpoint was written by {len(ckpt['rng'])} processes, this run has {dd.world}: "
-                f"continuing with fresh random streams (not bitwise identical to an uninterrupted run)")
-        history, start = list(ckpt["history"]), ckpt["epoch"] + 1
-    log(f"{cfg.dataset} WRN-{cfg.depth}-{cfg.width} {cfg.optimizer} (rule {cfg.rule if cfg.optimizer != 'sgd' else '-'}"
-        f", rho {cfg.rho}, k {cfg.steps_k}) | {len(y_tr)} train / {len(y_te)} test | noise {cfg.label_noise} | "
-        f"device {device} x{dd.world} | {steps} steps/epoch")
-
-    end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
-    for epoch in range(start, end):
-        t0 = time.perf_counter()
-        lr = opt.param_groups[0]["lr"]
-        tr = train_epoch(cfg, net, opt, sched, criterion, aug, Xtr, Ytr, epoch, steps, per_rank, dd, amp, mem_fmt)
-        if dd.world > 1:  # the last clean pass moved each replica's BN stats on its own shard: take rank 0's, as
-            for b in model.buffers():  # DDP would at the next forward, so evaluation and checkpoint agree
-                dist.broadcast(b, 0)
-        te = evaluate(model, Xte, Yte, aug, cfg.eval_batch_size, dd, amp, mem_fmt)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        row = dict(epoch=epoch + 1, train_loss=tr["loss"], train_acc=tr["acc"], test_loss=te["loss"],
-                   test_acc=te["acc"], gen_gap=tr["acc"] - te["acc"], gen_gap_loss=te["loss"] - tr["loss"], lr=lr,
-                   perturbation_norm=tr["pnorm"], epoch_time=time.perf_counter() - t0)
-        history.append(row)
-        rngs = [_rng_state(aug, opt)]
-        if dd.world > 1:
-            rngs = [None] * dd.world
-            dist.all_gather_object(rngs, _rng_state(aug, opt))
-        if dd.main:
-            _save(out, history, dict(epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(),
-                                     scheduler=sched.state_dict(), rng=rngs, history=history, config=asdict(cfg)))
-            log(f"epoch {epoch + 1:>3}/{cfg.epochs} | train loss {row['train_loss']:.4f} acc "
-                f"{100 * row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}%"
-                f" | gap {100 * row['gen_gap']:+.2f}% | lr {lr:.4g} | |eps| {row['perturbation_norm']:.4g} | "
-                f"{row['epoch_time']:.1f}s")
-    finished = len(history) == cfg.epochs
-    sharp = None
-    if finished and cfg.sharpness and dd.main and end > start:
-        n = min(cfg.sharpness_samples, len(y_tr))
-        sharp = final_sharpness(model, aug.normalize(Xtr[:n]).contiguous(memory_format=mem_fmt), Ytr[:n], cfg.rho,
-                                seed=cfg.seed, log=log)
-        if sharp is not None:
-            write_json(out / "sharpness.json", sharp)
-    if dd.world > 1:
-        dist.barrier()
-    import pandas as pd
-    return Result(pd.DataFrame(history), model, sharp, finished)
+        with writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            write_sidecars(out, cfg, dd.world, rt.device, clean_y_tr, y_tr, noise_mask)
+    dev = rt.device
+    return TrainData(torch.from_numpy(x_tr).to(dev), torch.from_numpy(y_tr).to(dev), torch.from_numpy(x_te).to(dev),
+                     torch.from_numpy(y_te).to(dev), arr.num_classes, per_rank, steps)
 
 
-def train_epoch(cfg, net, opt, sched, criterion, aug, Xtr, Ytr, epoch, steps, per_rank, dd, amp, mem_fmt) -> dict:
+def build_optimizer(cfg: CifarConfig, model: nn.Module, net: nn.Module, device: torch.device, seed: int):
+    base = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), **base)
+    gen = None
+    if cfg.optimizer == "randsam":
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+    return SAM(model.parameters(), torch.optim.SGD, rule=cfg.rule, rho=cfg.rho, steps_k=cfg.steps_k,
+               eta_a=cfg.eta_a, model=net, generator=gen, **base)
+
+
+def describe(cfg: CifarConfig, data: TrainData, rt: Runtime) -> str:
+    return (f"{cfg.dataset} WRN-{cfg.depth}-{cfg.width} {cfg.optimizer} (rule "
+            f"{cfg.rule if cfg.optimizer != 'sgd' else '-'}, rho {cfg.rho}, k {cfg.steps_k}) | {len(data.y_train)} "
+            f"train / {len(data.y_test)} test | noise {cfg.label_noise} | device {rt.device} x{rt.dd.world} | "
+            f"{data.steps} steps/epoch")
+
+
+def format_row(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch']:>3}/{epochs} | train loss {row['train_loss']:.4f} acc "
+            f"{100 * row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}% | "
+            f"gap {100 * row['gen_gap']:+.2f}% | lr {row['lr']:.4g} | |eps| {row['perturbation_norm']:.4g} | "
+            f"{row['epoch_time']:.1f}s")
+
+
+def train_one_epoch(cfg: CifarConfig, net, opt, sched, criterion, aug: Augment, data: TrainData, epoch: int,
+                    rt: Runtime) -> dict:
+    """One pass over this replica's shard: augment on the device, one optimizer step per batch. Returns the epoch's
+    mean loss and accuracy of the clean (first) forward passes and the mean perturbation norm, over all replicas."""
     from tqdm import tqdm
 
+    Xtr, Ytr, steps, per_rank = data.x_train, data.y_train, data.steps, data.per_rank
+    dd, amp, mem_fmt = rt.dd, rt.amp, rt.mem_fmt
     net.train()
     idx = epoch_indices(len(Ytr), epoch, cfg.seed, dd.rank, dd.world).to(Xtr.device)
     loss_sum = torch.zeros((), device=Xtr.device)
@@ -416,27 +297,37 @@ def train_epoch(cfg, net, opt, sched, criterion, aug, Xtr, Ytr, epoch, steps, pe
         if cfg.optimizer != "sgd":
             pnorm += opt.last_perturbation_norm
     stats = torch.stack([loss_sum, correct, pnorm, torch.tensor(float(steps * per_rank), device=Xtr.device)])
-    if dd.world > 1:
-        dist.all_reduce(stats)
+    all_reduce(stats, dd)
     return dict(loss=(stats[0] / stats[3]).item(), acc=(stats[1] / stats[3]).item(),
                 pnorm=(stats[2] / (steps * dd.world)).item())
 
 
 @torch.no_grad()
-def evaluate(model, X, Y, aug, batch_size, dd, amp, mem_fmt) -> dict:
+def evaluate(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, aug: Augment, batch_size: int, rt: Runtime) -> dict:
     """Plain cross-entropy and accuracy on (this replica's shard of) the test set, BatchNorm in eval mode."""
+    dd = rt.dd
     model.eval()
     idx = torch.arange(dd.rank, len(Y), dd.world, device=X.device)
     stats = torch.zeros(3, dtype=torch.float64, device=X.device)
     for i in range(0, len(idx), batch_size):
         bi = idx[i:i + batch_size]
-        with amp():
-            logits = model(aug.normalize(X[bi]).contiguous(memory_format=mem_fmt))
+        with rt.amp():
+            logits = model(aug.normalize(X[bi]).contiguous(memory_format=rt.mem_fmt))
         stats += torch.stack([F.cross_entropy(logits.float(), Y[bi], reduction="sum").double(),
                               (logits.argmax(1) == Y[bi]).sum().double(), torch.tensor(len(bi), device=X.device)])
-    if dd.world > 1:
-        dist.all_reduce(stats)
+    all_reduce(stats, dd)
     return dict(loss=(stats[0] / stats[2]).item(), acc=(stats[1] / stats[2]).item())
+
+
+def measure_sharpness(cfg: CifarConfig, model: nn.Module, data: TrainData, aug: Augment, rt: Runtime, out: Path,
+                      log=print) -> dict | None:
+    """``final_sharpness`` on the first ``sharpness_samples`` training images, saved as ``RUN/sharpness.json``."""
+    n = min(cfg.sharpness_samples, len(data.y_train))
+    sharp = final_sharpness(model, aug.normalize(data.x_train[:n]).contiguous(memory_format=rt.mem_fmt),
+                            data.y_train[:n], cfg.rho, seed=cfg.seed, log=log)
+    if sharp is not None:
+        write_result_json(out / "sharpness.json", sharp)
+    return sharp
 
 
 def final_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rho: float, seed: int, log=print,
@@ -472,22 +363,7 @@ def final_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rho: flo
     return res
 
 
-def _write_sidecars(out: Path, cfg: CifarConfig, dd: Dist, device, clean_y, noisy_y, mask) -> None:
-    write_json(out / "config.json", {"config": asdict(cfg), "seed": cfg.seed, "world_size": dd.world,
-                                     "device": str(device), **provenance()})
-    if cfg.label_noise > 0:  # the exact noisy labels and which ones were flipped
-        buf = io.BytesIO()
-        np.savez(buf, clean_labels=clean_y, noisy_labels=noisy_y, noisy_mask=mask)
-        atomic_write_bytes(out / "label_noise.npz", buf.getvalue())
-
-
-def _save(out: Path, history: list[dict], ckpt: dict) -> None:
-    import pandas as pd
-    write_parquet(pd.DataFrame(history), out / "metrics.parquet")
-    _atomic_torch_save(ckpt, out / "checkpoint.pt")
-
-
-# ---- command line -------------------------------------------------------------------------------------------------
+# ---- command line ---------------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     f = {fl.name: fl.default for fl in dataclasses.fields(CifarConfig)}
     p.add_argument("--dataset", choices=tuple(NUM_CLASSES), default=None, help=f"(default {f['dataset']})")
@@ -522,7 +398,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true",
                    help="tiny run (preset smoke); without --data-dir it writes a synthetic CIFAR into RUN/")
     p.add_argument("--out", required=True, help="run directory (metrics.parquet, config.json, checkpoint.pt)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, with the settings in RUN/config.json. "
+                        "Flags (and --preset/--smoke values) that differ from them are refused, except "
+                        "--data-dir, --device, --compile and --stop-after, which only say where and how far to run")
     p.add_argument("--stop-after", type=int, default=None, help="end this invocation after N epochs")
     p.add_argument("--slurm", action="store_true", help="submit to Slurm through submitit instead of running here")
     p.add_argument("--slurm-partition", default=None)
@@ -531,76 +410,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per GPU")
 
 
-def config_from_args(args: argparse.Namespace) -> CifarConfig:
-    """Dataclass defaults, then the preset, then every flag given explicitly."""
+def requested_values(args: argparse.Namespace) -> dict:
+    """The config fields this command line sets: the preset's, then every flag given explicitly."""
     names = {fl.name for fl in dataclasses.fields(CifarConfig)}
     values: dict = {}
     preset = args.preset or ("smoke" if args.smoke else None)
     if preset:
         values.update(PRESETS[preset])
     values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
-    return CifarConfig(**values)
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> CifarConfig:
+    """Dataclass defaults, then the preset, then every flag given explicitly."""
+    return CifarConfig(**requested_values(args))
 
 
 def run(args: argparse.Namespace) -> int:
-    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
+    main_process = is_main_process()  # under torchrun only rank 0 talks
     if args.smoke and args.data_dir is None:
-        args.data_dir = str(write_synthetic_cifar(Path(args.out) / "synthetic_data", args.dataset or "cifar10",
-                                                  n_train=512, n_test=256, seed=0))
+        with writing(Path(args.out) / "synthetic_data"):
+            args.data_dir = str(write_synthetic_cifar(Path(args.out) / "synthetic_data", args.dataset or "cifar10",
+                                                      n_train=512, n_test=256, seed=0))
         if main_process:
             print(f"smoke: wrote a synthetic {args.dataset or 'cifar10'} (real pickle format) to {args.data_dir}")
-    saved = Path(args.out) / "config.json"
-    if args.resume and saved.exists():  # the run's own config; only where/how to run may change
-        values = json.loads(saved.read_text())["config"]
-        values.update({k: getattr(args, k) for k in RUNTIME_FIELDS if getattr(args, k) is not None})
-        cfg = CifarConfig(**values)
+    saved = read_config_json(Path(args.out)) if args.resume else None
+    if saved is not None:  # the run's own config; only where/how to run may change
+        cfg = resumed_config(saved, requested_values(args), args.out)
         if main_process:
-            print(f"resume: config from {saved}")
+            print(f"resume: config from {Path(args.out) / 'config.json'}")
     else:
         cfg = config_from_args(args)
     if args.slurm:
-        return submit_slurm(cfg, args)
+        return submit_slurm(train, cfg, args)
     result = train(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    teardown_distributed()
     if result.finished and main_process:
         print(f"done: {args.out}/metrics.parquet")
-    return 0
-
-
-class _SlurmJob:
-    """Picklable job for submitit: sets the torch.distributed env of its task, trains, and on timeout/preemption
-    requeues itself with resume=True (the per-epoch checkpoint makes that lossless)."""
-
-    def __init__(self, cfg: CifarConfig, out: str):
-        self.cfg, self.out = cfg, out
-
-    def __call__(self):
-        import submitit
-        submitit.helpers.TorchDistributedEnvironment().export()
-        return train(self.cfg, self.out, resume=True).finished
-
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-        return submitit.helpers.DelayedSubmission(_SlurmJob(self.cfg, self.out))
-
-
-def submit_slurm(cfg: CifarConfig, args: argparse.Namespace) -> int:
-    try:
-        import submitit
-    except ImportError:
-        raise ConfigError("--slurm needs submitit: pip install submitit (or pip install 'theory_sim[cluster]')") \
-            from None
-    check_int("slurm_gpus", args.slurm_gpus, lo=0, hi=16)
-    check_int("slurm_time", args.slurm_time, lo=1)
-    ex = submitit.AutoExecutor(folder=Path(args.out) / "slurm")
-    params = dict(timeout_min=args.slurm_time, nodes=1, tasks_per_node=max(args.slurm_gpus, 1),
-                  gpus_per_node=args.slurm_gpus, cpus_per_task=args.slurm_cpus, name=f"cifar-{cfg.optimizer}")
-    if args.slurm_partition:
-        params["slurm_partition"] = args.slurm_partition
-    ex.update_parameters(**params)
-    job = ex.submit(_SlurmJob(cfg, args.out))
-    print(f"submitted Slurm job {job.job_id}; logs in {Path(args.out) / 'slurm'}; results in {args.out}")
     return 0
 
 

@@ -1,0 +1,145 @@
+"""The configuration of one CIFAR run: ``CifarConfig`` (validated on construction), the presets, the default radii,
+and the rule for what may change when a run is resumed."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from theory_sim.cifar.data import NUM_CLASSES
+from theory_sim.cifar.errors import ResumeMismatchError
+from theory_sim.config import ConfigError, check_choice, check_float, check_int
+
+OPTIMIZERS = ("sgd", "sam", "asam", "randsam", "msam")
+# default radius per (optimizer family, dataset): SAM rho 0.05 / 0.1 [F21], ASAM 0.5 / 1.0 [K21] (docs/science.md §8)
+DEFAULT_RHO = {"sam": {"cifar10": 0.05, "cifar100": 0.1}, "asam": {"cifar10": 0.5, "cifar100": 1.0}}
+
+# Presets fill the fields the user did not set on the command line.
+PRESETS: dict[str, dict] = {
+    # [F21] WRN-28-10: 200 epochs, batch 128 (PyTorch ports; the paper used 256), lr 0.1 cosine, Nesterov 0.9,
+    # wd 5e-4, flip + pad-4 crop, rho 0.05 (C10) / 0.1 (C100) (docs/science.md §9.3)
+    "f21": dict(depth=28, width=10, epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
+                weight_decay=5e-4, label_smoothing=0.0, cutout=0, dropout=0.0),
+    # a few seconds on a CPU: WRN-10-1, 1 epoch on 512 images
+    "smoke": dict(depth=10, width=1, epochs=1, batch_size=64, lr=0.05, n_train=512, n_test=256,
+                  sharpness_samples=64),
+}
+
+# Where and how to run, not what is computed: these may differ on --resume (e.g. another machine); the rest may not.
+RUNTIME_FIELDS = ("data_dir", "device", "compile")
+
+
+@dataclass(frozen=True)
+class CifarConfig:
+    """One CIFAR training run. Defaults = preset ``f21`` on CIFAR-10 with SAM. ``rho=None`` picks the paper's radius
+    for the optimizer and dataset (0 for SGD); ``steps_k=None`` is 2 ascent steps for msam, 1 otherwise.
+    ``batch_size`` is global (split over DDP replicas); ``m_sharpness`` > 0 splits each replica's batch into chunks of
+    that size, each perturbed with its own gradient; ``n_train``/``n_test`` > 0 use only the first n images (quick
+    runs)."""
+
+    dataset: str = "cifar10"
+    data_dir: str = "data"
+    optimizer: str = "sam"
+    rho: float | None = None
+    norm: str = "2"  # SAM's dual norm: "2" or "inf" (sam / msam only)
+    steps_k: int | None = None  # None: 2 for msam, 1 otherwise
+    m_sharpness: int = 0
+    eta_a: float = 0.01
+    label_noise: float = 0.0
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    depth: int = 28
+    width: int = 10
+    dropout: float = 0.0
+    cutout: int = 0
+    n_train: int = 0
+    n_test: int = 0
+    eval_batch_size: int = 1000
+    sharpness: bool = True
+    sharpness_samples: int = 1024
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, tuple(NUM_CLASSES))
+        if not isinstance(self.data_dir, str):
+            raise ConfigError(f"data_dir must be a path string, got {self.data_dir!r}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.rho is None:  # resolve here so config.json records the radius actually used
+            family = "asam" if self.optimizer == "asam" else "sam"
+            object.__setattr__(self, "rho", 0.0 if self.optimizer == "sgd" else DEFAULT_RHO[family][self.dataset])
+        check_float("rho", self.rho, lo=0.0)
+        check_choice("norm", self.norm, ("2", "inf"))
+        if self.norm == "inf" and self.optimizer not in ("sam", "msam"):
+            raise ConfigError(f"norm='inf' is for optimizer 'sam' or 'msam', got optimizer={self.optimizer!r}")
+        if self.steps_k is None:
+            object.__setattr__(self, "steps_k", 2 if self.optimizer == "msam" else 1)
+        check_int("steps_k", self.steps_k, lo=1, hi=1 if self.optimizer != "msam" else 100)
+        check_int("m_sharpness", self.m_sharpness, lo=0, hi=self.batch_size if isinstance(self.batch_size, int)
+                  else None)
+        if self.m_sharpness and self.optimizer == "sgd":
+            raise ConfigError("m_sharpness needs a SAM-family optimizer, got optimizer='sgd'")
+        check_float("eta_a", self.eta_a, lo=0.0)
+        check_float("label_noise", self.label_noise, lo=0.0, hi=1.0)
+        check_int("epochs", self.epochs, lo=1)
+        check_int("batch_size", self.batch_size, lo=2)
+        check_float("lr", self.lr, lo=0.0, lo_open=True)
+        check_float("momentum", self.momentum, lo=0.0, hi=1.0, hi_open=True)
+        check_choice("nesterov", self.nesterov, (True, False))
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov=True needs momentum in (0, 1), got momentum=0")
+        check_float("weight_decay", self.weight_decay, lo=0.0)
+        check_float("label_smoothing", self.label_smoothing, lo=0.0, hi=1.0, hi_open=True)
+        check_int("depth", self.depth, lo=10)
+        if (self.depth - 4) % 6:
+            raise ConfigError(f"depth must be 6n+4 (10, 16, 22, 28, 40, ...), got {self.depth}")
+        check_int("width", self.width, lo=1)
+        check_float("dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
+        check_int("cutout", self.cutout, lo=0, hi=32)
+        check_int("n_train", self.n_train, lo=0)
+        check_int("n_test", self.n_test, lo=0)
+        check_int("eval_batch_size", self.eval_batch_size, lo=1)
+        check_choice("sharpness", self.sharpness, (True, False))
+        check_int("sharpness_samples", self.sharpness_samples, lo=2)
+        check_int("seed", self.seed, lo=0, hi=2**31 - 1)
+        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
+            raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+        check_choice("compile", self.compile, (True, False))
+
+    @property
+    def rule(self) -> str:
+        return {"sam": "sam", "msam": "sam", "asam": "asam", "randsam": "randsam"}[self.optimizer] + \
+            ("_inf" if self.norm == "inf" else "")
+
+
+def config_from_values(values: dict, source: str) -> CifarConfig:
+    """A ``CifarConfig`` from a stored dict (config.json, a checkpoint); errors name ``source``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: the stored config is a {type(values).__name__}, not a dict")
+    unknown = sorted(set(values) - set(CifarConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{source}: unknown config fields {unknown} (written by another version of theory_sim?)")
+    try:
+        return CifarConfig(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def resumed_config(stored: CifarConfig, requested: dict, source: str) -> CifarConfig:
+    """The config a resumed run continues with: ``stored`` with the ``requested`` values applied. Only the
+    ``RUNTIME_FIELDS`` may differ; any other requested change raises ``ResumeMismatchError`` listing each changed
+    field as ``name: old -> new`` (a resumed run must compute what the original run would have)."""
+    new = CifarConfig(**{**asdict(stored), **requested})
+    old_values, new_values = asdict(stored), asdict(new)
+    changed = [f"{k}: {old_values[k]} -> {new_values[k]}" for k in old_values
+               if k not in RUNTIME_FIELDS and old_values[k] != new_values[k]]
+    if changed:
+        raise ResumeMismatchError(
+            f"--resume: the run in {source} was trained with other settings; changed: {'; '.join(changed)}. Drop "
+            f"these flags to continue it unchanged, or use another --out for a new run (only "
+            f"{', '.join('--' + k.replace('_', '-') for k in RUNTIME_FIELDS)} and --stop-after may change on --resume)")
+    return new
