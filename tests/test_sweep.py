@@ -128,11 +128,16 @@ def test_killed_sweep_resumes_to_the_same_results(tmp_path):
     done_before = len(spec.chunks()) - len(missing_chunks(spec, out))
     assert 1 <= done_before < len(spec.chunks()), "the kill must land mid-way"
     assert not (out / "results.parquet").exists()
-    assert not list((out / "shards").glob(".*.tmp")) or True  # a killed writer may leave a temp file, never a shard
+    # a killed writer may leave a temp file (never a half-written shard): plant one as a dead writer would
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    planted = out / "shards" / f".chunk-00099.parquet.{dead.pid}.abc123.tmp"
+    planted.write_bytes(b"half a shard")
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "shards").glob("chunk-*.parquet")}
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     for p, t in mtimes.items():
         assert p.stat().st_mtime_ns == t
+    assert not list((out / "shards").glob(".*.tmp")) and not list(out.glob(".*.tmp")), "stale temp files remain"
     resumed = pd.read_parquet(out / "results.parquet")
     straight = run_sweep(spec, tmp_path / "straight", progress=False)
     pd.testing.assert_frame_equal(resumed, straight)

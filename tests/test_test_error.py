@@ -72,3 +72,58 @@ def test_trainer_estimate_from_coefficients_equals_estimate_from_weights(model, 
     last = res.trajectory[res.trajectory.step == res.trajectory.step.max()].sort_values("run")
     assert np.allclose(last.test_error.values, res.summary.test_error.values, rtol=0, atol=1e-12)
     assert np.allclose(last.train_loss.values, res.summary.train_loss.values, rtol=1e-12)
+
+
+def test_non_finite_runs_get_nan_and_leave_the_others_alone():
+    """A run with non-finite weights (a diverged run) gets NaN from both estimators instead of aborting the call
+    (torch.linalg.eigh cannot factor a NaN Gram); the other runs get exactly what they get on their own."""
+    cfgs = [SimConfig(d=30, m=3, P=2, n_mc=500, n_test=100, seed=s) for s in range(3)]
+    net = TwoLayerCNN.for_config(cfgs[0])
+    W = net.init([0, 1, 2], [1.0] * 3, 30).W
+    alone, alone_se = gaussian_test_error(net, Params(W[:1]), cfgs[:1], 500)
+    bad = W.clone()
+    bad[1, 0, 0, 3] = float("inf")
+    bad[2, 1, 2, 0] = float("nan")
+    err, se = gaussian_test_error(net, Params(bad), cfgs, 500)
+    assert torch.isnan(err[1:]).all() and torch.isnan(se[1:]).all()
+    assert err[0] == alone[0] and se[0] == alone_se[0]
+    held = heldout_test_error(net, Params(bad), cfgs, 100)
+    assert torch.isnan(held[1:]).all() and held[0] == heldout_test_error(net, Params(W[:1]), cfgs[:1], 100)[0]
+
+
+def test_overflowing_gram_gives_nan_not_a_crash():
+    """The trainer assembles W Pi W^T from small matrices; for weights near the dtype's limit it overflows to inf.
+    Those rows are NaN, and a signal strength beyond the dtype (inf * w_1) is NaN rather than a silent 0."""
+    from theory_sim.cnn.test_error import gaussian_test_error_from_gram, noise_gram
+
+    cfg = SimConfig(d=30, m=3, P=2, n_mc=500)
+    net = TwoLayerCNN.for_config(cfg)
+    W = net.init([0, 1], [1.0, 1.0], 30).W
+    gram, w0 = noise_gram(W, True)
+    gram[1] = gram[1] * float("inf")
+    err, _ = gaussian_test_error_from_gram(net, gram, w0, None, [cfg, cfg.replace(seed=1)], 500)
+    assert torch.isfinite(err[0]) and torch.isnan(err[1])
+    W32 = W.float()
+    g32, w32 = noise_gram(W32, True)
+    err32, _ = gaussian_test_error_from_gram(net, g32, w32, None, [cfg.replace(mu_norm=1e39)] * 2, 500)
+    assert torch.isnan(err32).all()
+
+
+def test_eigh_failure_falls_back_to_one_run_at_a_time(monkeypatch):
+    """Should the batched eigendecomposition fail to converge, each run is factored on its own."""
+    import theory_sim.cnn.test_error as te
+
+    cfgs = [SimConfig(d=30, m=3, P=2, n_mc=500, seed=s) for s in range(2)]
+    net = TwoLayerCNN.for_config(cfgs[0])
+    W = net.init([0, 1], [1.0, 1.0], 30).W
+    expected, _ = gaussian_test_error(net, Params(W), cfgs, 500)
+    real = torch.linalg.eigh
+
+    def batched_fails(a, *args, **kwargs):
+        if a.dim() == 3:
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(te.torch.linalg, "eigh", batched_fails)
+    got, _ = gaussian_test_error(net, Params(W), cfgs, 500)
+    assert torch.allclose(got, expected, atol=1e-12, rtol=0)

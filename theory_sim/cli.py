@@ -1,7 +1,9 @@
 """``python -m theory_sim <verb>``: one argparse subcommand per verb.
 
 Each verb lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; this file only
-dispatches. Parameter errors raised as ``ConfigError`` before any work starts are printed as one line and exit 2.
+dispatches. Every failure is one line on stderr: parameter errors raised as ``ConfigError`` before any work starts
+(``error: ...``, exit 2); a result that could not be written, ``ResultWriteError`` or any other ``OSError`` (``error:
+could not write PATH: REASON``, exit 1); Ctrl-C (``interrupted``, exit 130).
 """
 from __future__ import annotations
 
@@ -61,8 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except ConfigError as exc:  # invalid parameters: one clear line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a result could not be written (disk full, read-only, permissions): not a parameter error
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: finished results are on disk (every write is atomic)
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line. ``ResultWriteError`` already reads ``could not write PATH: REASON``; a
+    plain ``OSError`` is shown as ``PATH: REASON``."""
+    from theory_sim.io import ResultWriteError  # here, not at the top: the CLI starts without pandas
+
+    if isinstance(exc, OSError) and not isinstance(exc, ResultWriteError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

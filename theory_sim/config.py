@@ -55,7 +55,7 @@ DTYPES = ("float64", "float32")
 # them. Everything else (optimizer, mu_norm, sigma_p, flip_p, sigma_0, eta, tau, sam_steps, loss_eps, seed) may
 # differ from run to run inside one ensemble.
 STRUCTURAL_FIELDS = ("d", "n", "P", "m", "model", "noise_patches", "project_noise", "batch_size", "epochs",
-                     "dtype", "device", "log_every", "n_test", "n_mc")
+                     "dtype", "device", "log_every", "n_test", "n_mc", "trajectory_mc")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ class SimConfig:
     Training stops at max ``epochs`` or once the full training loss is ``<= loss_eps`` (checked after every epoch;
     ``loss_eps=0`` trains all epochs). The trajectory is logged every ``log_every`` steps, or, with
     ``log_points = N > 0``, at about N log-spaced steps that always include step 0, the end of epoch 1, the SAM -> SGD
-    switch and the last step (``theory_sim.cnn.train.log_steps``).
+    switch and the last step (``theory_sim.cnn.train.log_steps``). Each logged test error uses ``trajectory_mc``
+    Gaussian draws (0: not estimated along the trajectory, NaN; the final test error always uses ``n_mc``).
     """
 
     optimizer: str = "sgd"
@@ -93,6 +94,7 @@ class SimConfig:
     n_mc: int = 20000
     log_every: int = 1
     log_points: int = 0
+    trajectory_mc: int = 2000
     seed: int = 0
     dtype: str = "float64"
     device: str = "auto"
@@ -126,6 +128,7 @@ class SimConfig:
         check_int("n_mc", self.n_mc, 100)
         check_int("log_every", self.log_every, 1)
         check_int("log_points", self.log_points, 0, 100000)
+        check_int("trajectory_mc", self.trajectory_mc, 0, 10**7)
         check_int("seed", self.seed, 0, 2**63 - 1)
         check_choice("dtype", self.dtype, DTYPES)
         if not isinstance(self.device, str) or not self.device:

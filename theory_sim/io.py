@@ -23,20 +23,52 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class ResultWriteError(OSError):
+    """Writing a result file failed (disk full, read-only file system, no permission). The message names the file,
+    e.g. ``could not write runs/x/summary.parquet: No space left on device``; the previous version of the file (if
+    any) is intact and no temporary file is left. The CLI prints it as one line and exits with status 1."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError):
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        super().__init__(cause.errno, reason)
+        self.path, self.cause = Path(path), cause
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        return f"could not write {self.path}: {self.strerror}"
+
+
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically: a temp file in the same directory, fsync, chmod, rename. Any
+    ``OSError`` becomes a ``ResultWriteError`` naming ``path``; on every failure (also an interrupt) the temp file is
+    removed and ``path`` keeps its previous content."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the writer's pid in the name: a later run can tell a killed writer's leftover (removed, see
+        # theory_sim.sweeps.store.remove_stale_temp_files) from a live writer's file
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ResultWriteError(path, exc) from exc
+    try:
+        try:
+            fh = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with fh:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        try:
             os.unlink(tmp)
+        except OSError:  # already renamed, or never created: nothing to clean
+            pass
+        if isinstance(exc, OSError) and not isinstance(exc, ResultWriteError):
+            raise ResultWriteError(path, exc) from exc
         raise
 
 

@@ -11,18 +11,28 @@ Writes to ``--out DIR``:
   coefficients.npz     gamma (T, R, 2, m) and rho (T, R, 2, m, n, K) at every logged step, with labels y, yhat
   final_state.pt       initial and final weights and the training data (for ``sharpness RUN_DIR``)
   trajectory.png       the summaries over steps
+
+``--out`` is checked before any training: it must be a (new or existing) directory that can be written, and one
+that already holds a simulate run is refused unless ``--overwrite``. The files are written to a staging directory
+first and renamed into place at the end, config.json last, so a failed write leaves the previous run intact.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from theory_sim.config import MODELS, NOISE_PATCHES, OPTIMIZERS, ConfigError, SimConfig
-from theory_sim.io import atomic_write_bytes, provenance, save_table, write_json
+from theory_sim.io import ResultWriteError, atomic_write_bytes, provenance, save_table, write_json
 
 # CLI flag -> SimConfig field, for the options that map one to one
 FIELD_FLAGS = {
@@ -30,25 +40,37 @@ FIELD_FLAGS = {
     "flip_p": "flip_p", "m": "m", "sigma_0": "sigma_0", "eta": "eta", "batch_size": "batch_size",
     "epochs": "epochs", "tau": "tau", "c_tau": "c_tau", "sam_steps": "sam_steps", "loss_eps": "loss_eps",
     "model": "model", "noise_patches": "noise_patches", "project_noise": "project_noise", "n_test": "n_test",
-    "n_mc": "n_mc", "log_every": "log_every", "dtype": "dtype", "device": "device",
+    "n_mc": "n_mc", "log_every": "log_every", "log_points": "log_points", "trajectory_mc": "trajectory_mc", "dtype": "dtype", "device": "device",
 }
 
 
+SEEDS_FORMS = "a count N >= 1 (seeds 0..N-1), a range A-B with 0 <= A <= B, or a list A,B,C of distinct integers >= 0"
+_SEEDS_RE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
+
+
 def parse_seeds(text: str) -> list[int]:
-    """'8' -> 0..7 ; '3-6' -> 3,4,5,6 ; '1,5,9' -> 1,5,9."""
-    try:
-        if "," in text:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-        elif "-" in text.strip()[1:]:
-            lo, hi = text.split("-", 1)
-            seeds = list(range(int(lo), int(hi) + 1))
-        else:
-            seeds = list(range(int(text)))
-    except ValueError:
-        raise ConfigError(f"seeds must be a count N, a range A-B or a list A,B,C of integers >= 0, got {text!r}")
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds must be a non-empty set of distinct integers >= 0, got {text!r}")
-    return seeds
+    """'8' -> 0..7 ; '3-6' -> 3,4,5,6 ; '1,5,9' -> 1,5,9. Anything else (an empty item as in '1,2,', a reversed
+    range '3-1', a negative count '-1') is refused with the accepted forms."""
+    bad = ConfigError(f"seeds must be {SEEDS_FORMS}; got {text!r}")
+    if "," in text:
+        items = text.split(",")
+        if not all(re.fullmatch(r"\s*\d+\s*", item) for item in items):
+            raise bad
+        seeds = [int(item) for item in items]
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds must be {SEEDS_FORMS}; {text!r} repeats a seed")
+        return seeds
+    match = _SEEDS_RE.fullmatch(text)
+    if not match:
+        raise bad
+    lo, hi = match.groups()
+    if hi is None:
+        if int(lo) < 1:
+            raise bad
+        return list(range(int(lo)))
+    if int(lo) > int(hi):
+        raise ConfigError(f"seeds must be {SEEDS_FORMS}; the range {text!r} is empty (A > B)")
+    return list(range(int(lo), int(hi) + 1))
 
 
 def _optional_int(text: str) -> int | None:
@@ -85,6 +107,11 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-test", dest="n_test", type=int, help="held-out test points per seed (0: Gaussian only)")
     p.add_argument("--n-mc", dest="n_mc", type=int, help="Gaussian draws for the test-error estimator")
     p.add_argument("--log-every", dest="log_every", type=int, help="log every k steps")
+    p.add_argument("--log-points", dest="log_points", type=int,
+                   help="log about N log-spaced steps instead (always step 0, the end of epoch 1, the SAM -> SGD "
+                        "switch and the last step); 0 = every --log-every steps (default)")
+    p.add_argument("--trajectory-mc", dest="trajectory_mc", type=int,
+                   help="Gaussian draws per logged test error (default 2000; 0 = none, NaN in the trajectory)")
     p.add_argument("--dtype", choices=("float64", "float32"))
     p.add_argument("--device", help="auto (cuda if present), cpu, cuda, cuda:N")
 
@@ -94,22 +121,105 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
              if getattr(args, flag, None) is not None}
     if "sam_steps" in given and given.get("optimizer", "sgd") != "sam" and args.sam_steps is not None:
         raise ConfigError("sam_steps only applies to --optimizer sam")
-    return SimConfig.preset(args.preset, **given)
+    cfg = SimConfig.preset(args.preset, **given)
+    check_dtype_range(cfg)
+    return cfg
+
+
+REAL_FIELDS = ("mu_norm", "sigma_p", "sigma_0", "eta", "tau", "c_tau", "loss_eps")
+
+
+def check_dtype_range(cfg: SimConfig) -> None:
+    """Every real parameter (and the SAM radius they give) must be a finite number in the training dtype: 1e39 is
+    a valid float64 but becomes inf in float32, which would silently turn the run into NaNs."""
+    big = torch.finfo(getattr(torch, cfg.dtype)).max
+    for name in REAL_FIELDS:
+        value = getattr(cfg, name)
+        if value is not None and abs(value) > big:
+            raise ConfigError(f"{name} must be at most {big:.4g} (the largest {cfg.dtype}) with dtype {cfg.dtype}, "
+                              f"got {value:g}")
+    if cfg.optimizer == "sam" and not cfg.sam_radius <= big:
+        raise ConfigError(f"c_tau must give a SAM radius c_tau m sqrt(B) / (P sigma_p sqrt(d)) of at most "
+                          f"{big:.4g} (the largest {cfg.dtype}), got {cfg.sam_radius:g}")
+
+
+# the files a simulate run writes; config.json last, so its presence marks a complete run
+OUTPUT_FILES = ("summary.parquet", "trajectory.parquet", "coefficients.npz", "final_state.pt", "trajectory.png",
+                "config.json")
+
+
+def check_out(text: str, overwrite: bool) -> Path:
+    """``--out`` must name a directory this process can create or write, and must not hold a previous run unless
+    ``overwrite`` (a finished result is never replaced silently). Checked before any training."""
+    if not text.strip():
+        raise ConfigError("out must be a directory path, got the empty string")
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out must be a directory (new or existing), but {out} is an existing file")
+    ancestor = out
+    while not ancestor.exists() and ancestor != ancestor.parent:  # where the directory would be created
+        ancestor = ancestor.parent
+    if not ancestor.exists():
+        raise ConfigError(f"out must be a directory path whose parent exists, got {text!r}")
+    if not ancestor.is_dir():
+        raise ConfigError(f"out must be a directory path, but {ancestor} (a parent of {out}) is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        where = "" if ancestor == out else f" (it would be created in {ancestor})"
+        raise ConfigError(f"out must be a writable directory, but {ancestor} is not writable{where}")
+    previous = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if previous and not overwrite:
+        what = ("a finished simulate run" if "config.json" in previous
+                else f"files of an unfinished simulate run ({', '.join(previous)})")
+        raise ConfigError(f"out must be a new directory: {out} already holds {what}; pass a new --out directory, "
+                          f"or --overwrite to replace it")
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_training_arguments(p)
     p.add_argument("--seeds", default="8", help="N (seeds 0..N-1), A-B, or A,B,C (default 8)")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (new, or empty of a previous run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the previous simulate run in --out (refused without it: never lose a result)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="tqdm bar (default: only on a terminal)")
 
 
 def write_run(result, out: Path, base: SimConfig, seeds: list[int]) -> None:
-    """Write every output of a finished ensemble to ``out`` (each file atomically)."""
-    from theory_sim.cnn.plotting import plot_trajectory
+    """Write every output of a finished ensemble to ``out``.
 
-    out.mkdir(parents=True, exist_ok=True)
+    Every file is first written (and fsynced) into a private staging directory inside ``out``; only then are they
+    renamed into place, config.json last (its presence marks a complete run). So a failed write (disk full,
+    read-only, permissions: a ``ResultWriteError`` naming the file) leaves a previous run in ``out`` (``--overwrite``)
+    complete and byte-identical, and no temp file behind. While the renames run, the previous config.json is
+    already gone, so a directory mixing old and new files is never marked complete."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".simulate-", suffix=".tmp", dir=out))
+    except OSError as exc:
+        raise ResultWriteError(out / "config.json", exc) from exc
+    try:
+        try:
+            _write_files(result, stage, base, seeds)
+        except ResultWriteError as exc:   # name the file the user asked for, not its staging copy
+            raise ResultWriteError(out / exc.path.name, exc.cause) from exc.cause
+        target = out / "config.json"
+        try:
+            target.unlink(missing_ok=True)
+            for name in OUTPUT_FILES:
+                target = out / name
+                if (stage / name).exists():
+                    os.replace(stage / name, target)
+                else:   # a previous run's file (a figure not drawn) that would not match this run
+                    target.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ResultWriteError(target, exc) from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _write_files(result, out: Path, base: SimConfig, seeds: list[int]) -> None:
     meta = {"config": base.to_dict(), "seeds": seeds, "tau_effective": base.sam_radius, **provenance()}
     save_table(result.summary, out / "summary.parquet")
     save_table(result.trajectory, out / "trajectory.parquet")
@@ -126,11 +236,37 @@ def write_run(result, out: Path, base: SimConfig, seeds: list[int]) -> None:
     torch.save(state, buf)
     atomic_write_bytes(out / "final_state.pt", buf.getvalue())
     if not result.trajectory.empty:
-        marker = {"SAM -> SGD": base.sam_steps} if base.optimizer == "sam" and base.sam_steps else None
-        plot_trajectory(result.trajectory, out / "trajectory.png", bayes_error=base.flip_p, markers=marker,
-                        title=f"{base.optimizer.upper()}  d={base.d}  ||mu||={base.mu_norm:g}  n={base.n}  "
-                              f"P={base.P}  sigma_p={base.sigma_p:g}  p={base.flip_p:g}  ({len(seeds)} seeds)")
-    write_json(out / "config.json", meta)  # last: its presence marks a complete run directory
+        write_trajectory_figure(result.trajectory, out / "trajectory.png", base, seeds)
+    write_json(out / "config.json", meta)
+
+
+def write_trajectory_figure(trajectory, path: Path, base: SimConfig, seeds: list[int]) -> bool:
+    """trajectory.png, written atomically (drawn to a temp file next to it, fsynced, renamed); whether it was. A
+    figure matplotlib cannot draw (a diverged run: inf, or no positive loss for the log axis) is skipped with a
+    one-line warning; the tables hold the numbers."""
+    from theory_sim.cnn.plotting import plot_trajectory
+
+    marker = {"SAM -> SGD": base.sam_steps} if base.optimizer == "sam" and base.sam_steps else None
+    title = (f"{base.optimizer.upper()}  d={base.d}  ||mu||={base.mu_norm:g}  n={base.n}  P={base.P}  "
+             f"sigma_p={base.sigma_p:g}  p={base.flip_p:g}  ({len(seeds)} seeds)")
+    drawn = path.with_name(f".{path.stem}.drawing{path.suffix}")
+    try:
+        try:
+            with warnings.catch_warnings():  # huge or non-positive values (a diverged run): not worth a warning
+                warnings.simplefilter("ignore")
+                plot_trajectory(trajectory.replace([np.inf, -np.inf], np.nan), drawn, bayes_error=base.flip_p,
+                                markers=marker, title=title)
+        except (ValueError, OverflowError) as exc:
+            print(f"warning: {path.name} not drawn: {' '.join(str(exc).split())}", file=sys.stderr)
+            return False
+        with open(drawn, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(drawn, path)
+        return True
+    except OSError as exc:
+        raise ResultWriteError(path, exc) from exc
+    finally:
+        drawn.unlink(missing_ok=True)
 
 
 def load_run(run_dir: str | Path) -> dict:
@@ -156,10 +292,11 @@ def run(args: argparse.Namespace) -> int:
     base = config_from_args(args)
     seeds = parse_seeds(args.seeds)
     configs = [base.replace(seed=s) for s in seeds]   # validated here, before any work
+    out = check_out(args.out, args.overwrite)
     result = train_ensemble(configs, progress=args.progress)
-    write_run(result, args.out, base, seeds)
+    write_run(result, out, base, seeds)
     s = result.summary
     print(f"{base.optimizer} d={base.d} ||mu||={base.mu_norm:g}: test error {s.test_error.mean():.4f} "
           f"(Bayes {base.flip_p:g}), train loss {s.train_loss.mean():.4g}, diverged {int(s.diverged.sum())}"
-          f"/{len(s)} -> {args.out}")
+          f"/{len(s)} -> {out}")
     return 0

@@ -23,11 +23,41 @@ from theory_sim.cnn.model import Params, TwoLayerCNN
 
 def _normalised(params: Params) -> Params:
     """Scale each run's (W, b) by its largest entry. f is positively homogeneous in (W, b), so the sign of f — all a
-    test error depends on — is unchanged, and huge-but-finite weights cannot overflow the estimators."""
+    test error depends on — is unchanged, and huge-but-finite weights cannot overflow the estimators. A run with a
+    non-finite entry (a diverged run) is left as it is; the estimators report NaN for it."""
     ts = params.tensors()
     peak = torch.stack([t.flatten(1).abs().amax(1) for t in ts]).amax(0)
-    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    peak = torch.where((peak > 0) & torch.isfinite(peak), peak, torch.ones_like(peak))
     return Params.from_tensors([t / peak.reshape(-1, *([1] * (t.dim() - 1))) for t in ts])
+
+
+def _finite_runs(*tensors: torch.Tensor | None) -> torch.Tensor:
+    """(R,) whether every entry of each run (leading dimension) is finite in all the given tensors."""
+    ok = None
+    for t in tensors:
+        if t is None:
+            continue
+        row = torch.isfinite(t).flatten(1).all(1)
+        ok = row if ok is None else ok & row
+    return ok
+
+
+def _noise_factor(gram: torch.Tensor, sigma_p: torch.Tensor) -> torch.Tensor:
+    """L (R, 2m, 2m) with L L^T = sigma_p^2 gram, by an eigendecomposition with negative eigenvalues clipped to 0
+    (robust when 2m > d). Should the batched solver fail to converge, each run is factored on its own (in float64)
+    and a run that still fails gets a NaN factor, hence a NaN test error, instead of aborting every run."""
+    try:
+        evals, evecs = torch.linalg.eigh(gram)
+    except torch.linalg.LinAlgError:
+        L = torch.full_like(gram, math.nan)
+        for r in range(gram.shape[0]):
+            try:
+                ev, V = torch.linalg.eigh(gram[r].double())
+            except torch.linalg.LinAlgError:
+                continue
+            L[r] = (V * ev.clamp(min=0).sqrt()[None, :]).to(gram.dtype)
+        return L * sigma_p[:, None, None]
+    return evecs * evals.clamp(min=0).sqrt()[:, None, :] * sigma_p[:, None, None]
 
 
 def noise_gram(W: torch.Tensor, project_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +87,8 @@ def gaussian_test_error(net: TwoLayerCNN, params: Params, configs, n_mc: int, ch
                         draws: torch.Tensor | None = None):
     """Return (test_error, standard_error), each of shape (R,), from n_mc Gaussian draws per run.
 
-    ``draws`` may hold pre-computed ``standard_draws`` (then n_mc is taken from it).
+    ``draws`` may hold pre-computed ``standard_draws`` (then n_mc is taken from it). A run with non-finite weights
+    gets NaN for both.
     """
     params = _normalised(params)
     gram, w0 = noise_gram(params.W, configs[0].project_noise)
@@ -67,8 +98,23 @@ def gaussian_test_error(net: TwoLayerCNN, params: Params, configs, n_mc: int, ch
 def gaussian_test_error_from_gram(net: TwoLayerCNN, gram: torch.Tensor, w0: torch.Tensor, b: torch.Tensor | None,
                                   configs, n_mc: int, chunk: int = 32, draws: torch.Tensor | None = None):
     """The estimator from the 2m x 2m Gram W Pi W^T, the first coordinates w0 of the filters and the biases — all
-    it needs, so the trainer evaluates it without materialising W."""
+    it needs, so the trainer evaluates it without materialising W.
+
+    Runs whose Gram, w0, bias or signal pre-activations are not finite (diverged weights, or a product that
+    overflowed) get NaN for both outputs; the others are computed as usual (docs/science.md §3.3).
+    """
     R, _, m = w0.shape
+    ok = _finite_runs(gram, w0, b)
+    if not bool(ok.all()):
+        err = torch.full((R,), math.nan, dtype=gram.dtype, device=gram.device)
+        se = err.clone()
+        idx = ok.nonzero().flatten()
+        if len(idx):
+            sub = [configs[i] for i in idx.tolist()]
+            e, s = gaussian_test_error_from_gram(net, gram[idx], w0[idx], None if b is None else b[idx], sub, n_mc,
+                                                 chunk, None if draws is None else draws[idx.to(draws.device)])
+            err[idx], se[idx] = e, s
+        return err, se
     c0 = configs[0]
     K = 1 if c0.noise_patches == "shared" else c0.P - 1
     mult = c0.P - 1 if c0.noise_patches == "shared" else 1
@@ -81,13 +127,13 @@ def gaussian_test_error_from_gram(net: TwoLayerCNN, gram: torch.Tensor, w0: torc
     if b is not None:
         peak = torch.maximum(peak, b.flatten(1).abs().amax(1))
     peak = torch.where(peak > 0, peak, torch.ones_like(peak))
-    gram = gram / peak[:, None, None] ** 2
+    gram = gram / peak[:, None, None] / peak[:, None, None]   # twice: peak**2 itself may overflow
     w0 = w0 / peak[:, None, None]
     b = b / peak[:, None, None] if b is not None else torch.zeros_like(w0)
-    evals, evecs = torch.linalg.eigh(gram)   # L L^T = sigma_p^2 W Pi W^T, robust when 2m > d
-    L = evecs * evals.clamp(min=0).sqrt()[:, None, :] * sigma_p[:, None, None]
+    L = _noise_factor(gram, sigma_p)
     scale = net.a_f * net.a_p
     s = w0 * mu_norm[:, None, None]                                               # <w_{j,r}, mu>, (R, 2, m)
+    bad = ~_finite_runs(s, L)   # ||mu|| beyond the dtype's range, or a factorisation that failed: NaN, not 0
     errs, ses = [], []
     for lo in range(0, R, chunk):
         hi = min(R, lo + chunk)
@@ -105,16 +151,20 @@ def gaussian_test_error_from_gram(net: TwoLayerCNN, gram: torch.Tensor, w0: torc
             e = e + 0.5 * ((1 - p) * (margin <= 0).to(dtype) + p * (margin >= 0).to(dtype))
         errs.append(e.mean(1))
         ses.append(e.std(1) / math.sqrt(n_mc))
-    return torch.cat(errs), torch.cat(ses)
+    err, se = torch.cat(errs), torch.cat(ses)
+    return err.masked_fill(bad, math.nan), se.masked_fill(bad, math.nan)
 
 
 def heldout_test_error(net: TwoLayerCNN, params: Params, configs, n_test: int, chunk: int = 8) -> torch.Tensor:
-    """Fraction of n_test fresh samples (labels flipped with prob. p, as in training) with y f(W, x) <= 0."""
+    """Fraction of n_test fresh samples (labels flipped with prob. p, as in training) with y f(W, x) <= 0; NaN for a
+    run with non-finite weights or outputs (a NaN output would otherwise silently count as correct)."""
     out = []
     for lo in range(0, len(configs), chunk):
         hi = min(len(configs), lo + chunk)
         data = generate_for(configs[lo:hi], stream=STREAM_TEST, n=n_test, dtype=params.W.dtype,
                             device=params.W.device)
         sub = _normalised(Params.from_tensors([t[lo:hi] for t in params.tensors()]))
-        out.append((data.y * net.output(sub, data) <= 0).to(params.W.dtype).mean(1))
+        f = net.output(sub, data)
+        err = (data.y * f <= 0).to(params.W.dtype).mean(1)
+        out.append(err.masked_fill(~(_finite_runs(*sub.tensors()) & _finite_runs(f)), math.nan))
     return torch.cat(out)

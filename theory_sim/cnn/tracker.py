@@ -42,13 +42,15 @@ class CoefficientTracker:
         self.clean = data.clean
 
     def reconstruct(self, data: Batch) -> torch.Tensor:
-        """W0 + j gamma mu/||mu||^2 + sum rho xi/||xi||^2, shape (R, 2, m, d)."""
-        R, _, m, _ = self.W0.shape
-        n, K, d = data.n, data.K, data.d
-        mu_dir = data.mu * _safe_inverse(self.mu_sq)[:, None]
-        xi_dir = data.xi * _safe_inverse(self.xi_sq)[..., None]
-        noise = torch.bmm(self.rho.reshape(R, 2 * m, n * K), xi_dir.reshape(R, n * K, d)).reshape(R, 2, m, d)
-        return self.W0 + (self.signs[None, :, None] * self.gamma)[..., None] * mu_dir[:, None, None, :] + noise
+        """W0 + j gamma mu/||mu||^2 + sum rho xi/||xi||^2, shape (R, 2, m, d). The noise vectors are read from the
+        data sets' shared basis (one matmul per data set, never an (R, n, K, d) copy)."""
+        R, _, m, d = self.W0.shape
+        U, G, n, K = data.U, data.G, data.n, data.K
+        scaled = (self.rho * _safe_inverse(self.xi_sq)[:, None, None]).reshape(U, G * 2 * m, n * K)
+        noise = torch.bmm(scaled, data.basis[:, 1:]).reshape(R, 2, m, d)
+        signal = (self.signs[None, :, None] * self.gamma * _safe_inverse(self.mu_sq)[:, None, None])[..., None]
+        mu = data.mu_norm[:, None, None, None] * data.basis[:, :1].repeat_interleave(G, 0)[:, None]  # (R, 1, 1, d)
+        return self.W0 + signal * mu + noise
 
     def summaries(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-run summaries (each (R,)); ``z`` are the noise pre-activations at the current W (R, 2, m, n, K)."""
@@ -62,12 +64,21 @@ class CoefficientTracker:
         flipped = 1.0 - clean
         nan = torch.full_like(clean[:, 0], float("nan"))
         n_clean, n_flip = clean.sum(1), flipped.sum(1)
+        bar_entries = torch.where(self.is_bar, self.rho, torch.zeros_like(self.rho))
+        m, n = self.rho.shape[2], self.rho.shape[3]
         return {
+            # Gamma and Rho of the ratio law (docs/science.md §6.1): mean over (j, r) of gamma, and mean over
+            # (j, r, i with y_i = j) of rhobar summed over the sample's stored noise vectors (m n such entries)
+            "gamma_mean": self.gamma.mean(dim=(1, 2)),
+            "rhobar_mean": bar_entries.sum(dim=(1, 2, 3, 4)) / (m * n),
             "gamma_max": self.gamma.amax(dim=(1, 2)),
             "gamma_max_pos": self.gamma[:, 0].amax(-1),
             "gamma_max_neg": self.gamma[:, 1].amax(-1),
             "rhobar_max": bar.flatten(1).amax(1),
             "rhounder_min": under.flatten(1).amin(1),
+            # the sign invariants (docs/science.md §6.5): rhobar >= 0 and rhounder <= 0 entry by entry
+            "rhobar_min": torch.where(self.is_bar, self.rho, pos_inf).flatten(1).amin(1),
+            "rhounder_max": torch.where(self.is_bar, neg_inf, self.rho).flatten(1).amax(1),
             "rhobar_clean_mean": torch.where(n_clean > 0, (per_sample * clean).sum(1) / n_clean.clamp(min=1), nan),
             "rhobar_flipped_mean": torch.where(n_flip > 0, (per_sample * flipped).sum(1) / n_flip.clamp(min=1), nan),
             "noise_active_frac": (z > 0).to(z.dtype).flatten(1).mean(1),

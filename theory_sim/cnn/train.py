@@ -44,9 +44,6 @@ from theory_sim.cnn.tracker import CoefficientTracker
 from theory_sim.config import STRUCTURAL_FIELDS, ConfigError, SimConfig, device_of
 from theory_sim.sam.perturbation import perturbation
 
-TRAJECTORY_MC = 2000  # Gaussian draws per logged test error (the final one uses the config's n_mc)
-
-
 @dataclass
 class EnsembleResult:
     configs: list[SimConfig]
@@ -78,8 +75,14 @@ def log_steps(cfg: SimConfig) -> np.ndarray:
     if cfg.log_points == 0:
         steps = set(range(0, total + 1, cfg.log_every)) | {total}
     else:
-        steps = {0, min(cfg.steps_per_epoch, total), total}
-        steps |= {int(s) for s in np.unique(np.round(np.geomspace(1, total, max(1, cfg.log_points - 3))))}
+        fixed = {0, min(cfg.steps_per_epoch, total), total}
+        # log-spaced steps, as many as it takes for about log_points distinct ones (early steps round together);
+        # the same for every optimizer, so SGD and SAM runs of one ensemble are logged at the same steps
+        want = min(cfg.log_points, total + 1)
+        for num in range(max(1, want - len(fixed)), 4 * want + 4):
+            steps = fixed | {int(s) for s in np.round(np.geomspace(1, total, num))}
+            if len(steps) >= want:
+                break
         if cfg.optimizer == "sam" and cfg.sam_steps is not None and 0 < cfg.sam_steps < total:
             steps.add(cfg.sam_steps)
     return np.array(sorted(steps), dtype=np.int64)
@@ -234,14 +237,16 @@ class TrajectoryLog:
         for r, c in enumerate(ens.configs):
             self.due[r, log_steps(c)] = True
         self.any_due = self.due.any(0)
-        self.draws = standard_draws(ens.configs, min(TRAJECTORY_MC, ens.c0.n_mc), ens.K, 2 * ens.m, ens.dtype,
-                                    ens.device)
+        n_draws = min(ens.c0.trajectory_mc, ens.c0.n_mc)
+        self.draws = (standard_draws(ens.configs, n_draws, ens.K, 2 * ens.m, ens.dtype, ens.device) if n_draws
+                      else None)
         self.W0_gram = ens.init.W.reshape(ens.R, 2 * ens.m, -1) @ ens.init.W.reshape(ens.R, 2 * ens.m, -1).mT
         self.active_sum = torch.zeros(ens.R, dtype=ens.dtype, device=ens.device)
         self.active_count = torch.zeros(ens.R, dtype=ens.dtype, device=ens.device)
         self.rows: list[pd.DataFrame] = []
         self.snapshots: dict[str, list] = {"step": [], "gamma": [], "rho": []}
         self.logged_at = np.full(ens.R, -1)   # each run's last logged step
+        self.prev_rho: torch.Tensor | None = None
 
     def add_update(self, grad: Gradient) -> None:
         self.active_sum += grad.noise_active
@@ -252,6 +257,8 @@ class TrajectoryLog:
         A G A^T, and w_1 = W0_1 + A e_1-coordinates (docs/science.md §5)."""
         ens = self.ens
         R, m = ens.R, ens.m
+        if self.draws is None:  # trajectory_mc = 0: not estimated along the trajectory
+            return torch.full((R,), float("nan"), dtype=ens.dtype, device=ens.device)
         Pf, Af, AGf = (t.reshape(R, 2 * m, -1) for t in (ens.P0, ens.A, AG))
         wwt = self.W0_gram + Pf @ Af.mT + Af @ Pf.mT + AGf @ Af.mT
         w0 = ens.init.W[..., 0] + ens.group_mm(ens.A, ens.data.basis[..., :1])[..., 0]
@@ -281,11 +288,23 @@ class TrajectoryLog:
         if self.track:
             tracker = CoefficientTracker(ens.init.W, ens.A, ens.data)
             cols.update(tracker.summaries(z))
+            cols["rho_monotone_violations"] = self.monotone_violations(tracker)
             self.snapshots["step"].append(step)
             self.snapshots["gamma"].append(tracker.gamma.cpu().numpy().copy())
             self.snapshots["rho"].append(tracker.rho.cpu().numpy().copy())
         frame = pd.DataFrame({k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in cols.items()})
         self.rows.append(frame[rows])
+
+    def monotone_violations(self, tracker: CoefficientTracker) -> torch.Tensor:
+        """Per run, the rho entries that moved the wrong way since the previous record (rhobar down, rhounder
+        up; docs/science.md §6.5), beyond round-off of the entry's size. Exactly 0 for every rule whose noise
+        increments have the sign of y_i j."""
+        rho = tracker.rho
+        prev = self.prev_rho if self.prev_rho is not None else rho
+        tol = 64 * torch.finfo(rho.dtype).eps * torch.maximum(rho.abs(), prev.abs())
+        wrong = torch.where(tracker.is_bar, rho < prev - tol, rho > prev + tol)
+        self.prev_rho = rho.clone()
+        return wrong.flatten(1).sum(1).to(rho.dtype)
 
     def table(self) -> pd.DataFrame:
         return pd.concat(self.rows, ignore_index=True) if self.rows else pd.DataFrame()
@@ -299,12 +318,13 @@ class TrajectoryLog:
 
 
 def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = True,
-                   progress: bool | None = None, heldout: bool = True) -> EnsembleResult:
+                   progress: bool | None = None, heldout: bool = True,
+                   reconstruct: bool | None = None) -> EnsembleResult:
     """Train every run in ``configs`` (sharing the structural fields) and evaluate it.
 
     track: gamma/rho summaries and snapshots in the log.  log: record a trajectory at each run's ``log_steps``
     (train loss, test error, coefficient summaries).  heldout: also estimate the test error on ``n_test`` fresh
-    samples.
+    samples.  reconstruct (default: track): rebuild W from gamma/rho and report ``reconstruction_error``.
     """
     from tqdm.auto import tqdm
 
@@ -333,28 +353,40 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
     bar.close()
     if logger:  # an ensemble that stopped early logs its last step for every run
         logger.record(step, c0.epochs if step == c0.total_steps else step / H, force=True)
-    summary, params, tracker = evaluate(ens, track, heldout)
+    summary, params, tracker = evaluate(ens, track, heldout, track if reconstruct is None else reconstruct)
     trajectory = logger.table() if logger else pd.DataFrame()
     coefficients = logger.coefficients() if logger else {}
     return EnsembleResult(ens.configs, summary, trajectory, params, ens.init, ens.data, coefficients, tracker)
 
 
 def final_weights(ens: Ensemble) -> Params:
-    """W materialised once; a run whose last step produced non-finite weights is frozen at the previous ones."""
+    """W materialised once; a run whose last step produced non-finite weights is frozen at the previous ones.
+
+    Non-finite means: in W itself (materialising W0 + A basis may overflow where the projections did not), in its
+    pre-activations, or in its training outputs (finite pre-activations whose sum overflows). Such a run is flagged
+    ``diverged`` (docs/science.md §3.3), also one that had stopped early (a loss of exactly 0 from infinite margins).
+    So is a run whose weights are finite but out of the dtype's range: a filter's squared norm ||w_{j,r}||^2 (the
+    diagonal of the Gram W W^T the test-error estimator needs, docs/science.md §5.1) overflows — e.g. one step of
+    eta = 1e300. Its logged test errors are NaN from the step the Gram overflowed, and so is its summary."""
     init, data = ens.init, ens.data
     params = Params(init.W + ens.group_mm(ens.A, data.basis), ens.b)
     sig, z = ens.net.preactivations(params, data)
-    bad = ~(torch.isfinite(z).flatten(1).all(1) & torch.isfinite(sig).flatten(1).all(1))
+    f = ens.net.output_from_preactivations(sig, z, data.noise_multiplicity)
+    bad = ~(torch.isfinite(z).flatten(1).all(1) & torch.isfinite(sig).flatten(1).all(1)
+            & torch.isfinite(f).all(1) & torch.stack([torch.isfinite(t).flatten(1).all(1)
+                                                      for t in params.tensors()]).all(0))
     if bool(bad.any()):
         previous = Params(init.W + ens.group_mm(ens.prev_A, data.basis), ens.prev_b)
-        ens.diverged |= bad & ens.active
+        ens.diverged |= bad
         ens.steps_done -= (bad & ens.active).long()
         params = Params.from_tensors([torch.where(bad.reshape(-1, *([1] * (p.dim() - 1))), o, p)
                                       for p, o in zip(params.tensors(), previous.tensors())])
+    ens.diverged |= ~torch.isfinite(params.W.pow(2).sum(-1)).flatten(1).all(1)
     return params
 
 
-def evaluate(ens: Ensemble, track: bool, heldout: bool) -> tuple[pd.DataFrame, Params, CoefficientTracker | None]:
+def evaluate(ens: Ensemble, track: bool, heldout: bool,
+             reconstruct: bool) -> tuple[pd.DataFrame, Params, CoefficientTracker | None]:
     """The summary table (one row per run): the config, training loss/accuracy, test errors, steps, divergence
     and the reconstruction error of W from gamma/rho."""
     configs, data, net = ens.configs, ens.data, ens.net
@@ -374,7 +406,7 @@ def evaluate(ens: Ensemble, track: bool, heldout: bool) -> tuple[pd.DataFrame, P
     summary["bayes_error"] = [c.flip_p for c in configs]
     summary["steps"] = ens.steps_done.cpu().numpy()
     tracker = CoefficientTracker(ens.init.W, ens.A, data) if track else None
-    if tracker is not None:  # the decomposition of docs/science.md §4, rebuilt from gamma and rho
+    if tracker is not None and reconstruct:  # the decomposition of docs/science.md §4, rebuilt from gamma/rho
         err = (tracker.reconstruct(data) - params.W).flatten(1).abs().amax(1)
         summary["reconstruction_error"] = (err / params.W.flatten(1).abs().amax(1)).cpu().numpy()
     summary["diverged"] = ens.diverged.cpu().numpy()

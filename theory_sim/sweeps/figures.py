@@ -66,12 +66,16 @@ def _overlay(ax, bnd: pd.DataFrame, fits: pd.DataFrame, labels: list[str], sl: d
                     label=f"{label}: fit slope {f.slope.iloc[0]:.2f}")
 
 
-def draw_figures(out: str | Path) -> list[Path]:
-    from theory_sim.sweeps.store import load_spec
+def draw_figures(out: str | Path, cell: dict[str, float] | None = None) -> list[Path]:
+    """Every figure of DIR from its tables: the phase diagrams (results.parquet) and, when the sweep kept them, the
+    trajectory figures (trajectories.parquet; ``cell`` picks the cell of the per-cell trajectory plot)."""
+    from theory_sim.sweeps.store import load_spec, read_results, read_trajectories
+    from theory_sim.sweeps.trajectory_figures import draw_trajectory_figures
 
     out = Path(out)
     spec = load_spec(out)
-    df = pd.read_parquet(out / "results.parquet")
+    df = read_results(out)
+    traj = read_trajectories(out)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     p = float(df.flip_p.mean())
@@ -151,6 +155,8 @@ def draw_figures(out: str | Path) -> list[Path]:
     swept = [dim for dim in SLICE if bnd[dim].nunique() >= 2]
     if swept:
         paths.append(_scaling_figure(bnd, fits, swept, labels, spec, figdir))
+    if traj is not None:
+        paths += draw_trajectory_figures(traj, df, spec, figdir, cell)
     return paths
 
 
@@ -192,6 +198,9 @@ def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path) -> Path:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, help="sweep directory with results.parquet")
+    p.add_argument("--cell", default=None,
+                   help="cell of the per-cell trajectory figure, e.g. d=3200,mu_norm=2 (nearest grid point; default: "
+                        "the largest d and the median ||mu||)")
     p.add_argument("--gallery", type=Path, default=None,
                    help="also copy the figures (and verify.md) there as <sweep name>*.png, e.g. figures/")
 
@@ -201,11 +210,13 @@ def run(args: argparse.Namespace) -> int:
 
     from theory_sim.config import ConfigError
     from theory_sim.sweeps.store import load_spec
+    from theory_sim.sweeps.trajectory_figures import parse_cell
 
+    cell = parse_cell(args.cell)
     if not (args.dir / "results.parquet").exists():
         raise ConfigError(f"DIR must hold results.parquet (run or finish the sweep first): {args.dir}")
     name = load_spec(args.dir).name
-    for path in draw_figures(args.dir):
+    for path in draw_figures(args.dir, cell):
         print(f"figure: {path}")
         if args.gallery is not None:
             args.gallery.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,14 @@ process pool), ``submitit`` (Slurm job arrays, or submitit's local executor with
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
+import contextlib
 import json
+import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,53 +26,177 @@ from theory_sim.config import ConfigError, check_choice, check_int
 from theory_sim.io import provenance, save_table, write_json, write_parquet
 from theory_sim.sweeps.spec import RUN_KEY, SweepSpec
 from theory_sim.sweeps.store import (
+    claim_chunk,
     load_spec,
+    lock_holder_alive,
     missing_chunks,
     pending_chunks,
     prepare,
+    release_chunk,
+    shard_is_complete,
     shard_path,
 )
 
 EXECUTORS = ("inline", "process", "submitit")
 
 
-def run_chunk(out: str, chunk_id: int, threads: int | None = None) -> str:
-    """Train one chunk and write its shard atomically. Top-level so process pools and submitit can pickle it."""
+def run_chunk(out: str, chunk_id: int, threads: int | None = None, claim: bool = True) -> str | None:
+    """Train one chunk and write its shards atomically (trajectories first, results last: the results shard marks
+    the chunk done). Top-level so process pools and submitit can pickle it. With ``claim`` the chunk's lock is taken
+    first; None means another live process holds it (a concurrent sweep into the same DIR)."""
     import torch
 
     from theory_sim.cnn.train import train_ensemble
 
     if threads:
         torch.set_num_threads(threads)
-    spec = load_spec(Path(out))
+    out_dir = Path(out)
+    spec = load_spec(out_dir)
     chunk = spec.chunks()[chunk_id]
-    configs = [cfg for _, cfg in chunk]
-    t0 = time.perf_counter()
-    res = train_ensemble(configs, track=False, log=False, progress=False, heldout=configs[0].n_test > 0)
-    df = res.summary
-    df.insert(0, "label", [key[0] for key, _ in chunk])
-    df["chunk"] = chunk_id
-    df["chunk_seconds"] = time.perf_counter() - t0
-    path = shard_path(Path(out), chunk_id)
-    write_parquet(df, path)
-    return str(path)
-
-
+    if claim and not claim_chunk(out_dir, chunk_id):
+        return None
+    try:
+        if shard_is_complete(out_dir, chunk_id, chunk, spec.trajectories):  # finished while we waited for it
+            return str(shard_path(out_dir, chunk_id))
+        configs = [cfg for _, cfg in chunk]
+        t0 = time.perf_counter()
+        res = train_ensemble(configs, track=spec.trajectories, log=spec.trajectories, progress=False,
+                             heldout=configs[0].n_test > 0, reconstruct=False)
+        if spec.trajectories:
+            keys = pd.DataFrame([key for key, _ in chunk], columns=list(RUN_KEY))
+            traj = res.trajectory.drop(columns=["seed"]).reset_index(drop=True)
+            traj = pd.concat([keys.iloc[traj.run.to_numpy()].reset_index(drop=True), traj], axis=1)
+            traj["chunk"] = chunk_id
+            write_parquet(traj, shard_path(out_dir, chunk_id, "trajectories"))
+        df = res.summary
+        df.insert(0, "label", [key[0] for key, _ in chunk])
+        df["chunk"] = chunk_id
+        df["chunk_seconds"] = time.perf_counter() - t0
+        path = shard_path(out_dir, chunk_id)
+        write_parquet(df, path)
+        return str(path)
+    finally:
+        if claim:
+            release_chunk(out_dir, chunk_id)
 
 
 def aggregate(spec: SweepSpec, out: Path) -> pd.DataFrame:
-    """Concatenate every shard into DIR/results.parquet (one row per cell x seed x optimizer)."""
-    frames = [pd.read_parquet(shard_path(out, i)) for i in range(len(spec.chunks()))]
-    df = pd.concat(frames, ignore_index=True).sort_values(list(RUN_KEY)).reset_index(drop=True)
-    df = df.drop(columns=["chunk_seconds"])
-    save_table(df, Path(out) / "results.parquet",
-               {"spec": spec.to_dict(), "digest": spec.digest(), "rows": len(df), **provenance()})
+    """Concatenate every shard into DIR/results.parquet (one row per cell x seed x optimizer) and, when the sweep
+    keeps them, DIR/trajectories.parquet (one row per logged step x run)."""
+    sidecar = {"spec": spec.to_dict(), "digest": spec.digest(), **provenance()}
+    ids = range(len(spec.chunks()))
+    if spec.trajectories:
+        traj = pd.concat([pd.read_parquet(shard_path(out, i, "trajectories")) for i in ids], ignore_index=True)
+        traj = traj.sort_values([*RUN_KEY, "step"]).reset_index(drop=True)
+        save_table(traj, Path(out) / "trajectories.parquet", {**sidecar, "rows": len(traj)})
+    df = pd.concat([pd.read_parquet(shard_path(out, i)) for i in ids], ignore_index=True)
+    df = df.sort_values(list(RUN_KEY)).reset_index(drop=True).drop(columns=["chunk_seconds"])
+    save_table(df, Path(out) / "results.parquet", {**sidecar, "rows": len(df)})
     return df
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the sweep stopped; the message says how far it got and how to resume."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Slurm and kill send SIGTERM: treat it like Ctrl-C (stop promptly, end the workers, say how to resume)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _worker_init(parent_pid: int) -> None:
+    """In each pool worker: leave Ctrl-C to the parent (it ends the workers), and exit as soon as the parent is
+    gone, even after a SIGKILL that gave it no chance to clean up (no orphans holding memory)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _end_pool(pool) -> None:
+    """Cancel queued chunks and end the workers now (a chunk in flight is lost; its lock and temp files are stale
+    and the next run removes them)."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+    try:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.terminate()
+        deadline = time.time() + 3
+        for proc in processes:
+            proc.join(max(0.0, deadline - time.time()))
+            if proc.is_alive():
+                proc.kill()
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _execute(out: Path, ids: list[int], executor: str, workers: int, bar) -> list[int]:
+    """Run the chunks ``ids`` here (inline) or in a process pool; return those this call computed (the others were
+    claimed by a concurrent sweep)."""
+    done = []
+    if executor == "inline":
+        for i in ids:
+            if run_chunk(str(out), i) is not None:
+                done.append(i)
+                bar.update(1)
+        return done
+    threads = max(1, (os.cpu_count() or 1) // workers)  # small tensors: processes beat threads
+    pool = cf.ProcessPoolExecutor(min(workers, len(ids)), mp_context=mp.get_context("spawn"),
+                                  initializer=_worker_init, initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(run_chunk, str(out), i, threads): i for i in ids}
+        for fut in cf.as_completed(futures):
+            if fut.result() is not None:
+                done.append(futures[fut])
+                bar.update(1)
+    except BaseException:
+        _end_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+    return done
+
+
+def _run_local(spec: SweepSpec, out: Path, executor: str, workers: int, bar) -> None:
+    """Compute every missing chunk, sharing the work with any concurrent sweep into DIR: chunks another live
+    process holds are waited for, and taken over if that process dies."""
+    computed: set[int] = set()
+    waiting_said = False
+    while True:
+        todo = missing_chunks(spec, out)
+        free = [i for i in todo if i not in computed and not lock_holder_alive(out, i)]
+        if free:
+            computed |= set(_execute(out, free, executor, workers, bar))
+            continue
+        busy = [i for i in todo if lock_holder_alive(out, i)]
+        if not busy:
+            return  # nothing left, or chunks that failed here: the caller reports them
+        if not waiting_said:
+            print(f"waiting for {len(busy)} chunks another process is computing in {out}", file=sys.stderr)
+            waiting_said = True
+        time.sleep(0.5)
 
 
 def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int = 1, progress: bool | None = None,
               submitit_options: dict | None = None) -> pd.DataFrame | None:
-    """Run every missing chunk and aggregate. Returns the results table (None if submitit jobs were left queued)."""
+    """Run every missing chunk and aggregate. Returns the results table (None if submitit jobs were left queued).
+    Ctrl-C / SIGTERM raise ``SweepInterrupted`` after ending the workers; the finished shards stay."""
     from tqdm.auto import tqdm
 
     check_choice("executor", executor, EXECUTORS)
@@ -78,40 +208,40 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
                                   "chunks_total": len(spec.chunks()), "chunks_todo": len(todo)})
     bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="chunk", disable=(not progress)
                if progress is not None else None)
-    if executor == "inline":
-        for i in todo:
-            run_chunk(str(out), i)
-            bar.update(1)
-    elif executor == "process":
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        threads = max(1, (os.cpu_count() or 1) // workers)  # small tensors: processes beat threads
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(run_chunk, str(out), i, threads) for i in todo]
-            for fut in cf.as_completed(futures):
-                fut.result()
-                bar.update(1)
-    else:
-        opts = dict(submitit_options or {})
-        in_flight = [] if opts.pop("resubmit", False) else pending_chunks(out, todo)
-        if in_flight:  # submitted earlier and still within their time limit: do not queue them twice
-            print(f"{len(in_flight)} chunks were submitted earlier and may still be running; not resubmitting them "
-                  f"(--resubmit to force)")
-            todo = [i for i in todo if i not in set(in_flight)]
-        jobs = submit_chunks(out, todo, **opts)
-        if not opts.get("wait", True) or in_flight:
-            bar.close()
-            print(f"submitted {len(jobs)} chunk jobs; re-run the same command (or `sweep-status {out}`) later")
-            return None
-        for job in jobs:
-            job.result()
-            bar.update(1)
-    bar.close()
+    try:
+        with _sigterm_as_interrupt():
+            if executor == "submitit":
+                if not _run_submitit(out, todo, bar, dict(submitit_options or {})):
+                    return None
+            else:
+                _run_local(spec, out, executor, workers, bar)
+    except KeyboardInterrupt:
+        left = len(missing_chunks(spec, out))
+        raise SweepInterrupted(f"interrupted: {len(spec.chunks()) - left} of {len(spec.chunks())} chunks are done "
+                               f"and kept in {out}; re-run the same command to compute the other {left}") from None
+    finally:
+        bar.close()
     still = missing_chunks(spec, out)
     if still:
         raise RuntimeError(f"{len(still)} chunks did not produce a shard: {still[:10]}")
     return aggregate(spec, out)
+
+
+def _run_submitit(out: Path, todo: list[int], bar, opts: dict) -> bool:
+    """Submit the missing chunks as a job array; True once they all finished (False: left queued)."""
+    in_flight = [] if opts.pop("resubmit", False) else pending_chunks(out, todo)
+    if in_flight:  # submitted earlier and still within their time limit: do not queue them twice
+        print(f"{len(in_flight)} chunks were submitted earlier and may still be running; not resubmitting them "
+              f"(--resubmit to force)")
+        todo = [i for i in todo if i not in set(in_flight)]
+    jobs = submit_chunks(out, todo, **opts)
+    if not opts.get("wait", True) or in_flight:
+        print(f"submitted {len(jobs)} chunk jobs; re-run the same command (or `sweep-status {out}`) later")
+        return False
+    for job in jobs:
+        job.result()
+        bar.update(1)
+    return True
 
 
 def submit_chunks(out: Path, chunk_ids: list[int], cluster: str | None = None, partition: str | None = None,
@@ -131,7 +261,10 @@ def submit_chunks(out: Path, chunk_ids: list[int], cluster: str | None = None, p
     ex.update_parameters(name=f"theory_sim-{Path(out).name}", **params, **extra)
     if not chunk_ids:
         return []
-    jobs = ex.map_array(run_chunk, [str(out)] * len(chunk_ids), chunk_ids, [cpus_per_task] * len(chunk_ids))
+    # cluster jobs take no lock files (their pids cannot be checked across nodes): submitted.json's deadlines
+    # keep a chunk from being queued twice
+    n = len(chunk_ids)
+    jobs = ex.map_array(run_chunk, [str(out)] * n, chunk_ids, [cpus_per_task] * n, [False] * n)
     record = Path(out) / "submitted.json"
     submitted = json.loads(record.read_text()) if record.exists() else {}
     deadline = time.time() + 60 * timeout_min
@@ -175,7 +308,11 @@ def run(args: argparse.Namespace) -> int:
                 cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node,
                 array_parallelism=args.array_parallelism, wait=args.wait, resubmit=args.resubmit)
     t0 = time.perf_counter()
-    df = run_sweep(spec, args.out, args.executor, args.workers, args.progress, opts)
+    try:
+        df = run_sweep(spec, args.out, args.executor, args.workers, args.progress, opts)
+    except SweepInterrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
     if df is None:
         return 0
     print(f"{spec.name}: {len(df)} runs in {args.out / 'results.parquet'} ({time.perf_counter() - t0:.1f} s)")

@@ -26,6 +26,11 @@ A spec is a frozen dataclass, loadable from TOML::
     c_tau = 1.0
     sam_steps = 200
 
+Every value is checked before any work, and an error is one ``ConfigError`` line naming its key path (e.g.
+``grid.d.values[2]``, ``base.epochs``, ``optimizers[1].c_tau``) and what is allowed: numbers where numbers are
+expected (a TOML ``true`` is not one), an array of tables for ``optimizers``, no unknown keys, and grid values that
+give distinct cells (on d, n and P after rounding to integers: a log grid that repeats is refused, not shrunk).
+
 Expansion is deterministic: runs are grouped by the fields that must agree inside an ensemble, split into chunks of
 at most ``chunk_runs``, and numbered — so a re-run of the same spec finds the same chunks on disk.
 """
@@ -33,8 +38,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -52,7 +58,50 @@ from theory_sim.config import (
 
 AXES = ("mu_norm", "d", "n", "P", "sigma_p")
 INTEGER_AXES = ("d", "n", "P")
+TRAJECTORY_POINTS = 30
 RUN_KEY = ("label", "d", "mu_norm", "n", "P", "sigma_p", "seed")
+
+
+def _check_number(path: str, value: Any) -> float:
+    """A finite int or float (not a bool: TOML's true is not a number here); returns it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{path} must be a finite number, got {value!r}")
+    return value
+
+
+def _check_string(path: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path} must be a string, got {value!r}")
+
+
+def _field_kinds() -> dict[str, str]:
+    """SimConfig field -> 'int', 'float', 'bool' or 'str' (from the annotations; ``X | None`` counts as X: TOML has
+    no null)."""
+    kinds = {}
+    for f in fields(SimConfig):
+        text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        kinds[f.name] = text.replace(" ", "").replace("|None", "")
+    return kinds
+
+
+_KINDS = _field_kinds()
+
+
+def check_setting(path: str, key: str, value: Any) -> None:
+    """The TOML type of one SimConfig setting (``base.KEY`` or ``optimizers[i].KEY``); ranges are SimConfig's job.
+    Booleans are refused where numbers are expected, and numbers where booleans are (Python's bool is an int)."""
+    kind = _KINDS.get(key)
+    if key == "batch_size" and value == "full":
+        return
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        extra = ' or "full" (B = n)' if key == "batch_size" else ""
+        raise ConfigError(f"{path} must be an integer{extra}, got {value!r}")
+    if kind == "float":
+        _check_number(path, value)
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{path} must be true or false, got {value!r}")
+    if kind == "str":
+        _check_string(path, value)
 
 
 @dataclass(frozen=True)
@@ -71,35 +120,67 @@ class Axis:
 
     @classmethod
     def from_toml(cls, name: str, spec: Any) -> "Axis":
+        """An axis from its TOML form: an array of values, a table ``values = [...]`` (and optionally ``spacing``),
+        or a table ``start/stop/num`` (``spacing = "log"`` or ``"linear"``, the default). Every value must be a
+        number; on d, n and P values are rounded to integers, and values that round to the same cell are refused
+        (the grid would silently hold fewer cells than it says)."""
+        check_choice("grid axis", name, AXES)
+        where = f"grid.{name}"
+        generated = None   # (start, stop, num) of a start/stop/num grid
         if isinstance(spec, (list, tuple)):
-            values, spacing = list(spec), "list"
+            raw, spacing, vpath = list(spec), "list", where
         elif isinstance(spec, dict) and "values" in spec:
-            values, spacing = list(spec["values"]), spec.get("spacing", "list")
+            unknown = set(spec) - {"values", "spacing"}
+            if unknown:
+                raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; a table with values may only add "
+                                  f"spacing (or give start/stop/num/spacing without values)")
+            raw, spacing, vpath = spec["values"], spec.get("spacing", "list"), f"{where}.values"
+            if not isinstance(raw, (list, tuple)):
+                raise ConfigError(f"{vpath} must be an array of numbers, e.g. [100, 200], got {raw!r}")
+            _check_string(f"{where}.spacing", spacing)
+            check_choice(f"{where}.spacing", spacing, ("log", "linear", "list"))
         elif isinstance(spec, dict):
             unknown = set(spec) - {"start", "stop", "num", "spacing"}
             if unknown:
                 raise ConfigError(f"grid.{name} has unknown keys {sorted(unknown)}; use start/stop/num/spacing "
                                   f"or values")
-            try:
-                start, stop, num = float(spec["start"]), float(spec["stop"]), int(spec["num"])
-            except KeyError as exc:
-                raise ConfigError(f"grid.{name} needs start, stop and num (or values)") from exc
+            missing = [k for k in ("start", "stop", "num") if k not in spec]
+            if missing:
+                raise ConfigError(f"grid.{name} needs start, stop and num (or values); {', '.join(missing)} missing")
+            start = _check_number(f"{where}.start", spec["start"])
+            stop = _check_number(f"{where}.stop", spec["stop"])
+            num = spec["num"]
+            check_int(f"{where}.num", num, 1)
             spacing = spec.get("spacing", "linear")
-            check_choice(f"grid.{name}.spacing", spacing, ("log", "linear"))
-            check_int(f"grid.{name}.num", num, 1)
+            _check_string(f"{where}.spacing", spacing)
+            check_choice(f"{where}.spacing", spacing, ("log", "linear"))
             if spacing == "log":
                 check_float(f"grid.{name}.start", start, 0.0, lo_open=True)
                 check_float(f"grid.{name}.stop", stop, 0.0, lo_open=True)
-                values = list(np.geomspace(start, stop, num))
+                raw = [float(v) for v in np.geomspace(start, stop, num)]
             else:
-                values = list(np.linspace(start, stop, num))
+                raw = [float(v) for v in np.linspace(start, stop, num)]
+            generated, vpath = (start, stop, num), where
         else:
-            raise ConfigError(f"grid.{name} must be a list of values or a table with start/stop/num")
-        if name in INTEGER_AXES:
-            rounded = [int(round(v)) for v in values]
-            values = list(dict.fromkeys(rounded))  # log grids of integers may repeat after rounding
-        else:
-            values = [float(v) for v in values]
+            raise ConfigError(f"{where} must be an array of numbers or a table with start/stop/num (or values), "
+                              f"got {spec!r}")
+        if generated is None:
+            raw = [_check_number(f"{vpath}[{i}]", v) for i, v in enumerate(raw)]
+        integer = name in INTEGER_AXES
+        values = [int(round(v)) for v in raw] if integer else [float(v) for v in raw]
+        first: dict = {}
+        for j, v in enumerate(values):
+            i = first.setdefault(v, j)
+            if i == j:
+                continue
+            cell = f"both give {name} = {v}" if integer else "are equal"
+            if generated is not None:
+                start, stop, num = generated
+                raise ConfigError(f"{where}: the {spacing} grid start = {start:g}, stop = {stop:g}, num = {num} "
+                                  f"repeats {'after rounding to integers ' if integer else ''}({raw[i]:g} and "
+                                  f"{raw[j]:g} {cell}); lower num or widen the range, or list the values")
+            raise ConfigError(f"{where} values must be distinct cells: {vpath}[{i}] = {raw[i]!r} and "
+                              f"{vpath}[{j}] = {raw[j]!r} {cell}")
         return cls(name, tuple(values), spacing)
 
     def to_dict(self) -> dict:
@@ -136,12 +217,14 @@ class SweepSpec:
     chunk_runs: int = 256
     benign_margin: float = 0.1
     seed_offset: int = 0
+    trajectories: bool = True        # keep every run's coefficient trajectory (log_points steps)
     _configs: list = field(default=None, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
         check_int("seeds", self.seeds, 1)
         check_int("chunk_runs", self.chunk_runs, 1)
         check_int("seed_offset", self.seed_offset, 0)
+        check_choice("trajectories", self.trajectories, (True, False))
         check_float("benign_margin", self.benign_margin, 0.0, 1.0, lo_open=True)
         check_choice("preset", self.preset, ("c23", "kou2023"))
         names = [a.name for a in self.axes]
@@ -156,15 +239,17 @@ class SweepSpec:
         if len(set(labels)) != len(labels):
             raise ConfigError(f"optimizers labels must be distinct, got {labels}")
         fields_ = set(SimConfig.field_names())
-        for key, _ in self.base:
+        for key, value in self.base:
             if key not in fields_ or key in names or key == "seed" or key == "optimizer":
                 raise ConfigError(f"base.{key} is not a SimConfig field that a sweep may fix "
                                   f"(grid axes, seed and optimizer are set by grid, seeds and optimizers)")
-        for o in self.optimizers:
-            for key, _ in o.settings:
+            check_setting(f"base.{key}", key, value)
+        for i, o in enumerate(self.optimizers):
+            for key, value in o.settings:
                 if key not in fields_ or key in names or key == "seed":
-                    raise ConfigError(f"optimizers[{o.label}].{key} is not a SimConfig field an optimizer "
-                                      f"variant may set")
+                    raise ConfigError(f"optimizers[{i}].{key} (label {o.label!r}) is not a SimConfig field an "
+                                      f"optimizer variant may set")
+                check_setting(f"optimizers[{i}].{key}", key, value)
         # validate every run before any work: builds (and caches) the configs
         object.__setattr__(self, "_configs", self._expand())
 
@@ -181,6 +266,10 @@ class SweepSpec:
             for combo in product(*(axes[a] for a in order)):
                 cell = dict(zip(order, combo))
                 settings = {**base, **o.overrides, **cell}
+                if self.trajectories:  # about 30 logged steps per run unless the spec says otherwise; the test
+                    # error along the trajectory only on request (base.trajectory_mc: it would double a sweep's cost)
+                    settings.setdefault("log_points", TRAJECTORY_POINTS)
+                    settings.setdefault("trajectory_mc", 0)
                 if settings.get("batch_size") == "full":  # full batch at every n of the grid
                     settings["batch_size"] = settings.get("n", SimConfig.preset(self.preset).n)
                 try:
@@ -231,7 +320,8 @@ class SweepSpec:
         return {"name": self.name, "preset": self.preset, "seeds": self.seeds, "seed_offset": self.seed_offset,
                 "chunk_runs": self.chunk_runs, "benign_margin": self.benign_margin, "base": dict(self.base),
                 "grid": {a.name: a.to_dict() for a in self.axes},
-                "optimizers": [{"label": o.label, **o.overrides} for o in self.optimizers]}
+                "optimizers": [{"label": o.label, **o.overrides} for o in self.optimizers],
+                **({} if self.trajectories else {"trajectories": False})}
 
     def digest(self) -> str:
         """Hash of everything that determines the results (chunking excluded: it only groups the work)."""
@@ -243,23 +333,45 @@ class SweepSpec:
     @classmethod
     def from_dict(cls, d: dict, name: str | None = None) -> "SweepSpec":
         d = dict(d)
-        unknown = set(d) - {"name", "preset", "seeds", "seed_offset", "chunk_runs", "benign_margin", "base", "grid",
+        unknown = set(d) - {"name", "preset", "seeds", "seed_offset", "chunk_runs", "benign_margin", "base", "grid", "trajectories",
                             "optimizers"}
         if unknown:
             raise ConfigError(f"unknown sweep spec keys {sorted(unknown)}")
-        grid = d.get("grid") or {}
+        spec_name = d.get("name", name or "sweep")
+        if not isinstance(spec_name, str) or not spec_name.strip():
+            raise ConfigError(f"name must be a non-empty string, got {spec_name!r}")
+        _check_string("preset", d.get("preset", "c23"))
+        if not isinstance(d.get("trajectories", True), bool):
+            raise ConfigError(f"trajectories must be true or false, got {d['trajectories']!r}")
+        grid = {} if d.get("grid") is None else d["grid"]
         if not isinstance(grid, dict):
-            raise ConfigError("grid must be a table of axes")
+            raise ConfigError(f"grid must be a table of axes ([grid.mu_norm], [grid.d], ...), got {grid!r}")
         axes = tuple(Axis.from_toml(k, v) for k, v in grid.items())
+        base = {} if d.get("base") is None else d["base"]
+        if not isinstance(base, dict):
+            raise ConfigError(f"base must be a table of SimConfig fields ([base] with key = value lines), "
+                              f"got {base!r}")
+        entries = [] if d.get("optimizers") is None else d["optimizers"]
+        if not isinstance(entries, (list, tuple)):
+            raise ConfigError("optimizers must be an array of tables (one [[optimizers]] block per variant, each "
+                              f"with a label), got {type(entries).__name__} {entries!r}")
         opts = []
-        for o in d.get("optimizers") or []:
+        for i, o in enumerate(entries):
+            if not isinstance(o, dict):
+                raise ConfigError(f"optimizers[{i}] must be a table (label = ..., optimizer = ..., overrides), "
+                                  f"got {o!r}")
             o = dict(o)
+            if "optimizer" in o:
+                _check_string(f"optimizers[{i}].optimizer", o["optimizer"])
             label = o.pop("label", o.get("optimizer", "sgd"))
+            if not isinstance(label, str):
+                raise ConfigError(f"optimizers[{i}].label must be a string, got {label!r}")
             opts.append(OptimizerSpec(label, tuple(sorted(o.items()))))
-        return cls(name=d.get("name", name or "sweep"), axes=axes, optimizers=tuple(opts),
-                   seeds=d.get("seeds", 4), base=tuple(sorted((d.get("base") or {}).items())),
+        return cls(name=spec_name, axes=axes, optimizers=tuple(opts),
+                   seeds=d.get("seeds", 4), base=tuple(sorted(base.items())),
                    preset=d.get("preset", "c23"), chunk_runs=d.get("chunk_runs", 256),
-                   benign_margin=d.get("benign_margin", 0.1), seed_offset=d.get("seed_offset", 0))
+                   benign_margin=d.get("benign_margin", 0.1), seed_offset=d.get("seed_offset", 0),
+                   trajectories=d.get("trajectories", True))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "SweepSpec":
@@ -269,9 +381,17 @@ class SweepSpec:
             import tomli as tomllib
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"spec must be a TOML sweep file; {path} does not exist")
+            what = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(f"spec must be a TOML sweep file; {path} {what}")
         try:
-            d = tomllib.loads(path.read_text())
+            text = path.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise ConfigError(f"spec must be a readable TOML sweep file; {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"spec must be a TOML sweep file (UTF-8 text); {path} is not: byte "
+                              f"0x{exc.object[exc.start]:02x} at offset {exc.start} is not UTF-8") from None
+        try:
+            d = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"spec {path} is not valid TOML: {exc}") from None
         return cls.from_dict(d, name=path.stem)

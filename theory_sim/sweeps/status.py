@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from theory_sim.config import ConfigError
 from theory_sim.sweeps.store import (
     load_spec,
     pending_chunks,
+    read_results,
+    read_trajectories,
     shard_is_complete,
     shard_path,
 )
@@ -18,7 +21,7 @@ from theory_sim.sweeps.store import (
 def status(out: Path) -> dict:
     spec = load_spec(Path(out))
     chunks = spec.chunks()
-    done = [i for i, c in enumerate(chunks) if shard_is_complete(shard_path(out, i), c)]
+    done = [i for i, c in enumerate(chunks) if shard_is_complete(out, i, c, spec.trajectories)]
     runs_done = sum(len(chunks[i]) for i in done)
     seconds = []
     for i in done:
@@ -26,14 +29,25 @@ def status(out: Path) -> dict:
             seconds.append(float(pd.read_parquet(shard_path(out, i), columns=["chunk_seconds"]).iloc[0, 0]))
         except Exception:  # noqa: BLE001
             pass
-    run_info = json.loads((Path(out) / "run.json").read_text()) if (Path(out) / "run.json").exists() else {}
+    try:
+        run_info = json.loads((Path(out) / "run.json").read_text())
+    except (OSError, ValueError):
+        run_info = {}
     workers = run_info.get("workers", 1) if run_info.get("executor") != "inline" else 1
     remaining = len(chunks) - len(done)
     eta = (sum(seconds) / len(seconds)) * remaining / workers if seconds and remaining else 0.0
     pending = pending_chunks(Path(out), [i for i in range(len(chunks)) if i not in set(done)])
     return {"name": spec.name, "chunks_done": len(done), "chunks_total": len(chunks), "runs_done": runs_done,
             "runs_total": len(spec.runs), "eta_seconds": eta, "chunks_submitted_pending": len(pending),
-            "results": (Path(out) / "results.parquet").exists()}
+            "results": _table_state(out, read_results),
+            "trajectories": _table_state(out, read_trajectories) if spec.trajectories else "not kept"}
+
+
+def _table_state(out: Path, reader) -> str:
+    try:
+        return "written" if reader(out) is not None else "not yet written"
+    except ConfigError as exc:
+        return "not yet written" if "does not exist" in str(exc) else f"UNUSABLE ({exc})"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,5 +59,5 @@ def run(args: argparse.Namespace) -> int:
     eta = s["eta_seconds"]
     print(f"{s['name']}: {s['chunks_done']}/{s['chunks_total']} chunks, {s['runs_done']}/{s['runs_total']} runs "
           f"done; ETA {eta / 60:.1f} min; {s['chunks_submitted_pending']} chunks submitted and pending; "
-          f"results.parquet {'written' if s['results'] else 'not yet written'}")
+          f"results.parquet {s['results']}; trajectories.parquet {s['trajectories']}")
     return 0

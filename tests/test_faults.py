@@ -1,0 +1,355 @@
+"""Nothing lost, every failure one line: diverging runs, bad --out and --seeds, malformed sweep specs, a full disk.
+
+Every failing command must print exactly one line on stderr (no traceback) and exit with its status: 2 for a bad
+parameter (before any work), 1 for a result that could not be written, 0 for a run that diverged (it is recorded
+as diverged). A result already on disk must be byte-identical afterwards.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from theory_sim.cli import main
+
+TINY = ["--d", "50", "--n", "8", "--batch-size", "4", "--epochs", "2", "--n-test", "0", "--n-mc", "200",
+        "--seeds", "1", "--no-progress"]
+
+SPEC = """
+name = "faults"
+seeds = 1
+chunk_runs = 8
+[base]
+n = 8
+batch_size = 4
+epochs = 2
+n_test = 0
+n_mc = 200
+[grid.d]
+values = [20, 40]
+[grid.mu_norm]
+start = 0.5
+stop = 2.0
+num = 2
+spacing = "log"
+[[optimizers]]
+label = "sgd"
+optimizer = "sgd"
+"""
+
+
+def one_line(capsys) -> str:
+    """stderr of the last command, asserted to be one line without a traceback."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
+    return err.strip()
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def leftovers(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.name.endswith(".tmp") or ".drawing" in p.name]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["simulate", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 1. non-finite or overflowing weights: recorded as diverged, never a crash
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra", [["--eta", "1e300"], ["--dtype", "float32", "--eta", "1e20"],
+                                   ["--mu-norm", "1e200"]], ids=["eta1e300", "float32-eta1e20", "mu1e200"])
+def test_diverging_runs_are_flagged_not_crashed(extra, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["simulate", *TINY, "--seeds", "2", "--n-test", "50", *extra, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err and err.count("\n") <= 1, err
+    s = pd.read_parquet(out / "summary.parquet")
+    t = pd.read_parquet(out / "trajectory.parquet")
+    assert s.diverged.any() and len(t) > 0 and set(t.seed) == {0, 1} and t.step.max() >= 1
+    for _, row in s.iterrows():   # diverged <=> NaN results; a run that is not diverged is complete and finite
+        cols = ("test_error", "test_error_se", "test_error_heldout", "train_loss")
+        if row.diverged:
+            assert all(np.isnan(row[c]) for c in cols), row
+        else:
+            assert all(np.isfinite(row[c]) for c in cols), row
+            assert np.isfinite(t[t.seed == row.seed].test_error).all()
+    assert (out / "config.json").exists() and not leftovers(out)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2. --out and --seeds: refused before any training
+# --------------------------------------------------------------------------------------------------------------------
+def test_out_must_not_be_a_file_or_empty(tmp_path, capsys):
+    f = tmp_path / "a_file"
+    f.write_text("keep me")
+    for out, msg in ((str(f), "is an existing file"), (str(f / "sub"), "is a file"), ("", "empty string"),
+                     ("   ", "empty string")):
+        assert main(["simulate", *TINY, "--out", out]) == 2
+        line = one_line(capsys)
+        assert line.startswith("error: out must be") and msg in line, line
+    assert f.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["dir", "inside"])
+def test_out_must_be_writable(inside, tmp_path, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as root: chmod does not make a directory read-only")
+        out = ro / "sub" if inside else ro
+        assert main(["simulate", *TINY, "--out", str(out)]) == 2
+        line = one_line(capsys)
+        assert line.startswith("error: out must be a writable directory") and str(ro) in line
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_out_read_only_emulated(tmp_path, capsys, monkeypatch):
+    """The same check where chmod cannot help (root): os.access reports the directory read-only."""
+    import theory_sim.cnn.simulate as simulate
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(simulate.os, "access", lambda p, mode: False if Path(p) == ro else real(p, mode))
+    assert main(["simulate", *TINY, "--out", str(ro / "a" / "b")]) == 2
+    line = one_line(capsys)
+    assert line.startswith("error: out must be a writable directory") and f"{ro} is not writable" in line
+    assert list(ro.iterdir()) == []
+
+
+def test_existing_run_is_refused_without_overwrite(finished_run, capsys):
+    before = snapshot(finished_run)
+    assert main(["simulate", *TINY, "--eta", "0.2", "--out", str(finished_run)]) == 2
+    line = one_line(capsys)
+    assert "already holds a finished simulate run" in line and "--overwrite" in line
+    assert snapshot(finished_run) == before
+
+
+def test_overwrite_replaces_a_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["simulate", *TINY, "--out", str(out)]) == 0
+    first = pd.read_parquet(out / "summary.parquet")
+    assert main(["simulate", *TINY, "--eta", "0.2", "--out", str(out), "--overwrite"]) == 0
+    second = pd.read_parquet(out / "summary.parquet")
+    assert (first.eta == 0.1).all() and (second.eta == 0.2).all() and not leftovers(out)
+
+
+@pytest.mark.parametrize("seeds", ["1,2,", ",", "3-1", "-1", "0", "", "1,,2", "1-2-3", "2,2", "x"])
+def test_malformed_seeds(seeds, tmp_path, capsys):
+    assert main(["simulate", *TINY, "--seeds", seeds, "--out", str(tmp_path / "x")]) == 2
+    line = one_line(capsys)
+    assert line.startswith("error: seeds must be") and "A-B" in line and "A,B,C" in line
+    assert not (tmp_path / "x").exists()
+
+
+def test_well_formed_seeds():
+    from theory_sim.cnn.simulate import parse_seeds
+
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("2-4") == [2, 3, 4] and parse_seeds("5-5") == [5]
+    assert parse_seeds("7,1, 4") == [7, 1, 4]
+
+
+def test_parameter_beyond_the_dtype_range(tmp_path, capsys):
+    assert main(["simulate", *TINY, "--dtype", "float32", "--mu-norm", "1e39", "--out", str(tmp_path / "x")]) == 2
+    assert "mu_norm must be at most" in one_line(capsys) and not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 3. sweep specs: every malformed value is one ConfigError line naming its key path
+# --------------------------------------------------------------------------------------------------------------------
+def _before_optimizers(text: str) -> str:
+    return text[:text.index("[[optimizers]]")]
+
+
+BAD_SPECS = {
+    "values-string": (SPEC.replace("values = [20, 40]", 'values = [20, "40"]'), "grid.d.values[1] must be"),
+    "values-bool": (SPEC.replace("values = [20, 40]", "values = [20, 40, true]"), "grid.d.values[2] must be"),
+    "values-scalar": (SPEC.replace("values = [20, 40]", "values = 3"), "grid.d.values must be an array"),
+    "axis-scalar": (SPEC.replace("[grid.d]\nvalues = [20, 40]", "[grid]\nd = 3"), "grid.d must be an array"),
+    "values-unknown-key": (SPEC.replace("values = [20, 40]", "values = [20, 40]\nstep = 2"), "unknown keys ['step']"),
+    "values-round-together": (SPEC.replace("values = [20, 40]", "values = [100.2, 100.4]"),
+                              "100.2 and grid.d.values[1] = 100.4 both give d = 100"),
+    "log-grid-repeats": (SPEC.replace("[grid.d]\nvalues = [20, 40]", '[grid.d]\nstart = 10\nstop = 12\nnum = 5\n'
+                                                                    'spacing = "log"'), "lower num or widen"),
+    "start-string": (SPEC.replace("start = 0.5", 'start = "0.5"'), "grid.mu_norm.start must be a finite number"),
+    "stop-bool": (SPEC.replace("stop = 2.0", "stop = true"), "grid.mu_norm.stop must be a finite number"),
+    "num-string": (SPEC.replace("num = 2", 'num = "2"'), "grid.mu_norm.num must be an integer"),
+    "num-bool": (SPEC.replace("num = 2", "num = true"), "grid.mu_norm.num must be an integer"),
+    "num-float": (SPEC.replace("num = 2", "num = 2.5"), "grid.mu_norm.num must be an integer"),
+    "spacing-number": (SPEC.replace('spacing = "log"', "spacing = 1"), "grid.mu_norm.spacing must be a string"),
+    "seeds-string": (SPEC.replace("seeds = 1", 'seeds = "1"'), "seeds must be an integer"),
+    "seeds-bool": (SPEC.replace("seeds = 1", "seeds = true"), "seeds must be an integer"),
+    "chunk-runs-bool": (SPEC.replace("chunk_runs = 8", "chunk_runs = true"), "chunk_runs must be an integer"),
+    "benign-margin-string": (SPEC.replace("seeds = 1", 'seeds = 1\nbenign_margin = "0.1"'), "benign_margin must be"),
+    "seed-offset-bool": (SPEC.replace("seeds = 1", "seeds = 1\nseed_offset = false"), "seed_offset must be"),
+    "base-bool-for-int": (SPEC.replace("epochs = 2", "epochs = true"), "base.epochs must be an integer"),
+    "base-string-for-float": (SPEC.replace("epochs = 2", 'epochs = 2\neta = "0.1"'), "base.eta must be a finite"),
+    "base-int-for-bool": (SPEC.replace("epochs = 2", "epochs = 2\nproject_noise = 1"), "base.project_noise must be"),
+    "base-not-a-table": ("base = 3\n" + SPEC.replace("[base]\n", "").replace("n = 8\nbatch_size = 4\nepochs = 2\n"
+                                                                             "n_test = 0\nn_mc = 200\n", ""),
+                         "base must be a table"),
+    "optimizer-override-bool": (SPEC + "c_tau = true\n", "optimizers[0].c_tau must be a finite number"),
+    "optimizers-a-table": (_before_optimizers(SPEC) + '[optimizers]\nlabel = "sgd"\n', "optimizers must be an array"),
+    "optimizers-not-tables": ("optimizers = [1, 2]\n" + _before_optimizers(SPEC), "optimizers[0] must be a table"),
+    "name-number": ("name = 3\n" + SPEC.replace('name = "faults"', ""), "name must be a non-empty string"),
+    "preset-number": ("preset = 3\n" + SPEC, "preset must be a string"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPECS))
+def test_malformed_spec_is_one_line(case, tmp_path, capsys):
+    text, msg = BAD_SPECS[case]
+    spec = tmp_path / "bad.toml"
+    spec.write_text(text)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--executor", "inline"]) == 2
+    line = one_line(capsys)
+    assert line.startswith("error: ") and msg in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_binary_spec_is_one_line(tmp_path, capsys):
+    spec = tmp_path / "binary.toml"
+    spec.write_bytes(bytes(range(256)) * 4)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--executor", "inline"]) == 2
+    line = one_line(capsys)
+    assert "UTF-8" in line and str(spec) in line
+
+
+def test_committed_presets_still_load():
+    from theory_sim.sweeps.spec import SweepSpec
+
+    presets = sorted(Path(__file__).resolve().parent.parent.glob("studies/*.toml"))
+    assert presets
+    for path in presets:
+        assert SweepSpec.from_toml(path).runs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4. a full disk: one line naming the file, exit 1, the previous result intact, no temp file
+# --------------------------------------------------------------------------------------------------------------------
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["fsync", "replace", "chmod"])
+def test_disk_full_while_overwriting_a_run(where, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(["simulate", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    monkeypatch.setattr(os, where, _disk_full)
+    rc = main(["simulate", *TINY, "--eta", "0.2", "--out", str(out), "--overwrite"])
+    monkeypatch.undo()
+    line = one_line(capsys)
+    assert rc == 1 and line == f"error: could not write {out / 'summary.parquet'}: No space left on device"
+    assert snapshot(out) == before and not leftovers(out)
+
+
+def test_disk_full_in_a_new_directory(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    assert main(["simulate", *TINY, "--out", str(out)]) == 1
+    monkeypatch.undo()
+    assert "could not write" in one_line(capsys)
+    assert not (out / "config.json").exists() and not leftovers(out)
+
+
+def test_disk_full_while_drawing_the_figure(tmp_path, capsys, monkeypatch):
+    import matplotlib.figure
+
+    out = tmp_path / "run"
+    assert main(["simulate", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", _disk_full)
+    assert main(["simulate", *TINY, "--eta", "0.2", "--out", str(out), "--overwrite"]) == 1
+    monkeypatch.undo()
+    assert one_line(capsys) == f"error: could not write {out / 'trajectory.png'}: No space left on device"
+    assert snapshot(out) == before and not leftovers(out)
+
+
+def test_disk_full_in_a_sweep(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "s.toml"
+    spec.write_text(SPEC)
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(spec), "--out", str(out), "--executor", "inline", "--no-figures", "--no-progress"]
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    assert main(argv) == 1                     # a new sweep: its first file cannot be written
+    monkeypatch.undo()
+    line = one_line(capsys)
+    assert line.startswith(f"error: could not write {out}") and line.endswith(": No space left on device")
+    assert not leftovers(out) and not (out / "results.parquet").exists()
+    assert main(argv) == 0                     # the same command, once there is space, finishes the sweep
+    capsys.readouterr()
+    before = snapshot(out)
+    monkeypatch.setattr(os, "replace", _disk_full)
+    rc = main(argv)                            # re-running a finished sweep: whatever it rewrites fails
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert (rc == 1 and err.count("\n") == 1 and "could not write" in err) or (rc == 0 and not err), err
+    assert snapshot(out) == before and not leftovers(out)
+
+
+def test_atomic_write_cleans_up_on_every_failure(tmp_path, monkeypatch):
+    from theory_sim.io import ResultWriteError, atomic_write_bytes
+
+    target = tmp_path / "result.bin"
+    target.write_bytes(b"old")
+    for where in ("fsync", "chmod", "replace"):
+        monkeypatch.setattr(os, where, _disk_full)
+        with pytest.raises(ResultWriteError) as info:
+            atomic_write_bytes(target, b"new")
+        monkeypatch.undo()
+        assert info.value.errno == errno.ENOSPC and str(info.value) == \
+            f"could not write {target}: No space left on device"
+        assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["result.bin"]
+    with pytest.raises(ResultWriteError, match="could not write"):
+        atomic_write_bytes(target / "inside_a_file", b"x")   # the parent is a file
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(target, b"new")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["result.bin"]
+
+
+def test_keyboard_interrupt_is_one_line(tmp_path, capsys, monkeypatch):
+    import theory_sim.cnn.train as train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_ensemble", interrupted)
+    assert main(["simulate", *TINY, "--out", str(tmp_path / "x")]) == 130
+    assert one_line(capsys) == "interrupted"
+
+
+def test_a_figure_matplotlib_cannot_draw_is_skipped_with_one_line(tmp_path, capsys):
+    """No positive training loss for the log axis (a run whose loss is exactly 0 or NaN throughout): the figure is
+    skipped with a one-line warning, the tables are unaffected, nothing is left behind."""
+    from theory_sim.cnn.simulate import write_trajectory_figure
+    from theory_sim.config import SimConfig
+
+    traj = pd.DataFrame({"step": [0, 1, 2] * 2, "seed": [0] * 3 + [1] * 3, "optimizer": "sgd",
+                         "train_loss": [np.nan] * 6, "test_error": [0.3, np.inf, np.nan] * 2})
+    assert not write_trajectory_figure(traj, tmp_path / "trajectory.png", SimConfig(), [0, 1])
+    line = one_line(capsys)
+    assert line.startswith("warning: trajectory.png not drawn")
+    assert list(tmp_path.iterdir()) == []
+    traj["train_loss"] = 0.0   # drawable, but matplotlib warns (no positive value on a log axis): kept quiet
+    assert write_trajectory_figure(traj, tmp_path / "trajectory.png", SimConfig(), [0, 1])
+    assert capsys.readouterr().err == "" and [p.name for p in tmp_path.iterdir()] == ["trajectory.png"]

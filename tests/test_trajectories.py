@@ -1,0 +1,257 @@
+"""The trajectory claims of verify (docs/science.md §6): recovered from synthetic tables with known laws, injected
+violations flagged, sweep trajectories equal simulate's, and a sweep killed with SIGKILL leaves no worker behind."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from theory_sim.cli import main
+from theory_sim.sweeps.runner import run_sweep
+from theory_sim.sweeps.spec import SweepSpec
+from theory_sim.sweeps.store import TRAJECTORY_COLUMNS
+from theory_sim.sweeps.trajectory_claims import isotonic_decreasing, trajectory_claims
+from theory_sim.sweeps.verify import verify
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def synthetic(exponents=(2.0, -1.0, 1.0, -2.0), constant=1.1, amp_slope=0.5, noise=0.01, seeds=4):
+    """Results and trajectory tables that obey the laws with the given ratio-law exponents (||mu||, d, n, sigma_p)
+    and constant, a SAM amplification 3 (d/200)^amp_slope, SGD test errors that are a function of
+    x = n mu^4 / (d sigma_p^4) alone, rhobar_max linear in log t after fitting, and the invariants."""
+    rng = np.random.default_rng(0)
+    spec = SweepSpec.from_dict({"name": "synthetic", "seeds": seeds, "base": {"epochs": 10, "n_test": 0,
+                                "n_mc": 200}, "grid": {"d": [200, 800, 3200], "mu_norm": [0.25, 0.5, 1.0],
+                                "n": [20, 40], "sigma_p": [0.5, 1.0]},
+                                "optimizers": [{"label": "sgd", "optimizer": "sgd"},
+                                               {"label": "sam", "optimizer": "sam", "sam_steps": 40}]})
+    p, B = 0.1, 5
+    a_mu, a_d, a_n, a_s = exponents
+    results, traj = [], []
+    for label, d, mu, n, sp, seed in product(("sgd", "sam"), (200, 800, 3200), (0.25, 0.5, 1.0), (20, 40),
+                                             (0.5, 1.0), range(seeds)):
+        H = n // B
+        x = n * mu ** 4 / (d * sp ** 4)
+        err = 0.1 + 0.4 / (1 + x) if label == "sgd" else 0.1
+        results.append(dict(label=label, optimizer=label, d=d, mu_norm=mu, n=n, P=2, sigma_p=sp, seed=seed,
+                            flip_p=p, batch_size=B, sam_steps=40.0 if label == "sam" else np.nan, dtype="float64",
+                            test_error=err + 0.001 * rng.standard_normal(), diverged=False, train_acc=1.0))
+        law = constant * (1 - 2 * p) * mu ** a_mu * d ** a_d * n ** a_n * sp ** a_s
+        amp = 3.0 * (d / 200) ** amp_slope if label == "sam" else 1.0
+        for step in range(0, 10 * H + 1, H):
+            rho = 0.01 * step * (1 + noise * rng.standard_normal())
+            rmax = 1.0 + np.log(max(step, 1))
+            traj.append(dict(label=label, d=d, mu_norm=mu, n=n, P=2, sigma_p=sp, seed=seed, step=step,
+                             epoch=step / H, run=0, optimizer=label, train_loss=0.5, train_acc=float(step >= 2 * H),
+                             test_error=err, update_noise_active_frac=0.2 if label == "sam" else 0.4,
+                             gamma_mean=amp * law * rho * (1 + noise * rng.standard_normal()), rhobar_mean=rho,
+                             gamma_max=1.0, rhobar_max=rmax, rhounder_min=-0.1 * rmax, rhobar_min=0.0,
+                             rhounder_max=0.0, noise_active_frac=0.4, rho_monotone_violations=0.0, chunk=0))
+    traj = pd.DataFrame(traj)
+    assert set(TRAJECTORY_COLUMNS) <= set(traj.columns)
+    return spec, pd.DataFrame(results), traj
+
+
+def claims_of(spec, results, traj, **kw):
+    return pd.DataFrame(trajectory_claims(traj, results, spec, n_boot=kw.pop("n_boot", 40), **kw)["claims"])
+
+
+def test_recovers_known_ratio_law_amplification_collapse_and_late_phase():
+    spec, results, traj = synthetic()
+    c = claims_of(spec, results, traj)
+    slopes = c[c.claim == "ratio_law_slope"].set_index("dimension")
+    for dim, want in {"mu_norm": 2.0, "d": -1.0, "n": 1.0, "sigma_p": -2.0}.items():
+        assert slopes.measured[dim] == pytest.approx(want, abs=0.02)
+        assert slopes.ci_low[dim] <= slopes.measured[dim] <= slopes.ci_high[dim]
+        assert slopes.holds[dim]
+    const = c[c.claim == "ratio_law_constant"]
+    assert len(const) == 3 * 3 * 2 * 2 and const.holds.all()
+    assert const.measured.to_numpy() == pytest.approx(1.1, rel=0.02)
+    amp = c[c.claim == "sam_amplification_slope"].set_index("dimension")
+    assert amp.measured["d"] == pytest.approx(0.5, abs=0.02)
+    low = c[(c.claim == "sam_amplification") & (c.dimension == "min over SGD-harmful cells")].iloc[0]
+    assert low.holds and low.measured == pytest.approx(3.0, rel=0.05)
+    collapse = c[c.claim == "collapse"].iloc[0]
+    assert collapse.holds and collapse.measured < 0.2
+    late = c[c.claim == "late_log_growth"].set_index("dimension")
+    assert late.measured.iloc[0] == pytest.approx(1.0, abs=1e-6) and late.holds.iloc[0]
+    assert c[c.claim == "late_rhounder_ratio"].measured.iloc[0] == pytest.approx(0.1)
+    inv = c[c.claim == "invariants"]
+    assert (inv.measured == 0).all() and inv.holds.all()
+
+
+def test_wrong_exponent_and_wrong_constant_fail():
+    spec, results, traj = synthetic(exponents=(2.0, -0.5, 1.0, -2.0), constant=1.6)
+    c = claims_of(spec, results, traj)
+    d = c[(c.claim == "ratio_law_slope") & (c.dimension == "d")].iloc[0]
+    assert d.measured == pytest.approx(-0.5, abs=0.02) and not d.holds
+    assert not c[c.claim == "ratio_law_constant"].holds.any()
+
+
+def test_weak_amplification_and_no_collapse_fail():
+    spec, results, traj = synthetic(amp_slope=0.0)
+    traj.loc[traj.label == "sam", "gamma_mean"] /= 3.0 / 1.5   # SAM's ratio only 1.5x SGD's
+    results.loc[results.label == "sgd", "test_error"] = 0.1 + 0.4 / (1 + results.mu_norm ** 4)  # ||mu|| alone
+    c = claims_of(spec, results, traj)
+    low = c[(c.claim == "sam_amplification") & (c.dimension == "min over SGD-harmful cells")].iloc[0]
+    assert low.measured == pytest.approx(1.5, rel=0.05) and not low.holds
+    assert not c[c.claim == "collapse"].iloc[0].holds
+
+
+@pytest.mark.parametrize("inject", ["decrease", "sign", "entry"])
+def test_injected_invariant_violation_is_flagged(inject):
+    spec, results, traj = synthetic(seeds=2)
+    row = traj.index[(traj.label == "sgd") & (traj.step > 20)][5]
+    if inject == "decrease":   # rhobar went down between logged steps
+        traj.loc[row, "rhobar_mean"] = traj.loc[row - 1, "rhobar_mean"] * 0.5
+    elif inject == "sign":     # a rhounder entry became positive
+        traj.loc[row, "rhounder_max"] = 1e-3
+    else:                      # the trainer counted an entry moving the wrong way
+        traj.loc[row, "rho_monotone_violations"] = 1.0
+    inv = claims_of(spec, results, traj, n_boot=0).set_index("variant").loc["sgd"]
+    inv = inv[inv.claim == "invariants"].iloc[0]
+    assert inv.measured >= 1 and not inv.holds
+
+
+def test_isotonic_fit_is_the_least_squares_decreasing_fit():
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    y = np.array([5.0, 3.0, 4.0, 1.0, 2.0])
+    fit = isotonic_decreasing(x, y)
+    assert np.all(np.diff(fit) <= 0)
+    assert fit == pytest.approx([5.0, 3.5, 3.5, 1.5, 1.5])
+    rng = np.random.default_rng(1)   # no other decreasing sequence has a smaller squared error
+    for _ in range(200):
+        other = np.sort(rng.uniform(0, 6, 5))[::-1]
+        assert ((y - fit) ** 2).sum() <= ((y - other) ** 2).sum() + 1e-12
+
+
+SWEEP = """
+name = "traj"
+seeds = 2
+chunk_runs = 8
+[base]
+n = 8
+batch_size = 4
+epochs = 6
+n_test = 0
+n_mc = 300
+trajectory_mc = 300
+dtype = "float64"
+[grid.d]
+values = [60]
+[grid.mu_norm]
+values = [1.0, 2.0]
+[[optimizers]]
+label = "sgd"
+optimizer = "sgd"
+[[optimizers]]
+label = "sam"
+optimizer = "sam"
+sam_steps = 5
+"""
+
+
+def test_sweep_trajectory_rows_equal_simulate(tmp_path):
+    spec_path = tmp_path / "traj.toml"
+    spec_path.write_text(SWEEP)
+    spec = SweepSpec.from_toml(spec_path)
+    run_sweep(spec, tmp_path / "sweep", progress=False)
+    traj = pd.read_parquet(tmp_path / "sweep" / "trajectories.parquet")
+    steps = set(traj.step)
+    assert {0, 2, 5, 12} <= steps    # step 0, the end of epoch 1 (n/B = 2), the SAM->SGD switch, the last step
+    for opt in ("sgd", "sam"):
+        out = tmp_path / f"sim_{opt}"
+        sam = ["--sam-steps", "5"] if opt == "sam" else []
+        assert main(["simulate", "--optimizer", opt, "--d", "60", "--mu-norm", "2", "--n", "8", "--batch-size", "4",
+                     "--epochs", "6", *sam, "--n-test", "0", "--n-mc", "300", "--seeds", "2", "--log-points", "30",
+                     "--trajectory-mc", "300", "--no-progress", "--out", str(out)]) == 0
+        sim = pd.read_parquet(out / "trajectory.parquet")
+        mine = traj[(traj.label == opt) & (traj.mu_norm == 2.0)]
+        cols = [c for c in sim.columns if c not in ("run",)]
+        merged = mine.merge(sim[cols], on=["seed", "step"], suffixes=("", "_sim"))
+        assert merged.test_error.notna().all()
+        assert len(merged) == len(sim) == len(mine)
+        for col in cols:
+            if col in ("seed", "step"):
+                continue
+            a, b = merged[col], merged[f"{col}_sim"]
+            if a.dtype.kind in "fc":
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=col)
+            else:
+                assert (a == b).all(), col
+
+
+def test_sweep_verify_reports_every_trajectory_claim(tmp_path):
+    spec_path = tmp_path / "traj.toml"
+    spec_path.write_text(SWEEP.replace("values = [60]", "values = [40, 80]"))
+    assert main(["sweep", str(spec_path), "--out", str(tmp_path / "s"), "--executor", "inline", "--no-progress"]) == 0
+    report = (tmp_path / "s" / "verify.md").read_text()
+    for claim in ("ratio_law_slope", "sam_amplification", "collapse", "invariants", "late_"):
+        assert claim in report
+    figs = {p.name for p in (tmp_path / "s" / "figures").glob("*.png")}
+    assert {"ratio_law.png", "sam_amplification.png", "collapse.png"} <= figs
+    assert any(name.startswith("trajectories_") for name in figs)
+    assert main(["figures", str(tmp_path / "s"), "--cell", "d=80,mu_norm=1"]) == 0
+    assert (tmp_path / "s" / "figures" / "trajectories_d80_n8_P2_sigma_p1_mu_norm1.png").exists()
+
+
+def test_sweep_from_before_trajectories_still_verifies(tmp_path):
+    """A committed results directory (no trajectories.parquet): boundary checks run, trajectory checks say why not."""
+    import shutil
+
+    src = ROOT / "figures" / "results" / "phase_diagram_quick"
+    shutil.copytree(src, tmp_path / "old")
+    report = verify(tmp_path / "old", n_boot=20)
+    assert report["slopes"] and report["trajectory_claims"] == []
+    assert "need a re-run" in report["markdown"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the workers")
+def test_sigkill_of_the_sweep_parent_leaves_no_worker(tmp_path):
+    spec_path = tmp_path / "slow.toml"
+    spec_path.write_text(SWEEP.replace("epochs = 6", "epochs = 400").replace("values = [60]", "values = [400, 800]")
+                         .replace("seeds = 2", "seeds = 4").replace("chunk_runs = 8", "chunk_runs = 4"))
+    cmd = [sys.executable, "-m", "theory_sim", "sweep", str(spec_path), "--out", str(tmp_path / "k"),
+           "--workers", "2", "--no-figures"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    workers: list[int] = []
+    while time.time() < deadline and len(workers) < 2:
+        workers = [c for c in _children(proc.pid)
+                   if "spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="ignore")]
+        time.sleep(0.1)
+    assert workers, "the sweep never started its workers"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "pool workers outlived their killed parent"

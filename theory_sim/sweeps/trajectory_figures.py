@@ -1,0 +1,171 @@
+"""Figures of the trajectory claims (docs/science.md §6), drawn from DIR/trajectories.parquet and results.parquet
+alone (``python -m theory_sim figures DIR``; ``--cell d=3200,mu_norm=2`` picks the cell of the trajectory plot):
+
+  ratio_law.png          measured Gamma/Rho at the end of epoch 1 against the law's prediction, one point per cell,
+                         log-log with the identity line (hollow: cells past the early phase, left out of the fits)
+  sam_amplification.png  SAM's Gamma/Rho over SGD's during SAM's phase against d, one line per ||mu|| (and slice),
+                         and both update-point noise-active fractions
+  collapse.png           SGD's seed-mean test error against x = n ||mu||^4 / (d (P-1)^4 sigma_p^4), beside the same
+                         errors against ||mu|| alone
+  trajectories_<cell>.png  every summary over the logged steps of one cell, one colour per optimizer variant
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from theory_sim.cnn.plotting import plot_trajectory  # noqa: E402
+from theory_sim.config import ConfigError  # noqa: E402
+from theory_sim.sweeps.trajectory_claims import CELL, isotonic_decreasing  # noqa: E402
+
+
+def parse_cell(text: str | None) -> dict[str, float]:
+    """'d=3200,mu_norm=2' -> {'d': 3200.0, 'mu_norm': 2.0} (keys among d, mu_norm, n, P, sigma_p)."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in CELL:
+            raise ConfigError(f"cell must be KEY=VALUE pairs with KEY in {CELL}, e.g. d=3200,mu_norm=2; got {text!r}")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise ConfigError(f"cell value of {key} must be a number, got {value!r}") from None
+    return out
+
+
+def select_cell(traj: pd.DataFrame, wanted: dict[str, float]) -> dict[str, float]:
+    """The grid cell nearest to ``wanted`` (in log scale); unspecified dimensions: the largest d, the median
+    ||mu||, the first value of the others."""
+    cell = {}
+    for key in CELL:
+        values = np.sort(traj[key].unique().astype(float))
+        if key in wanted:
+            target = wanted[key]
+            pick = values[np.argmin(np.abs(np.log(values.clip(1e-300)) - np.log(max(target, 1e-300))))] \
+                if target > 0 and (values > 0).all() else values[np.argmin(np.abs(values - target))]
+        else:
+            pick = {"d": values[-1], "mu_norm": values[len(values) // 2]}.get(key, values[0])
+        cell[key] = float(pick)
+    return cell
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def ratio_law_figure(table: pd.DataFrame, name: str, figdir: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    for k, (lab, g) in enumerate(table.groupby("label")):
+        for early, marker_face in ((True, f"C{k}"), (False, "none")):
+            h = g[g.early == early]
+            ax.scatter(h.predicted, h.measured, s=18, facecolors=marker_face, edgecolors=f"C{k}",
+                       label=f"{lab}: {'early phase (fitted)' if early else 'past the early phase'}")
+    lim = np.array([np.nanmin(table[["predicted", "measured"]].to_numpy()),
+                    np.nanmax(table[["predicted", "measured"]].to_numpy())])
+    ax.plot(lim, lim, "k-", lw=0.8, label="identity")
+    ax.fill_between(lim, 0.8 * lim, 1.25 * lim, color="grey", alpha=0.15, label="[0.8, 1.25] x prediction")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"predicted $(1-2p)\,n\|\mu\|^2 / ((P-1)\,\sigma_p^2\, d)$")
+    ax.set_ylabel("measured Gamma / Rho at the end of epoch 1")
+    ax.set_title(f"{name}: the early-phase ratio law, one point per cell", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, figdir / "ratio_law.png")
+
+
+def amplification_figure(table: pd.DataFrame, name: str, figdir: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    others = [k for k in ("n", "P", "sigma_p") if table[k].nunique() > 1]
+    mus = np.sort(table.mu_norm.unique())
+    for key, g in table.groupby(["label", *others]):
+        key = key if isinstance(key, tuple) else (key,)
+        style = ["-", "--", ":", "-."][hash(key[1:]) % 4] if others else "-"
+        for mu, h in g.groupby("mu_norm"):
+            h = h.sort_values("d")
+            colour = plt.cm.viridis(np.searchsorted(mus, mu) / max(1, len(mus) - 1))
+            axes[0].plot(h.d, h.amplification, style, marker="o", ms=3, color=colour, lw=1)
+        mean = g.groupby("d")[["noise_active_sam", "noise_active_sgd"]].mean()
+        tag = ", ".join(f"{o}={v:g}" for o, v in zip(others, key[1:]))
+        axes[1].plot(mean.index, mean.noise_active_sam, style, marker="o", color="C1", label=f"SAM {tag}".strip())
+        axes[1].plot(mean.index, mean.noise_active_sgd, style, marker="s", color="C0", label=f"SGD {tag}".strip())
+    axes[0].axhline(2.0, color="k", ls=":", lw=1)
+    sm = plt.cm.ScalarMappable(cmap="viridis", norm=matplotlib.colors.LogNorm(mus.min(), mus.max()))
+    fig.colorbar(sm, ax=axes[0], label="||mu||")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("SAM's Gamma / Rho over SGD's (SAM's phase)")
+    axes[0].set_title("SAM amplification (dotted: the claim's 2x)", fontsize=10)
+    axes[1].set_ylabel("update-point noise-active fraction (mean over ||mu||)")
+    axes[1].set_title("noise terms switched off at W + eps", fontsize=10)
+    axes[1].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("d")
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle(f"{name}: SAM vs SGD during SAM's phase", fontsize=10)
+    return _save(fig, figdir / "sam_amplification.png")
+
+
+def collapse_figure(table: pd.DataFrame, name: str, figdir: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    ds = np.sort(table.d.unique())
+    for ax, col, xlabel in ((axes[0], "x", r"$x = n\|\mu\|^4 / (d\,(P-1)^4\,\sigma_p^4)$"),
+                            (axes[1], "mu_norm", r"$\|\mu\|$ alone")):
+        xs = table[col].to_numpy(dtype=float)
+        sc = ax.scatter(xs, table.test_error, c=np.log(table.d), cmap="plasma", s=14,
+                        vmin=np.log(ds.min()), vmax=np.log(ds.max()) + 1e-9)
+        ok = np.isfinite(xs) & (xs > 0)
+        order = np.argsort(xs[ok])
+        fit = isotonic_decreasing(xs[ok], table.test_error.to_numpy()[ok])
+        rms = float(np.sqrt(np.mean((table.test_error.to_numpy()[ok] - fit) ** 2)))
+        ax.plot(xs[ok][order], fit[order], "k-", lw=1, label=f"best decreasing fit (residual RMS {rms:.3f})")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    cb = fig.colorbar(sc, ax=axes[1])
+    cb.set_label("log d")
+    axes[0].set_ylabel("SGD: seed-mean test error")
+    fig.suptitle(f"{name}: does SGD's test error collapse onto one variable?", fontsize=10)
+    return _save(fig, figdir / "collapse.png")
+
+
+def cell_figure(traj: pd.DataFrame, cell: dict[str, float], name: str, figdir: Path, bayes: float | None) -> Path:
+    sel = traj
+    for key, value in cell.items():
+        sel = sel[np.isclose(sel[key].astype(float), value)]
+    tag = "_".join(f"{k}{v:g}" for k, v in cell.items())
+    path = figdir / f"trajectories_{tag}.png"
+    plot_trajectory(sel, path, group="label", bayes_error=bayes,
+                    title=f"{name}: " + ", ".join(f"{k}={v:g}" for k, v in cell.items()))
+    return path
+
+
+def draw_trajectory_figures(traj: pd.DataFrame, results: pd.DataFrame, spec, figdir: Path,
+                            cell: dict[str, float] | None = None) -> list[Path]:
+    from theory_sim.sweeps.trajectory_claims import trajectory_claims
+
+    tables = trajectory_claims(traj, results, spec, n_boot=0)["tables"]
+    paths = []
+    if not tables["ratio_law"].empty:
+        paths.append(ratio_law_figure(tables["ratio_law"], spec.name, figdir))
+    if not tables["amplification"].empty:
+        paths.append(amplification_figure(tables["amplification"], spec.name, figdir))
+    coll = tables["collapse"]
+    if not coll.empty and any(coll[k].nunique() > 1 for k in CELL if k != "mu_norm"):
+        paths.append(collapse_figure(coll, spec.name, figdir))
+    paths.append(cell_figure(traj, select_cell(traj, cell or {}), spec.name, figdir, float(results.flip_p.mean())))
+    return paths
+
