@@ -353,3 +353,223 @@ def test_a_figure_matplotlib_cannot_draw_is_skipped_with_one_line(tmp_path, caps
     traj["train_loss"] = 0.0   # drawable, but matplotlib warns (no positive value on a log axis): kept quiet
     assert write_trajectory_figure(traj, tmp_path / "trajectory.png", SimConfig(), [0, 1])
     assert capsys.readouterr().err == "" and [p.name for p in tmp_path.iterdir()] == ["trajectory.png"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. sweeps: foreign results, interrupts, bad shards, a changed chunking, concurrent sweeps, broken tables
+# --------------------------------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+SLOW = SPEC.replace("epochs = 2", "epochs = 300").replace("values = [20, 40]", "values = [400, 800, 1600]") \
+    .replace("chunk_runs = 8", "chunk_runs = 2").replace("seeds = 1", "seeds = 2")
+
+
+def _spec(tmp_path, text=SPEC, name="faults.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _sweep(spec: Path, out: Path, *extra: str) -> list[str]:
+    return ["sweep", str(spec), "--out", str(out), "--executor", "inline", "--no-figures", "--no-progress", *extra]
+
+
+def test_sweep_refuses_a_directory_of_foreign_results(tmp_path, capsys):
+    """A copy of a committed results directory (results.parquet + results.json, no spec.json) is never replaced."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(ROOT / "figures" / "results" / "phase_diagram_quick", out)
+    before = snapshot(out)
+    assert main(_sweep(_spec(tmp_path), out)) == 2
+    assert "spec differs" in one_line(capsys)
+    assert snapshot(out) == before
+    (out / "results.json").unlink()   # no record at all of which spec made them: refused too
+    before = snapshot(out)
+    assert main(_sweep(_spec(tmp_path), out)) == 2
+    assert "no spec.json or results.json" in one_line(capsys)
+    assert snapshot(out) == before
+
+
+def test_sweep_refuses_a_changed_chunking(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    out = tmp_path / "out"
+    assert main(_sweep(spec, out)) == 0
+    capsys.readouterr()
+    before = snapshot(out / "shards")
+    assert main(_sweep(_spec(tmp_path, SPEC.replace("chunk_runs = 8", "chunk_runs = 2"), "other.toml"), out)) == 2
+    assert "chunk_runs changed from 8 to 2" in one_line(capsys)
+    assert snapshot(out / "shards") == before
+
+
+@pytest.mark.parametrize("damage", ["drop_column", "nan_test_error", "drop_trajectory_column", "missing_run"])
+def test_a_damaged_shard_is_recomputed_not_trusted(damage, tmp_path):
+    from theory_sim.sweeps.spec import SweepSpec
+    from theory_sim.sweeps.store import missing_chunks, shard_path
+
+    spec_path = _spec(tmp_path, SPEC.replace("chunk_runs = 8", "chunk_runs = 2"))
+    out = tmp_path / "out"
+    assert main(_sweep(spec_path, out)) == 0
+    results = pd.read_parquet(out / "results.parquet")
+    spec = SweepSpec.from_toml(spec_path)
+    kind = "trajectories" if damage == "drop_trajectory_column" else "results"
+    path = shard_path(out, 1, kind)
+    df = pd.read_parquet(path)
+    if damage == "drop_column":
+        df = df.drop(columns=["train_loss"])
+    elif damage == "nan_test_error":
+        df["test_error"] = np.nan
+    elif damage == "drop_trajectory_column":
+        df = df.drop(columns=["rhobar_mean"])
+    else:
+        df = df.iloc[1:]
+    df.to_parquet(path)
+    assert missing_chunks(spec, out) == [1]
+    assert main(_sweep(spec_path, out)) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), results)
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _workers_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and b"spawn_main" in cmd and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see the workers")
+@pytest.mark.parametrize("how", ["ctrl_c", "ctrl_c_twice", "sigterm"])
+def test_an_interrupted_sweep_stops_promptly_and_resumes(how, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or Slurm's SIGTERM: the sweep ends its
+    workers within seconds, prints one line saying how to resume, keeps every finished shard; the same command
+    then finishes the work."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = _spec(tmp_path, SLOW)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "theory_sim", "sweep", str(spec), "--out", str(out), "--workers", "2",
+           "--no-figures"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert _wait_for(lambda: list((out / "shards").glob("chunk-*[0-9].parquet")), 120), "no shard appeared"
+    workers = _workers_of(proc.pid)
+    assert workers
+    done = {p: p.stat().st_mtime_ns for p in (out / "shards").glob("chunk-*.parquet")}
+    t0 = time.time()
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+        if how == "ctrl_c_twice":
+            time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=30)[1]
+    assert time.time() - t0 < 15, "the sweep did not stop promptly"
+    assert proc.returncode == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err and "re-run the same command" in lines[0], err
+    assert _wait_for(lambda: all(_gone(w) for w in workers), 10), "workers outlived the interrupted sweep"
+    for p, mtime in done.items():   # finished shards are kept, untouched
+        assert p.stat().st_mtime_ns == mtime
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "results.parquet").exists()
+
+
+def test_two_concurrent_sweeps_share_the_work(tmp_path):
+    """Two sweeps into one DIR claim chunks through lock files: together they compute every chunk once."""
+    import re
+    import subprocess
+    import sys
+
+    spec = _spec(tmp_path, SLOW)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "theory_sim", "sweep", str(spec), "--out", str(out), "--executor", "inline",
+           "--no-figures"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=600) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outs
+    counts = [int(re.search(r"(\d+) of (\d+) chunks computed", o[0]).group(1)) for o in outs]
+    total = int(re.search(r"of (\d+) chunks computed", outs[0][0]).group(1))
+    assert sum(counts) == total and min(counts) >= 1, counts
+    assert not list((out / "shards").glob("*.lock"))
+    straight = tmp_path / "straight"
+    assert subprocess.run(cmd[:6] + [str(straight)] + cmd[7:], capture_output=True).returncode == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet").drop(columns="chunk"),
+                                  pd.read_parquet(straight / "results.parquet").drop(columns="chunk"))
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("sweep")
+    out = tmp / "out"
+    assert main(_sweep(_spec(tmp), out)) == 0
+    return out
+
+
+@pytest.mark.parametrize("damage", ["missing_column", "garbage", "empty", "broken_spec_json", "spec_not_a_spec"])
+@pytest.mark.parametrize("verb", ["verify", "figures", "sweep-status"])
+def test_post_processing_of_a_broken_directory_is_one_line(damage, verb, finished_sweep, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "broken"
+    shutil.copytree(finished_sweep, out)
+    capsys.readouterr()
+    if damage == "missing_column":
+        pd.read_parquet(out / "results.parquet").drop(columns=["test_error"]).to_parquet(out / "results.parquet")
+    elif damage == "garbage":
+        (out / "results.parquet").write_bytes(b"\x00garbage" * 100)
+    elif damage == "empty":
+        pd.read_parquet(out / "results.parquet").iloc[:0].to_parquet(out / "results.parquet")
+    elif damage == "broken_spec_json":
+        (out / "spec.json").write_text("{not json")
+    else:
+        (out / "spec.json").write_text('{"spec": {"grid": 3}}')
+    before = snapshot(out)
+    rc = main([verb, str(out)])
+    if verb == "sweep-status" and damage in ("missing_column", "garbage", "empty"):
+        assert rc == 0   # status reports the table as unusable instead of "written"
+        assert "results.parquet UNUSABLE" in capsys.readouterr().out
+    else:
+        assert rc == 2
+        assert str(out) in one_line(capsys)
+    for name in ("results.parquet", "results.json", "spec.json", "trajectories.parquet"):
+        assert snapshot(out).get(name) == before.get(name)
+
+
+def test_sharpness_of_a_corrupt_final_state_is_one_line(finished_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    state = run / "final_state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    assert main(["sharpness", str(run)]) == 2
+    assert "final_state.pt is not a readable simulate state" in one_line(capsys)

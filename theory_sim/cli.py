@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(exc: BaseException) -> str:
     """The message of ``exc`` on one line. ``ResultWriteError`` already reads ``could not write PATH: REASON``; a
     plain ``OSError`` is shown as ``PATH: REASON``."""
-    from theory_sim.io import ResultWriteError  # here, not at the top: the CLI starts without pandas
+    from theory_sim.io import (
+        ResultWriteError,  # here, not at the top: the CLI starts without pandas
+    )
 
     if isinstance(exc, OSError) and not isinstance(exc, ResultWriteError) and exc.strerror:
         text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror

@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from theory_sim.cifar.errors import BadPickleError, CifarDataError, DataNotFoundError, one_line
+from theory_sim.cifar.errors import (
+    BadPickleError,
+    CifarDataError,
+    DataNotFoundError,
+    one_line,
+)
 from theory_sim.config import ConfigError, check_float, check_int
 from theory_sim.io import atomic_write_bytes
 

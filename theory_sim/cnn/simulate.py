@@ -32,7 +32,13 @@ import numpy as np
 import torch
 
 from theory_sim.config import MODELS, NOISE_PATCHES, OPTIMIZERS, ConfigError, SimConfig
-from theory_sim.io import ResultWriteError, atomic_write_bytes, provenance, save_table, write_json
+from theory_sim.io import (
+    ResultWriteError,
+    atomic_write_bytes,
+    provenance,
+    save_table,
+    write_json,
+)
 
 # CLI flag -> SimConfig field, for the options that map one to one
 FIELD_FLAGS = {
@@ -278,12 +284,18 @@ def load_run(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "final_state.pt"
     if not path.exists():
         raise ConfigError(f"RUN_DIR must be a simulate output directory holding final_state.pt; {path} is missing")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    d = state["data"]
-    return {"configs": [SimConfig(**c) for c in state["configs"]],
-            "params": Params(state["W"], state["b"]), "init": Params(state["W0"], state["b0"]),
-            "data": Batch(d["basis"], d["mu_norm"], d["yhat"], d["y"], d["pos"], state["K"], state["P"],
-                          state["shared"])}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        d = state["data"]
+        return {"configs": [SimConfig(**c) for c in state["configs"]],
+                "params": Params(state["W"], state["b"]), "init": Params(state["W0"], state["b0"]),
+                "data": Batch(d["basis"], d["mu_norm"], d["yhat"], d["y"], d["pos"], state["K"], state["P"],
+                              state["shared"])}
+    except ConfigError as exc:
+        raise ConfigError(f"{path} holds an invalid config: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, garbage, or not a simulate state: one line, not a traceback
+        raise ConfigError(f"{path} is not a readable simulate state ({type(exc).__name__}); re-run simulate to "
+                          f"rebuild it") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ from theory_sim.cnn.tracker import CoefficientTracker
 from theory_sim.config import STRUCTURAL_FIELDS, ConfigError, SimConfig, device_of
 from theory_sim.sam.perturbation import perturbation
 
+
 @dataclass
 class EnsembleResult:
     configs: list[SimConfig]

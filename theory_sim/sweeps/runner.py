@@ -43,7 +43,7 @@ EXECUTORS = ("inline", "process", "submitit")
 def run_chunk(out: str, chunk_id: int, threads: int | None = None, claim: bool = True) -> str | None:
     """Train one chunk and write its shards atomically (trajectories first, results last: the results shard marks
     the chunk done). Top-level so process pools and submitit can pickle it. With ``claim`` the chunk's lock is taken
-    first; None means another live process holds it (a concurrent sweep into the same DIR)."""
+    first; None means another process holds it or has just finished it (a concurrent sweep into the same DIR)."""
     import torch
 
     from theory_sim.cnn.train import train_ensemble
@@ -56,8 +56,8 @@ def run_chunk(out: str, chunk_id: int, threads: int | None = None, claim: bool =
     if claim and not claim_chunk(out_dir, chunk_id):
         return None
     try:
-        if shard_is_complete(out_dir, chunk_id, chunk, spec.trajectories):  # finished while we waited for it
-            return str(shard_path(out_dir, chunk_id))
+        if shard_is_complete(out_dir, chunk_id, chunk, spec.trajectories):  # another process just finished it
+            return None
         configs = [cfg for _, cfg in chunk]
         t0 = time.perf_counter()
         res = train_ensemble(configs, track=spec.trajectories, log=spec.trajectories, progress=False,
@@ -116,6 +116,19 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _ignoring_sigint():
+    """Drop Ctrl-C while cleaning up (an ignored signal is discarded, not queued); main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _worker_init(parent_pid: int) -> None:
     """In each pool worker: leave Ctrl-C to the parent (it ends the workers), and exit as soon as the parent is
     gone, even after a SIGKILL that gave it no chance to clean up (no orphans holding memory)."""
@@ -132,8 +145,7 @@ def _worker_init(parent_pid: int) -> None:
 def _end_pool(pool) -> None:
     """Cancel queued chunks and end the workers now (a chunk in flight is lost; its lock and temp files are stale
     and the next run removes them)."""
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
-    try:
+    with _ignoring_sigint():  # a second Ctrl-C must not interrupt the clean-up
         processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in processes:
@@ -143,8 +155,8 @@ def _end_pool(pool) -> None:
             proc.join(max(0.0, deadline - time.time()))
             if proc.is_alive():
                 proc.kill()
-    finally:
-        signal.signal(signal.SIGINT, old)
+                proc.join(1)
+        pool.shutdown(wait=True)  # the workers are gone: the pool's manager thread winds down at once
 
 
 def _execute(out: Path, ids: list[int], executor: str, workers: int, bar) -> list[int]:
@@ -158,6 +170,11 @@ def _execute(out: Path, ids: list[int], executor: str, workers: int, bar) -> lis
                 bar.update(1)
         return done
     threads = max(1, (os.cpu_count() or 1) // workers)  # small tensors: processes beat threads
+    # after an interrupt the workers are killed; multiprocessing's resource tracker then unlinks the pool's
+    # semaphores itself and would print a warning about them: the clean-up is right, the warning is noise
+    quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+    if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
     pool = cf.ProcessPoolExecutor(min(workers, len(ids)), mp_context=mp.get_context("spawn"),
                                   initializer=_worker_init, initargs=(os.getpid(),))
     try:
@@ -173,7 +190,7 @@ def _execute(out: Path, ids: list[int], executor: str, workers: int, bar) -> lis
     return done
 
 
-def _run_local(spec: SweepSpec, out: Path, executor: str, workers: int, bar) -> None:
+def _run_local(spec: SweepSpec, out: Path, executor: str, workers: int, bar) -> set[int]:
     """Compute every missing chunk, sharing the work with any concurrent sweep into DIR: chunks another live
     process holds are waited for, and taken over if that process dies."""
     computed: set[int] = set()
@@ -186,7 +203,7 @@ def _run_local(spec: SweepSpec, out: Path, executor: str, workers: int, bar) -> 
             continue
         busy = [i for i in todo if lock_holder_alive(out, i)]
         if not busy:
-            return  # nothing left, or chunks that failed here: the caller reports them
+            return computed  # nothing left, or chunks that failed here: the caller reports them
         if not waiting_said:
             print(f"waiting for {len(busy)} chunks another process is computing in {out}", file=sys.stderr)
             waiting_said = True
@@ -208,15 +225,17 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
                                   "chunks_total": len(spec.chunks()), "chunks_todo": len(todo)})
     bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="chunk", disable=(not progress)
                if progress is not None else None)
+    computed: set[int] = set(todo)
     try:
         with _sigterm_as_interrupt():
             if executor == "submitit":
                 if not _run_submitit(out, todo, bar, dict(submitit_options or {})):
                     return None
             else:
-                _run_local(spec, out, executor, workers, bar)
+                computed = _run_local(spec, out, executor, workers, bar)
     except KeyboardInterrupt:
-        left = len(missing_chunks(spec, out))
+        with _ignoring_sigint():  # a second Ctrl-C while we count what is done is dropped, not a traceback
+            left = len(missing_chunks(spec, out))
         raise SweepInterrupted(f"interrupted: {len(spec.chunks()) - left} of {len(spec.chunks())} chunks are done "
                                f"and kept in {out}; re-run the same command to compute the other {left}") from None
     finally:
@@ -224,7 +243,9 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
     still = missing_chunks(spec, out)
     if still:
         raise RuntimeError(f"{len(still)} chunks did not produce a shard: {still[:10]}")
-    return aggregate(spec, out)
+    df = aggregate(spec, out)
+    df.attrs["chunks_computed"] = len(computed)  # by this call (a concurrent sweep may have done the others)
+    return df
 
 
 def _run_submitit(out: Path, todo: list[int], bar, opts: dict) -> bool:
@@ -311,11 +332,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         df = run_sweep(spec, args.out, args.executor, args.workers, args.progress, opts)
     except SweepInterrupted as exc:
+        # the command is ending: a further Ctrl-C (people press it twice) must not turn the exit into a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(exc, file=sys.stderr)
         return 130
     if df is None:
         return 0
-    print(f"{spec.name}: {len(df)} runs in {args.out / 'results.parquet'} ({time.perf_counter() - t0:.1f} s)")
+    print(f"{spec.name}: {len(df)} runs in {args.out / 'results.parquet'} ({time.perf_counter() - t0:.1f} s, "
+          f"{df.attrs.get('chunks_computed', 0)} of {len(spec.chunks())} chunks computed by this command)")
     if args.figures:
         from theory_sim.sweeps.figures import draw_figures
         from theory_sim.sweeps.verify import verify
