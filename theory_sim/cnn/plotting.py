@@ -13,6 +13,8 @@ PANELS = [
     ("train_loss", "training loss", True),
     ("test_error", "test error (Gaussian estimator)", False),
     ("gamma_max", r"signal: $\max_{j,r}\,\gamma_{j,r}$", False),
+    ("gamma_mean", r"$\Gamma$: mean$_{j,r}\,\gamma_{j,r}$", False),
+    ("rhobar_mean", r"Rho: mean$_{j,r,i:y_i=j}\,\sum_k \bar\rho_{j,r,i,k}$", True),
     ("rhobar_max", r"noise memorisation: $\max\,\bar\rho$", True),
     ("rhobar_clean_mean", r"clean samples: mean$_i \max_r \bar\rho_{y_i,r,i}$", False),
     ("rhobar_flipped_mean", r"flipped samples: mean$_i \max_r \bar\rho_{y_i,r,i}$", False),
