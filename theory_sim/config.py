@@ -96,6 +96,7 @@ class SimConfig:
     log_points: int = 0
     trajectory_mc: int = 2000
     seed: int = 0
+    data_seed: int | None = None
     dtype: str = "float64"
     device: str = "auto"
 
@@ -130,10 +131,18 @@ class SimConfig:
         check_int("log_points", self.log_points, 0, 100000)
         check_int("trajectory_mc", self.trajectory_mc, 0, 10**7)
         check_int("seed", self.seed, 0, 2**63 - 1)
+        if self.data_seed is not None:
+            check_int("data_seed", self.data_seed, 0, 2**63 - 1)
         check_choice("dtype", self.dtype, DTYPES)
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         device_of(self.device)
+
+    @property
+    def rng_seed(self) -> int:
+        """The seed of every random stream of the run (data, init, batch order, Monte-Carlo draws): ``data_seed``
+        when given (a sweep with ``cell_seeding = "independent"`` draws each cell afresh), else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     @property
     def steps_per_epoch(self) -> int:

@@ -171,7 +171,7 @@ def generate(seeds, mu_norms, sigma_ps, flip_ps, *, d: int, n: int, P: int, nois
 def generate_for(configs, stream: int = STREAM_TRAIN, n: int | None = None, dtype=None, device="cpu") -> Batch:
     """Data for an ensemble of SimConfigs (which agree on the structural fields)."""
     c0 = configs[0]
-    return generate([c.seed for c in configs], [c.mu_norm for c in configs], [c.sigma_p for c in configs],
+    return generate([c.rng_seed for c in configs], [c.mu_norm for c in configs], [c.sigma_p for c in configs],
                     [c.flip_p for c in configs], d=c0.d, n=c0.n if n is None else n, P=c0.P,
                     noise_patches=c0.noise_patches, project_noise=c0.project_noise, stream=stream,
                     dtype=dtype or getattr(torch, c0.dtype), device=device)

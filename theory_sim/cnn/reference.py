@@ -57,7 +57,7 @@ def train_reference(cfg: SimConfig, x: torch.Tensor, y: torch.Tensor, W0: torch.
     net = PatchCNN(cfg.d, cfg.P, cfg.m, cfg.model).to(dtype=x.dtype, device=x.device).load_filters(W0, b0)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.eta)
     x = x.reshape(cfg.n, cfg.P * cfg.d)
-    rng = run_rng(cfg.seed, STREAM_BATCHES)
+    rng = run_rng(cfg.rng_seed, STREAM_BATCHES)
     B, step = cfg.batch_size, 0
     for _ in range(cfg.epochs):
         order = np.arange(cfg.n) if B == cfg.n else rng.permutation(cfg.n)

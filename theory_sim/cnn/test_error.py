@@ -78,7 +78,7 @@ def standard_draws(configs, n_mc: int, K: int, width: int, dtype=torch.float64, 
     out = torch.empty(len(configs), n_mc, K, width, dtype=dtype)
     gen = torch.Generator()
     for r, c in enumerate(configs):
-        gen.manual_seed(int(np.random.SeedSequence([int(c.seed), STREAM_MC]).generate_state(1, np.uint64)[0] >> 1))
+        gen.manual_seed(int(np.random.SeedSequence([int(c.rng_seed), STREAM_MC]).generate_state(1, np.uint64)[0] >> 1))
         torch.randn(n_mc, K, width, generator=gen, dtype=dtype, out=out[r])
     return out.to(device)
 

@@ -95,7 +95,7 @@ def _batch_schedule(configs, epochs: int, n: int, B: int) -> np.ndarray | None:
         return None
     out = np.empty((len(configs), epochs, n), dtype=np.int64)
     for r, c in enumerate(configs):
-        rng = run_rng(c.seed, STREAM_BATCHES)
+        rng = run_rng(c.rng_seed, STREAM_BATCHES)
         for t in range(epochs):
             out[r, t] = rng.permutation(n)
     return out
@@ -112,7 +112,7 @@ class Ensemble:
         self.R, self.n, self.B, self.m = len(configs), c0.n, c0.batch_size, c0.m
         self.net = TwoLayerCNN.for_config(c0)
         self.data = data = generate_for(configs, dtype=self.dtype, device=self.device)
-        self.init = self.net.init([c.seed for c in configs], [c.sigma_0 for c in configs], c0.d, self.dtype,
+        self.init = self.net.init([c.rng_seed for c in configs], [c.sigma_0 for c in configs], c0.d, self.dtype,
                                   self.device)
         self.U, self.G, self.K, self.mult = data.U, data.G, data.K, data.noise_multiplicity
         self.eta = self.vector([c.eta for c in configs])
@@ -395,7 +395,7 @@ def evaluate(ens: Ensemble, track: bool, heldout: bool,
     f = net.output(params, data)
     test_err, test_se = gaussian_test_error(net, params, configs, ens.c0.n_mc)
     summary = pd.DataFrame([c.to_dict() for c in configs])
-    for col in ("tau", "sam_steps"):  # optional fields: None -> NaN, so every table has one dtype per column
+    for col in ("tau", "sam_steps", "data_seed"):  # optional fields: None -> NaN, one dtype per column
         summary[col] = pd.to_numeric(summary[col], errors="coerce").astype("float64")
     summary["tau_effective"] = ens.tau.cpu().numpy()
     summary["train_loss"] = F.softplus(-data.y * f).mean(1).cpu().numpy()

@@ -296,10 +296,10 @@ class SweepSpec:
             groups.setdefault(tuple(getattr(cfg, f) for f in STRUCTURAL_FIELDS), []).append((key, cfg))
         out = []
         for runs in groups.values():
-            runs = sorted(runs, key=lambda kc: (kc[1].seed, kc[1].sigma_p, kc[1].flip_p))  # stable: spec order kept
+            runs = sorted(runs, key=lambda kc: (kc[1].rng_seed, kc[1].sigma_p, kc[1].flip_p))  # stable: spec order kept
             sizes: dict[tuple, int] = {}
             for _, cfg in runs:
-                k = (cfg.seed, cfg.sigma_p, cfg.flip_p)
+                k = (cfg.rng_seed, cfg.sigma_p, cfg.flip_p)
                 sizes[k] = sizes.get(k, 0) + 1
             g = next(iter(sizes.values())) if len(set(sizes.values())) == 1 else 1
             size = (self.chunk_runs // g) * g if self.chunk_runs >= g else self.chunk_runs
