@@ -72,6 +72,16 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
         raise
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
+    """A matplotlib figure, rendered in memory and written atomically like every other result."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+    except OSError as exc:  # a backend writing through the file system failed: the figure's write failed
+        raise ResultWriteError(path, exc) from exc
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
 

@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from theory_sim.io import save_figure  # noqa: E402
+
 PANELS = [
     ("train_loss", "training loss", True),
     ("test_error", "test error (Gaussian estimator)", False),
@@ -57,5 +59,5 @@ def plot_trajectory(traj: pd.DataFrame, path: str | Path, *, group: str = "optim
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -247,7 +247,7 @@ def _write_files(result, out: Path, base: SimConfig, seeds: list[int]) -> None:
 
 
 def write_trajectory_figure(trajectory, path: Path, base: SimConfig, seeds: list[int]) -> bool:
-    """trajectory.png, written atomically (drawn to a temp file next to it, fsynced, renamed); whether it was. A
+    """trajectory.png, written atomically; whether it was. A
     figure matplotlib cannot draw (a diverged run: inf, or no positive loss for the log axis) is skipped with a
     one-line warning; the tables hold the numbers."""
     from theory_sim.cnn.plotting import plot_trajectory
@@ -255,24 +255,15 @@ def write_trajectory_figure(trajectory, path: Path, base: SimConfig, seeds: list
     marker = {"SAM -> SGD": base.sam_steps} if base.optimizer == "sam" and base.sam_steps else None
     title = (f"{base.optimizer.upper()}  d={base.d}  ||mu||={base.mu_norm:g}  n={base.n}  P={base.P}  "
              f"sigma_p={base.sigma_p:g}  p={base.flip_p:g}  ({len(seeds)} seeds)")
-    drawn = path.with_name(f".{path.stem}.drawing{path.suffix}")
     try:
-        try:
-            with warnings.catch_warnings():  # huge or non-positive values (a diverged run): not worth a warning
-                warnings.simplefilter("ignore")
-                plot_trajectory(trajectory.replace([np.inf, -np.inf], np.nan), drawn, bayes_error=base.flip_p,
-                                markers=marker, title=title)
-        except (ValueError, OverflowError) as exc:
-            print(f"warning: {path.name} not drawn: {' '.join(str(exc).split())}", file=sys.stderr)
-            return False
-        with open(drawn, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(drawn, path)
-        return True
-    except OSError as exc:
-        raise ResultWriteError(path, exc) from exc
-    finally:
-        drawn.unlink(missing_ok=True)
+        with warnings.catch_warnings():  # huge or non-positive values (a diverged run): not worth a warning
+            warnings.simplefilter("ignore")
+            plot_trajectory(trajectory.replace([np.inf, -np.inf], np.nan), path, bayes_error=base.flip_p,
+                            markers=marker, title=title)   # written atomically (theory_sim.io.save_figure)
+    except (ValueError, OverflowError) as exc:
+        print(f"warning: {path.name} not drawn: {' '.join(str(exc).split())}", file=sys.stderr)
+        return False
+    return True
 
 
 def load_run(run_dir: str | Path) -> dict:

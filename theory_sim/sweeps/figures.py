@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm  # noqa: E402
 
+from theory_sim.io import save_figure  # noqa: E402
 from theory_sim.sweeps.spec import log_spaced  # noqa: E402
 from theory_sim.sweeps.verify import (  # noqa: E402
     PREDICTED,
@@ -149,7 +150,7 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None) -> list[
         fig.tight_layout()
         suffix = "" if len(slices) == 1 else f"_n{sl['n']}_P{sl['P']}_s{sl['sigma_p']:g}"
         path = figdir / f"phase_diagram{suffix}.png"
-        fig.savefig(path, dpi=100)
+        save_figure(fig, path)
         plt.close(fig)
         paths.append(path)
     swept = [dim for dim in SLICE if bnd[dim].nunique() >= 2]
@@ -191,7 +192,7 @@ def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path) -> Path:
     fig.suptitle(f"{spec.name}: the benign/harmful boundary against the swept dimensions (log-log)", fontsize=10)
     fig.tight_layout()
     path = figdir / "boundary_scaling.png"
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 
 from theory_sim.cnn.plotting import plot_trajectory  # noqa: E402
 from theory_sim.config import ConfigError  # noqa: E402
+from theory_sim.io import save_figure  # noqa: E402
 from theory_sim.sweeps.trajectory_claims import CELL, isotonic_decreasing  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def select_cell(traj: pd.DataFrame, wanted: dict[str, float]) -> dict[str, float
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
