@@ -4,13 +4,38 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
+
 from theory_sim.cifar.data import NUM_CLASSES
 from theory_sim.cifar.errors import ResumeMismatchError
+from theory_sim.cifar.wrn import WideResNet
 from theory_sim.config import ConfigError, check_choice, check_float, check_int
+from theory_sim.sam.optim import ASAM_SCOPES, BN_UPDATES, inf_rho
 
 OPTIMIZERS = ("sgd", "sam", "asam", "randsam", "msam")
-# default radius per (optimizer family, dataset): SAM rho 0.05 / 0.1 [F21], ASAM 0.5 / 1.0 [K21] (docs/science.md §8)
+# default radius per (optimizer family, dataset): SAM rho 0.05 / 0.1 [F21], ASAM 0.5 / 1.0 [K21] (docs/science.md §8).
+# These are L2 radii. --norm inf (sam_inf) defaults to the per-coordinate radius DEFAULT_RHO["sam"] / sqrt(D), D = the
+# WRN's parameter count (``default_rho``): its perturbation rho_inf sign(g) then has the L2 size of SAM's (rho_inf *
+# sqrt(D) = rho_2), where reusing 0.05 per coordinate would be an L2 step of ~300 on a WRN-28-10 (D = 36.5M).
 DEFAULT_RHO = {"sam": {"cifar10": 0.05, "cifar100": 0.1}, "asam": {"cifar10": 0.5, "cifar100": 1.0}}
+
+
+def wrn_num_params(depth: int, width: int, dataset: str) -> int:
+    """Parameter count of the run's WRN-depth-width (built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        model = WideResNet(depth, width, NUM_CLASSES[dataset])
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_rho(optimizer: str, dataset: str, norm: str = "2", depth: int = 28, width: int = 10) -> float:
+    """The radius a run gets when ``rho`` is not given: 0 for SGD, ``DEFAULT_RHO`` for the L2 rules, and for
+    ``norm="inf"`` the per-coordinate radius with the same L2 size, ``inf_rho(DEFAULT_RHO["sam"][dataset], D)``
+    (about 8.3e-6 / 1.7e-5 on a WRN-28-10 for CIFAR-10 / CIFAR-100)."""
+    if optimizer == "sgd":
+        return 0.0
+    rho_2 = DEFAULT_RHO["asam" if optimizer == "asam" else "sam"][dataset]
+    return inf_rho(rho_2, wrn_num_params(depth, width, dataset)) if norm == "inf" else rho_2
+
 
 # Presets fill the fields the user did not set on the command line.
 PRESETS: dict[str, dict] = {
@@ -30,9 +55,12 @@ RUNTIME_FIELDS = ("data_dir", "device", "compile")
 @dataclass(frozen=True)
 class CifarConfig:
     """One CIFAR training run. Defaults = preset ``f21`` on CIFAR-10 with SAM. ``rho=None`` picks the paper's radius
-    for the optimizer and dataset (0 for SGD); ``steps_k=None`` is 2 ascent steps for msam, 1 otherwise.
+    for the optimizer and dataset (0 for SGD; with ``norm="inf"`` a per-coordinate radius of the same L2 size, see
+    ``default_rho``); ``steps_k=None`` is 2 ascent steps for msam, 1 otherwise.
     ``batch_size`` is global (split over DDP replicas); ``m_sharpness`` > 0 splits each replica's batch into chunks of
-    that size, each perturbed with its own gradient; ``n_train``/``n_test`` > 0 use only the first n images (quick
+    that size, each perturbed with its own gradient (``bn_update``: BatchNorm's running statistics updated by every
+    chunk, ``per_chunk``, or by the first chunk only, ``per_step``); ``asam_scope``: which tensors ASAM scales
+    (``theory_sim.sam.optim.SAM``); ``n_train``/``n_test`` > 0 use only the first n images (quick
     runs)."""
 
     dataset: str = "cifar10"
@@ -42,7 +70,9 @@ class CifarConfig:
     norm: str = "2"  # SAM's dual norm: "2" or "inf" (sam / msam only)
     steps_k: int | None = None  # None: 2 for msam, 1 otherwise
     m_sharpness: int = 0
+    bn_update: str = "per_chunk"  # m-sharpness: BatchNorm running-stat updates "per_chunk" or "per_step"
     eta_a: float = 0.01
+    asam_scope: str = "weights"  # ASAM's T = |w| + eta_a on: "weights" | "weights_and_bn" (official ASAM) | "all"
     label_noise: float = 0.0
     epochs: int = 200
     batch_size: int = 128
@@ -69,13 +99,11 @@ class CifarConfig:
         if not isinstance(self.data_dir, str):
             raise ConfigError(f"data_dir must be a path string, got {self.data_dir!r}")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        if self.rho is None:  # resolve here so config.json records the radius actually used
-            family = "asam" if self.optimizer == "asam" else "sam"
-            object.__setattr__(self, "rho", 0.0 if self.optimizer == "sgd" else DEFAULT_RHO[family][self.dataset])
-        check_float("rho", self.rho, lo=0.0)
         check_choice("norm", self.norm, ("2", "inf"))
         if self.norm == "inf" and self.optimizer not in ("sam", "msam"):
             raise ConfigError(f"norm='inf' is for optimizer 'sam' or 'msam', got optimizer={self.optimizer!r}")
+        if self.rho is not None:  # an explicit radius is used as given
+            check_float("rho", self.rho, lo=0.0)
         if self.steps_k is None:
             object.__setattr__(self, "steps_k", 2 if self.optimizer == "msam" else 1)
         check_int("steps_k", self.steps_k, lo=1, hi=1 if self.optimizer != "msam" else 100)
@@ -83,7 +111,14 @@ class CifarConfig:
                   else None)
         if self.m_sharpness and self.optimizer == "sgd":
             raise ConfigError("m_sharpness needs a SAM-family optimizer, got optimizer='sgd'")
+        check_choice("bn_update", self.bn_update, BN_UPDATES)
+        if self.bn_update != "per_chunk" and not self.m_sharpness:
+            raise ConfigError(f"bn_update={self.bn_update!r} needs m_sharpness > 0 (one chunk per step otherwise)")
         check_float("eta_a", self.eta_a, lo=0.0)
+        check_choice("asam_scope", self.asam_scope, ASAM_SCOPES)
+        if self.asam_scope != "weights" and self.optimizer != "asam":
+            raise ConfigError(f"asam_scope={self.asam_scope!r} is for optimizer 'asam', got "
+                              f"optimizer={self.optimizer!r}")
         check_float("label_noise", self.label_noise, lo=0.0, hi=1.0)
         check_int("epochs", self.epochs, lo=1)
         check_int("batch_size", self.batch_size, lo=2)
@@ -98,6 +133,9 @@ class CifarConfig:
         if (self.depth - 4) % 6:
             raise ConfigError(f"depth must be 6n+4 (10, 16, 22, 28, 40, ...), got {self.depth}")
         check_int("width", self.width, lo=1)
+        if self.rho is None:  # resolve here (the inf-norm default needs depth and width) so config.json records it
+            object.__setattr__(self, "rho", default_rho(self.optimizer, self.dataset, self.norm, self.depth,
+                                                        self.width))
         check_float("dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
         check_int("cutout", self.cutout, lo=0, hi=32)
         check_int("n_train", self.n_train, lo=0)

@@ -72,7 +72,7 @@ from theory_sim.cifar.distributed import (
 from theory_sim.cifar.errors import writing
 from theory_sim.cifar.wrn import WideResNet
 from theory_sim.config import ConfigError, check_int
-from theory_sim.sam.optim import SAM
+from theory_sim.sam.optim import ASAM_SCOPES, BN_UPDATES, SAM
 
 
 @dataclass
@@ -233,7 +233,7 @@ def build_optimizer(cfg: CifarConfig, model: nn.Module, net: nn.Module, device: 
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
     return SAM(model.parameters(), torch.optim.SGD, rule=cfg.rule, rho=cfg.rho, steps_k=cfg.steps_k,
-               eta_a=cfg.eta_a, model=net, generator=gen, **base)
+               eta_a=cfg.eta_a, asam_scope=cfg.asam_scope, bn_update=cfg.bn_update, model=net, generator=gen, **base)
 
 
 def describe(cfg: CifarConfig, data: TrainData, rt: Runtime) -> str:
@@ -323,8 +323,11 @@ def measure_sharpness(cfg: CifarConfig, model: nn.Module, data: TrainData, aug: 
                       log=print) -> dict | None:
     """``final_sharpness`` on the first ``sharpness_samples`` training images, saved as ``RUN/sharpness.json``."""
     n = min(cfg.sharpness_samples, len(data.y_train))
+    # the sharpness notions use an L2 ball: an inf-norm radius (per coordinate) is measured at the L2 radius of its
+    # box's corner, rho sqrt(D), the same size as SAM's L2 perturbation (docs/science.md §8)
+    rho = cfg.rho * sum(p.numel() for p in model.parameters()) ** 0.5 if cfg.norm == "inf" else cfg.rho
     sharp = final_sharpness(model, aug.normalize(data.x_train[:n]).contiguous(memory_format=rt.mem_fmt),
-                            data.y_train[:n], cfg.rho, seed=cfg.seed, log=log)
+                            data.y_train[:n], rho, seed=cfg.seed, log=log)
     if sharp is not None:
         write_result_json(out / "sharpness.json", sharp)
     return sharp
@@ -370,11 +373,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="directory with cifar-10-python.tar.gz / cifar-10-batches-py/ (or the CIFAR-100 ones)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="msam = multi-step SAM (default sam)")
-    p.add_argument("--rho", type=float, default=None, help="radius (default 0.05/0.1 SAM, 0.5/1.0 ASAM for C10/C100)")
+    p.add_argument("--rho", type=float, default=None,
+                   help="radius, used as given (default 0.05/0.1 SAM, 0.5/1.0 ASAM for C10/C100; with --norm inf the "
+                        "per-coordinate radius 0.05/sqrt(D) resp. 0.1/sqrt(D), D = the WRN's parameter count, so the "
+                        "perturbation's L2 size matches SAM's: ~8.3e-6/1.7e-5 on WRN-28-10)")
     p.add_argument("--norm", choices=("2", "inf"), default=None, help="SAM's norm p (sam/msam)")
     p.add_argument("--steps-k", type=int, default=None, help="ascent steps of multi-step SAM (msam; default 2)")
     p.add_argument("--m-sharpness", type=int, default=None, help="chunk size m for m-sharpness (0 = off)")
+    p.add_argument("--bn-update", choices=BN_UPDATES, default=None,
+                   help="m-sharpness: BatchNorm running stats updated by every chunk's clean pass (per_chunk, "
+                        "default) or by the first chunk's only (per_step)")
     p.add_argument("--eta-a", type=float, default=None, help="ASAM's eta")
+    p.add_argument("--asam-scope", choices=ASAM_SCOPES, default=None,
+                   help="tensors ASAM scales by |w| + eta: weights (dim > 1, default), weights_and_bn (plus "
+                        "BatchNorm's gamma: the official ASAM code), all (every tensor; with --eta-a 0 davda54/sam)")
     p.add_argument("--label-noise", type=float, default=None, help="symmetric label-noise rate in [0, 1]")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (split over DDP processes)")

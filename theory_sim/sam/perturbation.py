@@ -5,7 +5,7 @@ optimizer" [F21, K21, T24]; they differ only in how eps is built from the gradie
 
 - ``sam``     : eps = rho g / ||g||_2                                   (SAM, p = 2)            [F21]
 - ``sam_inf`` : eps = rho sign(g)                                       (SAM, p = inf)          [F21]
-- ``asam``    : eps = rho T^2 g / ||T g||_2, T = |w| + eta_a on weights, 1 on biases/BN   [K21]
+- ``asam``    : eps = rho T^2 g / ||T g||_2, T = |w| + eta_a on the scaled tensors, 1 on the others   [K21]
 - ``randsam`` : eps = rho z / ||z||_2, z ~ N(0, I) fresh at every call  (Rand-SAM)              [T24]
 
 Multi-step SAM [T24, F21 App. C.6] re-uses ``sam`` inside a projected ascent loop (see ``project_to_ball``).
@@ -39,13 +39,37 @@ def group_norm(tensors: Sequence[torch.Tensor], batch_dims: int = 0) -> torch.Te
     return total.sqrt()
 
 
+def _per_tensor(name: str, value, n: int) -> list | None:
+    """``value`` as one entry per tensor if it is a list/tuple (per-tensor radii or offsets), else ``None``."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    if len(value) != n:
+        raise ValueError(f"{name}: a sequence needs one entry per tensor ({n}), got {len(value)}")
+    return list(value)
+
+
 def _scale_to_radius(dirs: Sequence[torch.Tensor], rho, batch_dims: int, norm=None) -> list[torch.Tensor]:
-    """rho * d / ||d|| with a zero direction mapped to a zero perturbation (no 0/0)."""
+    """rho * d / ||d|| with a zero direction mapped to a zero perturbation (no 0/0). ``rho`` may be a list with one
+    radius per tensor: the norm stays joint over all tensors, tensor k is scaled by rho[k]."""
     norm = group_norm(dirs, batch_dims) if norm is None else norm
     safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-    scale = torch.where(norm > 0, torch.as_tensor(rho, dtype=norm.dtype, device=norm.device) / safe,
-                        torch.zeros_like(norm))
-    return [d * _expand(scale, d, batch_dims) for d in dirs]
+
+    def scale_for(r):
+        return torch.where(norm > 0, torch.as_tensor(r, dtype=norm.dtype, device=norm.device) / safe,
+                           torch.zeros_like(norm))
+
+    rhos = _per_tensor("rho", rho, len(dirs))
+    if rhos is None:
+        scale = scale_for(rho)
+        return [d * _expand(scale, d, batch_dims) for d in dirs]
+    scales: dict = {}  # one scale per distinct radius
+    out = []
+    for d, r in zip(dirs, rhos):
+        key = id(r) if torch.is_tensor(r) else r
+        if key not in scales:
+            scales[key] = scale_for(r)
+        out.append(d * _expand(scales[key], d, batch_dims))
+    return out
 
 
 def perturbation(rule: str, grads: Sequence[torch.Tensor], rho, *, params: Sequence[torch.Tensor] | None = None,
@@ -53,9 +77,11 @@ def perturbation(rule: str, grads: Sequence[torch.Tensor], rho, *, params: Seque
                  generator: torch.Generator | None = None, norm: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Return eps (one tensor per gradient) for the given rule.
 
-    ``rho`` is a float or a tensor of the batch shape (one radius per run). ``params`` and ``adaptive`` are needed
-    for ASAM only: ``adaptive[k]`` says whether tensor k is a weight (scaled by |w| + eta_a) or a bias/BN parameter
-    (scaled by 1) [K21]. ``norm`` (rule ``sam``) overrides ||g||: the two-layer CNN trainer passes gradients as
+    ``rho`` is a float or a tensor of the batch shape (one radius per run), or a list/tuple with one such radius per
+    tensor (per-parameter-group radii, davda54/sam style: the norm in ``sam``/``asam``/``randsam`` stays joint over
+    all tensors and tensor k is scaled by rho[k]). ``params`` and ``adaptive`` are needed for ASAM only:
+    ``adaptive[k]`` says whether tensor k is scaled by |w| + eta_a or by 1 [K21]; ``eta_a`` is a float or a list
+    with one offset per tensor. ``norm`` (rule ``sam``) overrides ||g||: the two-layer CNN trainer passes gradients as
     coefficients on a non-orthonormal basis, whose Euclidean norm is not the norm of the gradient itself.
     """
     if rule not in RULES:
@@ -63,8 +89,9 @@ def perturbation(rule: str, grads: Sequence[torch.Tensor], rho, *, params: Seque
     if rule == "sam":
         return _scale_to_radius(grads, rho, batch_dims, norm=norm)
     if rule == "sam_inf":
-        return [torch.sign(g) * _expand(torch.as_tensor(rho, dtype=g.dtype, device=g.device), g, batch_dims)
-                for g in grads]
+        rhos = _per_tensor("rho", rho, len(grads)) or [rho] * len(grads)
+        return [torch.sign(g) * _expand(torch.as_tensor(r, dtype=g.dtype, device=g.device), g, batch_dims)
+                for g, r in zip(grads, rhos)]
     if rule == "randsam":
         zs = [torch.randn(g.shape, dtype=g.dtype, device=g.device, generator=generator) for g in grads]
         return _scale_to_radius(zs, rho, batch_dims)
@@ -72,7 +99,8 @@ def perturbation(rule: str, grads: Sequence[torch.Tensor], rho, *, params: Seque
     if params is None:
         raise ValueError("asam needs params (the current weights)")
     adaptive = [True] * len(grads) if adaptive is None else list(adaptive)
-    scales = [(p.abs() + eta_a) if a else torch.ones_like(p) for p, a in zip(params, adaptive)]
+    etas = _per_tensor("eta_a", eta_a, len(grads)) or [eta_a] * len(grads)
+    scales = [(p.abs() + e) if a else torch.ones_like(p) for p, a, e in zip(params, adaptive, etas)]
     tg = [t * g for t, g in zip(scales, grads)]
     norm = group_norm(tg, batch_dims)
     # eps = rho T (T g) / ||T g||
