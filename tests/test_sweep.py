@@ -239,3 +239,55 @@ def test_submitit_no_wait_does_not_queue_chunks_twice(tmp_path, capsys):
         time.sleep(0.5)
     df = run_sweep(spec, out, executor="inline", progress=False)  # the jobs' shards are aggregated, not recomputed
     assert len(df) == len(spec.runs) and status(out)["chunks_submitted_pending"] == 0
+
+
+AXIS_SPEC = TINY.replace("[grid.d]\nvalues = [20, 40]", "[grid.d]\nvalues = [20, 40]\n[grid.c_tau]\nvalues = [0.5, 2.0]")
+
+
+def test_any_numeric_parameter_is_an_axis_that_resumes_and_draws(tmp_path):
+    """A c_tau axis: it enters the run key, the shards, the boundaries (one per cell of the other axes) and the
+    figures (a heatmap over any two axes); a killed-and-resumed sweep equals a straight one."""
+    spec = SweepSpec.from_toml(write_spec(tmp_path, AXIS_SPEC))
+    assert spec.extra_axes == ("c_tau",) and "c_tau" in spec.run_key
+    sam = [cfg for key, cfg in spec.runs if key[0] == "sam"]
+    assert {cfg.c_tau for cfg in sam} == {0.5, 2.0}
+    radius = {cfg.c_tau: cfg.sam_radius for cfg in sam if cfg.d == 20}
+    assert radius[2.0] == pytest.approx(4 * radius[0.5])
+    out = tmp_path / "out"
+    straight = run_sweep(spec, out, progress=False)
+    assert len(straight) == len(spec.runs) and set(straight.c_tau) == {0.5, 2.0}
+    os.remove(shard_path(out, 1))                    # lose a chunk, as a killed sweep would
+    os.remove(out / "results.parquet")
+    assert missing_chunks(spec, out) == [1]
+    pd.testing.assert_frame_equal(run_sweep(spec, out, progress=False), straight)
+    report = main(["verify", str(out)])
+    assert report == 0
+    import json
+
+    bnd = pd.DataFrame(json.loads((out / "verify.json").read_text())["boundaries"])
+    assert set(bnd.c_tau) == {0.5, 2.0} and len(bnd) == 2 * 2 * 2   # label x d x c_tau
+    assert main(["figures", str(out), "--x", "d", "--y", "c_tau"]) == 0
+    assert list((out / "figures").glob("phase_c_tau_vs_d_*.png"))
+    assert main(["figures", str(out), "--x", "c_tau"]) == 0
+    assert main(["figures", str(out), "--x", "eta"]) == 2   # not a swept axis: one line, exit 2
+
+
+def test_cell_seeding_independent_draws_every_cell_afresh(tmp_path):
+    shared = SweepSpec.from_toml(write_spec(tmp_path, TINY))
+    fresh = SweepSpec.from_toml(write_spec(tmp_path, TINY.replace('name = "tiny"',
+                                                                  'name = "tiny"\ncell_seeding = "independent"'),
+                                           "fresh.toml"))
+    assert fresh.digest() != shared.digest()
+    assert all(cfg.data_seed is None for _, cfg in shared.runs)
+    by_cell = {}
+    for key, cfg in fresh.runs:
+        by_cell.setdefault((cfg.d, cfg.mu_norm, cfg.seed), set()).add(cfg.rng_seed)
+    assert all(len(v) == 1 for v in by_cell.values())          # every optimizer of a cell: the same data (paired)
+    seeds0 = [next(iter(v)) for (d, mu, s), v in by_cell.items() if s == 0]
+    assert len(set(seeds0)) == len(seeds0)                      # every cell: its own data
+    again = SweepSpec.from_toml(tmp_path / "fresh.toml")
+    assert [c.rng_seed for _, c in again.runs] == [c.rng_seed for _, c in fresh.runs]   # same spec, same numbers
+    df = run_sweep(fresh, tmp_path / "fresh_out", progress=False)
+    ref = run_sweep(shared, tmp_path / "shared_out", progress=False)
+    assert not np.allclose(df.train_loss, ref.train_loss)
+    assert set(df.seed) == set(ref.seed)                        # the replicate index is still 0..seeds-1

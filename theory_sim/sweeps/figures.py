@@ -1,6 +1,7 @@
 """``python -m theory_sim figures DIR``: every figure of a sweep, regenerated from DIR/results.parquet alone.
 
-For each slice (n, P, sigma_p) of the sweep, ``phase_diagram[...].png``:
+For each slice of the swept axes other than the two drawn (``--x``, default d; ``--y``, default ||mu||),
+``phase_diagram[...].png`` (``phase_Y_vs_X[...].png`` for other axes):
   row 1: seed-averaged test error of every optimizer variant (shared colour scale 0..0.5) and, with two or more
          variants, the difference of the second and the first (e.g. SAM - SGD, diverging colours);
   row 2: the benign / intermediate / harmful map of every variant: benign if the mean test error is <= the benign
@@ -27,7 +28,6 @@ from theory_sim.io import save_figure  # noqa: E402
 from theory_sim.sweeps.spec import log_spaced  # noqa: E402
 from theory_sim.sweeps.verify import (  # noqa: E402
     PREDICTED,
-    SLICE,
     boundaries,
     cell_arrays,
     fit_slopes,
@@ -47,34 +47,44 @@ def cell_edges(values: np.ndarray, log: bool) -> np.ndarray:
     return np.exp(edges) if log else edges
 
 
-def _overlay(ax, bnd: pd.DataFrame, fits: pd.DataFrame, labels: list[str], sl: dict) -> None:
+def _overlay(ax, bnd: pd.DataFrame, fits: pd.DataFrame, labels: list[str], sl: dict, x: str) -> None:
+    """The located boundaries ||mu||*(x) of every variant in this slice, and (x = d) their fitted power laws."""
     for k, label in enumerate(labels):
-        b = bnd[(bnd.label == label)].sort_values("d")
+        b = bnd[(bnd.label == label)].sort_values(x)
         for key, val in sl.items():
             b = b[b[key] == val]
         ok = b[b.status == "ok"]
         colour = "k" if k == 0 else "w"
         ls = LINESTYLES[k % len(LINESTYLES)]
         if len(ok):
-            ax.plot(ok.d, ok.mu_star, ls, color=colour, marker="o", ms=3, lw=1.3, label=f"{label}: boundary")
-        f = fits[(fits.label == label) & (fits.dim == "d")] if not fits.empty else fits
+            ax.plot(ok[x], ok.mu_star, ls, color=colour, marker="o", ms=3, lw=1.3, label=f"{label}: boundary")
+        f = fits[(fits.label == label) & (fits.dim == x)] if not fits.empty else fits
         for key, val in sl.items():
-            if not f.empty:
+            if not f.empty and key in f:
                 f = f[f[key] == val]
-        if len(f) and np.isfinite(f.slope.iloc[0]):
-            d = np.geomspace(b.d.min(), b.d.max(), 50)
-            ax.plot(d, np.exp(f.intercept.iloc[0]) * d ** f.slope.iloc[0], ls, color=colour, lw=0.8, alpha=0.8,
+        if len(f) and np.isfinite(f.slope.iloc[0]) and (b[x] > 0).all():
+            xs = np.geomspace(b[x].min(), b[x].max(), 50)
+            ax.plot(xs, np.exp(f.intercept.iloc[0]) * xs ** f.slope.iloc[0], ls, color=colour, lw=0.8, alpha=0.8,
                     label=f"{label}: fit slope {f.slope.iloc[0]:.2f}")
 
 
-def draw_figures(out: str | Path, cell: dict[str, float] | None = None) -> list[Path]:
-    """Every figure of DIR from its tables: the phase diagrams (results.parquet) and, when the sweep kept them, the
-    trajectory figures (trajectories.parquet; ``cell`` picks the cell of the per-cell trajectory plot)."""
+def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str = "d",
+                 y: str = "mu_norm") -> list[Path]:
+    """Every figure of DIR from its tables: the phase diagrams over (x, y) (results.parquet; one file per slice of
+    the other swept axes) and, when the sweep kept them, the trajectory figures (trajectories.parquet; ``cell`` picks
+    the cell of the per-cell trajectory plot)."""
+    from theory_sim.config import ConfigError
     from theory_sim.sweeps.store import load_spec, read_results, read_trajectories
     from theory_sim.sweeps.trajectory_figures import draw_trajectory_figures
 
     out = Path(out)
     spec = load_spec(out)
+    swept = [a.name for a in spec.axes]
+    for name, axis in (("x", x), ("y", y)):
+        if axis not in swept:
+            raise ConfigError(f"{name} must be one of the swept axes {swept}, got {axis!r}")
+    if x == y:
+        raise ConfigError(f"x and y must be two different axes, got {x!r} twice")
     df = read_results(out)
     traj = read_trajectories(out)
     figdir = out / "figures"
@@ -82,91 +92,115 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None) -> list[
     p = float(df.flip_p.mean())
     thr_benign, thr_harmful = spec.benign_threshold(p), p + 0.1
     labels = [o.label for o in spec.optimizers]
-    cells = cell_arrays(df)
-    bnd = boundaries(cells, thr_benign)
-    fits = fit_slopes(bnd)
-    log_d, log_mu = log_spaced(spec.axis("d")), log_spaced(spec.axis("mu_norm"))
+    dims = spec.cell_dims
+    bnd = boundaries(cell_arrays(df, dims), thr_benign, dims=dims)
+    fits = fit_slopes(bnd, dims)
+    log_x, log_y = log_spaced(spec.axis(x)), log_spaced(spec.axis(y))
     err = df.test_error.where(~df.diverged.astype(bool), np.nan)
-    mean = df.assign(err=err).groupby(["label", *SLICE, "d", "mu_norm"]).err.mean().reset_index()
+    rest = [k for k in (*dims, "mu_norm") if k not in (x, y)]
+    mean = df.assign(err=err).groupby(["label", *rest, x, y]).err.mean().reset_index()
     paths = []
-    slices = mean[list(SLICE)].drop_duplicates().sort_values(list(SLICE)).to_dict(orient="records")
+    slices = mean[rest].drop_duplicates().sort_values(rest).to_dict(orient="records")
+    varied = [k for k in rest if mean[k].nunique() > 1]
     for sl in slices:
         m = mean
         for key, val in sl.items():
             m = m[m[key] == val]
-        ds, mus = np.sort(m.d.unique()), np.sort(m.mu_norm.unique())
-        dx, dy = cell_edges(ds, log_d), cell_edges(mus, log_mu)
-        grids = {lab: m[m.label == lab].pivot(index="mu_norm", columns="d", values="err")
-                 .reindex(index=mus, columns=ds).to_numpy() for lab in labels}
-        ncol = len(labels) + (1 if len(labels) >= 2 else 0)
-        fig, axes = plt.subplots(2, ncol, figsize=(4.6 * ncol, 7.6), squeeze=False)
-        for k, lab in enumerate(labels):
-            ax = axes[0, k]
-            mesh = ax.pcolormesh(dx, dy, grids[lab], cmap="viridis", vmin=0.0, vmax=0.5, shading="flat")
-            ax.set_title(f"{lab}: mean test error", fontsize=10)
-            fig.colorbar(mesh, ax=ax, fraction=0.046)
-            ax = axes[1, k]
-            cat = np.where(np.isnan(grids[lab]), np.nan,
-                           np.where(grids[lab] <= thr_benign, 0, np.where(grids[lab] >= thr_harmful, 2, 1)))
-            cmap = ListedColormap(["#4daf4a", "#ffd92f", "#e41a1c"]).with_extremes(bad="#bbbbbb")
-            mesh = ax.pcolormesh(dx, dy, cat, cmap=cmap, norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3), shading="flat")
-            cb = fig.colorbar(mesh, ax=ax, fraction=0.046, ticks=[0, 1, 2])
-            cb.ax.set_yticklabels(["benign", "between", "harmful"], fontsize=8)
-            ax.set_title(f"{lab}: benign / harmful", fontsize=10)
-        if len(labels) >= 2:
-            diff = grids[labels[1]] - grids[labels[0]]
-            vmax = max(1e-3, float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1e-3)
-            ax = axes[0, -1]
-            mesh = ax.pcolormesh(dx, dy, diff, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -vmax, vmax), shading="flat")
-            fig.colorbar(mesh, ax=ax, fraction=0.046)
-            ax.set_title(f"{labels[1]} - {labels[0]}: test error", fontsize=10)
-            ax = axes[1, -1]
-            for k, lab in enumerate(labels):  # boundaries of all variants together
-                b = bnd[bnd.label == lab]
-                for key, val in sl.items():
-                    b = b[b[key] == val]
-                b = b[b.status == "ok"].sort_values("d")
-                ax.plot(b.d, b.mu_star, LINESTYLES[k % 4], marker="o", ms=3, color=f"C{k}", label=lab)
-            ax.set_xlim(dx[0], dx[-1])
-            ax.set_ylim(dy[0], dy[-1])
-            ax.set_title("located boundaries ||mu||*(d)", fontsize=10)
-            ax.legend(fontsize=8)
-            ax.grid(alpha=0.3)
+        xs, ys = np.sort(m[x].unique()), np.sort(m[y].unique())
+        dx, dy = cell_edges(xs, log_x), cell_edges(ys, log_y)
+        grids = {lab: m[m.label == lab].pivot(index=y, columns=x, values="err")
+                 .reindex(index=ys, columns=xs).to_numpy() for lab in labels}
+        fig, axes = _phase_panels(grids, labels, dx, dy, thr_benign, thr_harmful)
+        cell_slice = {k: v for k, v in sl.items() if k in dims}
+        if y == "mu_norm" and len(labels) >= 2:
+            _boundaries_panel(axes[1, -1], bnd, labels, cell_slice, x, dx, dy)
         for ax in axes.flat:
-            if ax is not axes[1, -1] or len(labels) < 2:
-                _overlay(ax, bnd, fits, labels, sl)
-            ax.set_xscale("log" if log_d else "linear")
-            ax.set_yscale("log" if log_mu else "linear")
+            if y == "mu_norm" and (ax is not axes[1, -1] or len(labels) < 2):
+                _overlay(ax, bnd, fits, labels, cell_slice, x)
+            ax.set_xscale("log" if log_x else "linear")
+            ax.set_yscale("log" if log_y else "linear")
             ax.set_xlim(dx[0], dx[-1])
             ax.set_ylim(dy[0], dy[-1])
-            ax.set_xlabel("dimension d")
-            ax.set_ylabel("signal strength ||mu||")
+            ax.set_xlabel({"d": "dimension d"}.get(x, x))
+            ax.set_ylabel({"mu_norm": "signal strength ||mu||"}.get(y, y))
         if axes[0, 0].get_legend_handles_labels()[0]:
             axes[0, 0].legend(fontsize=7, loc="lower right")
-        fig.suptitle(f"{spec.name}: n={sl['n']}, P={sl['P']}, sigma_p={sl['sigma_p']:g}, p={p:g}, "
-                     f"{df.seed.nunique()} seeds/cell.\nBenign: mean test error <= {thr_benign:.3f} "
-                     f"(p + {spec.benign_margin:g}(0.5 - p)); harmful: >= {thr_harmful:.3f} (p + 0.1); grey: "
-                     f"diverged", fontsize=10)
+        tag = ", ".join(f"{k}={v:g}" for k, v in sl.items() if k in varied or k in ("n", "P", "sigma_p"))
+        fig.suptitle(f"{spec.name}: {tag}, p={p:g}, {df.seed.nunique()} seeds/cell.\nBenign: mean test error <= "
+                     f"{thr_benign:.3f} (p + {spec.benign_margin:g}(0.5 - p)); harmful: >= {thr_harmful:.3f} "
+                     f"(p + 0.1); grey: diverged", fontsize=10)
         fig.tight_layout()
-        suffix = "" if len(slices) == 1 else f"_n{sl['n']}_P{sl['P']}_s{sl['sigma_p']:g}"
-        path = figdir / f"phase_diagram{suffix}.png"
+        stem = "phase_diagram" if (x, y) == ("d", "mu_norm") else f"phase_{y}_vs_{x}"
+        # one file per slice: n, P, sigma_p always named (the file names of earlier sweeps), other axes when varied
+        tags = [k for k in rest if k in ("n", "P", "sigma_p") or k in varied]
+        suffix = "" if len(slices) == 1 else "".join(f"_{_short(k)}{sl[k]:g}" for k in tags)
+        path = figdir / f"{stem}{suffix}.png"
         save_figure(fig, path)
         plt.close(fig)
         paths.append(path)
-    swept = [dim for dim in SLICE if bnd[dim].nunique() >= 2]
-    if swept:
-        paths.append(_scaling_figure(bnd, fits, swept, labels, spec, figdir))
+    swept_dims = [dim for dim in dims[1:] if bnd[dim].nunique() >= 2]
+    if swept_dims:
+        paths.append(_scaling_figure(bnd, fits, swept_dims, labels, spec, figdir, dims))
     if traj is not None:
         paths += draw_trajectory_figures(traj, df, spec, figdir, cell)
     return paths
 
 
-def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path) -> Path:
+def _short(key: str) -> str:
+    """File-name tag of an axis (the historical n / P / s for sigma_p; other axes by name)."""
+    return {"sigma_p": "s"}.get(key, key)
+
+
+def _phase_panels(grids, labels, dx, dy, thr_benign, thr_harmful):
+    """Row 1: each variant's mean test error (and the second minus the first); row 2: benign / between / harmful."""
+    ncol = len(labels) + (1 if len(labels) >= 2 else 0)
+    fig, axes = plt.subplots(2, ncol, figsize=(4.6 * ncol, 7.6), squeeze=False)
+    for k, lab in enumerate(labels):
+        ax = axes[0, k]
+        mesh = ax.pcolormesh(dx, dy, grids[lab], cmap="viridis", vmin=0.0, vmax=0.5, shading="flat")
+        ax.set_title(f"{lab}: mean test error", fontsize=10)
+        fig.colorbar(mesh, ax=ax, fraction=0.046)
+        ax = axes[1, k]
+        cat = np.where(np.isnan(grids[lab]), np.nan,
+                       np.where(grids[lab] <= thr_benign, 0, np.where(grids[lab] >= thr_harmful, 2, 1)))
+        cmap = ListedColormap(["#4daf4a", "#ffd92f", "#e41a1c"]).with_extremes(bad="#bbbbbb")
+        mesh = ax.pcolormesh(dx, dy, cat, cmap=cmap, norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3), shading="flat")
+        cb = fig.colorbar(mesh, ax=ax, fraction=0.046, ticks=[0, 1, 2])
+        cb.ax.set_yticklabels(["benign", "between", "harmful"], fontsize=8)
+        ax.set_title(f"{lab}: benign / harmful", fontsize=10)
+    if len(labels) >= 2:
+        diff = grids[labels[1]] - grids[labels[0]]
+        vmax = max(1e-3, float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1e-3)
+        ax = axes[0, -1]
+        mesh = ax.pcolormesh(dx, dy, diff, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -vmax, vmax), shading="flat")
+        fig.colorbar(mesh, ax=ax, fraction=0.046)
+        ax.set_title(f"{labels[1]} - {labels[0]}: test error", fontsize=10)
+        axes[1, -1].axis("off")
+    return fig, axes
+
+
+def _boundaries_panel(ax, bnd, labels, sl, x, dx, dy) -> None:
+    """All variants' located boundaries ||mu||*(x) together."""
+    ax.axis("on")
+    for k, lab in enumerate(labels):
+        b = bnd[bnd.label == lab]
+        for key, val in sl.items():
+            b = b[b[key] == val]
+        b = b[b.status == "ok"].sort_values(x)
+        ax.plot(b[x], b.mu_star, LINESTYLES[k % 4], marker="o", ms=3, color=f"C{k}", label=lab)
+    ax.set_xlim(dx[0], dx[-1])
+    ax.set_ylim(dy[0], dy[-1])
+    ax.set_title(f"located boundaries ||mu||*({x})", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path, dims) -> Path:
     """||mu||* against each swept dimension, one line per combination of the other dimensions (log-log)."""
     fig, axes = plt.subplots(1, len(swept), figsize=(5.2 * len(swept), 4.2), squeeze=False)
     optimizer_of = {o.label: o.optimizer for o in spec.optimizers}
     for ax, dim in zip(axes[0], swept):
-        others = [x for x in ("d", *SLICE) if x != dim and bnd[x].nunique() > 1]
+        others = [x for x in dims if x != dim and bnd[x].nunique() > 1]
         for k, lab in enumerate(labels):
             b = bnd[(bnd.label == lab) & (bnd.status == "ok")]
             groups = list(b.groupby(others)) if others else [((), b)]
@@ -199,6 +233,9 @@ def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path) -> Path:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, help="sweep directory with results.parquet")
+    p.add_argument("--x", default="d", help="horizontal axis of the phase diagrams: any swept axis (default d)")
+    p.add_argument("--y", default="mu_norm", help="vertical axis (default mu_norm; the located boundaries ||mu||* "
+                                                  "are overlaid when it is mu_norm)")
     p.add_argument("--cell", default=None,
                    help="cell of the per-cell trajectory figure, e.g. d=3200,mu_norm=2 (nearest grid point; default: "
                         "the largest d and the median ||mu||)")
@@ -217,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     if not (args.dir / "results.parquet").exists():
         raise ConfigError(f"DIR must hold results.parquet (run or finish the sweep first): {args.dir}")
     name = load_spec(args.dir).name
-    for path in draw_figures(args.dir, cell):
+    for path in draw_figures(args.dir, cell, args.x, args.y):
         print(f"figure: {path}")
         if args.gallery is not None:
             args.gallery.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from theory_sim.config import ConfigError, check_choice, check_int
 from theory_sim.io import provenance, save_table, write_json, write_parquet
-from theory_sim.sweeps.spec import RUN_KEY, SweepSpec
+from theory_sim.sweeps.spec import SweepSpec
 from theory_sim.sweeps.store import (
     claim_chunk,
     load_spec,
@@ -56,14 +56,14 @@ def run_chunk(out: str, chunk_id: int, threads: int | None = None, claim: bool =
     if claim and not claim_chunk(out_dir, chunk_id):
         return None
     try:
-        if shard_is_complete(out_dir, chunk_id, chunk, spec.trajectories):  # another process just finished it
+        if shard_is_complete(out_dir, spec, chunk_id, chunk):  # another process just finished it
             return None
         configs = [cfg for _, cfg in chunk]
         t0 = time.perf_counter()
         res = train_ensemble(configs, track=spec.trajectories, log=spec.trajectories, progress=False,
                              heldout=configs[0].n_test > 0, reconstruct=False)
         if spec.trajectories:
-            keys = pd.DataFrame([key for key, _ in chunk], columns=list(RUN_KEY))
+            keys = pd.DataFrame([key for key, _ in chunk], columns=list(spec.run_key))
             traj = res.trajectory.drop(columns=["seed"]).reset_index(drop=True)
             traj = pd.concat([keys.iloc[traj.run.to_numpy()].reset_index(drop=True), traj], axis=1)
             traj["chunk"] = chunk_id
@@ -87,10 +87,10 @@ def aggregate(spec: SweepSpec, out: Path) -> pd.DataFrame:
     ids = range(len(spec.chunks()))
     if spec.trajectories:
         traj = pd.concat([pd.read_parquet(shard_path(out, i, "trajectories")) for i in ids], ignore_index=True)
-        traj = traj.sort_values([*RUN_KEY, "step"]).reset_index(drop=True)
+        traj = traj.sort_values([*spec.run_key, "step"]).reset_index(drop=True)
         save_table(traj, Path(out) / "trajectories.parquet", {**sidecar, "rows": len(traj)})
     df = pd.concat([pd.read_parquet(shard_path(out, i)) for i in ids], ignore_index=True)
-    df = df.sort_values(list(RUN_KEY)).reset_index(drop=True).drop(columns=["chunk_seconds"])
+    df = df.sort_values(list(spec.run_key)).reset_index(drop=True).drop(columns=["chunk_seconds"])
     save_table(df, Path(out) / "results.parquet", {**sidecar, "rows": len(df)})
     return df
 

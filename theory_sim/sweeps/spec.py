@@ -56,10 +56,15 @@ from theory_sim.config import (
     check_int,
 )
 
-AXES = ("mu_norm", "d", "n", "P", "sigma_p")
-INTEGER_AXES = ("d", "n", "P")
 TRAJECTORY_POINTS = 30
+# the axes every sweep's tables carry (a run's key always has them, swept or not); any other numeric run parameter
+# may be swept too (an "extra" axis: c_tau, tau, eta, batch_size, sam_steps, flip_p, sigma_0, m, epochs, ...)
+CORE_AXES = ("d", "n", "P", "sigma_p", "mu_norm")
 RUN_KEY = ("label", "d", "mu_norm", "n", "P", "sigma_p", "seed")
+# numeric SimConfig fields that are not run parameters a grid may sweep (seeds come from `seeds`; the rest only
+# set how a run is logged or evaluated)
+NOT_AXES = ("seed", "data_seed", "n_test", "n_mc", "log_every", "log_points", "trajectory_mc")
+CELL_SEEDING = ("shared", "independent")
 
 
 def _check_number(path: str, value: Any) -> float:
@@ -85,6 +90,8 @@ def _field_kinds() -> dict[str, str]:
 
 
 _KINDS = _field_kinds()
+AXES = tuple(k for k, kind in _KINDS.items() if kind in ("int", "float") and k not in NOT_AXES)
+INTEGER_AXES = tuple(k for k in AXES if _KINDS[k] == "int")
 
 
 def check_setting(path: str, key: str, value: Any) -> None:
@@ -218,6 +225,7 @@ class SweepSpec:
     benign_margin: float = 0.1
     seed_offset: int = 0
     trajectories: bool = True        # keep every run's coefficient trajectory (log_points steps)
+    cell_seeding: str = "shared"     # shared: seed s draws the same data in every cell; independent: fresh per cell
     _configs: list = field(default=None, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -225,6 +233,7 @@ class SweepSpec:
         check_int("chunk_runs", self.chunk_runs, 1)
         check_int("seed_offset", self.seed_offset, 0)
         check_choice("trajectories", self.trajectories, (True, False))
+        check_choice("cell_seeding", self.cell_seeding, CELL_SEEDING)
         check_float("benign_margin", self.benign_margin, 0.0, 1.0, lo_open=True)
         check_choice("preset", self.preset, ("c23", "kou2023"))
         names = [a.name for a in self.axes]
@@ -257,10 +266,26 @@ class SweepSpec:
     def axis(self, name: str) -> Axis | None:
         return next((a for a in self.axes if a.name == name), None)
 
+    @property
+    def extra_axes(self) -> tuple[str, ...]:
+        """Swept axes beyond d, n, P, sigma_p and ||mu|| (in AXES order)."""
+        names = {a.name for a in self.axes}
+        return tuple(a for a in AXES if a in names and a not in CORE_AXES)
+
+    @property
+    def run_key(self) -> tuple[str, ...]:
+        """The columns that identify a run: RUN_KEY with the extra axes before the seed."""
+        return (*RUN_KEY[:-1], *self.extra_axes, "seed")
+
+    @property
+    def cell_dims(self) -> tuple[str, ...]:
+        """The dimensions of a cell besides ||mu||: d, n, P, sigma_p and the extra axes."""
+        return ("d", "n", "P", "sigma_p", *self.extra_axes)
+
     def _expand(self) -> list[tuple[tuple, SimConfig]]:
         base = dict(self.base)
         axes = {a.name: a.values for a in self.axes}
-        order = [a for a in ("d", "n", "P", "sigma_p", "mu_norm") if a in axes]
+        order = [a for a in (*CORE_AXES[:-1], *self.extra_axes, "mu_norm") if a in axes]
         runs = []
         for o in self.optimizers:
             for combo in product(*(axes[a] for a in order)):
@@ -277,8 +302,10 @@ class SweepSpec:
                 except ConfigError as exc:
                     raise ConfigError(f"optimizer {o.label!r} at {cell}: {exc}") from None
                 for s in range(self.seeds):
-                    cfg = proto.replace(seed=self.seed_offset + s)
-                    key = (o.label, cfg.d, cfg.mu_norm, cfg.n, cfg.P, cfg.sigma_p, cfg.seed)
+                    seed = self.seed_offset + s
+                    data_seed = None if self.cell_seeding == "shared" else _cell_seed(cell, seed)
+                    cfg = proto.replace(seed=seed, data_seed=data_seed)
+                    key = tuple(o.label if k == "label" else getattr(cfg, k) for k in self.run_key)
                     runs.append((key, cfg))
         return runs
 
@@ -321,7 +348,8 @@ class SweepSpec:
                 "chunk_runs": self.chunk_runs, "benign_margin": self.benign_margin, "base": dict(self.base),
                 "grid": {a.name: a.to_dict() for a in self.axes},
                 "optimizers": [{"label": o.label, **o.overrides} for o in self.optimizers],
-                **({} if self.trajectories else {"trajectories": False})}
+                **({} if self.trajectories else {"trajectories": False}),
+                **({} if self.cell_seeding == "shared" else {"cell_seeding": self.cell_seeding})}
 
     def digest(self) -> str:
         """Hash of everything that determines the results (chunking excluded: it only groups the work)."""
@@ -334,13 +362,14 @@ class SweepSpec:
     def from_dict(cls, d: dict, name: str | None = None) -> "SweepSpec":
         d = dict(d)
         unknown = set(d) - {"name", "preset", "seeds", "seed_offset", "chunk_runs", "benign_margin", "base", "grid", "trajectories",
-                            "optimizers"}
+                            "cell_seeding", "optimizers"}
         if unknown:
             raise ConfigError(f"unknown sweep spec keys {sorted(unknown)}")
         spec_name = d.get("name", name or "sweep")
         if not isinstance(spec_name, str) or not spec_name.strip():
             raise ConfigError(f"name must be a non-empty string, got {spec_name!r}")
         _check_string("preset", d.get("preset", "c23"))
+        _check_string("cell_seeding", d.get("cell_seeding", "shared"))
         if not isinstance(d.get("trajectories", True), bool):
             raise ConfigError(f"trajectories must be true or false, got {d['trajectories']!r}")
         grid = {} if d.get("grid") is None else d["grid"]
@@ -371,7 +400,7 @@ class SweepSpec:
                    seeds=d.get("seeds", 4), base=tuple(sorted(base.items())),
                    preset=d.get("preset", "c23"), chunk_runs=d.get("chunk_runs", 256),
                    benign_margin=d.get("benign_margin", 0.1), seed_offset=d.get("seed_offset", 0),
-                   trajectories=d.get("trajectories", True))
+                   trajectories=d.get("trajectories", True), cell_seeding=d.get("cell_seeding", "shared"))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "SweepSpec":
@@ -395,6 +424,13 @@ class SweepSpec:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"spec {path} is not valid TOML: {exc}") from None
         return cls.from_dict(d, name=path.stem)
+
+
+def _cell_seed(cell: dict, seed: int) -> int:
+    """The data seed of replicate ``seed`` in one cell (independent cell seeding): a hash of the cell's values, so
+    every optimizer of the cell sees the same data (paired comparisons) while cells are independent."""
+    words = np.frombuffer(hashlib.sha256(json.dumps(cell, sort_keys=True).encode()).digest()[:16], dtype=np.uint32)
+    return int(np.random.SeedSequence([int(seed), *map(int, words)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def log_spaced(axis: Axis | None) -> bool:

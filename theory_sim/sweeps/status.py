@@ -21,7 +21,7 @@ from theory_sim.sweeps.store import (
 def status(out: Path) -> dict:
     spec = load_spec(Path(out))
     chunks = spec.chunks()
-    done = [i for i, c in enumerate(chunks) if shard_is_complete(out, i, c, spec.trajectories)]
+    done = [i for i, c in enumerate(chunks) if shard_is_complete(out, spec, i, c)]
     runs_done = sum(len(chunks[i]) for i in done)
     seconds = []
     for i in done:

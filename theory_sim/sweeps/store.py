@@ -104,34 +104,36 @@ def _check_same_spec(stored: dict, spec: SweepSpec, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # Shards: completeness and validation
 # ---------------------------------------------------------------------------------------------------------------------
-def _keys(df: pd.DataFrame) -> list[tuple]:
-    return sorted(map(tuple, df[list(RUN_KEY)].itertuples(index=False, name=None)))
+def _keys(df: pd.DataFrame, key: tuple) -> list[tuple]:
+    return sorted(map(tuple, df[list(key)].itertuples(index=False, name=None)))
 
 
-def _valid_results(df: pd.DataFrame, chunk) -> bool:
+def _valid_results(df: pd.DataFrame, chunk, key: tuple) -> bool:
     required = set(RESULT_COLUMNS) | set(SimConfig.field_names())
     if not required <= set(df.columns) or len(df) != len(chunk):
         return False
-    if _keys(df) != sorted(tuple(key) for key, _ in chunk):
+    if df[list(key)].isna().any().any() or _keys(df, key) != sorted(tuple(k) for k, _ in chunk):
         return False
-    if df[list(RUN_KEY)].isna().any().any() or df.diverged.dtype != bool:
+    if df.diverged.dtype != bool:
         return False
     err = df.test_error[~df.diverged].to_numpy(dtype=float)
     return bool(np.all(np.isfinite(err)) and np.all((err >= 0) & (err <= 1)) and (df.steps >= 0).all())
 
 
-def _valid_trajectories(df: pd.DataFrame, chunk) -> bool:
-    if not set(TRAJECTORY_COLUMNS) <= set(df.columns) or df[["step", *RUN_KEY]].isna().any().any():
+def _valid_trajectories(df: pd.DataFrame, chunk, key: tuple) -> bool:
+    columns = set(TRAJECTORY_COLUMNS) | set(key)
+    if not columns <= set(df.columns) or df[["step", *key]].isna().any().any():
         return False
-    per_run = df.groupby(list(RUN_KEY), sort=True)
-    if sorted(per_run.groups) != sorted(tuple(key) for key, _ in chunk):
+    per_run = df.groupby(list(key), sort=True)
+    if sorted(per_run.groups) != sorted(tuple(k) for k, _ in chunk):
         return False
     return bool((per_run.step.min() == 0).all())
 
 
-def shard_is_complete(out: Path, chunk_id: int, chunk, trajectories: bool = True) -> bool:
+def shard_is_complete(out: Path, spec: SweepSpec, chunk_id: int, chunk=None) -> bool:
     """The chunk's shards read back with the full schema, exactly the chunk's runs and valid values."""
-    kinds = ("results", "trajectories") if trajectories else ("results",)
+    chunk = spec.chunks()[chunk_id] if chunk is None else chunk
+    kinds = ("results", "trajectories") if spec.trajectories else ("results",)
     for kind in kinds:
         path = shard_path(out, chunk_id, kind)
         if not path.exists():
@@ -140,14 +142,13 @@ def shard_is_complete(out: Path, chunk_id: int, chunk, trajectories: bool = True
             df = pd.read_parquet(path)
         except Exception:  # noqa: BLE001 - any unreadable file (truncated, corrupt, not parquet) is recomputed
             return False
-        if not (_valid_results if kind == "results" else _valid_trajectories)(df, chunk):
+        if not (_valid_results if kind == "results" else _valid_trajectories)(df, chunk, spec.run_key):
             return False
     return True
 
 
 def missing_chunks(spec: SweepSpec, out: Path) -> list[int]:
-    return [i for i, chunk in enumerate(spec.chunks())
-            if not shard_is_complete(out, i, chunk, spec.trajectories)]
+    return [i for i, chunk in enumerate(spec.chunks()) if not shard_is_complete(out, spec, i, chunk)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -35,11 +35,14 @@ import pandas as pd
 
 from theory_sim.sweeps.spec import RUN_KEY
 
-CELL = ("d", "n", "P", "sigma_p", "mu_norm")
+CORE = ("d", "n", "P", "sigma_p", "mu_norm")
+CELL = CORE   # a cell of a sweep without extra axes; with extra axes: (*spec.cell_dims, "mu_norm")
 EARLY_GAMMA = 0.25
 CONSTANT_BAND = (0.8, 1.25)
 SLOPE_TOLERANCE = 0.1
-RATIO_SLOPES = {"mu_norm": 2.0, "d": -1.0, "n": 1.0, "sigma_p": -2.0, "P-1": -1.0}
+# the law's exponents; it does not depend on eta, B or m at all (docs/science.md §6.1)
+RATIO_SLOPES = {"mu_norm": 2.0, "d": -1.0, "n": 1.0, "sigma_p": -2.0, "P-1": -1.0, "eta": 0.0, "batch_size": 0.0,
+                "m": 0.0}
 AMPLIFICATION = 2.0
 COLLAPSE_MAX = 0.7
 LATE_R2 = 0.9
@@ -131,35 +134,35 @@ def _row(claim, variant, dimension, measured, ci, predicted, holds, cells_used, 
                 holds=None if holds is None else bool(holds), cells_used=int(cells_used), window=window)
 
 
-def _cell_name(row) -> str:
-    return ", ".join(f"{k}={row[k]:g}" for k in CELL)
+def _cell_name(row, cell=CELL) -> str:
+    return ", ".join(f"{k}={row[k]:g}" for k in cell)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The claims
 # ---------------------------------------------------------------------------------------------------------------------
-def with_settings(traj: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+def with_settings(traj: pd.DataFrame, results: pd.DataFrame, key=RUN_KEY) -> pd.DataFrame:
     """The trajectory rows with each run's flip_p, batch_size, sam_steps, optimizer and final test error."""
     cols = [c for c in ("flip_p", "batch_size", "sam_steps", "test_error", "diverged", "train_acc", "dtype")
             if c in results.columns]
-    info = results[list(RUN_KEY) + cols].rename(columns={"test_error": "final_test_error",
-                                                         "train_acc": "final_train_acc"})
-    return traj.merge(info, on=list(RUN_KEY), how="left", validate="many_to_one")
+    info = results[list(key) + [c for c in cols if c not in key]].rename(
+        columns={"test_error": "final_test_error", "train_acc": "final_train_acc"})
+    return traj.merge(info, on=list(key), how="left", validate="many_to_one")
 
 
-def ratio_law(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: int):
+def ratio_law(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: int, cell=CELL):
     """Rows for the ratio law of one SGD variant, and the per-cell table (for figures)."""
     t = traj[(traj.label == label) & (traj.step == traj.n // traj.batch_size)]
     if t.empty:
         return [], pd.DataFrame()
-    cells, G = cell_seed_array(t, "gamma_mean", seeds)
-    _, R = cell_seed_array(t, "rhobar_mean", seeds)
-    p = t.groupby(list(CELL)).flip_p.first().reindex(pd.MultiIndex.from_frame(cells)).to_numpy()
+    cells, G = cell_seed_array(t, "gamma_mean", seeds, cell)
+    _, R = cell_seed_array(t, "rhobar_mean", seeds, cell)
+    p = t.groupby(list(cell)).flip_p.first().reindex(pd.MultiIndex.from_frame(cells)).to_numpy()
     c = cells.astype(float)
     predicted = (1 - 2 * p) * c.n * c.mu_norm ** 2 / ((c.P - 1) * c.sigma_p ** 2 * c.d)
     early = (np.nanmean(G, 1) <= EARLY_GAMMA) & (np.nanmean(R, 1) > 0)
     used = cells[early].reset_index(drop=True)
-    logs = swept_logs(used)
+    logs = swept_logs(used, ("mu_norm", "d", "n", "sigma_p", "P", *[c for c in cell if c not in CORE]))
     pred_used = predicted.to_numpy()[early]
 
     def stat(idx):
@@ -173,14 +176,15 @@ def ratio_law(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: in
     if early.any():
         point, ci = bootstrap(stat, len(seeds), n_boot, seed)
         for dim in logs:
-            pred = RATIO_SLOPES[dim]
+            pred = RATIO_SLOPES.get(dim)
             lo, hi = ci[f"slope:{dim}"]
-            holds = None if not np.isfinite(lo) else (lo <= pred + SLOPE_TOLERANCE and hi >= pred - SLOPE_TOLERANCE)
+            holds = (None if pred is None or not np.isfinite(lo)
+                     else lo <= pred + SLOPE_TOLERANCE and hi >= pred - SLOPE_TOLERANCE)
             rows.append(_row("ratio_law_slope", label, dim, point[f"slope:{dim}"], ci[f"slope:{dim}"], pred, holds,
                              len(used), window))
         for i in range(len(used)):
             v = point[f"const:{i}"]
-            rows.append(_row("ratio_law_constant", label, _cell_name(used.iloc[i]), v, ci[f"const:{i}"], 1.0,
+            rows.append(_row("ratio_law_constant", label, _cell_name(used.iloc[i], cell), v, ci[f"const:{i}"], 1.0,
                              CONSTANT_BAND[0] <= v <= CONSTANT_BAND[1], 1, window))
     table = cells.assign(label=label, measured=np.nanmean(G, 1) / np.nanmean(R, 1), predicted=predicted,
                          early=early)
@@ -188,7 +192,7 @@ def ratio_law(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: in
 
 
 def sam_amplification(traj: pd.DataFrame, sam: str, sgd: str, sam_steps, seeds: list, harmful_at: float,
-                      n_boot: int, seed: int):
+                      n_boot: int, seed: int, cell=CELL):
     """SAM's Gamma/Rho over SGD's during SAM's phase, per cell; rows and the per-cell table."""
     last = np.inf if sam_steps is None or not np.isfinite(sam_steps) else sam_steps
     phase = traj[(traj.step > 0) & (traj.step <= last)]
@@ -196,7 +200,7 @@ def sam_amplification(traj: pd.DataFrame, sam: str, sgd: str, sam_steps, seeds: 
     steps = sorted(set(a.step) & set(b.step))
     if not steps:
         return [], pd.DataFrame()
-    keys = (*CELL, "step")
+    keys = (*cell, "step")
     a, b = a[a.step.isin(steps)], b[b.step.isin(steps)]
     cells_s, Ga = cell_seed_array(a, "gamma_mean", seeds, keys)
     _, Ra = cell_seed_array(a, "rhobar_mean", seeds, keys)
@@ -204,10 +208,10 @@ def sam_amplification(traj: pd.DataFrame, sam: str, sgd: str, sam_steps, seeds: 
     _, Rb = cell_seed_array(b, "rhobar_mean", seeds, keys)
     _, Ua = cell_seed_array(a, "update_noise_active_frac", seeds, keys)
     _, Ub = cell_seed_array(b, "update_noise_active_frac", seeds, keys)
-    cell_id = cells_s[list(CELL)].apply(tuple, axis=1)
-    cells = pd.DataFrame(list(dict.fromkeys(cell_id)), columns=list(CELL))
+    cell_id = cells_s[list(cell)].apply(tuple, axis=1)
+    cells = pd.DataFrame(list(dict.fromkeys(cell_id)), columns=list(cell))
     group = pd.Categorical(cell_id, categories=list(dict.fromkeys(cell_id))).codes
-    sgd_err = (b.groupby(list(CELL)).final_test_error.mean().reindex(pd.MultiIndex.from_frame(cells)).to_numpy())
+    sgd_err = (b.groupby(list(cell)).final_test_error.mean().reindex(pd.MultiIndex.from_frame(cells)).to_numpy())
     harmful = sgd_err >= harmful_at
     logs = swept_logs(cells)
 
@@ -256,12 +260,12 @@ def collapse_variable(c: pd.DataFrame, power_of: str = "P-1") -> np.ndarray:
     return (c.n * c.mu_norm ** 4 / (c.d * q ** 4 * c.sigma_p ** 4)).to_numpy(dtype=float)
 
 
-def collapse(results: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: int):
+def collapse(results: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: int, cell=CELL):
     """SGD's final test error against x = n ||mu||^4 / (d (P-1)^4 sigma_p^4): rows and the per-cell table."""
     r = results[results.label == label].assign(
         _err=results.test_error.where(~results.diverged.astype(bool), 0.5).fillna(0.5))
-    cells, E = cell_seed_array(r, "_err", seeds)
-    others = [k for k in CELL if k != "mu_norm" and cells[k].nunique() >= 2]
+    cells, E = cell_seed_array(r, "_err", seeds, cell)
+    others = [k for k in CORE if k != "mu_norm" and cells[k].nunique() >= 2]
     table = cells.assign(label=label, test_error=np.nanmean(E, 1), x=collapse_variable(cells),
                          x_P=collapse_variable(cells, "P"))
     if not others:
@@ -284,28 +288,28 @@ def collapse(results: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: 
     return rows, table
 
 
-def invariants(traj: pd.DataFrame, label: str) -> list[dict]:
+def invariants(traj: pd.DataFrame, label: str, key=RUN_KEY) -> list[dict]:
     """Entry-level violations counted by the trainer, plus the summaries' signs and monotonicity per run."""
-    t = traj[traj.label == label].sort_values([*RUN_KEY, "step"])
+    t = traj[traj.label == label].sort_values([*key, "step"])
     eps = np.where(t.get("dtype", pd.Series("float64", index=t.index)).eq("float32"), 1.2e-7, 2.2e-16)
     scale = 64 * eps * np.maximum(t.rhobar_max.abs().fillna(0), t.rhounder_min.abs().fillna(0))
     count = float(np.nansum(t.rho_monotone_violations))
     count += float(((t.rhobar_min < -scale) | (t.rhounder_max > scale)).sum())
-    run = t[list(RUN_KEY)].apply(tuple, axis=1) if len(t) else pd.Series(dtype=object)
+    run = t[list(key)].apply(tuple, axis=1) if len(t) else pd.Series(dtype=object)
     same_run = (run == run.shift()).to_numpy()
     for col, direction in (("rhobar_max", 1), ("rhobar_mean", 1), ("rhounder_min", -1)):
         change = direction * (t[col] - t[col].shift()).to_numpy()
         count += float(np.sum(same_run & (change < -scale.to_numpy())))
-    runs = int(t.groupby(list(RUN_KEY)).ngroups) if len(t) else 0
+    runs = int(t.groupby(list(key)).ngroups) if len(t) else 0
     return [_row("invariants", label, "violations beyond round-off (rhobar up and >= 0, rhounder down and <= 0)",
                  count, (count, count), 0, count == 0, runs, f"every logged step of {runs} runs")]
 
 
-def late_phase(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: int):
+def late_phase(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: int, cell=CELL, key=RUN_KEY):
     """Runs that fit every training label: rhobar_max against log t after fitting, and |rhounder| / rhobar."""
-    t = traj[(traj.label == label) & (traj.final_train_acc >= 1)].sort_values([*RUN_KEY, "step"])
+    t = traj[(traj.label == label) & (traj.final_train_acc >= 1)].sort_values([*key, "step"])
     rows = []
-    for key, g in t.groupby(list(RUN_KEY), sort=False):
+    for run_key, g in t.groupby(list(key), sort=False):
         fitted = g.step[g.train_acc >= 1]
         after = g[g.step >= fitted.iloc[0]] if len(fitted) else g.iloc[:0]
         if len(after) < 4 or after.rhobar_max.var() == 0:
@@ -317,14 +321,14 @@ def late_phase(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: i
             res = y - np.polyval(np.polyfit(x, y, 1), x)
             r2[name] = 1 - res.var() / y.var()
         last = g.iloc[-1]
-        rows.append(dict(zip(RUN_KEY, key), r2_log=r2["log"], r2_lin=r2["lin"],
+        rows.append(dict(zip(key, run_key), r2_log=r2["log"], r2_lin=r2["lin"],
                          under=-last.rhounder_min / last.rhobar_max if last.rhobar_max > 0 else np.nan))
     if not rows:
         return [], pd.DataFrame()
     runs = pd.DataFrame(rows)
-    cells, L = cell_seed_array(runs, "r2_log", seeds)
-    _, T = cell_seed_array(runs, "r2_lin", seeds)
-    _, U = cell_seed_array(runs, "under", seeds)
+    cells, L = cell_seed_array(runs, "r2_log", seeds, cell)
+    _, T = cell_seed_array(runs, "r2_lin", seeds, cell)
+    _, U = cell_seed_array(runs, "under", seeds, cell)
     logs = swept_logs(cells)
 
     def stat(idx):
@@ -352,30 +356,31 @@ def late_phase(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: i
 def trajectory_claims(traj: pd.DataFrame, results: pd.DataFrame, spec, n_boot: int = 200, seed: int = 0) -> dict:
     """Every claim for every SGD variant (and every SAM variant against every SGD variant): ``claims`` (rows as in
     verify.json's ``trajectory_claims``) and per-cell ``tables`` for the figures."""
-    traj = with_settings(traj, results)
+    key, cell = spec.run_key, (*spec.cell_dims, "mu_norm")
+    traj = with_settings(traj, results, key)
     seeds = sorted(results.seed.unique())
     optimizer_of = {o.label: o.optimizer for o in spec.optimizers}
     sam_steps_of = {o.label: o.overrides.get("sam_steps") for o in spec.optimizers}
     sgd = [lab for lab, o in optimizer_of.items() if o == "sgd"]
-    sam = [lab for lab, o in optimizer_of.items() if o == "sam"]
+    sam = [lab for lab, o in optimizer_of.items() if o != "sgd"]   # every SAM-family rule against SGD
     p = float(results.flip_p.mean())
     claims: list[dict] = []
     tables: dict[str, list[pd.DataFrame]] = {"ratio_law": [], "amplification": [], "collapse": [], "late": []}
     for lab in sgd:
-        rows, table = ratio_law(traj, lab, seeds, n_boot, seed)
+        rows, table = ratio_law(traj, lab, seeds, n_boot, seed, cell)
         claims += rows
         tables["ratio_law"].append(table)
         for s in sam:
-            rows, table = sam_amplification(traj, s, lab, sam_steps_of.get(s), seeds, p + 0.1, n_boot, seed)
+            rows, table = sam_amplification(traj, s, lab, sam_steps_of.get(s), seeds, p + 0.1, n_boot, seed, cell)
             claims += rows
             tables["amplification"].append(table)
-        rows, table = collapse(results, lab, seeds, n_boot, seed)
+        rows, table = collapse(results, lab, seeds, n_boot, seed, cell)
         claims += rows
         tables["collapse"].append(table)
-        rows, table = late_phase(traj, lab, seeds, n_boot, seed)
+        rows, table = late_phase(traj, lab, seeds, n_boot, seed, cell, key)
         claims += rows
         tables["late"].append(table)
     for lab in optimizer_of:
-        claims += invariants(traj, lab)
+        claims += invariants(traj, lab, key)
     return {"claims": claims,
             "tables": {k: (pd.concat(v, ignore_index=True) if v else pd.DataFrame()) for k, v in tables.items()}}

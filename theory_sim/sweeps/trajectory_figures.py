@@ -23,19 +23,22 @@ import pandas as pd  # noqa: E402
 from theory_sim.cnn.plotting import plot_trajectory  # noqa: E402
 from theory_sim.config import ConfigError  # noqa: E402
 from theory_sim.io import save_figure  # noqa: E402
+from theory_sim.sweeps.spec import AXES  # noqa: E402
 from theory_sim.sweeps.trajectory_claims import CELL, isotonic_decreasing  # noqa: E402
 
 
 def parse_cell(text: str | None) -> dict[str, float]:
-    """'d=3200,mu_norm=2' -> {'d': 3200.0, 'mu_norm': 2.0} (keys among d, mu_norm, n, P, sigma_p)."""
+    """'d=3200,mu_norm=2' -> {'d': 3200.0, 'mu_norm': 2.0} (keys: any sweep axis: d, mu_norm, n, P, sigma_p,
+    c_tau, ...)."""
     if not text:
         return {}
     out = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
         key = key.strip()
-        if not sep or key not in CELL:
-            raise ConfigError(f"cell must be KEY=VALUE pairs with KEY in {CELL}, e.g. d=3200,mu_norm=2; got {text!r}")
+        if not sep or key not in AXES:
+            raise ConfigError(f"cell must be KEY=VALUE pairs with KEY a sweep axis ({', '.join(AXES)}), e.g. "
+                              f"d=3200,mu_norm=2; got {text!r}")
         try:
             out[key] = float(value)
         except ValueError:
@@ -43,11 +46,14 @@ def parse_cell(text: str | None) -> dict[str, float]:
     return out
 
 
-def select_cell(traj: pd.DataFrame, wanted: dict[str, float]) -> dict[str, float]:
+def select_cell(traj: pd.DataFrame, wanted: dict[str, float], keys=CELL) -> dict[str, float]:
     """The grid cell nearest to ``wanted`` (in log scale); unspecified dimensions: the largest d, the median
     ||mu||, the first value of the others."""
+    unknown = set(wanted) - set(keys)
+    if unknown:
+        raise ConfigError(f"cell keys {sorted(unknown)} are not axes of this sweep (its cells: {', '.join(keys)})")
     cell = {}
-    for key in CELL:
+    for key in keys:
         values = np.sort(traj[key].unique().astype(float))
         if key in wanted:
             target = wanted[key]
@@ -89,7 +95,7 @@ def ratio_law_figure(table: pd.DataFrame, name: str, figdir: Path) -> Path:
 
 def amplification_figure(table: pd.DataFrame, name: str, figdir: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    others = [k for k in ("n", "P", "sigma_p") if table[k].nunique() > 1]
+    others = [k for k in table.columns if k in AXES and k not in ("d", "mu_norm") and table[k].nunique() > 1]
     mus = np.sort(table.mu_norm.unique())
     for key, g in table.groupby(["label", *others]):
         key = key if isinstance(key, tuple) else (key,)
@@ -167,6 +173,8 @@ def draw_trajectory_figures(traj: pd.DataFrame, results: pd.DataFrame, spec, fig
     coll = tables["collapse"]
     if not coll.empty and any(coll[k].nunique() > 1 for k in CELL if k != "mu_norm"):
         paths.append(collapse_figure(coll, spec.name, figdir))
-    paths.append(cell_figure(traj, select_cell(traj, cell or {}), spec.name, figdir, float(results.flip_p.mean())))
+    keys = (*spec.cell_dims, "mu_norm")
+    paths.append(cell_figure(traj, select_cell(traj, cell or {}, keys), spec.name, figdir,
+                             float(results.flip_p.mean())))
     return paths
 

@@ -62,32 +62,36 @@ def crossing(mus: np.ndarray, err: np.ndarray, threshold: float) -> tuple[float,
     return value, "ok", relapse
 
 
-def cell_arrays(df: pd.DataFrame) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
-    """(label, d, n, P, sigma_p) -> (mus (M,), errors (M, S)); a diverged run counts as chance error 0.5."""
+def cell_arrays(df: pd.DataFrame, dims=DIMS) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
+    """(label, *dims) -> (mus (M,), errors (M, S)); a diverged run counts as chance error 0.5. ``dims`` are the
+    cell's dimensions besides ||mu|| (d, n, P, sigma_p and any extra swept axis)."""
     err = df.test_error.where(~df.diverged.astype(bool), 0.5).fillna(0.5)
     df = df.assign(_err=err)
     out = {}
-    for key, g in df.groupby(["label", "d", *SLICE], sort=True):
+    for key, g in df.groupby(["label", *dims], sort=True):
         table = g.pivot_table(index="mu_norm", columns="seed", values="_err", aggfunc="first").sort_index()
         out[key] = (table.index.to_numpy(dtype=float), table.to_numpy(dtype=float))
     return out
 
 
-def boundaries(cells: dict, threshold: float, seed_idx: np.ndarray | None = None) -> pd.DataFrame:
+def boundaries(cells: dict, threshold: float, seed_idx: np.ndarray | None = None, dims=DIMS) -> pd.DataFrame:
+    """The boundary ||mu||* of every cell (the keys of ``cell_arrays``), on the seeds ``seed_idx`` (all: None)."""
     rows = []
-    for (label, d, n, P, sigma_p), (mus, errs) in cells.items():
+    for key, (mus, errs) in cells.items():
         e = errs if seed_idx is None else errs[:, seed_idx]
         mu_star, state, relapse = crossing(mus, np.nanmean(e, axis=1), threshold)
-        rows.append(dict(label=label, d=d, n=n, P=P, sigma_p=sigma_p, mu_star=mu_star, status=state,
+        rows.append(dict(label=key[0], **dict(zip(dims, key[1:])), mu_star=mu_star, status=state,
                          relapse_mu=relapse))
     return pd.DataFrame(rows)
 
 
-def fit_slopes(bnd: pd.DataFrame) -> pd.DataFrame:
-    """Log-log slope of mu* in every dimension with >= 3 distinct values, the other dimensions held fixed."""
+def fit_slopes(bnd: pd.DataFrame, dims=DIMS) -> pd.DataFrame:
+    """Log-log slope of mu* in every dimension with >= 3 distinct positive values, the others held fixed."""
     rows = []
-    for dim in DIMS:
-        others = [x for x in DIMS if x != dim]
+    for dim in dims:
+        others = [x for x in dims if x != dim]
+        if (bnd[dim] <= 0).any():  # a log-log slope needs positive values (e.g. sam_steps = 0 on an extra axis)
+            continue
         for key, g in bnd.groupby(["label", *others], sort=True):
             if g[dim].nunique() < 3:
                 continue
@@ -118,21 +122,22 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
     p = float(df.flip_p.iloc[0]) if df.flip_p.nunique() == 1 else float(df.flip_p.mean())
     threshold = spec.benign_threshold(p)
     optimizer_of = {o.label: o.optimizer for o in spec.optimizers}
-    cells = cell_arrays(df)
-    bnd = boundaries(cells, threshold)
+    dims = spec.cell_dims
+    cells = cell_arrays(df, dims)
+    bnd = boundaries(cells, threshold, dims=dims)
     if "sigma_0" in df.columns:  # the theorems want sigma_0 <~ 1/(P sigma_p sqrt(d)): report where a cell stands
-        scale = (df.sigma_0 * df.P * df.sigma_p * np.sqrt(df.d)).groupby([df.label, df.d, df.n, df.P, df.sigma_p])
+        scale = (df.sigma_0 * df.P * df.sigma_p * np.sqrt(df.d)).groupby([df[k] for k in ("label", *dims)])
         bnd["init_scale"] = [float(scale.get_group(tuple(k)).max()) for k in
-                             bnd[["label", "d", *SLICE]].itertuples(index=False, name=None)]
-    fits = fit_slopes(bnd)
+                             bnd[["label", *dims]].itertuples(index=False, name=None)]
+    fits = fit_slopes(bnd, dims)
     seeds = int(df.seed.nunique())
     rng = np.random.default_rng(seed)
     boot = []
     for b in range(n_boot):
-        f = fit_slopes(boundaries(cells, threshold, rng.integers(0, seeds, seeds)))
+        f = fit_slopes(boundaries(cells, threshold, rng.integers(0, seeds, seeds), dims), dims)
         if not f.empty:
             boot.append(f.assign(boot=b))
-    keys = ["label", "dim", *[x for x in DIMS]]
+    keys = ["label", "dim", *dims]
     checks = []
     if not fits.empty:
         boot_df = pd.concat(boot, ignore_index=True) if boot else pd.DataFrame(columns=fits.columns)
@@ -144,14 +149,14 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
             s = match.slope.dropna().to_numpy()
             lo, hi = (np.percentile(s, [2.5, 97.5]) if len(s) >= 10 else (float("nan"), float("nan")))
             pred = PREDICTED.get(optimizer_of.get(row.label, ""), {}).get(row.dim)
-            fixed = {k: row[k] for k in DIMS if k != row.dim and not (row.dim == "P-1" and k == "P")}
+            fixed = {k: row[k] for k in dims if k != row.dim and not (row.dim == "P-1" and k == "P")}
             checks.append(dict(label=row.label, optimizer=optimizer_of.get(row.label), dim=row.dim, fixed=fixed,
                                slope=row.slope, ci_low=float(lo), ci_high=float(hi), predicted=pred,
                                points=row.points, cells=row.cells, boot_valid=int(len(s)),
                                tolerance=TOLERANCE.get(optimizer_of.get(row.label, ""), 0.0),
                                holds=(None if pred is None or not np.isfinite(lo)
                                       else prediction_holds(optimizer_of.get(row.label), pred, lo, hi))))
-    comparisons = _sam_below_sgd(bnd, optimizer_of)
+    comparisons = _sam_below_sgd(bnd, optimizer_of, dims[1:])
     report = {"threshold": threshold, "flip_p": p, "benign_rule": f"mean test error <= p + {spec.benign_margin} * "
               f"(0.5 - p) = {threshold:.4f}", "seeds": seeds, "bootstrap": n_boot, "slopes": checks,
               "sam_below_sgd": comparisons,
@@ -173,24 +178,25 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
     return report
 
 
-def _sam_below_sgd(bnd: pd.DataFrame, optimizer_of: dict) -> list[dict]:
-    """At every d in the upper half of the grid: is each SAM variant's boundary below each SGD variant's?
-    A never-benign SGD cell counts as +inf, a benign-everywhere SAM cell as -inf."""
+def _sam_below_sgd(bnd: pd.DataFrame, optimizer_of: dict, slice_dims=SLICE) -> list[dict]:
+    """At every d in the upper half of the grid: is each SAM-family variant's boundary below each SGD variant's, in
+    every slice of the other dimensions? A never-benign SGD cell counts as +inf, a benign-everywhere SAM cell as
+    -inf."""
     out = []
     sgd_labels = [l for l, o in optimizer_of.items() if o == "sgd"]
-    sam_labels = [l for l, o in optimizer_of.items() if o == "sam"]
+    sam_labels = [l for l, o in optimizer_of.items() if o != "sgd"]
     ds = np.sort(bnd.d.unique())
     large = ds[len(ds) // 2:]
     value = lambda r: (r.mu_star if r.status == "ok" else  # noqa: E731
                        (np.inf if r.status == "never_benign" else -np.inf))
     for a in sam_labels:
         for b in sgd_labels:
-            for key, g in bnd[bnd.d.isin(large)].groupby(list(SLICE)):
+            for key, g in bnd[bnd.d.isin(large)].groupby(list(slice_dims)):
                 ga = g[g.label == a].set_index("d")
                 gb = g[g.label == b].set_index("d")
                 per_d = {int(d): (value(ga.loc[d]), value(gb.loc[d])) for d in large if d in ga.index and d in gb.index}
                 below = all(x < y or (np.isinf(x) and x < 0 and not (np.isinf(y) and y < 0)) for x, y in per_d.values())
-                out.append(dict(sam=a, sgd=b, **dict(zip(SLICE, key)), d=list(per_d),
+                out.append(dict(sam=a, sgd=b, slice=dict(zip(slice_dims, key)), d=list(per_d),
                                 sam_mu_star=[v[0] for v in per_d.values()], sgd_mu_star=[v[1] for v in per_d.values()],
                                 holds=bool(below and per_d)))
     return out
@@ -219,18 +225,22 @@ def _markdown(report: dict, spec) -> str:
     if not report["slopes"]:
         lines.append("| (no dimension has 3 or more values with a located boundary) | | | | | | | |")
     if report["sam_below_sgd"]:
+        slice_names = ", ".join(spec.cell_dims[1:])
         lines += ["", "## SAM's boundary below SGD's at every large d", "",
-                  "| SAM | SGD | slice (n, P, sigma_p) | d | SAM mu* | SGD mu* | holds |", "| --- | --- | --- | --- | --- | --- | --- |"]
+                  f"| SAM | SGD | slice ({slice_names}) | d | SAM mu* | SGD mu* | holds |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for c in report["sam_below_sgd"]:
-            lines.append(f"| {c['sam']} | {c['sgd']} | {c['n']}, {c['P']}, {_fmt(c['sigma_p'])} | {c['d']} | "
+            values = ", ".join(_fmt(v) for v in c["slice"].values())
+            lines.append(f"| {c['sam']} | {c['sgd']} | {values} | {c['d']} | "
                          f"{[_fmt(x) for x in c['sam_mu_star']]} | {[_fmt(x) for x in c['sgd_mu_star']]} | "
                          f"{'yes' if c['holds'] else 'NO'} |")
     lines += _trajectory_markdown(report)
+    dims = spec.cell_dims
     lines += ["", "## Boundary per cell", "", "init scale = sigma_0 P sigma_p sqrt(d): the theorems assume it small.", "",
-              "| variant | d | n | P | sigma_p | mu* | status | harmful again at | init scale |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              f"| variant | {' | '.join(dims)} | mu* | status | harmful again at | init scale |",
+              "| --- | " + "--- | " * len(dims) + "--- | --- | --- | --- |"]
     for b in report["boundaries"]:
-        lines.append(f"| {b['label']} | {b['d']} | {b['n']} | {b['P']} | {_fmt(b['sigma_p'])} | "
+        lines.append(f"| {b['label']} | " + " | ".join(_fmt(b[k]) for k in dims) + f" | "
                      f"{_fmt(b['mu_star'])} | {b['status']} | {_fmt(b['relapse_mu'])} | "
                      f"{_fmt(b.get('init_scale'))} |")
     lines += ["", "Censored cells (benign_everywhere: below the grid; never_benign: above it) are left out of the "
