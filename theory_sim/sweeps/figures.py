@@ -154,7 +154,7 @@ def _short(key: str) -> str:
 def _phase_panels(grids, labels, dx, dy, thr_benign, thr_harmful):
     """Row 1: each variant's mean test error (and the second minus the first); row 2: benign / between / harmful."""
     ncol = len(labels) + (1 if len(labels) >= 2 else 0)
-    fig, axes = plt.subplots(2, ncol, figsize=(4.6 * ncol, 7.6), squeeze=False)
+    fig, axes = plt.subplots(2, ncol, figsize=(max(4.6 * ncol, 7.5), 7.6), squeeze=False)
     for k, lab in enumerate(labels):
         ax = axes[0, k]
         mesh = ax.pcolormesh(dx, dy, grids[lab], cmap="viridis", vmin=0.0, vmax=0.5, shading="flat")
