@@ -3,7 +3,12 @@
 Both train the same configs (same data, init and batch order) in this process; the script checks they reach the
 same weights, then prints the speed ratio. Target (issue 2): >= 20x at d=1000, R=100 on a 2-core CPU.
 
+``--rules``: the step cost of every SAM-family rule relative to SGD in coefficient space (targets: <= 2.2x for
+sam, usam and randsam, <= (K + 1.2)x for msam with K ascent steps), and each rule's cost on the weight-space path
+(dense W, needed by asam and sam with norm inf), as a table. Steps only: setup and evaluation are not timed.
+
     python benchmarks/bench_ensemble.py [--d 1000] [--runs 100] [--optimizer sgd|sam] [--baseline-runs 10]
+    python benchmarks/bench_ensemble.py --rules [--d 1000] [--runs 100] [--steps 200]
 """
 from __future__ import annotations
 
@@ -16,8 +21,65 @@ import torch
 from theory_sim.cnn.data import generate_for
 from theory_sim.cnn.model import TwoLayerCNN
 from theory_sim.cnn.reference import train_reference
-from theory_sim.cnn.train import train_ensemble
+from theory_sim.cnn.train import (
+    apply_step,
+    make_ensemble,
+    select_batch,
+    train_ensemble,
+    update_gradient,
+)
 from theory_sim.config import SimConfig
+
+# (label, SimConfig overrides, target ratio to SGD in coefficient space or None)
+RULES = [
+    ("sgd", dict(optimizer="sgd"), None),
+    ("sam", dict(optimizer="sam"), 2.2),
+    ("usam", dict(optimizer="usam"), 2.2),
+    ("randsam", dict(optimizer="randsam"), 2.2),
+    ("msam K=2", dict(optimizer="msam", ascent_steps=2), 3.2),
+    ("msam K=3", dict(optimizer="msam", ascent_steps=3), 4.2),
+    ("sam m=1", dict(optimizer="sam", m_sharpness=1), None),
+    ("sam norm=inf", dict(optimizer="sam", norm="inf", tau=1e-3), None),
+    ("asam", dict(optimizer="asam"), None),
+]
+
+
+def step_seconds(cfgs, state: str, steps: int, repeats: int = 3) -> float:
+    """Seconds per training step (select_batch + update_gradient + apply_step), best of ``repeats``."""
+    best = float("inf")
+    for _ in range(repeats):
+        ens = make_ensemble(cfgs, state)
+        H = ens.n // ens.B
+        for s in range(3):  # warm-up
+            batch = select_batch(ens, 0, s % H)
+            apply_step(ens, batch, *update_gradient(ens, batch, s))
+        t0 = time.perf_counter()
+        for s in range(steps):
+            epoch, i = divmod(s, H)
+            batch = select_batch(ens, epoch % ens.c0.epochs, i)
+            apply_step(ens, batch, *update_gradient(ens, batch, s))
+        best = min(best, (time.perf_counter() - t0) / steps)
+    return best
+
+
+def rules_table(args) -> None:
+    mus = np.linspace(0.5, 5.0, args.runs)
+    base = SimConfig(d=args.d, epochs=args.epochs, batch_size=args.batch_size, dtype=args.dtype, n_test=0, n_mc=1000)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, d={args.d}, R={args.runs}, "
+          f"B={args.batch_size}, n={base.n}, {args.dtype}; ms per step, best of 3 x {args.steps} steps")
+    rows, sgd = [], None
+    for label, overrides, target in RULES:
+        cfgs = [base.replace(mu_norm=float(mu), seed=r, **overrides) for r, mu in enumerate(mus)]
+        coef = None if cfgs[0].rule in ("sam_inf", "asam") else step_seconds(cfgs, "coefficients", args.steps)
+        dense = step_seconds(cfgs, "weights", max(args.steps // 4, 10))
+        sgd = coef if label == "sgd" else sgd
+        rows.append((label, coef, dense, target))
+    print(f"{'rule':<14}{'coefficients':>14}{'x SGD':>8}{'target':>9}{'weights':>11}{'x SGD':>8}")
+    for label, coef, dense, target in rows:
+        c = f"{1e3 * coef:14.3f}{coef / sgd:8.2f}" if coef is not None else f"{'-':>14}{'-':>8}"
+        t = f"{'<= ' + format(target, '.1f'):>9}" if target else f"{'':>9}"
+        ok = "" if target is None or coef is None else ("  ok" if coef / sgd <= target else "  MISSED")
+        print(f"{label:<14}{c}{t}{1e3 * dense:11.3f}{dense / sgd:8.2f}{ok}")
 
 
 def main() -> None:
@@ -31,8 +93,13 @@ def main() -> None:
     ap.add_argument("--baseline-runs", type=int, default=10,
                     help="runs of the per-run loop actually timed (its time is per run, scaled to --runs)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both (1 is fastest here)")
+    ap.add_argument("--rules", action="store_true", help="time every SAM-family rule's step instead (see above)")
+    ap.add_argument("--steps", type=int, default=200, help="--rules: timed steps per rule and repeat")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.rules:
+        rules_table(args)
+        return
 
     # one sweep row: R runs at the same d, ||mu|| spread over a grid, one seed each
     mus = np.linspace(0.5, 5.0, args.runs)

@@ -46,14 +46,18 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 from dataclasses import asdict, dataclass, fields, replace  # noqa: E402
 
-OPTIMIZERS = ("sgd", "sam")
+# sgd, and the SAM family of docs/science.md §3.2 / §8 (every member but sgd uses the radius sam_radius and the
+# sam_steps schedule)
+OPTIMIZERS = ("sgd", "sam", "usam", "randsam", "msam", "asam")
+NORMS = ("2", "inf")
 MODELS = ("c23", "kou2023")
 NOISE_PATCHES = ("shared", "independent")
 DTYPES = ("float64", "float32")
 
 # Fields that fix array shapes or the loop structure: runs trained together as one batched ensemble must agree on
-# them. Everything else (optimizer, mu_norm, sigma_p, flip_p, sigma_0, eta, tau, sam_steps, loss_eps, seed) may
-# differ from run to run inside one ensemble.
+# them. Everything else (optimizer, mu_norm, sigma_p, flip_p, sigma_0, eta, tau, sam_steps, loss_eps, seed, and the
+# rule options ascent_steps, m_sharpness, norm, asam_eta) may differ from run to run inside one ensemble: the
+# trainer applies each run's own rule, and an SGD run is a run of radius 0 (eps = 0 under every rule).
 STRUCTURAL_FIELDS = ("d", "n", "P", "m", "model", "noise_patches", "project_noise", "batch_size", "epochs",
                      "dtype", "device", "log_every", "n_test", "n_mc", "trajectory_mc")
 
@@ -69,6 +73,15 @@ class SimConfig:
     ``log_points = N > 0``, at about N log-spaced steps that always include step 0, the end of epoch 1, the SAM -> SGD
     switch and the last step (``theory_sim.cnn.train.log_steps``). Each logged test error uses ``trajectory_mc``
     Gaussian draws (0: not estimated along the trajectory, NaN; the final test error always uses ``n_mc``).
+
+    The SAM family (docs/science.md §3.2): ``optimizer`` ``sam`` (eps = tau g/||g||_2, or tau sign(g) with
+    ``norm="inf"``), ``usam`` (eps = tau g), ``randsam`` (eps = tau z/||z||, z ~ N(0, I) fresh every step), ``msam``
+    (``ascent_steps`` = K projected normalised-gradient ascent steps in the tau-ball, K = 1 is SAM) and ``asam``
+    (eps = tau T^2 g/||T g||, T = |w| + ``asam_eta`` on the weights, 1 on the biases). ``m_sharpness = M > 0``
+    (sam, usam, msam) perturbs every chunk of M samples of a batch with its own gradient and steps with the mean of
+    the chunks' gradients at their perturbed points; 0 is the whole batch. Options that do not apply to the chosen
+    optimizer are accepted here and ignored, like ``sam_steps`` for sgd (a sweep sets them once for all its
+    optimizers); ``simulate`` refuses them on its command line.
     """
 
     optimizer: str = "sgd"
@@ -99,6 +112,10 @@ class SimConfig:
     data_seed: int | None = None
     dtype: str = "float64"
     device: str = "auto"
+    ascent_steps: int = 2
+    m_sharpness: int = 0
+    norm: str = "2"
+    asam_eta: float = 0.01
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -137,6 +154,27 @@ class SimConfig:
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         device_of(self.device)
+        check_int("ascent_steps", self.ascent_steps, 1, 100)
+        check_int("m_sharpness", self.m_sharpness, 0, self.batch_size)
+        if self.m_sharpness and self.batch_size % self.m_sharpness:
+            raise ConfigError(f"m_sharpness must be 0 (the whole batch) or divide batch_size={self.batch_size} "
+                              f"(every chunk holds m_sharpness samples), got {self.m_sharpness}")
+        check_choice("norm", self.norm, NORMS)
+        check_float("asam_eta", self.asam_eta, 0.0)
+
+    @property
+    def rule(self) -> str | None:
+        """The perturbation rule the trainer applies (None for sgd): the optimizer's name, except ``sam_inf`` for
+        sam with ``norm="inf"`` (docs/science.md §3.2)."""
+        if self.optimizer == "sgd":
+            return None
+        return "sam_inf" if self.optimizer == "sam" and self.norm == "inf" else self.optimizer
+
+    @property
+    def chunk_size(self) -> int:
+        """Samples per m-sharpness chunk: m_sharpness for the rules that take it (sam, usam, msam), else the batch."""
+        applies = self.optimizer in ("sam", "usam", "msam")
+        return self.m_sharpness if applies and self.m_sharpness else self.batch_size
 
     @property
     def rng_seed(self) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-STREAM_TRAIN, STREAM_TEST, STREAM_INIT, STREAM_BATCHES, STREAM_MC = range(5)
+STREAM_TRAIN, STREAM_TEST, STREAM_INIT, STREAM_BATCHES, STREAM_MC, STREAM_RANDSAM = range(6)
 
 
 def run_rng(seed: int, stream: int) -> np.random.Generator:

@@ -142,18 +142,25 @@ class TwoLayerCNN:
         return logistic_loss(data.y * self.output(params, data)).mean(-1)
 
     def gradient(self, sig: torch.Tensor, z: torch.Tensor, y: torch.Tensor, yhat: torch.Tensor,
-                 mu_norm: torch.Tensor, mult: int, bias: bool) -> Gradient:
+                 mu_norm: torch.Tensor, mult: int, bias: bool, weights: torch.Tensor | None = None) -> Gradient:
         """Closed-form gradient of the mean logistic loss [C23 Sec. 3], from the pre-activations, as coefficients on
         the basis [e_1, xi_11, ..., xi_nK]:
 
             dL/dw_{j,r} = (1/B) sum_i l'_i y_i j a_f a_p [relu'(<w,yhat_i mu>+b) yhat_i mu
                                                        + c_K sum_k relu'(<w,xi_ik>+b) xi_ik],
         with l'_i = -sigmoid(-y_i f_i) and c_K = P-1 for shared noise patches (1 for independent ones).
+
+        ``weights`` (R, n) replaces the 1/B of every sample (the loss is then sum_i weights_i l_i): an m-sharpness
+        chunk is the batch with weight 1/M on its M samples and 0 elsewhere. ``noise_active`` then counts the
+        samples of non-zero weight only, over the whole batch's count, so the chunks' fractions add up.
         """
         f = self.output_from_preactivations(sig, z, mult)
         margin = y * f
         B = f.shape[-1]
-        g = -torch.sigmoid(-margin) * y / B                                      # (R, n) = dL/df_i
+        if weights is None:
+            g = -torch.sigmoid(-margin) * y / B                                  # (R, n) = dL/df_i
+        else:
+            g = -torch.sigmoid(-margin) * y * weights
         coef = g[:, None, None, :] * (self.signs(f)[None, :, None, None] * (self.a_f * self.a_p))  # (R,2,1,n)
         act_sig = (sig > 0).to(f.dtype)
         act_z = (z > 0).to(f.dtype)
@@ -165,8 +172,12 @@ class TwoLayerCNN:
         # Non-finite weights show in the pre-activations: every weight coordinate meets mu or a noise vector with a
         # non-zero entry (a coordinate no data vector touches never moves). A cheap check on (R, 2m, 1 + nK) values.
         finite = torch.isfinite(z).flatten(1).all(1) & torch.isfinite(sig).flatten(1).all(1)
-        return Gradient(logistic_loss(margin).mean(-1), f, coefs, db, a_sig, a_noise, act_z.flatten(1).mean(1),
-                        finite)
+        if weights is None:
+            return Gradient(logistic_loss(margin).mean(-1), f, coefs, db, a_sig, a_noise, act_z.flatten(1).mean(1),
+                            finite)
+        member = (weights > 0).to(f.dtype)[:, None, None, :, None]
+        active = (act_z * member).flatten(1).sum(1) / act_z[0].numel()
+        return Gradient((logistic_loss(margin) * weights).sum(-1), f, coefs, db, a_sig, a_noise, active, finite)
 
     def loss_and_grad(self, params: Params, data: Batch) -> Gradient:
         """Loss and gradient at W, with dW = coefs @ basis materialised (R, 2, m, d)."""

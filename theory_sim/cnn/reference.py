@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from theory_sim.cnn.data import STREAM_BATCHES, run_rng
-from theory_sim.config import SimConfig
+from theory_sim.config import ConfigError, SimConfig
 
 
 class PatchCNN(nn.Module):
@@ -53,7 +53,12 @@ class PatchCNN(nn.Module):
 def train_reference(cfg: SimConfig, x: torch.Tensor, y: torch.Tensor, W0: torch.Tensor,
                     b0: torch.Tensor | None = None) -> PatchCNN:
     """Train one run: x (n, P, d) full patches, y (n,) labels, from filters W0 (2, m, d). Same batch order as the
-    ensemble trainer (the run's own permutation stream); no early stopping or divergence handling."""
+    ensemble trainer (the run's own permutation stream); no early stopping or divergence handling. Implements SGD
+    and SAM (norm 2, whole batch); the other SAM-family rules are checked against autograd oracles in
+    tests/test_sam_family_cnn.py."""
+    if cfg.optimizer not in ("sgd", "sam") or cfg.rule == "sam_inf" or cfg.chunk_size != cfg.batch_size:
+        raise ConfigError(f"train_reference implements sgd and sam (norm 2, m_sharpness 0) only, got "
+                          f"optimizer={cfg.optimizer!r} norm={cfg.norm!r} m_sharpness={cfg.m_sharpness}")
     net = PatchCNN(cfg.d, cfg.P, cfg.m, cfg.model).to(dtype=x.dtype, device=x.device).load_filters(W0, b0)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.eta)
     x = x.reshape(cfg.n, cfg.P * cfg.d)

@@ -1,4 +1,4 @@
-"""``python -m theory_sim simulate``: train SGD or SAM runs at one setting over several seeds, track gamma/rho.
+"""``python -m theory_sim simulate``: train SGD or SAM-family runs at one setting over several seeds, track gamma/rho.
 
 Writes to ``--out DIR``:
   config.json          the base config, the seeds, git commit and versions
@@ -31,7 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from theory_sim.config import MODELS, NOISE_PATCHES, OPTIMIZERS, ConfigError, SimConfig
+from theory_sim.config import (
+    MODELS,
+    NOISE_PATCHES,
+    NORMS,
+    OPTIMIZERS,
+    ConfigError,
+    SimConfig,
+)
 from theory_sim.io import (
     ResultWriteError,
     atomic_write_bytes,
@@ -46,8 +53,16 @@ FIELD_FLAGS = {
     "flip_p": "flip_p", "m": "m", "sigma_0": "sigma_0", "eta": "eta", "batch_size": "batch_size",
     "epochs": "epochs", "tau": "tau", "c_tau": "c_tau", "sam_steps": "sam_steps", "loss_eps": "loss_eps",
     "model": "model", "noise_patches": "noise_patches", "project_noise": "project_noise", "n_test": "n_test",
-    "n_mc": "n_mc", "log_every": "log_every", "log_points": "log_points", "trajectory_mc": "trajectory_mc", "dtype": "dtype", "device": "device",
+    "n_mc": "n_mc", "log_every": "log_every", "log_points": "log_points", "trajectory_mc": "trajectory_mc",
+    "dtype": "dtype", "device": "device", "ascent_steps": "ascent_steps", "m_sharpness": "m_sharpness",
+    "norm": "norm", "asam_eta": "asam_eta",
 }
+
+# rule options -> the optimizers they apply to. Like --sam-steps for sgd, a flag given for another optimizer is
+# refused unless its value is the field's default (which means "no effect"); SimConfig itself accepts and ignores
+# them, so a sweep can set one value for all its optimizer variants.
+RULE_OPTIONS = {"sam_steps": ("sam", "usam", "randsam", "msam", "asam"), "ascent_steps": ("msam",),
+                "m_sharpness": ("sam", "usam", "msam"), "norm": ("sam",), "asam_eta": ("asam",)}
 
 
 SEEDS_FORMS = "a count N >= 1 (seeds 0..N-1), a range A-B with 0 <= A <= B, or a list A,B,C of distinct integers >= 0"
@@ -87,7 +102,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The SimConfig options (shared by ``simulate`` and the studies). Defaults come from SimConfig / the preset."""
     p.add_argument("--preset", choices=("c23", "kou2023"), default="c23",
                    help="defaults to start from: c23 (docs/science.md §1-3) or kou2023 (the [K23] public script)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="sgd, or a SAM-family rule (docs/science.md §3.2): sam (tau g/||g||, or tau sign(g) with "
+                        "--norm inf), usam (tau g), randsam (tau z/||z||, z ~ N(0, I)), msam (--ascent-steps "
+                        "projected ascent steps), asam (tau T^2 g/||T g||, T = |w| + --asam-eta)"),
     p.add_argument("--d", type=int, help="dimension of every patch (>= 1)")
     p.add_argument("--mu-norm", dest="mu_norm", type=float, help="signal strength ||mu|| (>= 0)")
     p.add_argument("--n", type=int, help="training samples")
@@ -100,11 +118,22 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int, help="B, must divide n")
     p.add_argument("--epochs", type=int)
     radius = p.add_mutually_exclusive_group()
-    radius.add_argument("--tau", type=float, help="absolute SAM radius")
+    radius.add_argument("--tau", type=float, help="absolute radius of every SAM-family rule (with --norm inf: per "
+                                                  "coordinate)")
     radius.add_argument("--c-tau", dest="c_tau", type=float,
-                        help="SAM radius as c_tau * m sqrt(B) / (P sigma_p sqrt(d)) (default 1)")
+                        help="SAM-family radius as c_tau * m sqrt(B) / (P sigma_p sqrt(d)) (default 1)")
     p.add_argument("--sam-steps", dest="sam_steps", type=_optional_int,
-                   help="SAM for the first K steps, then SGD; 'none' = SAM throughout (default)")
+                   help="the SAM-family rule for the first K steps, then SGD; 'none' = throughout (default)")
+    p.add_argument("--ascent-steps", dest="ascent_steps", type=int,
+                   help="msam: K projected normalised-gradient ascent steps in the tau-ball (>= 1, default 2; 1 = "
+                        "SAM)")
+    p.add_argument("--m-sharpness", dest="m_sharpness", type=int,
+                   help="sam/usam/msam: perturb every chunk of M samples of a batch with its own gradient and step "
+                        "with the chunks' mean gradient (M divides the batch size; 0 = the whole batch, default)")
+    p.add_argument("--norm", choices=NORMS,
+                   help="sam: the ball of the perturbation, 2 (tau g/||g||_2, default) or inf (tau sign(g))")
+    p.add_argument("--asam-eta", dest="asam_eta", type=float,
+                   help="asam: the offset eta in T = |w| + eta on the weights (>= 0, default 0.01)")
     p.add_argument("--loss-eps", dest="loss_eps", type=float, help="stop once the training loss is <= this")
     p.add_argument("--model", choices=MODELS)
     p.add_argument("--noise-patches", dest="noise_patches", choices=NOISE_PATCHES)
@@ -125,14 +154,17 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     given = {field: getattr(args, flag) for flag, field in FIELD_FLAGS.items()
              if getattr(args, flag, None) is not None}
-    if "sam_steps" in given and given.get("optimizer", "sgd") != "sam" and args.sam_steps is not None:
-        raise ConfigError("sam_steps only applies to --optimizer sam")
+    optimizer = given.get("optimizer", "sgd")
+    defaults = SimConfig()
+    for name, optimizers in RULE_OPTIONS.items():
+        if name in given and optimizer not in optimizers and given[name] != getattr(defaults, name):
+            raise ConfigError(f"{name} only applies to --optimizer {' / '.join(optimizers)}, not {optimizer}")
     cfg = SimConfig.preset(args.preset, **given)
     check_dtype_range(cfg)
     return cfg
 
 
-REAL_FIELDS = ("mu_norm", "sigma_p", "sigma_0", "eta", "tau", "c_tau", "loss_eps")
+REAL_FIELDS = ("mu_norm", "sigma_p", "sigma_0", "eta", "tau", "c_tau", "loss_eps", "asam_eta")
 
 
 def check_dtype_range(cfg: SimConfig) -> None:
@@ -144,7 +176,7 @@ def check_dtype_range(cfg: SimConfig) -> None:
         if value is not None and abs(value) > big:
             raise ConfigError(f"{name} must be at most {big:.4g} (the largest {cfg.dtype}) with dtype {cfg.dtype}, "
                               f"got {value:g}")
-    if cfg.optimizer == "sam" and not cfg.sam_radius <= big:
+    if cfg.optimizer != "sgd" and not cfg.sam_radius <= big:
         raise ConfigError(f"c_tau must give a SAM radius c_tau m sqrt(B) / (P sigma_p sqrt(d)) of at most "
                           f"{big:.4g} (the largest {cfg.dtype}), got {cfg.sam_radius:g}")
 
@@ -252,7 +284,8 @@ def write_trajectory_figure(trajectory, path: Path, base: SimConfig, seeds: list
     one-line warning; the tables hold the numbers."""
     from theory_sim.cnn.plotting import plot_trajectory
 
-    marker = {"SAM -> SGD": base.sam_steps} if base.optimizer == "sam" and base.sam_steps else None
+    marker = {f"{base.optimizer.upper()} -> SGD": base.sam_steps} if base.optimizer != "sgd" and base.sam_steps \
+        else None
     title = (f"{base.optimizer.upper()}  d={base.d}  ||mu||={base.mu_norm:g}  n={base.n}  P={base.P}  "
              f"sigma_p={base.sigma_p:g}  p={base.flip_p:g}  ({len(seeds)} seeds)")
     try:

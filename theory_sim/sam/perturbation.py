@@ -114,3 +114,27 @@ def project_to_ball(eps: Sequence[torch.Tensor], rho, batch_dims: int = 0) -> li
     factor = torch.where(norm > rho_t, rho_t / torch.where(norm > 0, norm, torch.ones_like(norm)),
                          torch.ones_like(norm))
     return [e * _expand(factor, e, batch_dims) for e in eps]
+
+
+def usam_perturbation(grads: Sequence[torch.Tensor], rho, batch_dims: int = 0) -> list[torch.Tensor]:
+    """USAM, unnormalised SAM: eps = rho g (no division by ||g||; rho a float or one radius per run)."""
+    return [g * _expand(torch.as_tensor(rho, dtype=g.dtype, device=g.device), g, batch_dims) for g in grads]
+
+
+def ascent_step(eps: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], rho, alpha=None, *,
+                batch_dims: int = 0, norm_fn=None) -> list[torch.Tensor]:
+    """One step of multi-step SAM [T24, F21 App. C.6]: eps <- Proj_{||.|| <= rho}(eps + alpha g / ||g||), g the
+    gradient at w + eps, alpha = rho by default (so one step from eps = 0 is SAM's eps); a zero g adds nothing.
+
+    The update of ``theory_sim.sam.optim.SAM.ascent_step`` for rule ``sam`` (``perturbation("sam", grads, alpha)``,
+    then ``project_to_ball``), written once for both callers. ``norm_fn(tensors) -> norm`` (shape = batch shape)
+    replaces the Euclidean norm: the two-layer CNN trainer holds eps and g as coefficients on a non-orthonormal
+    basis, whose norm is a quadratic form in the Gram matrix."""
+    norm_fn = norm_fn or (lambda ts: group_norm(ts, batch_dims))
+    step = _scale_to_radius(grads, rho if alpha is None else alpha, batch_dims, norm=norm_fn(grads))
+    eps = [e + s for e, s in zip(eps, step)]
+    norm = norm_fn(eps)
+    rho_t = torch.as_tensor(rho, dtype=norm.dtype, device=norm.device)
+    factor = torch.where(norm > rho_t, rho_t / torch.where(norm > 0, norm, torch.ones_like(norm)),
+                         torch.ones_like(norm))
+    return [e * _expand(factor, e, batch_dims) for e in eps]
