@@ -33,6 +33,7 @@ from theory_sim.sweeps.store import (
     pending_chunks,
     prepare,
     release_chunk,
+    remove_stale_temp_files,
     shard_is_complete,
     shard_path,
 )
@@ -244,6 +245,7 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
     if still:
         raise RuntimeError(f"{len(still)} chunks did not produce a shard: {still[:10]}")
     df = aggregate(spec, out)
+    remove_stale_temp_files(out)  # also those of an orphaned worker of a killed sweep that outlived our start
     df.attrs["chunks_computed"] = len(computed)  # by this call (a concurrent sweep may have done the others)
     return df
 
