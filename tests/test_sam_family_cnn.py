@@ -11,19 +11,18 @@ import torch
 import torch.nn.functional as F
 
 from theory_sim.cli import main
-from theory_sim.cnn.model import Params
-from theory_sim.cnn.reference import PatchCNN
-from theory_sim.cnn.simulate import add_training_arguments, config_from_args
-from theory_sim.cnn.train import (
+from theory_sim.cnn.ensemble import (
     Ensemble,
     WeightEnsemble,
-    apply_step,
     make_ensemble,
     randsam_generator,
     select_batch,
-    train_ensemble,
-    update_gradient,
 )
+from theory_sim.cnn.model import Params
+from theory_sim.cnn.reference import PatchCNN
+from theory_sim.cnn.rules import update_gradient
+from theory_sim.cnn.simulate import add_training_arguments, config_from_args
+from theory_sim.cnn.train import apply_step, train_ensemble
 from theory_sim.config import ConfigError, SimConfig
 from theory_sim.sam.optim import SAM
 
