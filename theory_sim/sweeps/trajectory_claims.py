@@ -216,7 +216,9 @@ def sam_amplification(traj: pd.DataFrame, sam: str, sgd: str, sam_steps, seeds: 
     logs = swept_logs(cells)
 
     def per_cell(values: np.ndarray) -> np.ndarray:  # mean over a cell's steps, NaN steps left out
-        ok = np.isfinite(values)
+        # (+inf kept: SAM's Rho can be exactly 0 during its phase when every noise term is switched off, e.g. 1-SAM,
+        # an unbounded amplification)
+        ok = ~np.isnan(values)
         with np.errstate(invalid="ignore", divide="ignore"):
             return (np.bincount(group[ok], values[ok], minlength=len(cells))
                     / np.bincount(group[ok], minlength=len(cells)))
