@@ -19,7 +19,7 @@ from theory_sim.cli import main
 TINY = ["--d", "50", "--n", "8", "--batch-size", "4", "--epochs", "2", "--n-test", "0", "--n-mc", "200",
         "--seeds", "1", "--no-progress"]
 
-SPEC = """
+SWEEP_TOML = """
 name = "faults"
 seeds = 1
 chunk_runs = 8
@@ -177,37 +177,37 @@ def _before_optimizers(text: str) -> str:
 
 
 BAD_SPECS = {
-    "values-string": (SPEC.replace("values = [20, 40]", 'values = [20, "40"]'), "grid.d.values[1] must be"),
-    "values-bool": (SPEC.replace("values = [20, 40]", "values = [20, 40, true]"), "grid.d.values[2] must be"),
-    "values-scalar": (SPEC.replace("values = [20, 40]", "values = 3"), "grid.d.values must be an array"),
-    "axis-scalar": (SPEC.replace("[grid.d]\nvalues = [20, 40]", "[grid]\nd = 3"), "grid.d must be an array"),
-    "values-unknown-key": (SPEC.replace("values = [20, 40]", "values = [20, 40]\nstep = 2"), "unknown keys ['step']"),
-    "values-round-together": (SPEC.replace("values = [20, 40]", "values = [100.2, 100.4]"),
+    "values-string": (SWEEP_TOML.replace("values = [20, 40]", 'values = [20, "40"]'), "grid.d.values[1] must be"),
+    "values-bool": (SWEEP_TOML.replace("values = [20, 40]", "values = [20, 40, true]"), "grid.d.values[2] must be"),
+    "values-scalar": (SWEEP_TOML.replace("values = [20, 40]", "values = 3"), "grid.d.values must be an array"),
+    "axis-scalar": (SWEEP_TOML.replace("[grid.d]\nvalues = [20, 40]", "[grid]\nd = 3"), "grid.d must be an array"),
+    "values-unknown-key": (SWEEP_TOML.replace("values = [20, 40]", "values = [20, 40]\nstep = 2"), "unknown keys ['step']"),
+    "values-round-together": (SWEEP_TOML.replace("values = [20, 40]", "values = [100.2, 100.4]"),
                               "100.2 and grid.d.values[1] = 100.4 both give d = 100"),
-    "log-grid-repeats": (SPEC.replace("[grid.d]\nvalues = [20, 40]", '[grid.d]\nstart = 10\nstop = 12\nnum = 5\n'
+    "log-grid-repeats": (SWEEP_TOML.replace("[grid.d]\nvalues = [20, 40]", '[grid.d]\nstart = 10\nstop = 12\nnum = 5\n'
                                                                     'spacing = "log"'), "lower num or widen"),
-    "start-string": (SPEC.replace("start = 0.5", 'start = "0.5"'), "grid.mu_norm.start must be a finite number"),
-    "stop-bool": (SPEC.replace("stop = 2.0", "stop = true"), "grid.mu_norm.stop must be a finite number"),
-    "num-string": (SPEC.replace("num = 2", 'num = "2"'), "grid.mu_norm.num must be an integer"),
-    "num-bool": (SPEC.replace("num = 2", "num = true"), "grid.mu_norm.num must be an integer"),
-    "num-float": (SPEC.replace("num = 2", "num = 2.5"), "grid.mu_norm.num must be an integer"),
-    "spacing-number": (SPEC.replace('spacing = "log"', "spacing = 1"), "grid.mu_norm.spacing must be a string"),
-    "seeds-string": (SPEC.replace("seeds = 1", 'seeds = "1"'), "seeds must be an integer"),
-    "seeds-bool": (SPEC.replace("seeds = 1", "seeds = true"), "seeds must be an integer"),
-    "chunk-runs-bool": (SPEC.replace("chunk_runs = 8", "chunk_runs = true"), "chunk_runs must be an integer"),
-    "benign-margin-string": (SPEC.replace("seeds = 1", 'seeds = 1\nbenign_margin = "0.1"'), "benign_margin must be"),
-    "seed-offset-bool": (SPEC.replace("seeds = 1", "seeds = 1\nseed_offset = false"), "seed_offset must be"),
-    "base-bool-for-int": (SPEC.replace("epochs = 2", "epochs = true"), "base.epochs must be an integer"),
-    "base-string-for-float": (SPEC.replace("epochs = 2", 'epochs = 2\neta = "0.1"'), "base.eta must be a finite"),
-    "base-int-for-bool": (SPEC.replace("epochs = 2", "epochs = 2\nproject_noise = 1"), "base.project_noise must be"),
-    "base-not-a-table": ("base = 3\n" + SPEC.replace("[base]\n", "").replace("n = 8\nbatch_size = 4\nepochs = 2\n"
+    "start-string": (SWEEP_TOML.replace("start = 0.5", 'start = "0.5"'), "grid.mu_norm.start must be a finite number"),
+    "stop-bool": (SWEEP_TOML.replace("stop = 2.0", "stop = true"), "grid.mu_norm.stop must be a finite number"),
+    "num-string": (SWEEP_TOML.replace("num = 2", 'num = "2"'), "grid.mu_norm.num must be an integer"),
+    "num-bool": (SWEEP_TOML.replace("num = 2", "num = true"), "grid.mu_norm.num must be an integer"),
+    "num-float": (SWEEP_TOML.replace("num = 2", "num = 2.5"), "grid.mu_norm.num must be an integer"),
+    "spacing-number": (SWEEP_TOML.replace('spacing = "log"', "spacing = 1"), "grid.mu_norm.spacing must be a string"),
+    "seeds-string": (SWEEP_TOML.replace("seeds = 1", 'seeds = "1"'), "seeds must be an integer"),
+    "seeds-bool": (SWEEP_TOML.replace("seeds = 1", "seeds = true"), "seeds must be an integer"),
+    "chunk-runs-bool": (SWEEP_TOML.replace("chunk_runs = 8", "chunk_runs = true"), "chunk_runs must be an integer"),
+    "benign-margin-string": (SWEEP_TOML.replace("seeds = 1", 'seeds = 1\nbenign_margin = "0.1"'), "benign_margin must be"),
+    "seed-offset-bool": (SWEEP_TOML.replace("seeds = 1", "seeds = 1\nseed_offset = false"), "seed_offset must be"),
+    "base-bool-for-int": (SWEEP_TOML.replace("epochs = 2", "epochs = true"), "base.epochs must be an integer"),
+    "base-string-for-float": (SWEEP_TOML.replace("epochs = 2", 'epochs = 2\neta = "0.1"'), "base.eta must be a finite"),
+    "base-int-for-bool": (SWEEP_TOML.replace("epochs = 2", "epochs = 2\nproject_noise = 1"), "base.project_noise must be"),
+    "base-not-a-table": ("base = 3\n" + SWEEP_TOML.replace("[base]\n", "").replace("n = 8\nbatch_size = 4\nepochs = 2\n"
                                                                              "n_test = 0\nn_mc = 200\n", ""),
                          "base must be a table"),
-    "optimizer-override-bool": (SPEC + "c_tau = true\n", "optimizers[0].c_tau must be a finite number"),
-    "optimizers-a-table": (_before_optimizers(SPEC) + '[optimizers]\nlabel = "sgd"\n', "optimizers must be an array"),
-    "optimizers-not-tables": ("optimizers = [1, 2]\n" + _before_optimizers(SPEC), "optimizers[0] must be a table"),
-    "name-number": ("name = 3\n" + SPEC.replace('name = "faults"', ""), "name must be a non-empty string"),
-    "preset-number": ("preset = 3\n" + SPEC, "preset must be a string"),
+    "optimizer-override-bool": (SWEEP_TOML + "c_tau = true\n", "optimizers[0].c_tau must be a finite number"),
+    "optimizers-a-table": (_before_optimizers(SWEEP_TOML) + '[optimizers]\nlabel = "sgd"\n', "optimizers must be an array"),
+    "optimizers-not-tables": ("optimizers = [1, 2]\n" + _before_optimizers(SWEEP_TOML), "optimizers[0] must be a table"),
+    "name-number": ("name = 3\n" + SWEEP_TOML.replace('name = "faults"', ""), "name must be a non-empty string"),
+    "preset-number": ("preset = 3\n" + SWEEP_TOML, "preset must be a string"),
 }
 
 
@@ -285,7 +285,7 @@ def test_disk_full_while_drawing_the_figure(tmp_path, capsys, monkeypatch):
 
 def test_disk_full_in_a_sweep(tmp_path, capsys, monkeypatch):
     spec = tmp_path / "s.toml"
-    spec.write_text(SPEC)
+    spec.write_text(SWEEP_TOML)
     out = tmp_path / "sweep"
     argv = ["sweep", str(spec), "--out", str(out), "--executor", "inline", "--no-figures", "--no-progress"]
     monkeypatch.setattr(os, "fsync", _disk_full)
@@ -359,11 +359,11 @@ def test_a_figure_matplotlib_cannot_draw_is_skipped_with_one_line(tmp_path, caps
 # 6. sweeps: foreign results, interrupts, bad shards, a changed chunking, concurrent sweeps, broken tables
 # --------------------------------------------------------------------------------------------------------------------
 ROOT = Path(__file__).resolve().parent.parent
-SLOW = SPEC.replace("epochs = 2", "epochs = 300").replace("values = [20, 40]", "values = [400, 800, 1600]") \
+SLOW = SWEEP_TOML.replace("epochs = 2", "epochs = 300").replace("values = [20, 40]", "values = [400, 800, 1600]") \
     .replace("chunk_runs = 8", "chunk_runs = 2").replace("seeds = 1", "seeds = 2")
 
 
-def _spec(tmp_path, text=SPEC, name="faults.toml") -> Path:
+def _spec(tmp_path, text=SWEEP_TOML, name="faults.toml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
@@ -396,7 +396,7 @@ def test_sweep_refuses_a_changed_chunking(tmp_path, capsys):
     assert main(_sweep(spec, out)) == 0
     capsys.readouterr()
     before = snapshot(out / "shards")
-    assert main(_sweep(_spec(tmp_path, SPEC.replace("chunk_runs = 8", "chunk_runs = 2"), "other.toml"), out)) == 2
+    assert main(_sweep(_spec(tmp_path, SWEEP_TOML.replace("chunk_runs = 8", "chunk_runs = 2"), "other.toml"), out)) == 2
     assert "chunk_runs changed from 8 to 2" in one_line(capsys)
     assert snapshot(out / "shards") == before
 
@@ -406,7 +406,7 @@ def test_a_damaged_shard_is_recomputed_not_trusted(damage, tmp_path):
     from theory_sim.sweeps.spec import SweepSpec
     from theory_sim.sweeps.store import missing_chunks, shard_path
 
-    spec_path = _spec(tmp_path, SPEC.replace("chunk_runs = 8", "chunk_runs = 2"))
+    spec_path = _spec(tmp_path, SWEEP_TOML.replace("chunk_runs = 8", "chunk_runs = 2"))
     out = tmp_path / "out"
     assert main(_sweep(spec_path, out)) == 0
     results = pd.read_parquet(out / "results.parquet")
