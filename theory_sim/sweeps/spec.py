@@ -227,6 +227,7 @@ class SweepSpec:
     trajectories: bool = True        # keep every run's coefficient trajectory (log_points steps)
     cell_seeding: str = "shared"     # shared: seed s draws the same data in every cell; independent: fresh per cell
     _configs: list = field(default=None, compare=False, repr=False, hash=False)
+    _chunks: list = field(default=None, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
         check_int("seeds", self.seeds, 1)
@@ -318,6 +319,11 @@ class SweepSpec:
         a data set (same seed, sigma_p, flip_p: every ||mu|| and optimizer of a seed) are consecutive — they then
         share one matmul (see theory_sim.cnn.data). Chunks hold at most chunk_runs runs, whole data-set groups where
         chunk_runs allows."""
+        if self._chunks is None:  # computed once per spec (a sweep asks for its chunks many times)
+            object.__setattr__(self, "_chunks", self._make_chunks())
+        return self._chunks
+
+    def _make_chunks(self) -> list[list[tuple[tuple, SimConfig]]]:
         groups: dict[tuple, list] = {}
         for key, cfg in self.runs:
             groups.setdefault(tuple(getattr(cfg, f) for f in STRUCTURAL_FIELDS), []).append((key, cfg))

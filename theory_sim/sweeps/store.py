@@ -15,6 +15,7 @@ values (a finite test error in [0, 1] for every run that did not diverge); anyth
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -54,18 +55,27 @@ def _read_json(path: Path) -> dict:
 
 
 def load_spec(out: Path) -> SweepSpec:
-    """The spec of a sweep directory: spec.json, or the copy in results.json (so results alone suffice)."""
+    """The spec of a sweep directory: spec.json, or the copy in results.json (so results alone suffice). Cached per
+    process by the file's identity: a pool worker computes many chunks, and expanding a spec of 100,000 runs into
+    validated configs takes seconds."""
     for name in ("spec.json", "results.json"):
         path = Path(out) / name
         if path.exists():
-            stored = _read_json(path)
-            if not isinstance(stored.get("spec"), dict):
-                raise ConfigError(f"{path} holds no sweep spec (key 'spec'); restore it from the sweep's TOML")
-            try:
-                return SweepSpec.from_dict(stored["spec"])
-            except ConfigError as exc:
-                raise ConfigError(f"{path} holds an invalid spec: {exc}") from None
+            st = path.stat()
+            return _load_spec_file(str(path.resolve()), st.st_mtime_ns, st.st_size)
     raise ConfigError(f"DIR must be a sweep directory holding spec.json or results.json; neither is in {out}")
+
+
+@functools.lru_cache(maxsize=8)
+def _load_spec_file(path_text: str, mtime_ns: int, size: int) -> SweepSpec:
+    path = Path(path_text)
+    stored = _read_json(path)
+    if not isinstance(stored.get("spec"), dict):
+        raise ConfigError(f"{path} holds no sweep spec (key 'spec'); restore it from the sweep's TOML")
+    try:
+        return SweepSpec.from_dict(stored["spec"])
+    except ConfigError as exc:
+        raise ConfigError(f"{path} holds an invalid spec: {exc}") from None
 
 
 def prepare(spec: SweepSpec, out: Path) -> None:
