@@ -21,6 +21,7 @@ from theory_sim.cnn.ensemble import Ensemble, Perturbation, StepBatch
 from theory_sim.cnn.model import Gradient
 from theory_sim.sam.perturbation import (
     ascent_step,
+    expand_runs,
     perturbation,
     usam_perturbation,
 )
@@ -65,7 +66,7 @@ def msam_rule(ens, batch, grad, radius, step) -> Perturbation:
         more = (steps > i) & (radius > 0)
         finite &= g_i.finite | ~more
         new = ascent_step(eps, ens.grad_tensors(batch, g_i), radius, batch_dims=1, norm_fn=norm)
-        eps = [torch.where(more.reshape(-1, *([1] * (e.dim() - 1))), n, e) for n, e in zip(new, eps)]
+        eps = [torch.where(expand_runs(more, e), n, e) for n, e in zip(new, eps)]
     return _as_perturbation(ens, batch, eps, finite)
 
 
@@ -150,7 +151,7 @@ def _mean_over_chunks(g: Gradient, R: int, C: int, scale: torch.Tensor, member: 
         return t.reshape(R, C, *t.shape[1:]).sum(1)
 
     def scaled(t):
-        return fold(t) * scale.reshape(-1, *([1] * (t.dim() - 1)))
+        return fold(t) * expand_runs(scale, t)
 
     return Gradient(scaled(g.loss), fold(g.f * member), scaled(g.coefs), None if g.db is None else scaled(g.db),
                     scaled(g.a_sig), scaled(g.a_noise), fold(g.noise_active), g.finite.reshape(R, C).all(1))
@@ -159,7 +160,7 @@ def _mean_over_chunks(g: Gradient, R: int, C: int, scale: torch.Tensor, member: 
 def _where(mask: torch.Tensor, a: Gradient, b: Gradient) -> Gradient:
     """Per run: a where ``mask``, else b."""
     def pick(x, y):
-        return None if x is None else torch.where(mask.reshape(-1, *([1] * (x.dim() - 1))), x, y)
+        return None if x is None else torch.where(expand_runs(mask, x), x, y)
 
     return Gradient(pick(a.loss, b.loss), pick(a.f, b.f), pick(a.coefs, b.coefs), pick(a.db, b.db),
                     pick(a.a_sig, b.a_sig), pick(a.a_noise, b.a_noise), pick(a.noise_active, b.noise_active),

@@ -19,6 +19,7 @@ import torch
 
 from theory_sim.cnn.data import STREAM_MC, STREAM_TEST, generate_for
 from theory_sim.cnn.model import Params, TwoLayerCNN
+from theory_sim.sam.perturbation import expand_runs
 
 
 def _normalised(params: Params) -> Params:
@@ -28,7 +29,7 @@ def _normalised(params: Params) -> Params:
     ts = params.tensors()
     peak = torch.stack([t.flatten(1).abs().amax(1) for t in ts]).amax(0)
     peak = torch.where((peak > 0) & torch.isfinite(peak), peak, torch.ones_like(peak))
-    return Params.from_tensors([t / peak.reshape(-1, *([1] * (t.dim() - 1))) for t in ts])
+    return Params.from_tensors([t / expand_runs(peak, t) for t in ts])
 
 
 def _finite_runs(*tensors: torch.Tensor | None) -> torch.Tensor:

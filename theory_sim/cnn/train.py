@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from theory_sim.cnn.data import (
     Batch,
 )
 from theory_sim.cnn.ensemble import Ensemble, StepBatch, make_ensemble, select_batch
-from theory_sim.cnn.model import Gradient, Params
+from theory_sim.cnn.model import Gradient, Params, logistic_loss
 from theory_sim.cnn.rules import update_gradient
 from theory_sim.cnn.test_error import (
     gaussian_test_error,
@@ -41,6 +40,7 @@ from theory_sim.cnn.tracker import CoefficientTracker
 from theory_sim.config import (
     SimConfig,
 )
+from theory_sim.sam.perturbation import expand_runs
 
 
 @dataclass
@@ -103,7 +103,7 @@ def apply_step(ens: Ensemble, batch: StepBatch, grad: Gradient, finite: torch.Te
 def stop_converged(ens: Ensemble) -> None:
     """Early stopping on the full training loss, once per epoch."""
     f, _ = ens.outputs()
-    ens.active &= ~(F.softplus(-ens.data.y * f).mean(1) <= ens.loss_eps)
+    ens.active &= ~(logistic_loss(ens.data.y * f).mean(1) <= ens.loss_eps)
 
 
 class TrajectoryLog:
@@ -154,7 +154,7 @@ class TrajectoryLog:
         f = ens.net.output_from_preactivations(sig, z, ens.mult)
         cols = {"step": np.full(ens.R, step), "epoch": np.full(ens.R, epoch), "run": np.arange(ens.R),
                 "seed": [c.seed for c in ens.configs], "optimizer": [c.optimizer for c in ens.configs],
-                "train_loss": F.softplus(-ens.data.y * f).mean(1),
+                "train_loss": logistic_loss(ens.data.y * f).mean(1),
                 "train_acc": (ens.data.y * f > 0).to(ens.dtype).mean(1),
                 "test_error": self.test_error(wwt, w0),
                 "update_noise_active_frac": self.active_sum / self.active_count}  # 0/0 = NaN at step 0
@@ -258,7 +258,7 @@ def final_weights(ens: Ensemble) -> Params:
         previous = ens.weights(previous=True)
         ens.diverged |= bad
         ens.steps_done -= (bad & ens.active).long()
-        params = Params.from_tensors([torch.where(bad.reshape(-1, *([1] * (p.dim() - 1))), o, p)
+        params = Params.from_tensors([torch.where(expand_runs(bad, p), o, p)
                                       for p, o in zip(params.tensors(), previous.tensors())])
     ens.diverged |= ~torch.isfinite(params.W.pow(2).sum(-1)).flatten(1).all(1)
     return params
@@ -276,7 +276,7 @@ def evaluate(ens: Ensemble, track: bool, heldout: bool,
     for col in ("tau", "sam_steps", "data_seed"):  # optional fields: None -> NaN, one dtype per column
         summary[col] = pd.to_numeric(summary[col], errors="coerce").astype("float64")
     summary["tau_effective"] = ens.tau.cpu().numpy()
-    summary["train_loss"] = F.softplus(-data.y * f).mean(1).cpu().numpy()
+    summary["train_loss"] = logistic_loss(data.y * f).mean(1).cpu().numpy()
     summary["train_acc"] = (data.y * f > 0).to(ens.dtype).mean(1).cpu().numpy()
     summary["test_error"] = test_err.cpu().numpy()
     summary["test_error_se"] = test_se.cpu().numpy()

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from theory_sim.config import check_choice, check_float, check_int
-from theory_sim.sam.perturbation import RULES, perturbation, project_to_ball
+from theory_sim.sam.perturbation import RULES, ascent_step, perturbation
 
 Closure = Callable[[], torch.Tensor]
 
@@ -279,12 +279,10 @@ class SAM(torch.optim.Optimizer):
         if self._active is None or self._eps is None:
             raise RuntimeError("ascent_step needs first_step first, and steps_k > 1")
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._active]
-        step = perturbation(self.rule, grads, _uniform(self._alphas))  # normalized ascent direction of length alpha
-        eps = torch._foreach_add(self._eps, step)
-        if self.rule == "sam":  # one rho in all groups (checked in first_step)
-            eps = project_to_ball(eps, self._rhos[0])
-        else:  # sam_inf: the L_inf ball is a box, each group's tensors clipped to their own rho
-            eps = [e.clamp_(-r, r) for e, r in zip(eps, self._rhos)]
+        # sam: one rho in all groups (checked in first_step); sam_inf: the L_inf ball is a box, each group's tensors
+        # clipped to their own rho
+        rho = self._rhos[0] if self.rule == "sam" else self._rhos
+        eps = ascent_step(self._eps, grads, rho, _uniform(self._alphas), rule=self.rule)
         self._eps = eps
         self._set_perturbation(eps)
         if zero_grad:

@@ -8,7 +8,10 @@ optimizer" [F21, K21, T24]; they differ only in how eps is built from the gradie
 - ``asam``    : eps = rho T^2 g / ||T g||_2, T = |w| + eta_a on the scaled tensors, 1 on the others   [K21]
 - ``randsam`` : eps = rho z / ||z||_2, z ~ N(0, I) fresh at every call  (Rand-SAM)              [T24]
 
-Multi-step SAM [T24, F21 App. C.6] re-uses ``sam`` inside a projected ascent loop (see ``project_to_ball``).
+Multi-step SAM [T24, F21 App. C.6] and [W23]'s R_Max take projected normalized ascent steps in the rho-ball:
+``ascent_step`` is that step, written once for the CIFAR optimizer (``theory_sim.sam.optim.SAM.ascent_step``), the
+two-layer CNN trainer (``theory_sim.cnn.rules.msam_rule``) and ``theory_sim.sharpness.notions.r_max``; the callers
+only loop over it.
 
 The same functions serve a single model (``batch_dims=0``: one norm over all tensors) and the batched ensemble of
 two-layer CNNs (``batch_dims=1``: the leading axis of every tensor is the run, every run gets its own norm and
@@ -23,8 +26,9 @@ import torch
 RULES = ("sam", "sam_inf", "asam", "randsam")
 
 
-def _expand(x: torch.Tensor | float, like: torch.Tensor, batch_dims: int) -> torch.Tensor | float:
-    """Broadcast a per-run quantity (shape = batch shape) against a tensor with ``batch_dims`` leading axes."""
+def expand_runs(x: torch.Tensor | float, like: torch.Tensor, batch_dims: int = 1) -> torch.Tensor | float:
+    """Broadcast a per-run quantity (shape = batch shape, e.g. (R,)) against a tensor with ``batch_dims`` leading
+    axes (e.g. (R, ...)) by appending singleton axes; a float or 0-d tensor is returned as it is."""
     if not torch.is_tensor(x) or x.dim() == 0:
         return x
     return x.reshape(x.shape + (1,) * (like.dim() - batch_dims))
@@ -61,14 +65,14 @@ def _scale_to_radius(dirs: Sequence[torch.Tensor], rho, batch_dims: int, norm=No
     rhos = _per_tensor("rho", rho, len(dirs))
     if rhos is None:
         scale = scale_for(rho)
-        return [d * _expand(scale, d, batch_dims) for d in dirs]
+        return [d * expand_runs(scale, d, batch_dims) for d in dirs]
     scales: dict = {}  # one scale per distinct radius
     out = []
     for d, r in zip(dirs, rhos):
         key = id(r) if torch.is_tensor(r) else r
         if key not in scales:
             scales[key] = scale_for(r)
-        out.append(d * _expand(scales[key], d, batch_dims))
+        out.append(d * expand_runs(scales[key], d, batch_dims))
     return out
 
 
@@ -90,7 +94,7 @@ def perturbation(rule: str, grads: Sequence[torch.Tensor], rho, *, params: Seque
         return _scale_to_radius(grads, rho, batch_dims, norm=norm)
     if rule == "sam_inf":
         rhos = _per_tensor("rho", rho, len(grads)) or [rho] * len(grads)
-        return [torch.sign(g) * _expand(torch.as_tensor(r, dtype=g.dtype, device=g.device), g, batch_dims)
+        return [torch.sign(g) * expand_runs(torch.as_tensor(r, dtype=g.dtype, device=g.device), g, batch_dims)
                 for g, r in zip(grads, rhos)]
     if rule == "randsam":
         zs = [torch.randn(g.shape, dtype=g.dtype, device=g.device, generator=generator) for g in grads]
@@ -107,34 +111,51 @@ def perturbation(rule: str, grads: Sequence[torch.Tensor], rho, *, params: Seque
     return [t * d for t, d in zip(scales, _scale_to_radius(tg, rho, batch_dims, norm=norm))]
 
 
-def project_to_ball(eps: Sequence[torch.Tensor], rho, batch_dims: int = 0) -> list[torch.Tensor]:
-    """Project eps onto the L2 ball of radius rho (used by multi-step SAM and by R_Max)."""
-    norm = group_norm(eps, batch_dims)
+def project_to_ball(eps: Sequence[torch.Tensor], rho, batch_dims: int = 0,
+                    norm: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Project eps onto the L2 ball of radius rho (one radius per run with ``batch_dims=1``). ``norm`` overrides
+    ||eps|| (shape = batch shape), as in ``perturbation``: coefficients on a non-orthonormal basis."""
+    norm = group_norm(eps, batch_dims) if norm is None else norm
     rho_t = torch.as_tensor(rho, dtype=norm.dtype, device=norm.device)
     factor = torch.where(norm > rho_t, rho_t / torch.where(norm > 0, norm, torch.ones_like(norm)),
                          torch.ones_like(norm))
-    return [e * _expand(factor, e, batch_dims) for e in eps]
+    return [e * expand_runs(factor, e, batch_dims) for e in eps]
 
 
 def usam_perturbation(grads: Sequence[torch.Tensor], rho, batch_dims: int = 0) -> list[torch.Tensor]:
     """USAM, unnormalised SAM: eps = rho g (no division by ||g||; rho a float or one radius per run)."""
-    return [g * _expand(torch.as_tensor(rho, dtype=g.dtype, device=g.device), g, batch_dims) for g in grads]
+    return [g * expand_runs(torch.as_tensor(rho, dtype=g.dtype, device=g.device), g, batch_dims) for g in grads]
 
 
 def ascent_step(eps: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], rho, alpha=None, *,
-                batch_dims: int = 0, norm_fn=None) -> list[torch.Tensor]:
-    """One step of multi-step SAM [T24, F21 App. C.6]: eps <- Proj_{||.|| <= rho}(eps + alpha g / ||g||), g the
-    gradient at w + eps, alpha = rho by default (so one step from eps = 0 is SAM's eps); a zero g adds nothing.
+                batch_dims: int = 0, norm_fn=None, rule: str = "sam") -> list[torch.Tensor]:
+    """One step of projected normalized gradient ascent in the rho-ball, g the gradient at w + eps:
 
-    The update of ``theory_sim.sam.optim.SAM.ascent_step`` for rule ``sam`` (``perturbation("sam", grads, alpha)``,
-    then ``project_to_ball``), written once for both callers. ``norm_fn(tensors) -> norm`` (shape = batch shape)
-    replaces the Euclidean norm: the two-layer CNN trainer holds eps and g as coefficients on a non-orthonormal
-    basis, whose norm is a quadratic form in the Gram matrix."""
+        rule "sam"      eps <- Proj_{||.||_2 <= rho}(eps + alpha g / ||g||_2)     (a zero g adds nothing)
+        rule "sam_inf"  eps <- clip(eps + alpha sign(g), -rho, rho)             (the L_inf ball is a box)
+
+    alpha = rho by default, so one step from eps = 0 is SAM's eps. The step of multi-step SAM [T24, F21 App. C.6]
+    (``SAM.ascent_step``, ``cnn.rules.msam_rule``) and of R_Max (``sharpness.notions.r_max``, alpha = lr rho).
+    ``rho``/``alpha`` are floats or one radius per run (``batch_dims=1``); rule ``sam_inf`` also takes one per
+    tensor (a list). ``norm_fn(tensors) -> norm`` (shape = batch shape, rule sam) replaces the Euclidean norm: the
+    two-layer CNN trainer holds eps and g as coefficients on a non-orthonormal basis, whose norm is a quadratic
+    form in the Gram matrix."""
+    alpha = rho if alpha is None else alpha
+    if rule == "sam_inf":
+        rhos = _per_tensor("rho", rho, len(eps)) or [rho] * len(eps)
+        step = perturbation("sam_inf", grads, alpha, batch_dims=batch_dims)
+        return [_clip(e + s, r, batch_dims) for e, s, r in zip(eps, step, rhos)]
+    if rule != "sam":
+        raise ValueError(f"ascent_step: rule must be 'sam' or 'sam_inf', got {rule!r}")
     norm_fn = norm_fn or (lambda ts: group_norm(ts, batch_dims))
-    step = _scale_to_radius(grads, rho if alpha is None else alpha, batch_dims, norm=norm_fn(grads))
+    step = _scale_to_radius(grads, alpha, batch_dims, norm=norm_fn(grads))
     eps = [e + s for e, s in zip(eps, step)]
-    norm = norm_fn(eps)
-    rho_t = torch.as_tensor(rho, dtype=norm.dtype, device=norm.device)
-    factor = torch.where(norm > rho_t, rho_t / torch.where(norm > 0, norm, torch.ones_like(norm)),
-                         torch.ones_like(norm))
-    return [e * _expand(factor, e, batch_dims) for e in eps]
+    return project_to_ball(eps, rho, batch_dims, norm=norm_fn(eps))
+
+
+def _clip(e: torch.Tensor, r, batch_dims: int) -> torch.Tensor:
+    """e clipped to [-r, r] coordinate-wise, r a float or one radius per run."""
+    if not torch.is_tensor(r):
+        return e.clamp(-r, r)
+    r = expand_runs(r.to(e.dtype), e, batch_dims)
+    return torch.maximum(torch.minimum(e, r), -r)

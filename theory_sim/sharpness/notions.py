@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from theory_sim.config import check_float, check_int
-from theory_sim.sam.perturbation import group_norm, perturbation, project_to_ball
+from theory_sim.sam.perturbation import ascent_step, group_norm, perturbation
 from theory_sim.sharpness.estimate import Estimate, make_generator
 from theory_sim.sharpness.objective import Objective
 
@@ -42,6 +42,7 @@ def r_max(obj: Objective, rho: float, n_steps: int = 50, n_restarts: int = 4, lr
 
         eps <- Proj_{||eps|| <= rho}( eps + lr * rho * g(w + eps) / ||g(w + eps)|| )
 
+    (``theory_sim.sam.perturbation.ascent_step``, the step of multi-step SAM with ascent length lr * rho).
     Steps are normalised (length lr * rho), so ``lr`` is a fraction of the radius and does not depend on the
     scale of the loss. On a quadratic at its minimum with lr >= 1 this is essentially power iteration for v_1.
     Starts: the SAM point rho g/||g|| (so the result is >= R_Asc) and ``n_restarts`` uniform random points on the
@@ -64,7 +65,7 @@ def r_max(obj: Objective, rho: float, n_steps: int = 50, n_restarts: int = 4, lr
                 break
             if float(group_norm(g)) == 0.0:  # stationary point of the ascent: nothing more to gain here
                 break
-            eps = project_to_ball([e + d for e, d in zip(eps, perturbation("sam", g, lr * rho))], rho)
+            eps = ascent_step(eps, g, rho, alpha=lr * rho)
     return best - float(obj.loss())
 
 
