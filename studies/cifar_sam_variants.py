@@ -1,8 +1,5 @@
 """SGD vs SAM vs Rand-SAM vs multi-step SAM on CIFAR (the [T24] comparison), WRN-28-10 with the [F21] recipe:
-final test error, generalisation gap and the final model's sharpness, beside the papers' numbers (docs/science.md §9).
-
-[F21] Foret et al., Sharpness-Aware Minimization, arXiv 2010.01412 (WRN-28-10, Table 1 and App. C.6).
-[T24] 1st-Order Magic: Analysis of Sharpness-Aware Minimization, arXiv 2411.01714 (Rand-SAM, multi-step SAM).
+final test error, generalisation gap and the final model's sharpness, beside the papers' numbers (docs/science.md §9.1).
 
     python studies/cifar_sam_variants.py --data-dir ~/data/cifar [--dataset cifar100] [--out runs/sam_variants]
     python studies/cifar_sam_variants.py --smoke        # tiny WRN on a synthetic CIFAR, ~1 minute on a CPU
@@ -30,6 +27,7 @@ def main() -> None:
     print_report(args, "measured vs [F21] WRN-28-10 (200 epochs) test error in %; gap = train acc - test acc (%), "
                        "sharpness of the final training loss at rho = the run's radius (SGD: 0.05)",
                  df[cols].set_index("run"))
+
 
 if __name__ == "__main__":
     main()

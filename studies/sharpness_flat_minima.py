@@ -1,37 +1,21 @@
-"""Near a manifold of interpolating minima: full-batch SAM lowers lambda_1, 1-SAM lowers Tr(H) [W23].
-
-Claim checked ([W23] Wen, Ma, Li, ICLR 2023, arXiv 2211.05729; docs/science.md §7 (b)): near a manifold of minimisers, with
-small eta and rho, full-batch SAM follows the manifold in the direction that decreases lambda_1(H) (its implicit
-regulariser is R_Max ~ rho^2 lambda_1 / 2), while batch-size-1 SAM decreases Tr(H) (each per-sample Hessian is
-rank one at an interpolating point, so its top eigenvalue is its trace, and the average of per-sample traces is
-Tr(H)). Plain GD has no such drift: it stops at the first minimum it reaches.
-
-Setup: an over-parameterised tanh MLP interpolates n random points (MSE). GD first brings it to an interpolating
-point w_0 (training loss < 1e-8). From w_0 the three algorithms run for the same number of steps with the same
-eta and rho; lambda_1 (Lanczos) and Tr(H) (Hutchinson, fixed probes so the curves share their noise) of the
-full-batch loss are tracked with the sharpness toolkit, and checked at the end against the dense Hessian.
-Writes figures/sharpness_flat_minima.png.
-
-Found (D = 81, 6 points, eta = 0.02, rho = 0.1, 20k steps): GD stays put (+0.0% / +0.0%); full-batch SAM lowers
-lambda_1 by 64% and Tr by 50%; 1-SAM lowers lambda_1 by 67% and Tr by 64%. So both claims hold, but not
-exclusively: both algorithms lower both quantities here. What separates them is the direction: 1-SAM lowers the
-trace clearly more, and SAM lowers lambda_1 relative to the trace more (lambda_1/Tr 0.43 -> 0.31 vs 0.39).
+"""Near a manifold of interpolating minima (a tanh MLP), full-batch SAM lowers lambda_1 and 1-SAM lowers Tr(H) [W23]
+(docs/science.md §7.3 (b); the setting and what was found: §7.5).
 
     python studies/sharpness_flat_minima.py
 """
 from __future__ import annotations
 
-import os
 import time
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import torch
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 
-from theory_sim.sam.perturbation import perturbation
-from theory_sim.sharpness import Objective, hutchinson_trace, top_eigenvalues
+from theory_sim.sam.perturbation import perturbation  # noqa: E402
+from theory_sim.sharpness import Objective, hutchinson_trace, top_eigenvalues  # noqa: E402
+from theory_sim.study import Study  # noqa: E402
 
 CONFIG = dict(
     n=6, d_in=3, width=16,     # D = d_in*width + width + width + 1 parameters, n << D
@@ -41,7 +25,6 @@ CONFIG = dict(
     steps=20_000, every=500,   # training steps, measurement interval
     trace_probes=200,
 )
-FIG = os.path.join(os.path.dirname(__file__), "..", "figures", "sharpness_flat_minima.png")
 
 
 def make_problem(cfg):
@@ -88,55 +71,48 @@ def measure(loss, theta, cfg):
     return lam1, tr.value, tr.stderr, float(obj.loss())
 
 
-def main(cfg=CONFIG) -> None:
-    t0 = time.time()
-    torch.set_num_threads(1)  # tiny model: threads only add overhead on a shared machine
-    loss, theta = make_problem(cfg)
-    D = theta.numel()
-
-    # phase 0: GD to an interpolating point
+def interpolate(loss, theta, cfg):
+    """Phase 0: GD to an interpolating point w_0 (training loss < gd_tol). Returns w_0, its loss and step count."""
     for step in range(cfg["gd_max_steps"]):
         g, value = grad(loss, theta)
         if value < cfg["gd_tol"]:
             break
         theta = theta - cfg["gd_lr"] * g
     assert value < cfg["gd_tol"], f"GD did not interpolate (loss {value:.2e})"
-    lam0, tr0, se0, _ = measure(loss, theta, cfg)
-    print(f"{cfg['n']} points, tanh MLP {cfg['d_in']}-{cfg['width']}-1, D = {D} parameters; GD reached loss "
-          f"{value:.1e} in {step} steps: lambda_1 = {lam0:.4f}, Tr(H) = {tr0:.4f} +- {se0:.4f}")
-    # stability of each algorithm needs eta * (top curvature it sees) < 2
-    per_sample_top = max(float(top_eigenvalues(Objective.from_function(lambda ps, i=i: loss(ps[0], [i]), [theta]),
-                                               1).values[0]) for i in range(cfg["n"]))
-    print(f"eta = {cfg['eta']}, rho = {cfg['rho']}: eta*lambda_1(H) = {cfg['eta'] * lam0:.3f}, "
-          f"eta*max_i lambda_1(H_i) = {cfg['eta'] * per_sample_top:.3f}")
+    return theta, value, step
 
-    g_perm = torch.Generator().manual_seed(cfg["seed"] + 1)
-    curves = {}
-    for name in ("GD", "full-batch SAM", "1-SAM"):
-        th = theta.clone()
-        rows = [(0, lam0, tr0, se0, value)]
-        order = []
-        for t in range(1, cfg["steps"] + 1):
-            if name == "GD":
-                th = th - cfg["eta"] * grad(loss, th)[0]
-            elif name == "full-batch SAM":
-                th = th - cfg["eta"] * sam_grad(loss, th, cfg["rho"])
-            else:  # one sample per step, a fresh random order every epoch (SGD without replacement)
-                if not order:
-                    order = torch.randperm(cfg["n"], generator=g_perm).tolist()
-                th = th - cfg["eta"] * sam_grad(loss, th, cfg["rho"], [order.pop()])
-            if t % cfg["every"] == 0:
-                rows.append((t, *measure(loss, th, cfg)))
-        curves[name] = rows
-        # end point checked against the dense Hessian
-        H = torch.autograd.functional.hessian(loss, th)
-        ev = torch.linalg.eigvalsh(H)
-        _, lam, tr, se, L = rows[-1]
-        assert abs(lam - float(ev[-1])) < 1e-6 * abs(float(ev[-1])) and abs(tr - float(H.trace())) < 4 * se + 1e-9
-        print(f"{name:15s} after {cfg['steps']} steps: loss {L:.1e}, lambda_1 {lam0:.4f} -> {lam:.4f} "
-              f"({lam / lam0 - 1:+.1%}), Tr(H) {tr0:.4f} -> {tr:.4f} ({tr / tr0 - 1:+.1%}); dense Hessian: "
-              f"lambda_1 {float(ev[-1]):.4f}, Tr {float(H.trace()):.4f}")
 
+def run(name, loss, theta, cfg, start_row, g_perm):
+    """GD, full-batch SAM or 1-SAM from w_0, measured every ``every`` steps; rows (t, lambda_1, Tr, se, loss)."""
+    th = theta.clone()
+    rows = [start_row]
+    order = []
+    for t in range(1, cfg["steps"] + 1):
+        if name == "GD":
+            th = th - cfg["eta"] * grad(loss, th)[0]
+        elif name == "full-batch SAM":
+            th = th - cfg["eta"] * sam_grad(loss, th, cfg["rho"])
+        else:  # one sample per step, a fresh random order every epoch (SGD without replacement)
+            if not order:
+                order = torch.randperm(cfg["n"], generator=g_perm).tolist()
+            th = th - cfg["eta"] * sam_grad(loss, th, cfg["rho"], [order.pop()])
+        if t % cfg["every"] == 0:
+            rows.append((t, *measure(loss, th, cfg)))
+    return th, rows
+
+
+def check_dense(name, loss, th, rows, lam0, tr0, cfg) -> None:
+    """The end point's toolkit numbers against the dense Hessian, printed."""
+    H = torch.autograd.functional.hessian(loss, th)
+    ev = torch.linalg.eigvalsh(H)
+    _, lam, tr, se, L = rows[-1]
+    assert abs(lam - float(ev[-1])) < 1e-6 * abs(float(ev[-1])) and abs(tr - float(H.trace())) < 4 * se + 1e-9
+    print(f"{name:15s} after {cfg['steps']} steps: loss {L:.1e}, lambda_1 {lam0:.4f} -> {lam:.4f} "
+          f"({lam / lam0 - 1:+.1%}), Tr(H) {tr0:.4f} -> {tr:.4f} ({tr / tr0 - 1:+.1%}); dense Hessian: "
+          f"lambda_1 {float(ev[-1]):.4f}, Tr {float(H.trace()):.4f}")
+
+
+def figure(curves, cfg, D):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for name, rows in curves.items():
         ts = [r[0] for r in rows]
@@ -151,10 +127,11 @@ def main(cfg=CONFIG) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"tanh MLP, {cfg['n']} points, D={D}; eta={cfg['eta']}, rho={cfg['rho']}", fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(FIG), exist_ok=True)
-    fig.savefig(FIG, dpi=90)
-    print(f"figure: {os.path.normpath(FIG)}  ({time.time() - t0:.0f} s)")
+    return fig
 
+
+def verdict(curves, lam0, tr0) -> None:
+    """The relative changes of lambda_1 and Tr(H) per algorithm and the two claims, computed from the curves."""
     rel = {name: (rows[-1][1] / lam0 - 1, rows[-1][2] / tr0 - 1) for name, rows in curves.items()}
     sam_lam, sam_tr = rel["full-batch SAM"]
     one_lam, one_tr = rel["1-SAM"]
@@ -170,6 +147,30 @@ def main(cfg=CONFIG) -> None:
           f"{'yes' if one_tr < sam_tr else 'no'};  SAM lowers lambda_1 relative to the trace more than 1-SAM: "
           f"{'yes' if sam_lam - sam_tr < one_lam - one_tr else 'no'}")
     assert claim_sam and claim_one, "[W23] prediction (b) not reproduced"
+
+
+def main(cfg=CONFIG) -> None:
+    t0 = time.time()
+    study = Study(__file__)
+    loss, theta = make_problem(cfg)
+    D = theta.numel()
+    theta, value, step = interpolate(loss, theta, cfg)
+    lam0, tr0, se0, _ = measure(loss, theta, cfg)
+    print(f"{cfg['n']} points, tanh MLP {cfg['d_in']}-{cfg['width']}-1, D = {D} parameters; GD reached loss "
+          f"{value:.1e} in {step} steps: lambda_1 = {lam0:.4f}, Tr(H) = {tr0:.4f} +- {se0:.4f}")
+    # stability of each algorithm needs eta * (top curvature it sees) < 2
+    per_sample_top = max(float(top_eigenvalues(Objective.from_function(lambda ps, i=i: loss(ps[0], [i]), [theta]),
+                                               1).values[0]) for i in range(cfg["n"]))
+    print(f"eta = {cfg['eta']}, rho = {cfg['rho']}: eta*lambda_1(H) = {cfg['eta'] * lam0:.3f}, "
+          f"eta*max_i lambda_1(H_i) = {cfg['eta'] * per_sample_top:.3f}")
+
+    g_perm = torch.Generator().manual_seed(cfg["seed"] + 1)
+    curves = {}
+    for name in ("GD", "full-batch SAM", "1-SAM"):
+        th, curves[name] = run(name, loss, theta, cfg, (0, lam0, tr0, se0, value), g_perm)
+        check_dense(name, loss, th, curves[name], lam0, tr0, cfg)
+    print(f"figure: {study.save_figure(figure(curves, cfg, D), dpi=90)}  ({time.time() - t0:.0f} s)")
+    verdict(curves, lam0, tr0)
 
 
 if __name__ == "__main__":

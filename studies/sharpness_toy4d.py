@@ -1,42 +1,23 @@
-"""[W23]'s 4-D toy: which minimiser on the manifold {x3 = x4 = 0} do SAM, GD on L_Asc and 1-SAM pick?
-
-    L(x) = F1(x1, x2) x3^2 + F2(x1, x2) x4^2,   F1 > F2 > 0,
-    F1 = c1 + k1 ||z - m1||^2,  F2 = c2 + k2 ||z - m2||^2,  z = (x1, x2).
-Every point with x3 = x4 = 0 is a global minimum; there the Hessian is diag(0, 0, 2 F1, 2 F2), so
-lambda_1 = 2 F1, lambda_min(nonzero) = 2 F2, Tr = 2 (F1 + F2).
-
-Claims checked ([W23] Wen, Ma, Li, ICLR 2023, arXiv 2211.05729; docs/science.md §7 (c)), for small eta and rho:
-  1. full-batch SAM [F21] minimises lambda_1        -> ends at argmin F1 = m1;
-  2. GD on L_Asc(x) = L(x + rho g/||g||) (the exact gradient, including d(g/||g||)/dx) minimises the smallest
-     nonzero eigenvalue                              -> ends at argmin F2 = m2;
-  3. batch-size-1 SAM on L0 = F1 x3^2, L1 = F2 x4^2 (alternating) minimises the trace -> argmin (F1 + F2).
-Success = ||z_T - z_predicted|| <= 5% of the smallest distance between the three candidate minimisers.
-
-What we found (printed by the script): 1 and 3 reproduce. 2 does NOT reproduce with constant-step GD, for any
-step size we tried: the 2-cycle along the bottom eigenvector x4, which GD on L_Asc would need to follow to feel
-F2 only, is linearly unstable for every eta (its multiplier is measured and matches the closed form
-f(H, r) = 1 - H r - r^2 (2 - H) + r^2 (1 - r) (2 - H)^2 / H with r = lambda_1/lambda_2 > 1, which is < -1).
-Large steps align x with the TOP eigenvector (like SAM) and end at m1; small steps give chaotic normal dynamics
-and a point in between. The gradient FLOW of L_Asc (an ODE solver) does approach the manifold along x4, as the
-lambda_min prediction requires, but reaches it in finite time, where L_Asc's gradient is discontinuous.
+"""[W23]'s 4-D toy L = F1(z) x3^2 + F2(z) x4^2: which minimiser do full-batch SAM, GD on L_Asc and 1-SAM pick?
+(docs/science.md §7.3 (c); the setting, the success rule and what was found: §7.5).
 
     python studies/sharpness_toy4d.py
 """
 from __future__ import annotations
 
-import os
 import time
 import warnings
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
-import torch
-from scipy.integrate import solve_ivp
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.integrate import solve_ivp  # noqa: E402
 
-from theory_sim.sharpness import Objective, top_eigenvalues
+from theory_sim.sharpness import Objective, top_eigenvalues  # noqa: E402
+from theory_sim.study import Study  # noqa: E402
 
 CONFIG = dict(
     k1=1.0, k2=0.5, m1=(0.5, 0.0), m2=(-0.5, 0.0),
@@ -48,7 +29,7 @@ CONFIG = dict(
     asc_h=[0.02, 0.1, 0.5, 1.2],  # step sizes (eta * lambda_1(start)) tried for GD on L_Asc
     tolerance=0.05,
 )
-FIG = os.path.join(os.path.dirname(__file__), "..", "figures", "sharpness_toy4d.png")
+H_GRID = [0.02, 0.1, 0.3, 0.6, 1.0, 1.5, 1.9]  # eta * lambda_axis at which the 2-cycles' multipliers are measured
 
 
 class Toy:
@@ -139,12 +120,8 @@ def measured_factor(toy: Toy, axis: str, H: float, rho: float) -> float:
     return float(x1[0, j] / x[0, j])
 
 
-def main(cfg=CONFIG) -> None:
-    t0 = time.time()
-    torch.set_num_threads(1)
-    toy = Toy(cfg)
-    rho = cfg["rho"]
-    check_closed_forms(toy, rho)
+def candidates(toy: Toy, cfg) -> tuple[dict, float]:
+    """The three predicted minimisers and their smallest separation; F1 > F2 everywhere is asserted and printed."""
     # F1 > F2 everywhere: min_z (F1 - F2) = c1 - c2 - k1 k2 |m1 - m2|^2 / (k1 - k2)
     gap = cfg["c1"] - cfg["c2"] - cfg["k1"] * cfg["k2"] * np.sum((toy.m1 - toy.m2) ** 2) / (cfg["k1"] - cfg["k2"])
     assert gap > 0 and cfg["k1"] > cfg["k2"]
@@ -153,9 +130,13 @@ def main(cfg=CONFIG) -> None:
     print(f"F1 = {cfg['c1']} + {cfg['k1']}|z - {cfg['m1']}|^2, F2 = {cfg['c2']} + {cfg['k2']}|z - {cfg['m2']}|^2 "
           f"(min F1 - F2 = {gap:.2f} > 0); candidates: "
           + ", ".join(f"{k} = ({v[0]:.3f}, {v[1]:.3f})" for k, v in cands.items())
-          + f"; separation {sep:.3f}; rho = {rho}")
+          + f"; separation {sep:.3f}; rho = {cfg['rho']}")
+    return cands, sep
 
-    x0 = np.array(cfg["starts"], dtype=np.float64)
+
+def train_all(toy: Toy, cfg, x0) -> dict:
+    """Full-batch SAM, 1-SAM and GD on L_Asc (one run per step size) from every start: name -> (x_T, path of z)."""
+    rho = cfg["rho"]
     lam0 = 2 * toy.F(x0[:, :2])[0][:, None]      # lambda_1 at each start sets its step size
     runs = {}
 
@@ -173,24 +154,23 @@ def main(cfg=CONFIG) -> None:
         cfg["steps"])
     for h in cfg["asc_h"]:
         run(f"GD on L_Asc, eta*lam1={h}", lambda x, t, e: x - e * toy.asc_grad(x, rho), h / lam0, cfg["steps"])
+    return runs
 
-    def report(name, target):
-        x = runs[name][0]
-        d = np.linalg.norm(x[:, :2] - cands[target], axis=1) / sep
-        nearest = [min(cands, key=lambda k: np.linalg.norm(xi[:2] - cands[k])) for xi in x]
-        print(f"{name:28s} predicted {target:13s}: rel. distance per start "
-              + " ".join(f"{v:.4f}" for v in d) + f"   nearest candidate: {', '.join(sorted(set(nearest)))}")
-        return bool((d <= cfg["tolerance"]).all())
 
-    print(f"\n{cfg['steps']} steps from {len(x0)} starts; relative distance = ||z_T - z_pred|| / {sep:.3f}, "
-          f"pass if <= {cfg['tolerance']}")
-    ok_sam = report("full-batch SAM", "argmin F1")
-    ok_1sam = report("1-SAM", "argmin F1+F2")
-    ok_asc = [report(f"GD on L_Asc, eta*lam1={h}", "argmin F2") for h in cfg["asc_h"]]
+def report(runs, name, target, cands, sep, tolerance) -> bool:
+    """Print the relative distance of each start's end point to the predicted minimiser; all within tolerance?"""
+    x = runs[name][0]
+    d = np.linalg.norm(x[:, :2] - cands[target], axis=1) / sep
+    nearest = [min(cands, key=lambda k: np.linalg.norm(xi[:2] - cands[k])) for xi in x]
+    print(f"{name:28s} predicted {target:13s}: rel. distance per start "
+          + " ".join(f"{v:.4f}" for v in d) + f"   nearest candidate: {', '.join(sorted(set(nearest)))}")
+    return bool((d <= tolerance).all())
 
-    # the toolkit at the end points: SAM's has the smallest lambda_1, 1-SAM's the smallest trace
+
+def end_point_hessians(toy: Toy, runs, names) -> None:
+    """The toolkit at the end points: SAM's has the smallest lambda_1, 1-SAM's the smallest trace."""
     print("\nHessian at the end point (first start), via the toolkit (Lanczos, D = 4):")
-    for name in ("full-batch SAM", "1-SAM", f"GD on L_Asc, eta*lam1={cfg['asc_h'][0]}"):
+    for name in names:
         z = runs[name][0][0, :2]
         obj = Objective.from_function(lambda ps: torch_loss(toy, ps[0]),
                                       [torch.tensor([z[0], z[1], 0.0, 0.0], dtype=torch.float64)])
@@ -198,34 +178,38 @@ def main(cfg=CONFIG) -> None:
         print(f"  {name:28s} lambda_1 = {float(ev[0]):.4f}  lambda_2 = {float(ev[1]):.4f}  "
               f"trace = {float(ev.sum()):.4f}")
 
-    # why GD on L_Asc fails: stability of the 2-cycles along the bottom (x4) and top (x3) eigenvectors
+
+def cycle_stability(toy: Toy, rho) -> tuple[dict, dict]:
+    """Why GD on L_Asc fails: the multipliers of the 2-cycles along the bottom (x4) and top (x3) eigenvectors,
+    measured and against the closed form. Returns (r per axis, measured multipliers per axis)."""
     print("\nGD on L_Asc, multiplier of the off-axis coordinate per step around a 2-cycle (|.| < 1 = stable):")
-    Hs = [0.02, 0.1, 0.3, 0.6, 1.0, 1.5, 1.9]
     f1m1, f2m1 = (float(v[0]) for v in toy.F(toy.m1[None]))
     f1m2, f2m2 = (float(v[0]) for v in toy.F(toy.m2[None]))
-    r_bottom, r_top = f1m2 / f2m2, f2m1 / f1m1
-    meas = {"bottom": [measured_factor(toy, "bottom", H, rho) for H in Hs],
-            "top": [measured_factor(toy, "top", H, rho) for H in Hs]}
-    for axis, r in (("bottom", r_bottom), ("top", r_top)):
+    ratios = {"bottom": f1m2 / f2m2, "top": f2m1 / f1m1}
+    meas = {axis: [measured_factor(toy, axis, H, rho) for H in H_GRID] for axis in ("bottom", "top")}
+    for axis, r in ratios.items():
         print(f"  along the {axis:6s} eigenvector (r = {r:.3f}): "
               + " ".join(f"H={H}: {m:+.3f} (formula {stability_factor(H, r):+.3f})"
-                         for H, m in zip(Hs, meas[axis])))
-        assert np.allclose(meas[axis], [stability_factor(H, r) for H in Hs], rtol=1e-5)
-    bottom_unstable = all(abs(m) > 1 for m in meas["bottom"])
+                         for H, m in zip(H_GRID, meas[axis])))
+        assert np.allclose(meas[axis], [stability_factor(H, r) for H in H_GRID], rtol=1e-5)
+    return ratios, meas
 
-    # the gradient flow of L_Asc (LSODA): direction in which it reaches the manifold
+
+def gradient_flow(toy: Toy, rho, x_start) -> None:
+    """The gradient flow of L_Asc (LSODA): the direction in which it reaches the manifold."""
     def rhs(t, x):
         return -toy.asc_grad(x[None], rho)[0]
 
     with warnings.catch_warnings():  # LSODA complains when it stalls at the manifold: expected, reported below
         warnings.simplefilter("ignore")
-        sol = solve_ivp(rhs, (0.0, 5.0), x0[0], method="LSODA", rtol=1e-8, atol=1e-13)
+        sol = solve_ivp(rhs, (0.0, 5.0), x_start, method="LSODA", rtol=1e-8, atol=1e-13)
     xe = sol.y[:, -1]
     print(f"\ngradient flow of L_Asc from start 0: solver status {sol.status} at t = {sol.t[-1]:.3f} "
           f"({'stalled at the manifold' if sol.status != 0 else 'finished'}), |x3|/|x4| = "
           f"{abs(xe[2]) / abs(xe[3]):.2e}, z = ({xe[0]:.4f}, {xe[1]:.4f})")
 
-    # figure
+
+def figure(runs, cands, ratios, meas):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, (_, path) in runs.items():  # SAM drawn thick: the large-eta GD-on-L_Asc paths run on top of it
         style = dict(lw=4, alpha=0.5) if name == "full-batch SAM" else dict(lw=1.2, ls=":" if "L_Asc" in name else "-")
@@ -236,18 +220,38 @@ def main(cfg=CONFIG) -> None:
     axes[0].set(xlabel="$x_1$", ylabel="$x_2$", title="paths of z = (x1, x2) from start 0")
     axes[0].legend(fontsize=7)
     grid = np.linspace(0.01, 1.99, 200)
-    axes[1].plot(grid, [stability_factor(H, r_bottom) for H in grid], label="2-cycle along bottom eigvec (x4)")
-    axes[1].plot(grid, [stability_factor(H, r_top) for H in grid], label="2-cycle along top eigvec (x3)")
-    axes[1].scatter(Hs, meas["bottom"], s=15, c="k", zorder=5, label="measured")
-    axes[1].scatter(Hs, meas["top"], s=15, c="k", zorder=5)
+    axes[1].plot(grid, [stability_factor(H, ratios["bottom"]) for H in grid], label="2-cycle along bottom eigvec (x4)")
+    axes[1].plot(grid, [stability_factor(H, ratios["top"]) for H in grid], label="2-cycle along top eigvec (x3)")
+    axes[1].scatter(H_GRID, meas["bottom"], s=15, c="k", zorder=5, label="measured")
+    axes[1].scatter(H_GRID, meas["top"], s=15, c="k", zorder=5)
     axes[1].axhspan(-1, 1, color="g", alpha=0.1, label="stable")
     axes[1].set(xlabel="$H = \\eta \\lambda_{axis}$", ylabel="multiplier of the off-axis coordinate",
                 ylim=(-6, 6), title="GD on $L_{Asc}$: stability of its 2-cycles")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(FIG), exist_ok=True)
-    fig.savefig(FIG, dpi=90)
-    print(f"figure: {os.path.normpath(FIG)}  ({time.time() - t0:.0f} s)")
+    return fig
+
+
+def main(cfg=CONFIG) -> None:
+    t0 = time.time()
+    study = Study(__file__)
+    toy, rho = Toy(cfg), cfg["rho"]
+    check_closed_forms(toy, rho)
+    cands, sep = candidates(toy, cfg)
+    x0 = np.array(cfg["starts"], dtype=np.float64)
+    runs = train_all(toy, cfg, x0)
+    print(f"\n{cfg['steps']} steps from {len(x0)} starts; relative distance = ||z_T - z_pred|| / {sep:.3f}, "
+          f"pass if <= {cfg['tolerance']}")
+    ok_sam = report(runs, "full-batch SAM", "argmin F1", cands, sep, cfg["tolerance"])
+    ok_1sam = report(runs, "1-SAM", "argmin F1+F2", cands, sep, cfg["tolerance"])
+    ok_asc = [report(runs, f"GD on L_Asc, eta*lam1={h}", "argmin F2", cands, sep, cfg["tolerance"])
+              for h in cfg["asc_h"]]
+    end_point_hessians(toy, runs, ("full-batch SAM", "1-SAM", f"GD on L_Asc, eta*lam1={cfg['asc_h'][0]}"))
+    ratios, meas = cycle_stability(toy, rho)
+    bottom_unstable = all(abs(m) > 1 for m in meas["bottom"])
+    gradient_flow(toy, rho, x0[0])
+    path = study.save_figure(figure(runs, cands, ratios, meas), dpi=90)
+    print(f"figure: {path}  ({time.time() - t0:.0f} s)")
 
     print("\nFOUND:")
     print(f"  full-batch SAM -> argmin F1 (lambda_1):      {'REPRODUCED' if ok_sam else 'NOT reproduced'}")
