@@ -140,9 +140,16 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
             boot.append(f.assign(boot=b))
     keys = ["label", "dim", *dims]
     checks = []
+    # a variant's runs repeat along the axes its optimizer does not read (theory_sim.config.ignored_parameters):
+    # no slope along such an axis, and the slopes along the others once (at the axis's first value), not per value
+    ignored = {o.label: spec.ignored_axes(o.label) for o in spec.optimizers}
+    first = {a.name: min(a.values) for a in spec.axes}
     if not fits.empty:
         boot_df = pd.concat(boot, ignore_index=True) if boot else pd.DataFrame(columns=fits.columns)
         for _, row in fits.iterrows():
+            skip = ignored.get(row.label, ())
+            if row.dim in skip or any(row[a] != first[a] for a in skip if a in row):
+                continue
             match = boot_df
             for k in keys:
                 if k in row and not pd.isna(row[k]):
@@ -150,7 +157,8 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
             s = match.slope.dropna().to_numpy()
             lo, hi = (np.percentile(s, [2.5, 97.5]) if len(s) >= 10 else (float("nan"), float("nan")))
             pred = PREDICTED.get(optimizer_of.get(row.label, ""), {}).get(row.dim)
-            fixed = {k: row[k] for k in dims if k != row.dim and not (row.dim == "P-1" and k == "P")}
+            fixed = {k: ("any" if k in skip else row[k]) for k in dims
+                     if k != row.dim and not (row.dim == "P-1" and k == "P")}
             checks.append(dict(label=row.label, optimizer=optimizer_of.get(row.label), dim=row.dim, fixed=fixed,
                                slope=row.slope, ci_low=float(lo), ci_high=float(hi), predicted=pred,
                                points=row.points, cells=row.cells, boot_valid=int(len(s)),
