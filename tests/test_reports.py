@@ -40,3 +40,36 @@ def test_tau_report_censors_cells_at_the_grid_edge():
     assert used_all == 6 and biased > -0.4           # the edge cell pulls the fit: what defect 3 was
     clean = report.best_tau_slope(tau_table(edge_cell=False), range(4))
     assert clean[2] == [] and abs(clean[0] + 0.5) < 1e-9
+
+
+def family_table(shift: dict, seeds=6, seed=0) -> pd.DataFrame:
+    """Test errors 0.3 + shift[label] + a seed effect shared by every rule + run noise, at d in {800, 3200, 6400}."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    effect = rng.normal(0, 0.05, (3, 4, seeds))
+    optimizer = {"msam2": "msam", "msam5": "msam", "1-sam": "sam"}
+    for label, dz in shift.items():
+        for i, d in enumerate((800, 3200, 6400)):
+            for j, mu in enumerate((0.5, 1.0, 2.0, 4.0)):
+                for s in range(seeds):
+                    rows.append(dict(label=label, optimizer=optimizer.get(label, label), d=d, mu_norm=mu, n=20, P=2,
+                                     sigma_p=1.0, seed=s, flip_p=0.1, diverged=False,
+                                     test_error=0.3 + dz + effect[i, j, s] + 0.003 * rng.standard_normal()))
+    return pd.DataFrame(rows)
+
+
+def test_sam_family_verdicts_follow_the_table():
+    """The Rand-SAM sentence is computed: a table where Rand-SAM equals SAM (both better than SGD) gives the
+    [T24] agreement; one where Rand-SAM equals SGD gives the disagreement, in those words."""
+    report = load("sam_family_report")
+    like_t24 = family_table({"sgd": 0.0, "sam": -0.05, "randsam": -0.05, "msam2": -0.06, "msam5": 0.02})
+    text = " ".join(report.verdicts(report.comparisons(like_t24, n_boot=500)))
+    assert "Rand-SAM vs SAM at d >= 3200: " in text and "test error (indistinguishable, 48 pairs); vs SGD: -0.05" in text
+    assert "This agrees with [T24]" in text and "disagrees" not in text.split("Multi-step")[0]
+    assert "holds at K = 5 but not at K = 2, which is better than SAM" in text
+    like_sgd = family_table({"sgd": 0.0, "sam": -0.05, "randsam": 0.0, "msam2": 0.03, "msam5": 0.02})
+    text = " ".join(report.verdicts(report.comparisons(like_sgd, n_boot=500)))
+    assert "The theory model disagrees with [T24]'s real-network finding" in text
+    assert "Rand-SAM is worse than SAM and indistinguishable from SGD" in text
+    assert "holds at K = 2 and K = 5" in text
+    assert "+0.050 [" in text                                  # the measured difference, with its interval
