@@ -209,6 +209,37 @@ def test_verify_recovers_a_known_slope():
     assert all(c["holds"] for c in report["sam_below_sgd"])
     wrong = verify_table(synthetic_table({"sgd": 0.5, "sam": 0.3}), spec, n_boot=100)
     assert not any(c["holds"] for c in wrong["slopes"])
+    # the summary counts every check and names the failing ones; verify.md opens with it
+    good = report["summary"]
+    assert good["checks"] == good["holding"] > 0 and good["failing"] == []
+    bad = wrong["summary"]
+    assert bad["holding"] < bad["checks"] and "sam boundary slope in d [n=20, P=2, sigma_p=1]" in bad["failing"]
+    assert wrong["markdown"].splitlines()[2].startswith(f"**Summary:** {bad['holding']} of {bad['checks']} checks "
+                                                        "hold; failing: sam boundary slope in d")
+
+
+def test_verify_strict_exits_1_on_a_failing_check_and_quiet_prints_one_line(tmp_path, capsys):
+    import json
+
+    from theory_sim.io import save_table
+
+    spec = SweepSpec.from_dict({"name": "synthetic", "seeds": 6,
+                                "grid": {"d": [100, 200, 400, 800, 1600, 3200],
+                                         "mu_norm": {"start": 0.3, "stop": 12, "num": 49, "spacing": "log"}},
+                                "optimizers": [{"label": "sgd"}, {"label": "sam", "optimizer": "sam"}],
+                                "base": {"epochs": 1}})
+    for name, slopes, rc in (("good", {"sgd": 0.25, "sam": 0.02}, 0), ("bad", {"sgd": 0.5, "sam": 0.3}, 1)):
+        out = tmp_path / name
+        out.mkdir()
+        save_table(synthetic_table(slopes).assign(train_loss=0.0), out / "results.parquet",
+                   {"spec": spec.to_dict(), "digest": spec.digest()})
+        assert main(["verify", str(out), "--bootstrap", "20", "--strict", "--quiet"]) == rc
+        printed = capsys.readouterr().out.strip().splitlines()
+        assert len(printed) == 1 and "checks hold" in printed[0]
+        assert main(["verify", str(out), "--bootstrap", "20"]) == 0             # without --strict: 0
+        assert capsys.readouterr().out.startswith("# verify: synthetic")
+        summary = json.loads((out / "verify.json").read_text())["summary"]
+        assert bool(summary["failing"]) == bool(rc)
 
 
 def test_full_batch_over_an_n_grid_and_data_sharing_chunks(tmp_path):
@@ -297,7 +328,7 @@ SHARED_SPEC = TINY.replace("[grid.d]\nvalues = [20, 40]",
                            "[grid.d]\nvalues = [20, 40, 80]\n[grid.c_tau]\nvalues = [0.5, 1.0, 2.0]")
 
 
-def test_a_run_is_trained_once_for_every_cell_it_serves(tmp_path):
+def test_a_run_is_trained_once_for_every_cell_it_serves(tmp_path, capsys):
     """A c_tau axis: sgd does not read c_tau, so each (d, ||mu||, seed) sgd run is trained once and joined to the
     three c_tau cells; the table still has a row per cell x seed x variant, the joined rows equal a run trained at
     that c_tau by itself, and verify fits no sgd slope in c_tau (nor sgd's d-slope once per c_tau)."""
@@ -338,6 +369,10 @@ def test_a_run_is_trained_once_for_every_cell_it_serves(tmp_path):
     # the shards of the deduped layout validate: a resume computes nothing
     assert missing_chunks(spec, out) == []
     assert run_sweep(spec, out, progress=False).attrs["chunks_computed"] == 0
+    capsys.readouterr()
+    assert main(["sweep", str(tmp_path / "tiny.toml"), "--out", str(out), "--executor", "inline", "--quiet"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()   # the run line and verify's one-line summary
+    assert len(printed) == 2 and "checks hold" in printed[1] and "figures in" in printed[1]
     # a directory whose spec.json predates the layout (one run per cell) is refused with one clear line
     stored = json.loads((out / "spec.json").read_text())
     stored.pop("layout")

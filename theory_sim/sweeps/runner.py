@@ -338,6 +338,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                    help="draw the figures and run verify once the results are complete")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
+                   help="after the sweep print verify's one-line summary, not the whole report (it is in "
+                        "DIR/verify.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -362,8 +365,15 @@ def run(args: argparse.Namespace) -> int:
         from theory_sim.sweeps.figures import draw_figures
         from theory_sim.sweeps.verify import verify
 
+        from theory_sim.sweeps.verify import summary_sentence
+
         report = verify(args.out)
-        for path in draw_figures(args.out):
-            print(f"figure: {path}")
-        print(report["markdown"])
+        figures = draw_figures(args.out)
+        if args.quiet:
+            print(f"{len(figures)} figures in {args.out / 'figures'}; verify: {summary_sentence(report['summary'])} "
+                  f"({args.out / 'verify.md'})")
+        else:
+            for path in figures:
+                print(f"figure: {path}")
+            print(report["markdown"])
     return 0

@@ -183,11 +183,63 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
         report["trajectory_note"] = ("this sweep directory has no trajectories.parquet (written before sweeps kept "
                                      "coefficient trajectories, or with trajectories = false): the trajectory claims "
                                      "need a re-run of the sweep into a new --out directory")
+    report["summary"] = summarize(report)
     report["markdown"] = _markdown(report, spec)
     if out is not None:
         write_json(Path(out) / "verify.json", {k: v for k, v in report.items() if k != "markdown"})
         atomic_write_bytes(Path(out) / "verify.md", report["markdown"].encode())
     return report
+
+
+def _cell_text(values: dict) -> str:
+    return ", ".join(f"{k}={_fmt(_int(v))}" for k, v in values.items())
+
+
+def summarize(report: dict) -> dict:
+    """The verdict of a report: every check with a rule (holds True/False; a '-' row has none) counted, grouped by
+    check (the same claim for the same variant, over cells). Returns {checks, holding, failing: [names], groups:
+    [{check, holding, total, failing: [cells]}]}."""
+    groups: dict[str, dict] = {}
+
+    def add(check: str, cell: str, holds) -> None:
+        if holds is None:
+            return
+        g = groups.setdefault(check, {"check": check, "holding": 0, "total": 0, "failing": []})
+        g["total"] += 1
+        g["holding"] += bool(holds)
+        if not holds:
+            g["failing"].append(cell)
+
+    for c in report["slopes"]:
+        add(f"{c['label']} boundary slope in {c['dim']}", _cell_text(c["fixed"]), c["holds"])
+    for c in report["sam_below_sgd"]:
+        add(f"{c['sam']} boundary below {c['sgd']}'s at large d", _cell_text(c["slice"]), c["holds"])
+    for c in report.get("trajectory_claims") or []:
+        if c["claim"] == "ratio_law_constant":
+            add(f"ratio_law_constant ({c['variant']})", c["dimension"], c["holds"])
+        else:
+            add(f"{c['claim']} ({c['variant']}, {c['dimension']})", "", c["holds"])
+    total = sum(g["total"] for g in groups.values())
+    holding = sum(g["holding"] for g in groups.values())
+    failing = [f"{g['check']}" + (f" [{cell}]" if cell else "") for g in groups.values() for cell in g["failing"]]
+    return {"checks": total, "holding": holding, "failing": failing, "groups": list(groups.values())}
+
+
+def summary_sentence(summary: dict, max_cells: int = 3) -> str:
+    """'N of M checks hold; failing: X (in k of n cells: ...), ...' (one line, for verify.md and the gallery)."""
+    parts = []
+    for g in summary["groups"]:
+        bad = [c for c in g["failing"] if c]
+        if g["holding"] == g["total"]:
+            continue
+        if g["total"] == 1:
+            parts.append(g["check"])
+            continue
+        cells = "; ".join(bad[:max_cells]) + ("; ..." if len(bad) > max_cells else "")
+        parts.append(f"{g['check']} fails in {g['total'] - g['holding']} of {g['total']} cells"
+                     + (f" ({cells})" if cells else ""))
+    head = f"{summary['holding']} of {summary['checks']} checks hold"
+    return head + (f"; failing: {'; '.join(parts)}." if parts else "; none fails.")
 
 
 def _sam_below_sgd(bnd: pd.DataFrame, optimizer_of: dict, slice_dims=SLICE) -> list[dict]:
@@ -221,7 +273,9 @@ def _fmt(x, nd=3):
 
 
 def _markdown(report: dict, spec) -> str:
-    lines = [f"# verify: {spec.name}", "", f"Benign rule: {report['benign_rule']}; {report['seeds']} seeds per cell; "
+    lines = [f"# verify: {spec.name}", "", f"**Summary:** {summary_sentence(report['summary'], max_cells=8)} "
+             "(Every row below with a 'holds' column is a check; verify --strict exits 1 when any fails.)", "",
+             f"Benign rule: {report['benign_rule']}; {report['seeds']} seeds per cell; "
              f"95% intervals from {report['bootstrap']} bootstrap resamples of the seeds.", "",
              "## Boundary slopes (log ||mu||* against log of the dimension)", "",
              "| variant | dimension | held fixed | measured slope | 95% CI | predicted | holds | cells used |",
@@ -319,27 +373,35 @@ def _trajectory_markdown(report: dict) -> list[str]:
         values = np.array([c["measured"] for c in constants])
         ok = sum(bool(c["holds"]) for c in constants)
         lines += ["", f"Ratio-law constant (measured / predicted) per early-phase cell: {ok} of {len(constants)} "
-                  f"within [0.8, 1.25]; min {values.min():.3g}, median {np.median(values):.3g}, max "
+                  f"with the whole 95% interval within [0.8, 1.25]; min {values.min():.3g}, median {np.median(values):.3g}, max "
                   f"{values.max():.3g}.", "",
                   "| variant | cell | measured / predicted | 95% CI | holds |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {c['variant']} | {c['dimension']} | {_fmt(c['measured'])} | [{_fmt(c['ci_low'])}, "
                   f"{_fmt(c['ci_high'])}] | {holds(c)} |" for c in constants]
     lines += ["", "Rules (theory_sim.sweeps.trajectory_claims): ratio-law exponents hold when the interval comes within "
-              "0.1 of the prediction, constants within [0.8, 1.25]; SAM amplification >= 2 in every SGD-harmful cell "
-              "(seed-mean test error >= p + 0.1); collapse holds when x's residual spread around a decreasing fit is "
-              "below 0.7 of ||mu||'s (the whole interval); invariants need 0 violations; late phase: median R^2 in log "
-              "t >= 0.9 and above the R^2 in t, median max|rhounder| / max rhobar <= 0.5."]
+              "0.1 of the prediction, constants when the whole interval lies within [0.8, 1.25]; SAM amplification "
+              ">= 2 in every SGD-harmful cell (seed-mean test error >= p + 0.1); the update-point noise-active fraction "
+              "when the interval of SAM's minus SGD's lies below 0; collapse holds when x's residual spread around a "
+              "decreasing fit is below 0.7 of ||mu||'s (the whole interval); invariants need 0 violations; late "
+              "phase: the growth exponent k of rhobar_max (log growth: 0) when its whole interval lies within +-0.05, "
+              "median max|rhounder| / max rhobar <= 0.5."]
     return lines
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, help="sweep directory with results.parquet")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals")
+    p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=False,
+                   help="exit with status 1 when any check fails (for CI)")
+    p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
+                   help="print only the one-line summary (the full report is in DIR/verify.md)")
 
 
 def run(args: argparse.Namespace) -> int:
     from theory_sim.config import check_int
 
     check_int("bootstrap", args.bootstrap, 10)
-    print(verify(args.dir, n_boot=args.bootstrap)["markdown"])
-    return 0
+    report = verify(args.dir, n_boot=args.bootstrap)
+    print(f"{args.dir}: {summary_sentence(report['summary'])} ({args.dir / 'verify.md'})" if args.quiet
+          else report["markdown"])
+    return 1 if args.strict and report["summary"]["failing"] else 0
