@@ -27,6 +27,7 @@ import pandas as pd
 from theory_sim.io import atomic_write_bytes
 from theory_sim.sweeps.paired import describe, paired_differences, pooled, scored_error
 from theory_sim.sweeps.store import load_spec, read_results
+from theory_sim.sweeps.verify import stored_summary
 
 LARGE_D = 3200
 
@@ -131,7 +132,8 @@ def main() -> None:
                    f"{r.n_pairs} | {r.verdict} |" for r in table.itertuples()]
     lines = [f"# The SAM family on the two-layer CNN ({spec.name}, {results.seed.nunique()} seeds per cell, each rule "
              f"for 200 steps then SGD)", "",
-             *verdicts(table, claims, args.large_d), "",
+             *verdicts(table, claims, args.large_d),
+             f"- Checks of this preset (verify): {stored_summary(args.dir)}", "",
              "| rule | boundary slope in d [95% CI] | mu* at d = " + str(d_max) + f" | mean test error, d >= "
              f"{args.large_d:g} | Gamma/Rho amplification over SGD (median over cells) [95% CI] | update-point "
              "noise-active fraction [95% CI] |",
@@ -140,8 +142,8 @@ def main() -> None:
              "95% intervals from 2000 resamples of the seeds (theory_sim.sweeps.paired):", "",
              "| rule | baseline | mean difference | 95% CI | pairs | verdict |", "| --- | --- | --- | --- | --- | --- |",
              *paired_rows, "",
-             f"From `{args.dir}/verify.json` (boundaries, slopes, trajectory claims; its paired differences over all "
-             "cells) and `results.parquet`. What [T24] reports: docs/science.md §8."]
+             "From the sweep's verify.json (boundaries, slopes, trajectory claims; its paired differences over all "
+             "cells) and results.parquet. What [T24] reports: docs/science.md §8."]
     text = "\n".join(lines) + "\n"
     atomic_write_bytes(args.gallery / "sam_family_phase.md", text.encode())
     print(text)

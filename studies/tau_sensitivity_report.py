@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from theory_sim.io import atomic_write_bytes, save_figure  # noqa: E402
 from theory_sim.sweeps.store import load_spec, read_results  # noqa: E402
+from theory_sim.sweeps.verify import stored_summary  # noqa: E402
 
 
 def best_tau_points(r, seeds, censor: bool = True) -> tuple[list, int]:
@@ -110,6 +111,7 @@ def main() -> None:
              f"{sorted({d for d, _ in n_censored})}), so this slope may be biased low; only a wider c_tau grid "
              f"removes the censoring. Keeping them at their in-grid tau* (a lower bound) gives {slope_all:.2f} "
              f"[{lo_all:.2f}, {hi_all:.2f}] over {n_all} cells, the fit earlier versions of this report quoted.",
+             f"- Checks of this preset (verify): {stored_summary(args.dir)}",
              f"- Largest c_tau ({cells.c_tau.max():g}) vs c_tau = 1: test error higher by {worse.mean():+.3f} on average, "
              f"by up to {worse.max():+.3f} (d = {worse.idxmax()[0]}, ||mu|| = {worse.idxmax()[1]:.3g}); the training loss still ends at "
              f"{big.loss.mean():.3f}: too large a radius does not break training here, it stops helping.",

@@ -73,3 +73,23 @@ def test_sam_family_verdicts_follow_the_table():
     assert "Rand-SAM is worse than SAM and indistinguishable from SGD" in text
     assert "holds at K = 2 and K = 5" in text
     assert "+0.050 [" in text                                  # the measured difference, with its interval
+
+
+def test_gallery_checks_fill_the_readme_from_verify_summaries(tmp_path):
+    gallery = load("gallery_checks")
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "demo_verify.md").write_text("# verify: demo\n\n**Summary:** 3 of 4 checks hold; failing: sgd boundary "
+                                            "slope in d [n=20]. (Every row below ...)\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("| demo | headline; checks that fail: <!-- checks:demo -->old text<!-- /checks --> |\n")
+    import sys
+
+    argv, sys.argv = sys.argv, ["gallery_checks", "--readme", str(readme), "--figures", str(figures)]
+    try:
+        gallery.main()
+    finally:
+        sys.argv = argv
+    text = readme.read_text()
+    assert "old text" not in text
+    assert "3 of 4 checks hold; failing: sgd boundary slope in d [n=20].<!-- /checks -->" in text

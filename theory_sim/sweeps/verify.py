@@ -242,6 +242,19 @@ def summary_sentence(summary: dict, max_cells: int = 3) -> str:
     return head + (f"; failing: {'; '.join(parts)}." if parts else "; none fails.")
 
 
+def stored_summary(out: str | Path) -> str:
+    """The summary sentence of DIR/verify.json, for a study's report (a line saying how to get it if absent)."""
+    import json
+
+    path = Path(out) / "verify.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    if not report.get("summary"):
+        return f"not computed (run `python -m theory_sim verify {out}`)"
+    note = (" (boundary checks only: the trajectory claims need the sweep's trajectories.parquet)"
+            if report.get("trajectory_note") else "")
+    return summary_sentence(report["summary"], max_cells=8) + note
+
+
 def _sam_below_sgd(bnd: pd.DataFrame, optimizer_of: dict, slice_dims=SLICE) -> list[dict]:
     """At every d in the upper half of the grid: is each SAM-family variant's boundary below each SGD variant's, in
     every slice of the other dimensions? A never-benign SGD cell counts as +inf, a benign-everywhere SAM cell as
