@@ -30,6 +30,8 @@ from theory_sim.sweeps.store import load_spec, read_results
 from theory_sim.sweeps.verify import stored_summary
 
 LARGE_D = 3200
+NO_TRAJECTORIES = (" The mechanism (Gamma/Rho amplification, noise-active fraction) needs the sweep's trajectory claims, "
+                   "which this verify.json lacks (no trajectories.parquet: re-run the sweep).")
 
 
 def _fmt(x) -> str:
@@ -78,10 +80,10 @@ def verdicts(table: pd.DataFrame, claims: list[dict] | None = None, large_d: flo
                "The theory model disagrees with [T24]'s real-network finding (Rand-SAM comparable to SAM, both "
                f"better than SGD on WRN-28-10 / CIFAR): here Rand-SAM is {_relation(verdict('randsam', 'sam'), 'SAM')}"
                f" and {_relation(verdict('randsam', 'sgd'), 'SGD')}.")
-            + f" Mechanism (trajectory claims, during the rule's phase): Rand-SAM's Gamma/Rho amplification over SGD is "
-              f"{_interval(a)}, {level} (SAM {_interval(amp.get('sam'))}); update-point noise-active fraction "
-              f"{_interval(noise.get('randsam'))} vs SGD's {_interval(noise.get('sgd'))} and SAM's "
-              f"{_interval(noise.get('sam'))}.")
+            + (f" Mechanism (trajectory claims, during the rule's phase): Rand-SAM's Gamma/Rho amplification over SGD "
+               f"is {_interval(a)}, {level} (SAM {_interval(amp.get('sam'))}); update-point noise-active fraction "
+               f"{_interval(noise.get('randsam'))} vs SGD's {_interval(noise.get('sgd'))} and SAM's "
+               f"{_interval(noise.get('sam'))}." if a or noise else NO_TRAJECTORIES))
     if row("msam5", "sam") or row("msam2", "sam"):
         k5, k2 = verdict("msam5", "sam"), verdict("msam2", "sam")
         out.append(
@@ -94,9 +96,10 @@ def verdicts(table: pd.DataFrame, claims: list[dict] | None = None, large_d: flo
             .get((k5, k2), f"does not hold as stated (K = 5 is {k5}, K = 2 {k2} against SAM)")
             + ". Every ascent step has size tau; this sweep does not vary the step.")
     if row("1-sam", "sam"):
+        mech = (f"; amplification {_interval(amp.get('1-sam'))}, noise-active fraction "
+                f"{_interval(noise.get('1-sam'))}" if amp.get("1-sam") or noise.get("1-sam") else "")
         out.append(f"- 1-SAM (per-sample perturbations) vs SAM {where}: {describe(row('1-sam', 'sam'))}; vs SGD: "
-                   f"{describe(row('1-sam', 'sgd'))}; amplification {_interval(amp.get('1-sam'))}, noise-active "
-                   f"fraction {_interval(noise.get('1-sam'))}.")
+                   f"{describe(row('1-sam', 'sgd'))}{mech}.")
     if row("usam", "sam"):
         out.append(f"- USAM (eps = tau g) vs SAM {where}: {describe(row('usam', 'sam'))}; vs SGD: "
                    f"{describe(row('usam', 'sgd'))}.")
