@@ -30,8 +30,8 @@ from theory_sim.sweeps.store import load_spec, read_results
 from theory_sim.sweeps.verify import stored_summary
 
 LARGE_D = 3200
-NO_TRAJECTORIES = (" The mechanism (Gamma/Rho amplification, noise-active fraction) needs the sweep's trajectory claims, "
-                   "which this verify.json lacks (no trajectories.parquet: re-run the sweep).")
+NO_TRAJECTORIES = (" The mechanism (Gamma/Rho amplification, noise-active fraction) needs the sweep's trajectory "
+                   "claims, which this verify.json lacks (no trajectories.parquet: re-run the sweep).")
 
 
 def _fmt(x) -> str:
@@ -143,7 +143,8 @@ def main() -> None:
              "| --- | --- | --- | --- | --- | --- |", *rows, "",
              f"Paired test-error differences (rule - baseline, same seeds) over the cells with d >= {args.large_d:g}, "
              "95% intervals from 2000 resamples of the seeds (theory_sim.sweeps.paired):", "",
-             "| rule | baseline | mean difference | 95% CI | pairs | verdict |", "| --- | --- | --- | --- | --- | --- |",
+             "| rule | baseline | mean difference | 95% CI | pairs | verdict |",
+             "| --- | --- | --- | --- | --- | --- |",
              *paired_rows, "",
              "From the sweep's verify.json (boundaries, slopes, trajectory claims; its paired differences over all "
              "cells) and results.parquet. What [T24] reports: docs/science.md §8."]

@@ -386,7 +386,8 @@ def _trajectory_markdown(report: dict) -> list[str]:
         values = np.array([c["measured"] for c in constants])
         ok = sum(bool(c["holds"]) for c in constants)
         lines += ["", f"Ratio-law constant (measured / predicted) per early-phase cell: {ok} of {len(constants)} "
-                  f"with the whole 95% interval within [0.8, 1.25]; min {values.min():.3g}, median {np.median(values):.3g}, max "
+                  f"with the whole 95% interval within [0.8, 1.25]; min {values.min():.3g}, median "
+                  f"{np.median(values):.3g}, max "
                   f"{values.max():.3g}.", "",
                   "| variant | cell | measured / predicted | 95% CI | holds |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {c['variant']} | {c['dimension']} | {_fmt(c['measured'])} | [{_fmt(c['ci_low'])}, "
