@@ -250,8 +250,11 @@ def stored_summary(out: str | Path) -> str:
     report = json.loads(path.read_text()) if path.exists() else {}
     if not report.get("summary"):
         return f"not computed (run `python -m theory_sim verify {out}`)"
+    from theory_sim.sweeps.store import load_spec
+
+    keeps = load_spec(out).trajectories   # a sweep with trajectories = false has no trajectory claims to miss
     note = (" (boundary checks only: the trajectory claims need the sweep's trajectories.parquet)"
-            if report.get("trajectory_note") else "")
+            if report.get("trajectory_note") and keeps else "")
     return summary_sentence(report["summary"], max_cells=8) + note
 
 
