@@ -1,10 +1,12 @@
 """Does a more exact ascent find sharper (or flatter) solutions? lambda_1 and Tr(H) of every SAM-family rule's
 solution along one phase-diagram row, against its test error [T24, W23].
 
-Claim examined ([T24], arXiv 2411.01714, for WideResNets): SAM's benefit does not come from solving the inner
-maximisation well — Rand-SAM (a random direction) is not as good as SAM, and multi-step SAM (a more exact ascent)
-is no better. Here the same rules train the two-layer CNN of [C23] (n=20, m=10, P=2, sigma_p=1, p=0.1, B=5,
-eta=0.1, 100 epochs, each rule for the first 200 steps then SGD) at d=800 over a row of ||mu||; every final network
+Claim examined ([T24], arXiv 2411.01714, on WRN-28-10 / CIFAR; docs/science.md §8 says what it reports): SAM's
+benefit does not come from solving the inner maximisation well — more precise approximations of the SAM objective
+(multi-step SAM) generalise worse, and Rand-SAM (a random direction) is comparable to SAM, both better than SGD.
+Whether the theory model agrees is read from paired differences in figures/sam_family_phase.md (it does not for
+Rand-SAM); this script asks whether sharpness tracks the test error. Here the same rules train the two-layer CNN
+of [C23] (n=20, m=10, P=2, sigma_p=1, p=0.1, B=5, eta=0.1, 100 epochs, each rule for the first 200 steps then SGD) at d=800 over a row of ||mu||; every final network
 gets lambda_1 and Tr(H) of its training loss (theory_sim.sharpness), and the script reports, per rule, the mean
 test error, train loss, lambda_1 and Tr(H), and the Spearman correlation of each sharpness with the test error.
 Writes figures/sam_family_sharpness.png and figures/sam_family_sharpness.md.

@@ -209,6 +209,37 @@ def test_verify_recovers_a_known_slope():
     assert all(c["holds"] for c in report["sam_below_sgd"])
     wrong = verify_table(synthetic_table({"sgd": 0.5, "sam": 0.3}), spec, n_boot=100)
     assert not any(c["holds"] for c in wrong["slopes"])
+    # the summary counts every check and names the failing ones; verify.md opens with it
+    good = report["summary"]
+    assert good["checks"] == good["holding"] > 0 and good["failing"] == []
+    bad = wrong["summary"]
+    assert bad["holding"] < bad["checks"] and "sam boundary slope in d [n=20, P=2, sigma_p=1]" in bad["failing"]
+    assert wrong["markdown"].splitlines()[2].startswith(f"**Summary:** {bad['holding']} of {bad['checks']} checks "
+                                                        "hold; failing: sam boundary slope in d")
+
+
+def test_verify_strict_exits_1_on_a_failing_check_and_quiet_prints_one_line(tmp_path, capsys):
+    import json
+
+    from theory_sim.io import save_table
+
+    spec = SweepSpec.from_dict({"name": "synthetic", "seeds": 6,
+                                "grid": {"d": [100, 200, 400, 800, 1600, 3200],
+                                         "mu_norm": {"start": 0.3, "stop": 12, "num": 49, "spacing": "log"}},
+                                "optimizers": [{"label": "sgd"}, {"label": "sam", "optimizer": "sam"}],
+                                "base": {"epochs": 1}})
+    for name, slopes, rc in (("good", {"sgd": 0.25, "sam": 0.02}, 0), ("bad", {"sgd": 0.5, "sam": 0.3}, 1)):
+        out = tmp_path / name
+        out.mkdir()
+        save_table(synthetic_table(slopes).assign(train_loss=0.0), out / "results.parquet",
+                   {"spec": spec.to_dict(), "digest": spec.digest()})
+        assert main(["verify", str(out), "--bootstrap", "20", "--strict", "--quiet"]) == rc
+        printed = capsys.readouterr().out.strip().splitlines()
+        assert len(printed) == 1 and "checks hold" in printed[0]
+        assert main(["verify", str(out), "--bootstrap", "20"]) == 0             # without --strict: 0
+        assert capsys.readouterr().out.startswith("# verify: synthetic")
+        summary = json.loads((out / "verify.json").read_text())["summary"]
+        assert bool(summary["failing"]) == bool(rc)
 
 
 def test_full_batch_over_an_n_grid_and_data_sharing_chunks(tmp_path):
@@ -291,3 +322,89 @@ def test_cell_seeding_independent_draws_every_cell_afresh(tmp_path):
     ref = run_sweep(shared, tmp_path / "shared_out", progress=False)
     assert not np.allclose(df.train_loss, ref.train_loss)
     assert set(df.seed) == set(ref.seed)                        # the replicate index is still 0..seeds-1
+
+
+SHARED_SPEC = TINY.replace("[grid.d]\nvalues = [20, 40]",
+                           "[grid.d]\nvalues = [20, 40, 80]\n[grid.c_tau]\nvalues = [0.5, 1.0, 2.0]")
+
+
+def test_a_run_is_trained_once_for_every_cell_it_serves(tmp_path, capsys):
+    """A c_tau axis: sgd does not read c_tau, so each (d, ||mu||, seed) sgd run is trained once and joined to the
+    three c_tau cells; the table still has a row per cell x seed x variant, the joined rows equal a run trained at
+    that c_tau by itself, and verify fits no sgd slope in c_tau (nor sgd's d-slope once per c_tau)."""
+    import json
+
+    from theory_sim.cnn.train import train_ensemble
+    from theory_sim.sweeps.store import prepare
+
+    spec = SweepSpec.from_toml(write_spec(tmp_path, SHARED_SPEC))
+    trained = [key for key, _ in spec.trained_runs]
+    assert sum(k[0] == "sgd" for k in trained) == 3 * 3 * 2              # d x mu x seed, not x c_tau
+    assert sum(k[0] == "sam" for k in trained) == 3 * 3 * 3 * 2
+    assert len(spec.runs) == len(trained) + len(spec.joined_runs) == 2 * 3 * 3 * 3 * 2
+    assert sum(len(c) for c in spec.chunks()) == len(trained)
+    assert spec.ignored_axes("sgd") == ("c_tau",) and spec.ignored_axes("sam") == ()
+    out = tmp_path / "out"
+    df = run_sweep(spec, out, progress=False)
+    assert len(df) == len(spec.runs) and not df.duplicated(list(spec.run_key)).any()
+    sgd = df[df.label == "sgd"]
+    per_ctau = sgd.groupby("c_tau").train_loss.apply(lambda s: s.to_numpy())
+    assert np.array_equal(per_ctau[0.5], per_ctau[2.0]) and set(sgd.c_tau) == {0.5, 1.0, 2.0}
+    alone = [cfg for key, cfg in spec.runs if key[0] == "sgd" and cfg.c_tau == 2.0]   # as the old layout trained it
+    ref = pd.concat([train_ensemble([c for c in alone if c.d == d], track=False, log=False, progress=False,
+                                    heldout=False, reconstruct=False).summary for d in (20, 40, 80)])
+    ours = sgd[sgd.c_tau == 2.0].set_index(["d", "mu_norm", "seed"]).sort_index()
+    ref = ref.set_index(["d", "mu_norm", "seed"]).sort_index()
+    assert np.array_equal(ours.train_loss.to_numpy(), ref.train_loss.to_numpy())
+    assert np.array_equal(ours.test_error.to_numpy(), ref.test_error.to_numpy())
+    traj = pd.read_parquet(out / "trajectories.parquet")
+    assert traj.groupby(list(spec.run_key)).ngroups == len(spec.runs)
+    assert main(["verify", str(out), "--bootstrap", "20"]) == 0
+    slopes = json.loads((out / "verify.json").read_text())["slopes"]
+    assert not [c for c in slopes if c["label"] == "sgd" and c["dim"] == "c_tau"]
+    assert [c for c in slopes if c["label"] == "sam" and c["dim"] == "c_tau"]
+    assert len([c for c in slopes if c["label"] == "sgd" and c["dim"] == "d"]) == 1     # not once per c_tau
+    assert len([c for c in slopes if c["label"] == "sam" and c["dim"] == "d"]) == 3
+    assert all(c["fixed"]["c_tau"] == "any" for c in slopes if c["label"] == "sgd")
+    # the shards of the deduped layout validate: a resume computes nothing
+    assert missing_chunks(spec, out) == []
+    assert run_sweep(spec, out, progress=False).attrs["chunks_computed"] == 0
+    capsys.readouterr()
+    assert main(["sweep", str(tmp_path / "tiny.toml"), "--out", str(out), "--executor", "inline", "--quiet"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()   # the run line and verify's one-line summary
+    assert len(printed) == 2 and "checks hold" in printed[1] and "figures in" in printed[1]
+    # a directory whose spec.json predates the layout (one run per cell) is refused with one clear line
+    stored = json.loads((out / "spec.json").read_text())
+    stored.pop("layout")
+    (out / "spec.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="new --out"):
+        prepare(spec, out)
+    plain = SweepSpec.from_toml(write_spec(tmp_path, TINY, "plain.toml"))   # no joined runs: the layout is the same
+    assert plain.joined_runs == [] and plain.trained_runs == plain.runs
+
+
+def test_independent_cell_seeding_shares_no_runs(tmp_path):
+    spec = SweepSpec.from_toml(write_spec(tmp_path, SHARED_SPEC.replace('name = "tiny"',
+                                                                        'name = "tiny"\ncell_seeding = "independent"')))
+    assert spec.joined_runs == []   # every c_tau cell draws its own data: no two runs are the same
+
+
+def test_ignored_parameters_do_not_change_a_run():
+    """Oracle for theory_sim.config.ignored_parameters: changing a parameter an optimizer ignores leaves its run
+    bitwise the same; changing one it reads (the wrong input) does not."""
+    from theory_sim.cnn.train import train_ensemble
+    from theory_sim.config import OPTIMIZERS, SimConfig, ignored_parameters
+
+    other = {"tau": 0.3, "c_tau": 3.0, "sam_steps": 2, "ascent_steps": 3, "m_sharpness": 2, "norm": "inf",
+             "asam_eta": 0.2}
+    for opt in OPTIMIZERS:
+        base = SimConfig(optimizer=opt, d=30, n=8, batch_size=4, epochs=2, n_test=0, n_mc=200, sigma_0=0.1,
+                         ascent_steps=2, sam_steps=None)
+        cfgs = [base] + [base.replace(**{p: other[p]}) for p in ignored_parameters(opt)]
+        if opt != "sgd":
+            cfgs.append(base.replace(c_tau=3.0))   # read by every SAM-family rule
+        res = train_ensemble(cfgs, track=False, log=False, progress=False, heldout=False, reconstruct=False).summary
+        same = res.train_loss.to_numpy()[:1 + len(ignored_parameters(opt))]
+        assert np.all(same == same[0]), opt
+        if opt != "sgd":
+            assert res.train_loss.iloc[-1] != same[0], opt

@@ -50,6 +50,26 @@ from dataclasses import asdict, dataclass, fields, replace  # noqa: E402
 # sam_steps schedule)
 OPTIMIZERS = ("sgd", "sam", "usam", "randsam", "msam", "asam")
 NORMS = ("2", "inf")
+# The SimConfig fields each optimizer does not read (the one place that says so): a sweep trains one run for all
+# the cells that differ only in them and joins it to each (theory_sim.sweeps.spec), and verify fits no slope along
+# them. sgd has no radius and no rule options; ascent_steps is msam's, asam_eta asam's, norm sam's ("inf": sign(g)),
+# m_sharpness that of sam, usam and msam (SimConfig.chunk_size).
+_RULE_OPTIONS = ("ascent_steps", "m_sharpness", "norm", "asam_eta")
+IGNORED_PARAMETERS = {
+    "sgd": ("tau", "c_tau", "sam_steps", *_RULE_OPTIONS),
+    "sam": ("ascent_steps", "asam_eta"),
+    "usam": ("ascent_steps", "norm", "asam_eta"),
+    "randsam": ("ascent_steps", "m_sharpness", "norm", "asam_eta"),
+    "msam": ("norm", "asam_eta"),
+    "asam": ("ascent_steps", "m_sharpness", "norm"),
+}
+
+
+def ignored_parameters(optimizer: str) -> tuple[str, ...]:
+    """The SimConfig fields ``optimizer`` does not read: runs that differ only in them are the same run."""
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    return IGNORED_PARAMETERS[optimizer]
+
 MODELS = ("c23", "kou2023")
 NOISE_PATCHES = ("shared", "independent")
 DTYPES = ("float64", "float32")

@@ -81,16 +81,32 @@ def run_chunk(out: str, chunk_id: int, threads: int | None = None, claim: bool =
             release_chunk(out_dir, chunk_id)
 
 
+def join_shared_runs(spec: SweepSpec, table: pd.DataFrame) -> pd.DataFrame:
+    """Add, for every run the spec did not train itself (``spec.joined_runs``: it equals a trained run, see
+    theory_sim.sweeps.spec), a copy of that trained run's rows carrying the run's own key (e.g. its c_tau)."""
+    if not spec.joined_runs:
+        return table
+    key = list(spec.run_key)
+    source = pd.DataFrame([s for _, s in spec.joined_runs], columns=key).astype(table[key].dtypes.to_dict())
+    source["_join"] = range(len(source))
+    copies = table.merge(source, on=key, how="inner")
+    target = pd.DataFrame([k for k, _ in spec.joined_runs], columns=key)
+    for k in key:
+        copies[k] = target[k].to_numpy()[copies._join.to_numpy()]
+    return pd.concat([table, copies.drop(columns="_join")[table.columns]], ignore_index=True)
+
+
 def aggregate(spec: SweepSpec, out: Path) -> pd.DataFrame:
-    """Concatenate every shard into DIR/results.parquet (one row per cell x seed x optimizer) and, when the sweep
-    keeps them, DIR/trajectories.parquet (one row per logged step x run)."""
+    """Concatenate every shard into DIR/results.parquet (one row per cell x seed x optimizer, a run trained once for
+    several cells joined to each) and, when the sweep keeps them, DIR/trajectories.parquet (one row per logged step x
+    run)."""
     sidecar = {"spec": spec.to_dict(), "digest": spec.digest(), **provenance()}
     ids = range(len(spec.chunks()))
     if spec.trajectories:
         traj = pd.concat([pd.read_parquet(shard_path(out, i, "trajectories")) for i in ids], ignore_index=True)
-        traj = traj.sort_values([*spec.run_key, "step"]).reset_index(drop=True)
+        traj = join_shared_runs(spec, traj).sort_values([*spec.run_key, "step"]).reset_index(drop=True)
         save_table(traj, Path(out) / "trajectories.parquet", {**sidecar, "rows": len(traj)})
-    df = pd.concat([pd.read_parquet(shard_path(out, i)) for i in ids], ignore_index=True)
+    df = join_shared_runs(spec, pd.concat([pd.read_parquet(shard_path(out, i)) for i in ids], ignore_index=True))
     df = df.sort_values(list(spec.run_key)).reset_index(drop=True).drop(columns=["chunk_seconds"])
     save_table(df, Path(out) / "results.parquet", {**sidecar, "rows": len(df)})
     return df
@@ -322,6 +338,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                    help="draw the figures and run verify once the results are complete")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
+                   help="after the sweep print verify's one-line summary, not the whole report (it is in "
+                        "DIR/verify.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -346,8 +365,15 @@ def run(args: argparse.Namespace) -> int:
         from theory_sim.sweeps.figures import draw_figures
         from theory_sim.sweeps.verify import verify
 
+        from theory_sim.sweeps.verify import summary_sentence
+
         report = verify(args.out)
-        for path in draw_figures(args.out):
-            print(f"figure: {path}")
-        print(report["markdown"])
+        figures = draw_figures(args.out)
+        if args.quiet:
+            print(f"{len(figures)} figures in {args.out / 'figures'}; verify: {summary_sentence(report['summary'])} "
+                  f"({args.out / 'verify.md'})")
+        else:
+            for path in figures:
+                print(f"figure: {path}")
+            print(report["markdown"])
     return 0

@@ -33,6 +33,12 @@ give distinct cells (on d, n and P after rounding to integers: a log grid that r
 
 Expansion is deterministic: runs are grouped by the fields that must agree inside an ensemble, split into chunks of
 at most ``chunk_runs``, and numbered — so a re-run of the same spec finds the same chunks on disk.
+
+A run is trained once even when several cells hold it: a variant's runs that differ only in axes its optimizer
+does not read (theory_sim.config.ignored_parameters: e.g. c_tau, tau, sam_steps for sgd) and share their data (the
+same seed under shared cell seeding) are one run. ``runs`` lists every (cell, seed, variant); ``trained_runs`` the
+distinct ones, which the chunks hold; the runner joins each trained run to every cell that needs it, so the results
+table still has one row per cell x seed x variant.
 """
 from __future__ import annotations
 
@@ -54,6 +60,7 @@ from theory_sim.config import (
     check_choice,
     check_float,
     check_int,
+    ignored_parameters,
 )
 
 TRAJECTORY_POINTS = 30
@@ -227,6 +234,7 @@ class SweepSpec:
     trajectories: bool = True        # keep every run's coefficient trajectory (log_points steps)
     cell_seeding: str = "shared"     # shared: seed s draws the same data in every cell; independent: fresh per cell
     _configs: list = field(default=None, compare=False, repr=False, hash=False)
+    _trained: tuple = field(default=None, compare=False, repr=False, hash=False)
     _chunks: list = field(default=None, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -312,7 +320,47 @@ class SweepSpec:
 
     @property
     def runs(self) -> list[tuple[tuple, SimConfig]]:
+        """Every (run key, config): one per cell x seed x variant."""
         return self._configs
+
+    def ignored_axes(self, label: str) -> tuple[str, ...]:
+        """The swept axes that variant ``label``'s optimizer does not read (its runs repeat along them)."""
+        o = next(o for o in self.optimizers if o.label == label)
+        names = {a.name for a in self.axes}
+        return tuple(a for a in ignored_parameters(o.optimizer) if a in names)
+
+    @property
+    def trained_runs(self) -> list[tuple[tuple, SimConfig]]:
+        """The distinct runs (first occurrence in ``runs`` order): what the chunks hold and the trainer trains."""
+        return self._shared_runs()[0]
+
+    @property
+    def joined_runs(self) -> list[tuple[tuple, tuple]]:
+        """(run key, key of the trained run it equals) for every run of ``runs`` that is not trained itself."""
+        return self._shared_runs()[1]
+
+    def _shared_runs(self) -> tuple[list, list]:
+        if self._trained is None:
+            object.__setattr__(self, "_trained", self._dedupe())
+        return self._trained
+
+    def _dedupe(self) -> tuple[list, list]:
+        # a variant's runs are the same run when they agree on every run-key field but the ignored axes, and on
+        # the data seed (independent cell seeding draws each cell's data from the cell's values: never shared)
+        drop = {o.label: set(self.ignored_axes(o.label)) for o in self.optimizers}
+        if not any(drop.values()):
+            return self._configs, []
+        keep = {lab: [i for i, k in enumerate(self.run_key) if k not in d] for lab, d in drop.items()}
+        first: dict[tuple, tuple] = {}
+        trained, joined = [], []
+        for key, cfg in self._configs:
+            ident = (*(key[i] for i in keep[key[0]]), cfg.data_seed)
+            source = first.setdefault(ident, key)
+            if source is key:
+                trained.append((key, cfg))
+            else:
+                joined.append((key, source))
+        return trained, joined
 
     def chunks(self) -> list[list[tuple[tuple, SimConfig]]]:
         """Deterministic chunks: runs grouped by the structural fields and, inside, ordered so that the runs sharing
@@ -325,7 +373,7 @@ class SweepSpec:
 
     def _make_chunks(self) -> list[list[tuple[tuple, SimConfig]]]:
         groups: dict[tuple, list] = {}
-        for key, cfg in self.runs:
+        for key, cfg in self.trained_runs:
             groups.setdefault(tuple(getattr(cfg, f) for f in STRUCTURAL_FIELDS), []).append((key, cfg))
         out = []
         for runs in groups.values():

@@ -4,7 +4,7 @@ tables (read by the runner, status, figures and verify; it imports none of them)
 Layout of a sweep directory::
 
     DIR/spec.json                          the normalised spec and its digest (a different spec in DIR is refused)
-    DIR/shards/chunk-NNNNN.parquet         one row per run of chunk NNNNN (written last: the chunk's done-marker)
+    DIR/shards/chunk-NNNNN.parquet         one row per trained run of chunk NNNNN (written last: the done-marker)
     DIR/shards/chunk-NNNNN.traj.parquet    the chunk's coefficient trajectories, one row per (logged step, run)
     DIR/shards/chunk-NNNNN.lock            held while a process computes the chunk (concurrent sweeps share work)
     DIR/results.parquet, results.json      every results shard, concatenated and sorted; spec and provenance
@@ -36,6 +36,11 @@ RESULT_COLUMNS = ("label", "tau_effective", "train_loss", "train_acc", "test_err
 TRAJECTORY_COLUMNS = (*RUN_KEY, "step", "epoch", "optimizer", "train_loss", "train_acc", "test_error",
                       "update_noise_active_frac", "gamma_mean", "rhobar_mean", "gamma_max", "rhobar_max",
                       "rhounder_min", "rhobar_min", "rhounder_max", "noise_active_frac", "rho_monotone_violations")
+
+
+# chunks hold the distinct runs (SweepSpec.trained_runs); directories without this mark in spec.json hold one run
+# per cell, which differs only for specs with joined runs (SweepSpec.joined_runs)
+LAYOUT = "trained-runs"
 
 
 def shard_path(out: Path, chunk_id: int, kind: str = "results") -> Path:
@@ -88,6 +93,11 @@ def prepare(spec: SweepSpec, out: Path) -> None:
     if path.exists():
         stored = _read_json(path)
         _check_same_spec(stored, spec, path)
+        if stored.get("layout") != LAYOUT and spec.joined_runs and any((out / "shards").glob("chunk-*.parquet")):
+            raise ConfigError(f"the shards in {out} hold one run per cell, written before sweeps trained a run "
+                              f"once for all the cells it serves ({len(spec.joined_runs)} of this spec's runs "
+                              f"repeat: theory_sim.config.ignored_parameters); use a new --out directory (the "
+                              f"numbers are the same), or delete {out / 'shards'} to start over")
         chunking = (stored.get("spec") or {}).get("chunk_runs")
         if chunking != spec.chunk_runs and any((out / "shards").glob("chunk-*.parquet")):
             raise ConfigError(f"chunk_runs changed from {chunking} to {spec.chunk_runs}, but the shards in {out} "
@@ -100,7 +110,7 @@ def prepare(spec: SweepSpec, out: Path) -> None:
         elif found:
             raise ConfigError(f"{out} already holds sweep output ({', '.join(found)}) but no spec.json or "
                               f"results.json saying which spec made it; use a new --out directory")
-        write_json(path, {"spec": spec.to_dict(), "digest": spec.digest(), **provenance()})
+        write_json(path, {"spec": spec.to_dict(), "digest": spec.digest(), "layout": LAYOUT, **provenance()})
     remove_stale_temp_files(out)
 
 

@@ -22,9 +22,13 @@ intervals carry the cells' correlation. The claims:
 - invariants: rhobar never decreases and stays >= 0, rhounder never increases and stays <= 0, on every logged step
   of every run (the trainer counts entries that moved the wrong way between logged steps; here also the summaries'
   signs and monotonicity). Beyond round-off, the count must be 0.
-- late phase (SGD, runs that fit every training label): after fitting, rhobar_max against log t (R^2 of a line in
-  log t vs in t; holds when the median R^2 in log t is >= 0.9 and above the one in t), and max |rhounder| / max
-  rhobar at the last step (holds when its median over cells is <= 0.5); the slope of the latter in d is measured.
+- late phase (SGD, runs that fit every training label): after fitting, the growth exponent k of rhobar_max: the
+  log-log slope of its increments per unit log t against t (log growth: k = 0; t^k growth: k). Holds when the
+  interval of the median over cells lies within +-0.05 (so t^0.1 fails; the R^2 of a line in log t, reported for
+  comparison, cannot tell log t from t^0.1 or t^0.3). And max |rhounder| / max rhobar at the last step (holds
+  when its median over cells is <= 0.5); the slope of the latter in d is measured.
+- update_noise_active_frac: holds when the interval of SAM's fraction minus SGD's (same seeds) lies below 0; the
+  ratio-law constant holds when its whole interval lies in [0.8, 1.25] (not only its point estimate).
 """
 from __future__ import annotations
 
@@ -47,6 +51,9 @@ AMPLIFICATION = 2.0
 COLLAPSE_MAX = 0.7
 LATE_R2 = 0.9
 LATE_UNDER = 0.5
+# log growth has growth exponent k = 0 (d rhobar / d log t constant; t^k growth has k): holds when the whole
+# interval of k lies within +-LATE_EXPONENT, half the slowest power it must tell apart from log (t^0.1)
+LATE_EXPONENT = 0.05
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -184,8 +191,10 @@ def ratio_law(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: in
                              len(used), window))
         for i in range(len(used)):
             v = point[f"const:{i}"]
-            rows.append(_row("ratio_law_constant", label, _cell_name(used.iloc[i], cell), v, ci[f"const:{i}"], 1.0,
-                             CONSTANT_BAND[0] <= v <= CONSTANT_BAND[1], 1, window))
+            lo, hi = ci[f"const:{i}"]   # holds when the whole interval lies in the band
+            rows.append(_row("ratio_law_constant", label, _cell_name(used.iloc[i], cell), v, (lo, hi), 1.0,
+                             None if not np.isfinite(lo) else CONSTANT_BAND[0] <= lo and hi <= CONSTANT_BAND[1], 1,
+                             window))
     table = cells.assign(label=label, measured=np.nanmean(G, 1) / np.nanmean(R, 1), predicted=predicted,
                          early=early)
     return rows, table
@@ -232,6 +241,7 @@ def sam_amplification(traj: pd.DataFrame, sam: str, sgd: str, sam_steps, seeds: 
         out.update({f"slope:{k}": v for k, v in regress(logs, np.log(amp)).items()})
         out["noise_sam"] = float(np.nanmean(_nanmean(Ua, idx)))
         out["noise_sgd"] = float(np.nanmean(_nanmean(Ub, idx)))
+        out["noise_diff"] = out["noise_sam"] - out["noise_sgd"]
         return out
 
     point, ci = bootstrap(stat, len(seeds), n_boot, seed)
@@ -245,8 +255,11 @@ def sam_amplification(traj: pd.DataFrame, sam: str, sgd: str, sam_steps, seeds: 
     for dim in logs:
         rows.append(_row("sam_amplification_slope", variant, dim, point[f"slope:{dim}"], ci[f"slope:{dim}"], None,
                          None, len(cells), window))
-    rows.append(_row("update_noise_active_frac", f"{sam}", "mean over cells and steps", point["noise_sam"],
-                     ci["noise_sam"], None, point["noise_sam"] < point["noise_sgd"], len(cells), window))
+    lo, hi = ci["noise_diff"]   # holds when the interval of SAM's fraction minus SGD's (same seeds) is below 0
+    rows.append(_row("update_noise_active_frac", f"{sam}",
+                     f"mean over cells and steps (minus {sgd}'s: {point['noise_diff']:+.3g} [{lo:+.3g}, {hi:+.3g}])",
+                     point["noise_sam"], ci["noise_sam"], None, None if not np.isfinite(hi) else hi < 0, len(cells),
+                     window))
     rows.append(_row("update_noise_active_frac", f"{sgd}", "mean over cells and steps", point["noise_sgd"],
                      ci["noise_sgd"], None, None, len(cells), window))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -307,6 +320,21 @@ def invariants(traj: pd.DataFrame, label: str, key=RUN_KEY) -> list[dict]:
                  count, (count, count), 0, count == 0, runs, f"every logged step of {runs} runs")]
 
 
+def growth_exponent(t: np.ndarray, y: np.ndarray) -> float:
+    """The exponent k of y's growth: the log-log slope of its increments per unit log t, dy / dlog t, against t
+    (between consecutive logged steps, at their geometric mid-point). y = a + b log t gives k = 0, y = a + b t^k
+    gives k (dy / dlog t = b k t^k). NaN with fewer than 3 rising increments."""
+    ok = t > 0
+    t, y = t[ok], y[ok]
+    dlog = np.diff(np.log(t))
+    rate = np.diff(y) / np.where(dlog > 0, dlog, np.nan)
+    mid = np.sqrt(t[1:] * t[:-1])
+    use = np.isfinite(rate) & (rate > 0)
+    if use.sum() < 3 or np.ptp(np.log(mid[use])) == 0:
+        return float("nan")
+    return float(np.polyfit(np.log(mid[use]), np.log(rate[use]), 1)[0])
+
+
 def late_phase(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: int, cell=CELL, key=RUN_KEY):
     """Runs that fit every training label: rhobar_max against log t after fitting, and |rhounder| / rhobar."""
     t = traj[(traj.label == label) & (traj.final_train_acc >= 1)].sort_values([*key, "step"])
@@ -317,13 +345,14 @@ def late_phase(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: i
         if len(after) < 4 or after.rhobar_max.var() == 0:
             continue
         y = after.rhobar_max.to_numpy(dtype=float)
+        exponent = growth_exponent(after.step.to_numpy(dtype=float), y)
         r2 = {}
         for name, x in (("log", np.log(np.maximum(after.step.to_numpy(dtype=float), 1))),
                         ("lin", after.step.to_numpy(dtype=float))):
             res = y - np.polyval(np.polyfit(x, y, 1), x)
             r2[name] = 1 - res.var() / y.var()
         last = g.iloc[-1]
-        rows.append(dict(zip(key, run_key), r2_log=r2["log"], r2_lin=r2["lin"],
+        rows.append(dict(zip(key, run_key), r2_log=r2["log"], r2_lin=r2["lin"], exponent=exponent,
                          under=-last.rhounder_min / last.rhobar_max if last.rhobar_max > 0 else np.nan))
     if not rows:
         return [], pd.DataFrame()
@@ -331,19 +360,24 @@ def late_phase(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: i
     cells, L = cell_seed_array(runs, "r2_log", seeds, cell)
     _, T = cell_seed_array(runs, "r2_lin", seeds, cell)
     _, U = cell_seed_array(runs, "under", seeds, cell)
+    _, K = cell_seed_array(runs, "exponent", seeds, cell)
     logs = swept_logs(cells)
 
     def stat(idx):
         u = _nanmean(U, idx)
         out = {"r2_log": float(np.nanmedian(_nanmean(L, idx))), "r2_lin": float(np.nanmedian(_nanmean(T, idx))),
-               "under": float(np.nanmedian(u))}
+               "under": float(np.nanmedian(u)), "exponent": float(np.nanmedian(_nanmean(K, idx)))}
         out.update({f"slope:{k}": v for k, v in regress(logs, np.log(u)).items()})
         return out
 
     point, ci = bootstrap(stat, len(seeds), n_boot, seed)
     window = "logged steps from the first one with every training label fitted"
-    out = [_row("late_log_growth", label, "median R^2 of rhobar_max vs log t", point["r2_log"], ci["r2_log"],
-                None, point["r2_log"] >= LATE_R2 and point["r2_log"] > point["r2_lin"], len(cells), window),
+    lo, hi = ci["exponent"]
+    out = [_row("late_log_growth", label, "median growth exponent k of rhobar_max (d rhobar / d log t ~ t^k; log "
+                "growth: k = 0)", point["exponent"], ci["exponent"], 0.0,
+                None if not np.isfinite(lo) else -LATE_EXPONENT <= lo and hi <= LATE_EXPONENT, len(cells), window),
+           _row("late_log_growth", label, "median R^2 of rhobar_max vs log t (comparison: t^0.1 and t^0.3 fit "
+                "as well)", point["r2_log"], ci["r2_log"], None, None, len(cells), window),
            _row("late_log_growth", label, "median R^2 of rhobar_max vs t (comparison)", point["r2_lin"],
                 ci["r2_lin"], None, None, len(cells), window),
            _row("late_rhounder_ratio", label, "median max|rhounder| / max rhobar at the last step", point["under"],
@@ -351,7 +385,8 @@ def late_phase(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: i
     if "d" in logs:
         out.append(_row("late_rhounder_ratio_slope", label, "d", point["slope:d"], ci["slope:d"], None, None,
                         len(cells), "last logged step"))
-    table = cells.assign(label=label, r2_log=np.nanmean(L, 1), r2_lin=np.nanmean(T, 1), under=np.nanmean(U, 1))
+    table = cells.assign(label=label, r2_log=np.nanmean(L, 1), r2_lin=np.nanmean(T, 1), under=np.nanmean(U, 1),
+                         exponent=np.nanmean(K, 1))
     return out, table
 
 

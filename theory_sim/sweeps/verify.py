@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from theory_sim.io import atomic_write_bytes, write_json
+from theory_sim.sweeps.paired import paired_differences, scored_error
 
 SLICE = ("n", "P", "sigma_p")
 DIMS = ("d", "n", "P", "sigma_p")
@@ -31,6 +32,7 @@ PREDICTED = {"sgd": {"d": 0.25, "n": -0.25, "P": 1.0, "P-1": 1.0, "sigma_p": 1.0
 # An exact exponent holds when the bootstrap interval contains it. SAM's "about 0" (Omega~ hides log factors) holds
 # when the whole interval lies within +-TOLERANCE, half of SGD's 1/4: flat compared with SGD's boundary.
 TOLERANCE = {"sgd": 0.0, "sam": 0.125}
+PAIRED_BOOT = 2000  # resamples of the paired differences (cheap: a matrix product per comparison)
 
 
 def prediction_holds(optimizer: str, predicted: float, lo: float, hi: float) -> bool:
@@ -65,8 +67,7 @@ def crossing(mus: np.ndarray, err: np.ndarray, threshold: float) -> tuple[float,
 def cell_arrays(df: pd.DataFrame, dims=DIMS) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
     """(label, *dims) -> (mus (M,), errors (M, S)); a diverged run counts as chance error 0.5. ``dims`` are the
     cell's dimensions besides ||mu|| (d, n, P, sigma_p and any extra swept axis)."""
-    err = df.test_error.where(~df.diverged.astype(bool), 0.5).fillna(0.5)
-    df = df.assign(_err=err)
+    df = df.assign(_err=scored_error(df))
     out = {}
     for key, g in df.groupby(["label", *dims], sort=True):
         table = g.pivot_table(index="mu_norm", columns="seed", values="_err", aggfunc="first").sort_index()
@@ -139,9 +140,16 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
             boot.append(f.assign(boot=b))
     keys = ["label", "dim", *dims]
     checks = []
+    # a variant's runs repeat along the axes its optimizer does not read (theory_sim.config.ignored_parameters):
+    # no slope along such an axis, and the slopes along the others once (at the axis's first value), not per value
+    ignored = {o.label: spec.ignored_axes(o.label) for o in spec.optimizers}
+    first = {a.name: min(a.values) for a in spec.axes}
     if not fits.empty:
         boot_df = pd.concat(boot, ignore_index=True) if boot else pd.DataFrame(columns=fits.columns)
         for _, row in fits.iterrows():
+            skip = ignored.get(row.label, ())
+            if row.dim in skip or any(row[a] != first[a] for a in skip if a in row):
+                continue
             match = boot_df
             for k in keys:
                 if k in row and not pd.isna(row[k]):
@@ -149,7 +157,8 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
             s = match.slope.dropna().to_numpy()
             lo, hi = (np.percentile(s, [2.5, 97.5]) if len(s) >= 10 else (float("nan"), float("nan")))
             pred = PREDICTED.get(optimizer_of.get(row.label, ""), {}).get(row.dim)
-            fixed = {k: row[k] for k in dims if k != row.dim and not (row.dim == "P-1" and k == "P")}
+            fixed = {k: ("any" if k in skip else row[k]) for k in dims
+                     if k != row.dim and not (row.dim == "P-1" and k == "P")}
             checks.append(dict(label=row.label, optimizer=optimizer_of.get(row.label), dim=row.dim, fixed=fixed,
                                slope=row.slope, ci_low=float(lo), ci_high=float(hi), predicted=pred,
                                points=row.points, cells=row.cells, boot_valid=int(len(s)),
@@ -160,6 +169,9 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
     report = {"threshold": threshold, "flip_p": p, "benign_rule": f"mean test error <= p + {spec.benign_margin} * "
               f"(0.5 - p) = {threshold:.4f}", "seeds": seeds, "bootstrap": n_boot, "slopes": checks,
               "sam_below_sgd": comparisons,
+              "paired_bootstrap": PAIRED_BOOT,
+              "paired_differences": paired_differences(df, spec=spec, n_boot=PAIRED_BOOT, seed=seed)
+              .replace({np.nan: None}).to_dict(orient="records"),
               "boundaries": bnd.replace({np.nan: None}).to_dict(orient="records")}
     if traj is not None:
         from theory_sim.sweeps.trajectory_claims import trajectory_claims
@@ -171,11 +183,79 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
         report["trajectory_note"] = ("this sweep directory has no trajectories.parquet (written before sweeps kept "
                                      "coefficient trajectories, or with trajectories = false): the trajectory claims "
                                      "need a re-run of the sweep into a new --out directory")
+    report["summary"] = summarize(report)
     report["markdown"] = _markdown(report, spec)
     if out is not None:
         write_json(Path(out) / "verify.json", {k: v for k, v in report.items() if k != "markdown"})
         atomic_write_bytes(Path(out) / "verify.md", report["markdown"].encode())
     return report
+
+
+def _cell_text(values: dict) -> str:
+    return ", ".join(f"{k}={_fmt(_int(v))}" for k, v in values.items())
+
+
+def summarize(report: dict) -> dict:
+    """The verdict of a report: every check with a rule (holds True/False; a '-' row has none) counted, grouped by
+    check (the same claim for the same variant, over cells). Returns {checks, holding, failing: [names], groups:
+    [{check, holding, total, failing: [cells]}]}."""
+    groups: dict[str, dict] = {}
+
+    def add(check: str, cell: str, holds) -> None:
+        if holds is None:
+            return
+        g = groups.setdefault(check, {"check": check, "holding": 0, "total": 0, "failing": []})
+        g["total"] += 1
+        g["holding"] += bool(holds)
+        if not holds:
+            g["failing"].append(cell)
+
+    for c in report["slopes"]:
+        add(f"{c['label']} boundary slope in {c['dim']}", _cell_text(c["fixed"]), c["holds"])
+    for c in report["sam_below_sgd"]:
+        add(f"{c['sam']} boundary below {c['sgd']}'s at large d", _cell_text(c["slice"]), c["holds"])
+    for c in report.get("trajectory_claims") or []:
+        if c["claim"] == "ratio_law_constant":
+            add(f"ratio_law_constant ({c['variant']})", c["dimension"], c["holds"])
+        else:
+            add(f"{c['claim']} ({c['variant']}, {c['dimension']})", "", c["holds"])
+    total = sum(g["total"] for g in groups.values())
+    holding = sum(g["holding"] for g in groups.values())
+    failing = [f"{g['check']}" + (f" [{cell}]" if cell else "") for g in groups.values() for cell in g["failing"]]
+    return {"checks": total, "holding": holding, "failing": failing, "groups": list(groups.values())}
+
+
+def summary_sentence(summary: dict, max_cells: int = 3) -> str:
+    """'N of M checks hold; failing: X (in k of n cells: ...), ...' (one line, for verify.md and the gallery)."""
+    parts = []
+    for g in summary["groups"]:
+        bad = [c for c in g["failing"] if c]
+        if g["holding"] == g["total"]:
+            continue
+        if g["total"] == 1:
+            parts.append(g["check"])
+            continue
+        cells = "; ".join(bad[:max_cells]) + ("; ..." if len(bad) > max_cells else "")
+        parts.append(f"{g['check']} fails in {g['total'] - g['holding']} of {g['total']} cells"
+                     + (f" ({cells})" if cells else ""))
+    head = f"{summary['holding']} of {summary['checks']} checks hold"
+    return head + (f"; failing: {'; '.join(parts)}." if parts else "; none fails.")
+
+
+def stored_summary(out: str | Path) -> str:
+    """The summary sentence of DIR/verify.json, for a study's report (a line saying how to get it if absent)."""
+    import json
+
+    path = Path(out) / "verify.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    if not report.get("summary"):
+        return f"not computed (run `python -m theory_sim verify {out}`)"
+    from theory_sim.sweeps.store import load_spec
+
+    keeps = load_spec(out).trajectories   # a sweep with trajectories = false has no trajectory claims to miss
+    note = (" (boundary checks only: the trajectory claims need the sweep's trajectories.parquet)"
+            if report.get("trajectory_note") and keeps else "")
+    return summary_sentence(report["summary"], max_cells=8) + note
 
 
 def _sam_below_sgd(bnd: pd.DataFrame, optimizer_of: dict, slice_dims=SLICE) -> list[dict]:
@@ -209,7 +289,9 @@ def _fmt(x, nd=3):
 
 
 def _markdown(report: dict, spec) -> str:
-    lines = [f"# verify: {spec.name}", "", f"Benign rule: {report['benign_rule']}; {report['seeds']} seeds per cell; "
+    lines = [f"# verify: {spec.name}", "", f"**Summary:** {summary_sentence(report['summary'], max_cells=8)} "
+             "(Every row below with a 'holds' column is a check; verify --strict exits 1 when any fails.)", "",
+             f"Benign rule: {report['benign_rule']}; {report['seeds']} seeds per cell; "
              f"95% intervals from {report['bootstrap']} bootstrap resamples of the seeds.", "",
              "## Boundary slopes (log ||mu||* against log of the dimension)", "",
              "| variant | dimension | held fixed | measured slope | 95% CI | predicted | holds | cells used |",
@@ -234,6 +316,7 @@ def _markdown(report: dict, spec) -> str:
             lines.append(f"| {c['sam']} | {c['sgd']} | {values} | {c['d']} | "
                          f"{[_fmt(x) for x in c['sam_mu_star']]} | {[_fmt(x) for x in c['sgd_mu_star']]} | "
                          f"{'yes' if c['holds'] else 'NO'} |")
+    lines += _paired_markdown(report, spec)
     lines += _trajectory_markdown(report)
     dims = spec.cell_dims
     lines += ["", "## Boundary per cell", "", "init scale = sigma_0 P sigma_p sqrt(d): the theorems assume it small.", "",
@@ -248,6 +331,44 @@ def _markdown(report: dict, spec) -> str:
               "'P-1' fits against the number of noise patches, which the shared-noise gradient actually counts); "
               "SAM about 0 in d (holds: the whole interval within +-0.125, half of SGD's slope)."]
     return "\n".join(lines) + "\n"
+
+
+def _int(v):
+    """An integral float (a cell value of an integer axis, e.g. d = 3200.0 next to NaN) as an int."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _paired_markdown(report: dict, spec) -> list[str]:
+    """Pooled rows as a table; per-cell rows as one symbol per ||mu|| (- better, + worse, . indistinguishable)."""
+    rows = report.get("paired_differences") or []
+    lines = ["", "## Paired test-error differences (variant - baseline, same seeds; theory_sim.sweeps.paired)", ""]
+    if not rows:
+        return lines + ["Not computed: the sweep has no baseline (sgd or sam) next to another variant."]
+    pooled = [r for r in rows if r["scope"] == "pooled"]
+    lines += [f"Mean over the (cell, seed) pairs of test_error(variant) - test_error(baseline), a diverged run "
+              f"scoring 0.5; 95% interval from {report['paired_bootstrap']} resamples of the seeds (jointly across "
+              f"cells: a cluster bootstrap by seed). better / worse: the interval lies below / above 0.", "",
+              "| variant | baseline | mean difference, all cells | 95% CI | pairs | verdict |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['label']} | {r['baseline']} | {r['mean_diff']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] "
+              f"| {r['n_pairs']} | {r['verdict']} |" for r in pooled]
+    cells = [r for r in rows if r["scope"] == "cell"]
+    others = [k for k in spec.run_key if k not in ("label", "seed", "mu_norm")]
+    symbol = {"better": "-", "worse": "+", "indistinguishable": "."}
+    mus = sorted({r["mu_norm"] for r in cells})
+    lines += ["", f"Per cell, one symbol per ||mu|| in {[_fmt(float(m)) for m in mus]} "
+              "(- better, + worse, . indistinguishable, blank: no pairs):", "",
+              f"| variant | baseline | {' | '.join(others)} | per ||mu|| | better / worse / indist. |",
+              "| --- | --- | " + "--- | " * len(others) + "--- | --- |"]
+    groups: dict[tuple, dict] = {}
+    for r in cells:
+        groups.setdefault((r["label"], r["baseline"], *(r[k] for k in others)), {})[r["mu_norm"]] = r["verdict"]
+    for key, verdicts in groups.items():
+        counts = [sum(v == name for v in verdicts.values()) for name in ("better", "worse", "indistinguishable")]
+        marks = "".join(symbol.get(verdicts.get(m), " ") for m in mus)
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(_fmt(_int(v)) for v in key[2:]) +
+                     f" | `{marks}` | {counts[0]} / {counts[1]} / {counts[2]} |")
+    return lines
 
 
 def _trajectory_markdown(report: dict) -> list[str]:
@@ -268,27 +389,36 @@ def _trajectory_markdown(report: dict) -> list[str]:
         values = np.array([c["measured"] for c in constants])
         ok = sum(bool(c["holds"]) for c in constants)
         lines += ["", f"Ratio-law constant (measured / predicted) per early-phase cell: {ok} of {len(constants)} "
-                  f"within [0.8, 1.25]; min {values.min():.3g}, median {np.median(values):.3g}, max "
+                  f"with the whole 95% interval within [0.8, 1.25]; min {values.min():.3g}, median "
+                  f"{np.median(values):.3g}, max "
                   f"{values.max():.3g}.", "",
                   "| variant | cell | measured / predicted | 95% CI | holds |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {c['variant']} | {c['dimension']} | {_fmt(c['measured'])} | [{_fmt(c['ci_low'])}, "
                   f"{_fmt(c['ci_high'])}] | {holds(c)} |" for c in constants]
     lines += ["", "Rules (theory_sim.sweeps.trajectory_claims): ratio-law exponents hold when the interval comes within "
-              "0.1 of the prediction, constants within [0.8, 1.25]; SAM amplification >= 2 in every SGD-harmful cell "
-              "(seed-mean test error >= p + 0.1); collapse holds when x's residual spread around a decreasing fit is "
-              "below 0.7 of ||mu||'s (the whole interval); invariants need 0 violations; late phase: median R^2 in log "
-              "t >= 0.9 and above the R^2 in t, median max|rhounder| / max rhobar <= 0.5."]
+              "0.1 of the prediction, constants when the whole interval lies within [0.8, 1.25]; SAM amplification "
+              ">= 2 in every SGD-harmful cell (seed-mean test error >= p + 0.1); the update-point noise-active fraction "
+              "when the interval of SAM's minus SGD's lies below 0; collapse holds when x's residual spread around a "
+              "decreasing fit is below 0.7 of ||mu||'s (the whole interval); invariants need 0 violations; late "
+              "phase: the growth exponent k of rhobar_max (log growth: 0) when its whole interval lies within +-0.05, "
+              "median max|rhounder| / max rhobar <= 0.5."]
     return lines
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, help="sweep directory with results.parquet")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals")
+    p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=False,
+                   help="exit with status 1 when any check fails (for CI)")
+    p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
+                   help="print only the one-line summary (the full report is in DIR/verify.md)")
 
 
 def run(args: argparse.Namespace) -> int:
     from theory_sim.config import check_int
 
     check_int("bootstrap", args.bootstrap, 10)
-    print(verify(args.dir, n_boot=args.bootstrap)["markdown"])
-    return 0
+    report = verify(args.dir, n_boot=args.bootstrap)
+    print(f"{args.dir}: {summary_sentence(report['summary'])} ({args.dir / 'verify.md'})" if args.quiet
+          else report["markdown"])
+    return 1 if args.strict and report["summary"]["failing"] else 0
