@@ -24,6 +24,7 @@ import pandas as pd
 
 from theory_sim.config import ConfigError, check_choice, check_int
 from theory_sim.io import provenance, save_table, write_json, write_parquet
+from theory_sim.resources import add_force_arguments
 from theory_sim.sweeps.spec import SweepSpec
 from theory_sim.sweeps.store import (
     claim_chunk,
@@ -322,10 +323,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                    help="draw the figures and run verify once the results are complete")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    add_force_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     spec = SweepSpec.from_toml(args.spec)
+    spec.check_resources(args.force_memory, args.force_steps)   # every chunk fits, before any work
     check_int("workers", args.workers, 1)
     opts = dict(cluster=args.cluster, partition=args.partition, timeout_min=args.timeout_min,
                 cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node,

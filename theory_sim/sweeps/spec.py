@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from itertools import product
@@ -48,12 +49,15 @@ from typing import Any
 import numpy as np
 
 from theory_sim.config import (
+    INT64_MAX,
     STRUCTURAL_FIELDS,
     ConfigError,
     SimConfig,
     check_choice,
     check_float,
     check_int,
+    inapplicable,
+    overridden,
 )
 
 TRAJECTORY_POINTS = 30
@@ -230,9 +234,11 @@ class SweepSpec:
     _chunks: list = field(default=None, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
-        check_int("seeds", self.seeds, 1)
+        from theory_sim.resources import MAX_SEEDS
+
+        check_int("seeds", self.seeds, 1, MAX_SEEDS)
         check_int("chunk_runs", self.chunk_runs, 1)
-        check_int("seed_offset", self.seed_offset, 0)
+        check_int("seed_offset", self.seed_offset, 0, INT64_MAX - self.seeds + 1)   # every seed an int64
         check_choice("trajectories", self.trajectories, (True, False))
         check_choice("cell_seeding", self.cell_seeding, CELL_SEEDING)
         check_float("benign_margin", self.benign_margin, 0.0, 1.0, lo_open=True)
@@ -260,8 +266,73 @@ class SweepSpec:
                     raise ConfigError(f"optimizers[{i}].{key} (label {o.label!r}) is not a SimConfig field an "
                                       f"optimizer variant may set")
                 check_setting(f"optimizers[{i}].{key}", key, value)
+        self._check_effective(names)
         # validate every run before any work: builds (and caches) the configs
         object.__setattr__(self, "_configs", self._expand())
+
+    def _check_effective(self, axes: list[str]) -> None:
+        """Refuse a setting that has no effect. A variant's key its optimizer ignores (``optimizers[i].tau`` for
+        sgd) is refused; a [base] value or a grid axis is not (it is shared by every variant: an sgd variant
+        across a c_tau axis is a plain SGD run in every cell). An option another one switches off (log_every under
+        log_points > 0, c_tau under tau) is refused when the one switching it off is set at the same or a broader
+        level (base < a variant < the grid; ``trajectories = true`` sets log_points = 30 below them all): a variant
+        may override a [base] value."""
+        base = dict(self.base)
+        for i, o in enumerate(self.optimizers):
+            for key, value in o.settings:
+                applies = inapplicable(key, value, o.optimizer)
+                if applies:
+                    raise ConfigError(f"optimizers[{i}].{key} (label {o.label!r}) has no effect: {key} only applies "
+                                      f"to optimizer {' / '.join(applies)}, not {o.optimizer}; drop it (a [base] "
+                                      f"value shared by every variant is allowed)")
+            level, where = {}, {}
+            if self.trajectories:
+                level["log_points"], where["log_points"] = -1, f"trajectories = true (log_points = {TRAJECTORY_POINTS})"
+            for rank, keys, path in ((0, base, "base"), (1, o.overrides, f"optimizers[{i}]"),
+                                     (2, {a: None for a in axes}, "grid")):
+                for key in keys:
+                    level[key], where[key] = rank, f"{path}.{key}"
+            given = {k: 1 if k in axes else {**base, **o.overrides}.get(k, TRAJECTORY_POINTS) for k in level}
+            for name, other in overridden(given):
+                if level[name] >= level[other]:
+                    raise ConfigError(f"{where[name]} has no effect with {where[other]} (it decides alone); drop "
+                                      f"one of them")
+
+    def check_resources(self, force_memory: bool = False, force_steps: bool = False,
+                        available: tuple[int, str] | None = None) -> None:
+        """Refuse (before any work) a chunk whose memory estimate exceeds the memory available, or whose runs take
+        more than ``MAX_TOTAL_STEPS`` steps (``theory_sim.resources``), naming the chunk and the key paths of the
+        parameters that set its size."""
+        from theory_sim.resources import available_memory_bytes, check_resources
+
+        available = available_memory_bytes() if available is None else available
+        labels = {o.label: i for i, o in enumerate(self.optimizers)}
+        largest = {}   # per structural group, the chunk with the most runs (they differ only in R and U)
+        for cid, chunk in enumerate(self.chunks()):
+            key = tuple(getattr(chunk[0][1], f) for f in STRUCTURAL_FIELDS)
+            if key not in largest or len(chunk) > len(self.chunks()[largest[key]]):
+                largest[key] = cid
+        for cid in largest.values():
+            chunk = self.chunks()[cid]
+            configs = [cfg for _, cfg in chunk]
+            i = labels[chunk[0][0][0]]
+            try:
+                check_resources(configs, what=f"chunk {cid} ({len(chunk)} runs, chunk_runs = {self.chunk_runs})",
+                                force_memory=force_memory, force_steps=force_steps, available=available,
+                                log=self.trajectories, track=self.trajectories, heldout=configs[0].n_test > 0)
+            except ConfigError as exc:
+                paths = self.key_paths(i)
+                text = str(exc)
+                for name, path in paths.items():   # name where each parameter is set: base.n_mc=..., grid.d=...
+                    text = re.sub(rf"(?<![\w.]){name}=", f"{path}=", text)
+                raise ConfigError(text.replace("runs=", "chunk_runs=")) from None
+
+    def key_paths(self, i: int) -> dict[str, str]:
+        """SimConfig field -> where variant ``i``'s runs get it: grid.X, optimizers[i].X, base.X (else unnamed)."""
+        paths = {k: f"base.{k}" for k, _ in self.base}
+        paths.update({k: f"optimizers[{i}].{k}" for k, _ in self.optimizers[i].settings})
+        paths.update({a.name: f"grid.{a.name}" for a in self.axes})
+        return paths
 
     # ------------------------------------------------------------------------------------------------------------
     def axis(self, name: str) -> Axis | None:
