@@ -325,7 +325,7 @@ class SweepSpec:
                 text = str(exc)
                 for name, path in paths.items():   # name where each parameter is set: base.n_mc=..., grid.d=...
                     text = re.sub(rf"(?<![\w.]){name}=", f"{path}=", text)
-                raise ConfigError(text.replace("runs=", "chunk_runs=")) from None
+                raise ConfigError(text) from None
 
     def key_paths(self, i: int) -> dict[str, str]:
         """SimConfig field -> where variant ``i``'s runs get it: grid.X, optimizers[i].X, base.X (else unnamed)."""
