@@ -198,3 +198,65 @@ def add_force_arguments(p: argparse.ArgumentParser) -> None:
                    help="run even if the memory estimate (theory_sim.resources) exceeds the memory available")
     p.add_argument("--force-steps", action="store_true",
                    help=f"run even if epochs x n / batch_size exceeds {MAX_TOTAL_STEPS:.0e} steps")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# cifar: a rough estimate of one WideResNet run
+# --------------------------------------------------------------------------------------------------------------------
+CIFAR_TRAIN, CIFAR_TEST, CIFAR_IMAGE = 50_000, 10_000, 3 * 32 * 32
+
+
+def estimate_cifar_memory_bytes(cfg) -> MemoryEstimate:
+    """Rough peak bytes of a ``CifarConfig`` run (fp32), on one device:
+
+      dataset       (50,000 + 10,000) x 3072 uint8 as loaded, + the images used, on the device
+      model         D parameters x 4 bytes x 5: weights, gradients, momentum, SAM's saved weights and eps
+      activations   B x 6 N w (16 32^2 + 32 16^2 + 64 8^2) x 4 bytes x 2: a WRN-depth-w saves ~6 maps per block of
+                    its N = (depth - 4) / 6 blocks per group for the backward pass, B = the per-replica batch
+      evaluation    eval_batch_size x 3 x 16 w 32^2 x 4 bytes: the few live maps of a no-grad pass
+    A factor of about 2 either way (activations depend on the kernels torch picks); meant to refuse what cannot
+    fit (a width of 10^4, a batch of 10^6), not to budget a GPU."""
+    from theory_sim.cifar.config import wrn_num_params
+
+    N, w = (cfg.depth - 4) // 6, cfg.width
+    n_train = min(cfg.n_train or CIFAR_TRAIN, CIFAR_TRAIN)
+    n_test = min(cfg.n_test or CIFAR_TEST, CIFAR_TEST)
+    per_image = 6 * N * w * (16 * 32**2 + 32 * 16**2 + 64 * 8**2)
+    parts = {
+        "dataset": (CIFAR_TRAIN + CIFAR_TEST + n_train + n_test) * CIFAR_IMAGE,
+        "model": wrn_num_params(cfg.depth, cfg.width, cfg.dataset) * 4 * 5,
+        "activations": cfg.batch_size * per_image * 4 * 2,
+        "evaluation": cfg.eval_batch_size * 3 * 16 * w * 32**2 * 4,
+    }
+    total = parts["dataset"] + parts["model"] + max(parts["activations"], parts["evaluation"])
+    return MemoryEstimate(parts, total)
+
+
+CIFAR_PART_PARAMS = {"dataset": ("n_train", "n_test"), "model": ("depth", "width"),
+                     "activations": ("batch_size", "depth", "width"), "evaluation": ("eval_batch_size", "width")}
+
+
+def check_cifar_resources(cfg, *, force_memory: bool = False, force_steps: bool = False,
+                          available: tuple[int, str] | None = None) -> MemoryEstimate:
+    """The checks of ``check_resources`` for a cifar run: epochs x steps per epoch within ``MAX_TOTAL_STEPS``, and
+    the rough estimate within the memory of its device (CUDA: the free memory torch reports; else the host's)."""
+    import torch
+
+    n_train = min(cfg.n_train or CIFAR_TRAIN, CIFAR_TRAIN)
+    steps = cfg.epochs * max(n_train // cfg.batch_size, 1)
+    if steps > MAX_TOTAL_STEPS and not force_steps:
+        raise ConfigError(f"cifar: epochs x (training images / batch_size) = {cfg.epochs} x {n_train} / "
+                          f"{cfg.batch_size} = {steps:.3g} steps, more than the bound {MAX_TOTAL_STEPS:.0e}; lower "
+                          f"epochs, or pass --force-steps")
+    estimate = estimate_cifar_memory_bytes(cfg)
+    if available is None:
+        cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+        available = (torch.cuda.mem_get_info()[0], "free CUDA memory") if cuda else available_memory_bytes()
+    if available is not None and estimate.total > available[0] and not force_memory:
+        top = estimate.dominant
+        names = " ".join(f"{k}={getattr(cfg, k)}" for k in CIFAR_PART_PARAMS[top])
+        raise ConfigError(f"cifar needs about {format_bytes(estimate.total)} of memory, more than the "
+                          f"{format_bytes(available[0])} available ({available[1]}); most of it is the {top} "
+                          f"({format_bytes(estimate.parts[top])}: {names}); lower those, or pass --force-memory to "
+                          f"run anyway")
+    return estimate

@@ -172,7 +172,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     given = {field: getattr(args, flag) for flag, field in FIELD_FLAGS.items()
              if getattr(args, flag, None) is not None}
-    optimizer = given.get("optimizer", "sgd")
+    cfg = SimConfig.preset(args.preset, **given)   # ranges first: "tau must be in [0, inf]" before applicability
+    optimizer = cfg.optimizer
     for name, value in given.items():
         applies = inapplicable(name, value, optimizer)
         if applies:
@@ -180,7 +181,6 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     for pair in overridden(given):
         flag, other = ("--" + name.replace("_", "-") for name in pair)
         raise ConfigError(f"{flag} has no effect with {other} {given[pair[1]]} (it decides alone); give one of them")
-    cfg = SimConfig.preset(args.preset, **given)
     check_dtype_range(cfg)
     return cfg
 
