@@ -106,7 +106,7 @@ class SimConfig:
     (sam, usam, msam) perturbs every chunk of M samples of a batch with its own gradient and steps with the mean of
     the chunks' gradients at their perturbed points; 0 is the whole batch. Options that do not apply to the chosen
     optimizer are accepted here and ignored, like ``sam_steps`` for sgd (a sweep sets them once for all its
-    optimizers); ``simulate`` refuses them on its command line.
+    optimizers); ``simulate`` and a sweep variant refuse them (``OPTIMIZER_ONLY_FIELDS``, ``inapplicable``).
     """
 
     optimizer: str = "sgd"

@@ -31,6 +31,11 @@ Every value is checked before any work, and an error is one ``ConfigError`` line
 expected (a TOML ``true`` is not one), an array of tables for ``optimizers``, no unknown keys, and grid values that
 give distinct cells (on d, n and P after rounding to integers: a log grid that repeats is refused, not shrunk).
 
+A setting that can have no effect is refused too (``SweepSpec._check_effective``): a variant's key its optimizer
+ignores (``optimizers[0].tau`` on sgd; a [base] value or a grid axis shared by every variant is fine), and an option
+another one switches off at the same or a broader level (``base.log_every`` under ``trajectories = true``). Before
+any work the runner checks every chunk's memory estimate and step count (``SweepSpec.check_resources``).
+
 Expansion is deterministic: runs are grouped by the fields that must agree inside an ensemble, split into chunks of
 at most ``chunk_runs``, and numbered — so a re-run of the same spec finds the same chunks on disk.
 """
