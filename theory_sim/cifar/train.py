@@ -458,7 +458,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"resume: config from {Path(args.out) / 'config.json'}")
     else:
         cfg = config_from_args(args)
-    check_cifar_resources(cfg, force_memory=args.force_memory, force_steps=args.force_steps)   # before any work
+    # before any work; the memory of this machine says nothing about a Slurm node's, so --slurm checks steps only
+    check_cifar_resources(cfg, force_memory=args.force_memory or args.slurm, force_steps=args.force_steps)
     if args.slurm:
         return submit_slurm(train, cfg, args)
     result = train(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
