@@ -255,6 +255,18 @@ def test_options_of_a_variant_may_be_shared_through_base_or_the_grid():
         SweepSpec.from_dict(tomllib.loads(on_axis.replace('optimizer = "sgd"', 'optimizer = "sgd"\nsam_steps = 3')))
 
 
+def test_sweep_workers_share_the_memory(tmp_path):
+    """A chunk that fits alone may not fit twice: --workers 2 halves the memory each chunk may take."""
+    from theory_sim.resources import estimate_memory_bytes
+    from theory_sim.sweeps.spec import SweepSpec
+
+    spec = SweepSpec.from_toml(_spec(tmp_path))
+    need = max(estimate_memory_bytes([c for _, c in chunk]).total for chunk in spec.chunks())
+    spec.check_resources(available=(need, "test"), workers=1)
+    with pytest.raises(ConfigError, match=r"^chunk \d+ \(2 runs, chunk_runs = 8\) needs about .* shared by 2 workers"):
+        spec.check_resources(available=(need, "test"), workers=2)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 3. sweep specs: every malformed value is one ConfigError line naming its key path
 # --------------------------------------------------------------------------------------------------------------------

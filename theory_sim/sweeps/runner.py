@@ -328,8 +328,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = SweepSpec.from_toml(args.spec)
-    spec.check_resources(args.force_memory, args.force_steps)   # every chunk fits, before any work
     check_int("workers", args.workers, 1)
+    # every chunk fits, before any work: `workers` processes share this machine's memory; a cluster's jobs run on
+    # other nodes (their memory is not this one's: steps only)
+    local = args.executor != "submitit" or args.cluster in ("local", "debug")
+    spec.check_resources(args.force_memory or not local, args.force_steps,
+                         workers=min(args.workers, len(spec.chunks())) if args.executor == "process" else 1)
     opts = dict(cluster=args.cluster, partition=args.partition, timeout_min=args.timeout_min,
                 cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node,
                 array_parallelism=args.array_parallelism, wait=args.wait, resubmit=args.resubmit)

@@ -304,13 +304,15 @@ class SweepSpec:
                                       f"one of them")
 
     def check_resources(self, force_memory: bool = False, force_steps: bool = False,
-                        available: tuple[int, str] | None = None) -> None:
-        """Refuse (before any work) a chunk whose memory estimate exceeds the memory available, or whose runs take
-        more than ``MAX_TOTAL_STEPS`` steps (``theory_sim.resources``), naming the chunk and the key paths of the
-        parameters that set its size."""
+                        available: tuple[int, str] | None = None, workers: int = 1) -> None:
+        """Refuse (before any work) a chunk whose memory estimate exceeds the memory available to each of
+        ``workers`` concurrent chunks, or whose runs take more than ``MAX_TOTAL_STEPS`` steps
+        (``theory_sim.resources``), naming the chunk and the key paths of the parameters that set its size."""
         from theory_sim.resources import available_memory_bytes, check_resources
 
         available = available_memory_bytes() if available is None else available
+        if available is not None and workers > 1:
+            available = (available[0] // workers, f"{available[1]}, shared by {workers} workers: lower --workers")
         labels = {o.label: i for i, o in enumerate(self.optimizers)}
         largest = {}   # per structural group, the chunk with the most runs (they differ only in R and U)
         for cid, chunk in enumerate(self.chunks()):
