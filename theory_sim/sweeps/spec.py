@@ -297,7 +297,9 @@ class SweepSpec:
                                      (2, {a: None for a in axes}, "grid")):
                 for key in keys:
                     level[key], where[key] = rank, f"{path}.{key}"
-            given = {k: 1 if k in axes else {**base, **o.overrides}.get(k, TRAJECTORY_POINTS) for k in level}
+            # each option's value as the runs see it (an axis: any of its values; log_points unset: trajectories')
+            values = {**base, **o.overrides}
+            given = {k: 1 if k in axes else values.get(k, TRAJECTORY_POINTS) for k in level}
             for name, other in overridden(given):
                 if level[name] >= level[other]:
                     raise ConfigError(f"{where[name]} has no effect with {where[other]} (it decides alone); drop "
@@ -314,14 +316,15 @@ class SweepSpec:
         if available is not None and workers > 1:
             available = (available[0] // workers, f"{available[1]}, shared by {workers} workers: lower --workers")
         labels = {o.label: i for i, o in enumerate(self.optimizers)}
-        largest = {}   # per structural group, the chunk with the most runs (they differ only in R and U)
+        seen = set()
         for cid, chunk in enumerate(self.chunks()):
-            key = tuple(getattr(chunk[0][1], f) for f in STRUCTURAL_FIELDS)
-            if key not in largest or len(chunk) > len(self.chunks()[largest[key]]):
-                largest[key] = cid
-        for cid in largest.values():
-            chunk = self.chunks()[cid]
             configs = [cfg for _, cfg in chunk]
+            # chunks alike in shape, size and rules have the same estimate: one of them is enough (100,000 runs)
+            kind = (tuple(getattr(configs[0], f) for f in STRUCTURAL_FIELDS), len(configs),
+                    frozenset((c.optimizer, c.norm, c.m_sharpness) for c in configs))
+            if kind in seen:
+                continue
+            seen.add(kind)
             i = labels[chunk[0][0][0]]
             try:
                 check_resources(configs, what=f"chunk {cid} ({len(chunk)} runs, chunk_runs = {self.chunk_runs})",
