@@ -219,6 +219,22 @@ def test_a_memory_refusal_names_the_parameters_and_can_be_forced(tmp_path, capsy
     assert (tmp_path / "x" / "config.json").exists()
 
 
+@pytest.mark.parametrize("exc", [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you "
+                                                               "tried to allocate 87960930222080 bytes")])
+def test_running_out_of_memory_anyway_is_one_line(exc, tmp_path, capsys, monkeypatch):
+    import theory_sim.cnn.train as train
+
+    def out_of_memory(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(train, "train_ensemble", out_of_memory)
+    assert main(["simulate", *TINY, "--out", str(tmp_path / "x"), "--force-memory"]) == 1
+    assert one_line(capsys).startswith("error: out of memory")
+    monkeypatch.setattr(train, "train_ensemble", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):   # any other RuntimeError is not hidden
+        main(["simulate", *TINY, "--out", str(tmp_path / "x")])
+
+
 def test_out_is_resolved_and_printed(tmp_path, capsys, monkeypatch):
     """``--out ../..``-style paths: the run says where it went, as an absolute path."""
     here = tmp_path / "a" / "b"

@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a result could not be written (disk full, read-only, permissions): not a parameter error
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 1
-    except MemoryError:  # past the estimate of theory_sim.resources (or forced with --force-memory)
+    except (MemoryError, RuntimeError) as exc:  # past the estimate of theory_sim.resources (or --force-memory)
+        # numpy raises MemoryError; torch's CPU allocator a RuntimeError "can't allocate memory", CUDA's
+        # OutOfMemoryError (a RuntimeError) "out of memory"
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc) and "out of memory" not in str(exc):
+            raise
         print("error: out of memory (numpy/torch could not allocate an array); lower the sizes, or see "
               "README 'What happens when things go wrong' for the memory estimate", file=sys.stderr)
         return 1
