@@ -191,7 +191,8 @@ CANNOT_FIT = {   # argv -> the start of the one error line
     "log-every-with-log-points": (["--log-every", "2", "--log-points", "10"],
                                   "--log-every has no effect with --log-points 10"),
     "c-tau-float32": (["--optimizer", "sam", "--dtype", "float32", "--c-tau", "1e30"],
-                      "c_tau must give a SAM radius (tau, or c_tau m sqrt(B) / (P sigma_p sqrt(d))) of at most 1.845e+19"),
+                      "c_tau must give a SAM radius (tau, or c_tau m sqrt(B) / (P sigma_p sqrt(d))) of at most "
+                      "1.845e+19"),
     "tau-float64": (["--optimizer", "sam", "--tau", "1e200"], "tau must give a SAM radius"),
 }
 
@@ -339,7 +340,8 @@ BAD_SPECS = {
                                            + "log_every = 3\n", "optimizers[0].log_every has no effect with "
                                                                  "base.log_points"),
     "c-tau-axis-under-tau": (SWEEP_TOML.replace("epochs = 2", "epochs = 2\ntau = 0.1").replace(
-        "[[optimizers]]", "[grid.c_tau]\nvalues = [1.0, 2.0]\n[[optimizers]]"), "grid.c_tau has no effect with base.tau"),
+        "[[optimizers]]", "[grid.c_tau]\nvalues = [1.0, 2.0]\n[[optimizers]]"),
+        "grid.c_tau has no effect with base.tau"),
 }
 
 
