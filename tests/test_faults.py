@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from theory_sim.cli import main
+from theory_sim.config import ConfigError
 
 TINY = ["--d", "50", "--n", "8", "--batch-size", "4", "--epochs", "2", "--n-test", "0", "--n-mc", "200",
         "--seeds", "1", "--no-progress"]
@@ -170,6 +171,120 @@ def test_parameter_beyond_the_dtype_range(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# 2b. sizes that cannot fit, counts that would hang, options that do nothing: refused before any work (issue 19)
+# --------------------------------------------------------------------------------------------------------------------
+CANNOT_FIT = {   # argv -> the start of the one error line
+    "d-1e12": (["--d", "1000000000000"], "simulate (1 seeds) needs about"),
+    "d-past-int64": (["--d", "99999999999999999999"], "d must fit a 64-bit integer"),
+    "n-1e8": (["--n", "100000001", "--batch-size", "100000001"], "simulate (1 seeds) needs about"),
+    "m-1e8": (["--m", "100000000"], "simulate (1 seeds) needs about"),
+    "epochs-1e12": (["--epochs", "1000000000000"], "simulate (1 seeds): epochs x n / batch_size = 1000000000000 x 8"),
+    "n-mc-1e12": (["--n-mc", "1000000000000"], "simulate (1 seeds) needs about"),
+    "n-test-1e10": (["--n-test", "10000000000"], "simulate (1 seeds) needs about"),
+    "seeds-count-1e9": (["--seeds", "1000000000"], "seeds must be at most 100000 runs"),
+    "seeds-range-1e9": (["--seeds", "5-1000000005"], "seeds must be at most 100000 runs"),
+    "seeds-count-past-int64": (["--seeds", "99999999999999999999999"], "seeds must be at most 100000 runs"),
+    "seeds-past-int64": (["--seeds", "1,99999999999999999999999"], "seeds must be integers in [0, 2^63 - 1]"),
+    "P-huge": (["--P", "100000000000"], "P must be at most 2^24"),
+    "tau-with-sgd": (["--optimizer", "sgd", "--tau", "0.1"], "tau only applies to --optimizer sam / usam"),
+    "c-tau-with-sgd": (["--c-tau", "2"], "c_tau only applies to --optimizer sam / usam"),
+    "log-every-with-log-points": (["--log-every", "2", "--log-points", "10"],
+                                  "--log-every has no effect with --log-points 10"),
+    "c-tau-float32": (["--optimizer", "sam", "--dtype", "float32", "--c-tau", "1e30"],
+                      "c_tau must give a SAM radius (tau, or c_tau m sqrt(B) / (P sigma_p sqrt(d))) of at most "
+                      "1.845e+19"),
+    "tau-float64": (["--optimizer", "sam", "--tau", "1e200"], "tau must give a SAM radius"),
+}
+
+
+@pytest.mark.parametrize("case", list(CANNOT_FIT))
+def test_sizes_that_cannot_fit_and_options_that_do_nothing(case, tmp_path, capsys):
+    extra, msg = CANNOT_FIT[case]
+    assert main(["simulate", *TINY, *extra, "--out", str(tmp_path / "x")]) == 2
+    line = one_line(capsys)
+    assert line.startswith(f"error: {msg}"), line
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_memory_refusal_names_the_parameters_and_can_be_forced(tmp_path, capsys, monkeypatch):
+    """The refusal compares the estimate with the memory available; pretending the machine has less than a tiny
+    run needs must refuse it, naming the dominant term's parameters, and --force-memory must run it anyway."""
+    import theory_sim.resources as resources
+
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: (1000, "a test's pretend machine"))
+    assert main(["simulate", *TINY, "--out", str(tmp_path / "x")]) == 2
+    line = one_line(capsys)
+    assert "more than the 1000 B available (a test's pretend machine)" in line and "--force-memory" in line
+    assert "d=50" in line or "n_mc=200" in line, line
+    assert main(["simulate", *TINY, "--out", str(tmp_path / "x"), "--force-memory"]) == 0
+    assert (tmp_path / "x" / "config.json").exists()
+
+
+@pytest.mark.parametrize("exc", [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you "
+                                                               "tried to allocate 87960930222080 bytes")])
+def test_running_out_of_memory_anyway_is_one_line(exc, tmp_path, capsys, monkeypatch):
+    import theory_sim.cnn.train as train
+
+    def out_of_memory(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(train, "train_ensemble", out_of_memory)
+    assert main(["simulate", *TINY, "--out", str(tmp_path / "x"), "--force-memory"]) == 1
+    assert one_line(capsys).startswith("error: out of memory")
+    monkeypatch.setattr(train, "train_ensemble", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):   # any other RuntimeError is not hidden
+        main(["simulate", *TINY, "--out", str(tmp_path / "x")])
+
+
+def test_out_is_resolved_and_printed(tmp_path, capsys, monkeypatch):
+    """``--out ../..``-style paths: the run says where it went, as an absolute path."""
+    here = tmp_path / "a" / "b"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    assert main(["simulate", *TINY, "--out", "../run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith(f"-> {tmp_path / 'a' / 'run'}"), printed
+    assert (tmp_path / "a" / "run" / "config.json").exists()
+
+
+@pytest.mark.parametrize("threads", ["0", "100000000"])
+def test_threads_are_bounded(threads, tmp_path, capsys):
+    assert main(["--threads", threads, "simulate", *TINY, "--out", str(tmp_path / "x")]) == 2
+    assert one_line(capsys).startswith("error: threads must be in [1, ")
+    assert not (tmp_path / "x").exists()
+
+
+def test_options_of_a_variant_may_be_shared_through_base_or_the_grid():
+    """A [base] value (c_tau for every variant, sgd included), a c_tau axis with an sgd variant, and a variant
+    overriding a [base] value are not errors: only an option set where it can have no effect is."""
+    import tomllib
+
+    from theory_sim.sweeps.spec import SweepSpec
+
+    sam = '[[optimizers]]\nlabel = "sam"\noptimizer = "sam"\ntau = 0.05\nsam_steps = 2\n'
+    in_base = SWEEP_TOML.replace("epochs = 2", "epochs = 2\nc_tau = 2.0\nlog_every = 2") + sam
+    on_axis = SWEEP_TOML.replace("[[optimizers]]", "[grid.c_tau]\nvalues = [1.0, 3.0]\n[[optimizers]]")
+    for text in (in_base, on_axis):
+        spec = SweepSpec.from_dict({**tomllib.loads(text), "trajectories": False})
+        assert "sgd" in {cfg.optimizer for _, cfg in spec.runs}
+        spec.check_resources()
+    with pytest.raises(ConfigError, match=r"optimizers\[0\].sam_steps \(label 'sgd'\) has no effect"):
+        SweepSpec.from_dict(tomllib.loads(on_axis.replace('optimizer = "sgd"', 'optimizer = "sgd"\nsam_steps = 3')))
+
+
+def test_sweep_workers_share_the_memory(tmp_path):
+    """A chunk that fits alone may not fit twice: --workers 2 halves the memory each chunk may take."""
+    from theory_sim.resources import estimate_memory_bytes
+    from theory_sim.sweeps.spec import SweepSpec
+
+    spec = SweepSpec.from_toml(_spec(tmp_path))
+    need = max(estimate_memory_bytes([c for _, c in chunk]).total for chunk in spec.chunks())
+    spec.check_resources(available=(need, "test"), workers=1)
+    with pytest.raises(ConfigError, match=r"^chunk \d+ \(2 runs, chunk_runs = 8\) needs about .* shared by 2 workers"):
+        spec.check_resources(available=(need, "test"), workers=2)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # 3. sweep specs: every malformed value is one ConfigError line naming its key path
 # --------------------------------------------------------------------------------------------------------------------
 def _before_optimizers(text: str) -> str:
@@ -208,6 +323,25 @@ BAD_SPECS = {
     "optimizers-not-tables": ("optimizers = [1, 2]\n" + _before_optimizers(SWEEP_TOML), "optimizers[0] must be a table"),
     "name-number": ("name = 3\n" + SWEEP_TOML.replace('name = "faults"', ""), "name must be a non-empty string"),
     "preset-number": ("preset = 3\n" + SWEEP_TOML, "preset must be a string"),
+    # sizes that cannot fit and options that do nothing (issue 19)
+    "seeds-too-many": (SWEEP_TOML.replace("seeds = 1", "seeds = 1000000000"), "seeds must be in [1, 100000]"),
+    "seed-offset-past-int64": (SWEEP_TOML.replace("seeds = 1", "seeds = 2\nseed_offset = 9223372036854775807"),
+                               "seed_offset must be in [0, 9223372036854775806]"),
+    "chunk-cannot-fit": (SWEEP_TOML.replace("n_mc = 200", "n_mc = 1000000000000"),
+                         "most of it is the Monte-Carlo draws (1.1 PiB: base.n_mc=1000000000000"),
+    "chunk-too-long": (SWEEP_TOML.replace("epochs = 2", "epochs = 100000000"), "chunk 0 (2 runs, chunk_runs = 8): "
+                                                                                "epochs x n / batch_size"),
+    "variant-option-without-effect": (SWEEP_TOML + "c_tau = 2.0\n",
+                                      "optimizers[0].c_tau (label 'sgd') has no effect: c_tau only applies"),
+    "variant-tau-without-effect": (SWEEP_TOML + "tau = 0.1\n", "optimizers[0].tau (label 'sgd') has no effect"),
+    "base-log-every-under-trajectories": (SWEEP_TOML.replace("epochs = 2", "epochs = 2\nlog_every = 2"),
+                                          "base.log_every has no effect with trajectories = true (log_points = 30)"),
+    "variant-log-every-under-log-points": (SWEEP_TOML.replace("epochs = 2", "epochs = 2\nlog_points = 5")
+                                           + "log_every = 3\n", "optimizers[0].log_every has no effect with "
+                                                                 "base.log_points"),
+    "c-tau-axis-under-tau": (SWEEP_TOML.replace("epochs = 2", "epochs = 2\ntau = 0.1").replace(
+        "[[optimizers]]", "[grid.c_tau]\nvalues = [1.0, 2.0]\n[[optimizers]]"),
+        "grid.c_tau has no effect with base.tau"),
 }
 
 

@@ -284,3 +284,35 @@ def test_disk_full_for_real_in_a_subprocess(run_dir):
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"cannot write {run_dir / 'checkpoint.pt'}" in lines[0] and "File too large" in lines[0]
     assert snapshot(run_dir) == before and not list(run_dir.glob(".*.tmp"))
+
+
+# ---- sizes that cannot fit (issue 19): refused before any work, one line, nothing written ----------------------------
+@pytest.mark.parametrize("flags,needles", [
+    (["--width", "10000"], ("cifar needs about", "most of it is the model", "depth=10 width=10000", "--force-memory")),
+    (["--batch-size", "1000000", "--n-train", "0"], ("most of it is the activations", "batch_size=1000000")),
+    (["--epochs", "1000000000"], ("steps, more than the bound", "--force-steps")),
+    (["--n-train", "101"], ("n_train must be at most 100",)),
+    (["--n-test", "41"], ("n_test must be at most 40",)),
+    (["--depth", "99999999999999999999"], ("depth must fit a 64-bit integer",)),
+], ids=["width", "batch", "epochs", "n_train", "n_test", "depth-int64"])
+def test_sizes_that_cannot_fit_are_refused(good_data, tmp_path, capsys, flags, needles):
+    out = tmp_path / "run"
+    argv = ["cifar", "--smoke", "--out", str(out), "--data-dir", str(good_data), *TINY, *flags]
+    assert main(argv) == 2
+    one_error_line(capsys, *needles)
+    assert not out.exists()
+
+
+def test_cifar_memory_estimate_refuses_and_can_be_forced(monkeypatch):
+    from theory_sim.cifar.config import PRESETS
+    from theory_sim.config import ConfigError
+    from theory_sim.resources import check_cifar_resources, estimate_cifar_memory_bytes
+
+    cfg = CifarConfig(**PRESETS["smoke"], device="cpu")
+    need = estimate_cifar_memory_bytes(cfg).total
+    check_cifar_resources(cfg, available=(need + 1, "test"))
+    with pytest.raises(ConfigError, match=r"more than the .* available \(test\)"):
+        check_cifar_resources(cfg, available=(need - 1, "test"))
+    check_cifar_resources(cfg, available=(need - 1, "test"), force_memory=True)
+    wide = estimate_cifar_memory_bytes(dataclasses.replace(cfg, width=4))
+    assert wide.parts["model"] > 10 * estimate_cifar_memory_bytes(cfg).parts["model"]   # D grows ~ width^2

@@ -3,12 +3,14 @@
 Each verb lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; this file only
 dispatches. Every failure is one line on stderr: parameter errors raised as ``ConfigError`` before any work starts
 (``error: ...``, exit 2); a result that could not be written, ``ResultWriteError`` or any other ``OSError`` (``error:
-could not write PATH: REASON``, exit 1); Ctrl-C (``interrupted``, exit 130).
+could not write PATH: REASON``, exit 1); running out of memory anyway, past the estimate of
+``theory_sim.resources`` (``error: out of memory ...``, exit 1); Ctrl-C (``interrupted``, exit 130).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from theory_sim.config import ConfigError
@@ -30,6 +32,9 @@ VERBS: dict[str, tuple[str, str]] = {
 # one thread and 40 ms on two); their parallelism comes from processes instead (sweep --executor process).
 # ``cifar`` trains large convolutions and keeps torch's default.
 DEFAULT_THREADS = {"cifar": None}
+# More threads than 4 per CPU only oversubscribes; a huge count made OpenMP fail to map its stacks (an ImportError
+# deep inside torch)
+MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
@@ -54,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(verb).parse_args(argv)
     threads = args.threads if args.threads is not None else DEFAULT_THREADS.get(args.verb, 1)
     if threads is not None:
-        if threads < 1:
-            print(f"error: threads must be in [1, inf], got {threads}", file=sys.stderr)
+        if not 1 <= threads <= MAX_THREADS:
+            print(f"error: threads must be in [1, {MAX_THREADS}] (4 per CPU of this machine), got {threads}",
+                  file=sys.stderr)
             return 2
         import torch
 
@@ -67,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # a result could not be written (disk full, read-only, permissions): not a parameter error
         print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as exc:  # past the estimate of theory_sim.resources (or --force-memory)
+        # numpy raises MemoryError; torch's CPU allocator a RuntimeError "can't allocate memory", CUDA's
+        # OutOfMemoryError (a RuntimeError) "out of memory"
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        print("error: out of memory (numpy/torch could not allocate an array); lower the sizes, or see "
+              "README 'What happens when things go wrong' for the memory estimate", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: finished results are on disk (every write is atomic)
         print("interrupted", file=sys.stderr)

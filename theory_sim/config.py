@@ -14,9 +14,16 @@ class ConfigError(ValueError):
     """Invalid parameter: the message names the parameter and the allowed range."""
 
 
+INT64_MAX = 2**63 - 1
+
+
 def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
+    """An integer in [lo, hi]; every integer must also fit an int64 (numpy and torch sizes and seeds are int64:
+    a larger one would fail deep inside with OverflowError or "Maximum allowed dimension exceeded")."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if abs(value) > INT64_MAX:
+        raise ConfigError(f"{name} must fit a 64-bit integer (|{name}| <= 2^63 - 1), got {value}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"{name} must be in [{lo if lo is not None else '-inf'}, "
                           f"{hi if hi is not None else 'inf'}], got {value}")
@@ -50,29 +57,38 @@ from dataclasses import asdict, dataclass, fields, replace  # noqa: E402
 # sam_steps schedule)
 OPTIMIZERS = ("sgd", "sam", "usam", "randsam", "msam", "asam")
 NORMS = ("2", "inf")
-# The SimConfig fields each optimizer does not read (the one place that says so): a sweep trains one run for all
-# the cells that differ only in them and joins it to each (theory_sim.sweeps.spec), and verify fits no slope along
-# them. sgd has no radius and no rule options; ascent_steps is msam's, asam_eta asam's, norm sam's ("inf": sign(g)),
-# m_sharpness that of sam, usam and msam (SimConfig.chunk_size).
-_RULE_OPTIONS = ("ascent_steps", "m_sharpness", "norm", "asam_eta")
-IGNORED_PARAMETERS = {
-    "sgd": ("tau", "c_tau", "sam_steps", *_RULE_OPTIONS),
-    "sam": ("ascent_steps", "asam_eta"),
-    "usam": ("ascent_steps", "norm", "asam_eta"),
-    "randsam": ("ascent_steps", "m_sharpness", "norm", "asam_eta"),
-    "msam": ("norm", "asam_eta"),
-    "asam": ("ascent_steps", "m_sharpness", "norm"),
+MODELS = ("c23", "kou2023")
+NOISE_PATCHES = ("shared", "independent")
+DTYPES = ("float64", "float32")
+
+# Options that only do something for some optimizers: field -> the optimizers it has an effect for. An option set
+# explicitly for another optimizer (a ``simulate`` flag, a sweep variant's key) is refused by ``inapplicable``; a
+# sweep's [base] value shared by all its variants, or a grid axis, is not (the runs it does not affect are plain
+# runs of their optimizer, trained once for all the cells they serve: ``ignored_parameters``). Extend this table
+# when adding an optimizer-specific field.
+SAM_FAMILY = OPTIMIZERS[1:]
+OPTIMIZER_ONLY_FIELDS: dict[str, tuple[str, ...]] = {
+    "tau": SAM_FAMILY, "c_tau": SAM_FAMILY, "sam_steps": SAM_FAMILY,
+    "ascent_steps": ("msam",), "m_sharpness": ("sam", "usam", "msam"), "norm": ("sam",), "asam_eta": ("asam",),
 }
 
 
 def ignored_parameters(optimizer: str) -> tuple[str, ...]:
-    """The SimConfig fields ``optimizer`` does not read: runs that differ only in them are the same run."""
+    """The SimConfig fields ``optimizer`` does not read (read off ``OPTIMIZER_ONLY_FIELDS``, the one table that
+    says so): a sweep trains one run for all the cells that differ only in them and joins it to each
+    (theory_sim.sweeps.spec), and verify fits no slope along them."""
     check_choice("optimizer", optimizer, OPTIMIZERS)
-    return IGNORED_PARAMETERS[optimizer]
+    return tuple(name for name, applies in OPTIMIZER_ONLY_FIELDS.items() if optimizer not in applies)
 
-MODELS = ("c23", "kou2023")
-NOISE_PATCHES = ("shared", "independent")
-DTYPES = ("float64", "float32")
+
+# Options that another option switches off: field -> (the other field, when it overrides). Both given is refused by
+# ``overridden`` (one of them would silently win).
+OVERRIDDEN_BY: dict[str, tuple[str, Any]] = {
+    "log_every": ("log_points", lambda v: v > 0),    # log_points > 0 picks the logged steps itself
+    "c_tau": ("tau", lambda v: v is not None),        # an absolute radius replaces the theory scale
+}
+# Patches per sample: a shared noise vector counts P - 1 times in the output, an exact float32 integer up to 2^24
+MAX_P = 2**24
 
 # Fields that fix array shapes or the loop structure: runs trained together as one batched ensemble must agree on
 # them. Everything else (optimizer, mu_norm, sigma_p, flip_p, sigma_0, eta, tau, sam_steps, loss_eps, seed, and the
@@ -101,7 +117,7 @@ class SimConfig:
     (sam, usam, msam) perturbs every chunk of M samples of a batch with its own gradient and steps with the mean of
     the chunks' gradients at their perturbed points; 0 is the whole batch. Options that do not apply to the chosen
     optimizer are accepted here and ignored, like ``sam_steps`` for sgd (a sweep sets them once for all its
-    optimizers); ``simulate`` refuses them on its command line.
+    optimizers); ``simulate`` and a sweep variant refuse them (``OPTIMIZER_ONLY_FIELDS``, ``inapplicable``).
     """
 
     optimizer: str = "sgd"
@@ -143,6 +159,9 @@ class SimConfig:
         check_float("mu_norm", self.mu_norm, 0.0)
         check_int("n", self.n, 1)
         check_int("P", self.P, 2)
+        if self.P > MAX_P:
+            raise ConfigError(f"P must be at most 2^24 = {MAX_P} (the multiplicity P - 1 of a shared noise patch must "
+                              f"be an exact float32 integer), got {self.P}")
         check_float("sigma_p", self.sigma_p, 0.0, lo_open=True)
         check_float("flip_p", self.flip_p, 0.0, 0.5, hi_open=True)
         check_int("m", self.m, 1)
@@ -240,6 +259,23 @@ class SimConfig:
                         epochs=100, batch_size=n, n_test=1000)
         base.update(overrides)
         return cls(**base)
+
+
+def inapplicable(name: str, value: Any, optimizer: str) -> tuple[str, ...] | None:
+    """The optimizers option ``name`` applies to, if ``name`` = ``value``, set explicitly, has no effect with
+    ``optimizer`` (None: it has one). A value equal to SimConfig's default is "no effect" either way and accepted
+    (e.g. ``--sam-steps none`` for sgd)."""
+    applies = OPTIMIZER_ONLY_FIELDS.get(name)
+    if applies is None or optimizer in applies or value == getattr(SimConfig, name, object()):
+        return None
+    return applies
+
+
+def overridden(given: dict[str, Any]) -> list[tuple[str, str]]:
+    """The pairs (option, the option that switches it off) both in ``given`` (name -> value) where the first has
+    no effect."""
+    return [(name, other) for name, (other, active) in OVERRIDDEN_BY.items()
+            if name in given and other in given and active(given[other])]
 
 
 def device_of(name: str):

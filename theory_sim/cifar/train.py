@@ -72,6 +72,7 @@ from theory_sim.cifar.distributed import (
 from theory_sim.cifar.errors import writing
 from theory_sim.cifar.wrn import WideResNet
 from theory_sim.config import ConfigError, check_int
+from theory_sim.resources import add_force_arguments, check_cifar_resources
 from theory_sim.sam.optim import ASAM_SCOPES, BN_UPDATES, SAM
 
 
@@ -198,6 +199,9 @@ def prepare_data(cfg: CifarConfig, out: Path, rt: Runtime, fresh: bool) -> Train
     dd = rt.dd
     arr = load_cifar(cfg.dataset, cfg.data_dir)
     x_tr, y_tr, x_te, y_te = arr.x_train, arr.y_train, arr.x_test, arr.y_test
+    for name, n, have in (("n_train", cfg.n_train, len(y_tr)), ("n_test", cfg.n_test, len(y_te))):
+        if n > have:   # slicing would silently use fewer images than asked for
+            raise ConfigError(f"{name} must be at most {have} (the {cfg.dataset} images in {cfg.data_dir}), got {n}")
     if cfg.n_train:
         x_tr, y_tr = x_tr[: cfg.n_train], y_tr[: cfg.n_train]
     if cfg.n_test:
@@ -415,6 +419,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Flags (and --preset/--smoke values) that differ from them are refused, except "
                         "--data-dir, --device, --compile and --stop-after, which only say where and how far to run")
     p.add_argument("--stop-after", type=int, default=None, help="end this invocation after N epochs")
+    add_force_arguments(p)   # --force-memory, --force-steps (theory_sim.resources)
     p.add_argument("--slurm", action="store_true", help="submit to Slurm through submitit instead of running here")
     p.add_argument("--slurm-partition", default=None)
     p.add_argument("--slurm-gpus", type=int, default=1, help="GPUs (= DDP processes) on one node")
@@ -453,6 +458,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"resume: config from {Path(args.out) / 'config.json'}")
     else:
         cfg = config_from_args(args)
+    # before any work; the memory of this machine says nothing about a Slurm node's, so --slurm checks steps only
+    check_cifar_resources(cfg, force_memory=args.force_memory or args.slurm, force_steps=args.force_steps)
     if args.slurm:
         return submit_slurm(train, cfg, args)
     result = train(cfg, args.out, resume=args.resume, stop_after=args.stop_after)

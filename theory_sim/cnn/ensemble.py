@@ -374,14 +374,20 @@ class WeightEnsemble(Ensemble):
 def make_ensemble(configs: list[SimConfig], state: str = "auto") -> Ensemble:
     """The representation for these runs: weight space if asked, or (``auto``) if some run's rule leaves the span
     (asam, sam with norm="inf") or 1 + n K > d (coefficient space is then not cheaper); else coefficient space."""
-    check_choice("state", state, STATES)
     check_ensemble(configs)
+    return (WeightEnsemble if choose_state(configs, state) == "weights" else Ensemble)(configs)
+
+
+def choose_state(configs: list[SimConfig], state: str = "auto") -> str:
+    """The representation ``make_ensemble`` uses: ``state`` itself, or for "auto" the rule above (also what
+    ``theory_sim.resources`` estimates the memory of)."""
+    check_choice("state", state, STATES)
+    if state != "auto":
+        return state
     c0 = configs[0]
-    if state == "auto":
-        columns = 1 + c0.n * (1 if c0.noise_patches == "shared" else c0.P - 1)
-        leaves = any(c.rule in SPAN_LEAVING_RULES for c in configs)
-        state = "weights" if leaves or columns > c0.d else "coefficients"
-    return (WeightEnsemble if state == "weights" else Ensemble)(configs)
+    columns = 1 + c0.n * (1 if c0.noise_patches == "shared" else c0.P - 1)
+    leaves = any(c.rule in SPAN_LEAVING_RULES for c in configs)
+    return "weights" if leaves or columns > c0.d else "coefficients"
 
 
 def randsam_generator(seed: int) -> torch.Generator:

@@ -12,14 +12,17 @@ Writes to ``--out DIR``:
   final_state.pt       initial and final weights and the training data (for ``sharpness RUN_DIR``)
   trajectory.png       the summaries over steps
 
-``--out`` is checked before any training: it must be a (new or existing) directory that can be written, and one
-that already holds a simulate run is refused unless ``--overwrite``. The files are written to a staging directory
+Before any training: ``--out`` is resolved to an absolute path (printed at the end), the run's memory estimate and
+step count are checked (``theory_sim.resources``; ``--force-memory``, ``--force-steps``), and an option with no
+effect for ``--optimizer`` or switched off by another option is refused. ``--out`` must be a (new or existing)
+directory that can be written, and one that already holds a simulate run is refused unless ``--overwrite``. The files are written to a staging directory
 first and renamed into place at the end, config.json last, so a failed write leaves the previous run intact.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import re
 import shutil
@@ -32,12 +35,16 @@ import numpy as np
 import torch
 
 from theory_sim.config import (
+    INT64_MAX,
     MODELS,
     NOISE_PATCHES,
     NORMS,
     OPTIMIZERS,
+    OPTIMIZER_ONLY_FIELDS,
     ConfigError,
     SimConfig,
+    inapplicable,
+    overridden,
 )
 from theory_sim.io import (
     ResultWriteError,
@@ -46,6 +53,7 @@ from theory_sim.io import (
     save_table,
     write_json,
 )
+from theory_sim.resources import add_force_arguments
 
 # CLI flag -> SimConfig field, for the options that map one to one
 FIELD_FLAGS = {
@@ -58,11 +66,10 @@ FIELD_FLAGS = {
     "norm": "norm", "asam_eta": "asam_eta",
 }
 
-# rule options -> the optimizers they apply to. Like --sam-steps for sgd, a flag given for another optimizer is
-# refused unless its value is the field's default (which means "no effect"); SimConfig itself accepts and ignores
-# them, so a sweep can set one value for all its optimizer variants.
-RULE_OPTIONS = {"sam_steps": ("sam", "usam", "randsam", "msam", "asam"), "ascent_steps": ("msam",),
-                "m_sharpness": ("sam", "usam", "msam"), "norm": ("sam",), "asam_eta": ("asam",)}
+# rule options -> the optimizers they apply to (the table lives in theory_sim.config). A flag given for another
+# optimizer is refused unless its value is the field's default (which means "no effect"); SimConfig itself accepts
+# and ignores them, so a sweep can set one value for all its optimizer variants.
+RULE_OPTIONS = OPTIMIZER_ONLY_FIELDS
 
 
 SEEDS_FORMS = "a count N >= 1 (seeds 0..N-1), a range A-B with 0 <= A <= B, or a list A,B,C of distinct integers >= 0"
@@ -71,27 +78,40 @@ _SEEDS_RE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
 
 def parse_seeds(text: str) -> list[int]:
     """'8' -> 0..7 ; '3-6' -> 3,4,5,6 ; '1,5,9' -> 1,5,9. Anything else (an empty item as in '1,2,', a reversed
-    range '3-1', a negative count '-1') is refused with the accepted forms."""
+    range '3-1', a negative count '-1') is refused with the accepted forms; so are more than MAX_SEEDS seeds and a
+    seed beyond int64, checked before the list is built (a count of 10^9 would otherwise take minutes)."""
+    from theory_sim.resources import MAX_SEEDS
+
     bad = ConfigError(f"seeds must be {SEEDS_FORMS}; got {text!r}")
+    too_many = ConfigError(f"seeds must be at most {MAX_SEEDS} runs (every seed is a run of one ensemble); "
+                           f"{text!r} asks for more")
     if "," in text:
         items = text.split(",")
         if not all(re.fullmatch(r"\s*\d+\s*", item) for item in items):
             raise bad
+        if len(items) > MAX_SEEDS:
+            raise too_many
         seeds = [int(item) for item in items]
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"seeds must be {SEEDS_FORMS}; {text!r} repeats a seed")
-        return seeds
-    match = _SEEDS_RE.fullmatch(text)
-    if not match:
-        raise bad
-    lo, hi = match.groups()
-    if hi is None:
-        if int(lo) < 1:
+    else:
+        match = _SEEDS_RE.fullmatch(text)
+        if not match:
             raise bad
-        return list(range(int(lo)))
-    if int(lo) > int(hi):
-        raise ConfigError(f"seeds must be {SEEDS_FORMS}; the range {text!r} is empty (A > B)")
-    return list(range(int(lo), int(hi) + 1))
+        lo, hi = (None if g is None else int(g) for g in match.groups())
+        if hi is None:
+            lo, hi = 0, lo - 1
+            if hi < 0:
+                raise bad
+        elif lo > hi:
+            raise ConfigError(f"seeds must be {SEEDS_FORMS}; the range {text!r} is empty (A > B)")
+        if hi - lo + 1 > MAX_SEEDS:
+            raise too_many
+        seeds = [lo, hi]
+    for seed in seeds:
+        if seed > INT64_MAX:
+            raise ConfigError(f"seeds must be integers in [0, 2^63 - 1] (int64), got {seed}")
+    return seeds if "," in text else list(range(seeds[0], seeds[1] + 1))
 
 
 def _optional_int(text: str) -> int | None:
@@ -154,12 +174,15 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     given = {field: getattr(args, flag) for flag, field in FIELD_FLAGS.items()
              if getattr(args, flag, None) is not None}
-    optimizer = given.get("optimizer", "sgd")
-    defaults = SimConfig()
-    for name, optimizers in RULE_OPTIONS.items():
-        if name in given and optimizer not in optimizers and given[name] != getattr(defaults, name):
-            raise ConfigError(f"{name} only applies to --optimizer {' / '.join(optimizers)}, not {optimizer}")
-    cfg = SimConfig.preset(args.preset, **given)
+    cfg = SimConfig.preset(args.preset, **given)   # ranges first: "tau must be in [0, inf]" before applicability
+    optimizer = cfg.optimizer
+    for name, value in given.items():
+        applies = inapplicable(name, value, optimizer)
+        if applies:
+            raise ConfigError(f"{name} only applies to --optimizer {' / '.join(applies)}, not {optimizer}")
+    for pair in overridden(given):
+        flag, other = ("--" + name.replace("_", "-") for name in pair)
+        raise ConfigError(f"{flag} has no effect with {other} {given[pair[1]]} (it decides alone); give one of them")
     check_dtype_range(cfg)
     return cfg
 
@@ -176,9 +199,14 @@ def check_dtype_range(cfg: SimConfig) -> None:
         if value is not None and abs(value) > big:
             raise ConfigError(f"{name} must be at most {big:.4g} (the largest {cfg.dtype}) with dtype {cfg.dtype}, "
                               f"got {value:g}")
-    if cfg.optimizer != "sgd" and not cfg.sam_radius <= big:
-        raise ConfigError(f"c_tau must give a SAM radius c_tau m sqrt(B) / (P sigma_p sqrt(d)) of at most "
-                          f"{big:.4g} (the largest {cfg.dtype}), got {cfg.sam_radius:g}")
+    # the rules take norms of eps (sums of squares): a radius whose square overflows turns them into inf, and the
+    # radius then no longer matters (1e30 and 1e36 gave bitwise the same float32 run)
+    top = math.sqrt(big)
+    if cfg.optimizer != "sgd" and not cfg.sam_radius <= top:
+        name = "tau" if cfg.tau is not None else "c_tau"
+        raise ConfigError(f"{name} must give a SAM radius (tau, or c_tau m sqrt(B) / (P sigma_p sqrt(d))) of at most "
+                          f"{top:.4g} (the square root of the largest {cfg.dtype}: its square must be finite) with "
+                          f"dtype {cfg.dtype}, got {cfg.sam_radius:g}")
 
 
 # the files a simulate run writes; config.json last, so its presence marks a complete run
@@ -191,7 +219,7 @@ def check_out(text: str, overwrite: bool) -> Path:
     ``overwrite`` (a finished result is never replaced silently). Checked before any training."""
     if not text.strip():
         raise ConfigError("out must be a directory path, got the empty string")
-    out = Path(text)
+    out = Path(os.path.abspath(os.path.expanduser(text)))   # "../..": say where that is
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out must be a directory (new or existing), but {out} is an existing file")
     ancestor = out
@@ -221,6 +249,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace the previous simulate run in --out (refused without it: never lose a result)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="tqdm bar (default: only on a terminal)")
+    add_force_arguments(p)   # --force-memory, --force-steps
 
 
 def write_run(result, out: Path, base: SimConfig, seeds: list[int]) -> None:
@@ -324,11 +353,14 @@ def load_run(run_dir: str | Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from theory_sim.cnn.train import train_ensemble
+    from theory_sim.resources import check_resources
 
     base = config_from_args(args)
     seeds = parse_seeds(args.seeds)
     configs = [base.replace(seed=s) for s in seeds]   # validated here, before any work
     out = check_out(args.out, args.overwrite)
+    check_resources(configs, what=f"simulate ({len(configs)} seeds)", force_memory=args.force_memory,
+                    force_steps=args.force_steps)
     result = train_ensemble(configs, progress=args.progress)
     write_run(result, out, base, seeds)
     s = result.summary

@@ -24,6 +24,7 @@ import pandas as pd
 
 from theory_sim.config import ConfigError, check_choice, check_int
 from theory_sim.io import provenance, save_table, write_json, write_parquet
+from theory_sim.resources import add_force_arguments
 from theory_sim.sweeps.spec import SweepSpec
 from theory_sim.sweeps.store import (
     claim_chunk,
@@ -341,11 +342,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
                    help="after the sweep print verify's one-line summary, not the whole report (it is in "
                         "DIR/verify.md)")
+    add_force_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     spec = SweepSpec.from_toml(args.spec)
     check_int("workers", args.workers, 1)
+    # every chunk fits, before any work: `workers` processes share this machine's memory; a cluster's jobs run on
+    # other nodes (their memory is not this one's: steps only)
+    local = args.executor != "submitit" or args.cluster in ("local", "debug")
+    spec.check_resources(args.force_memory or not local, args.force_steps,
+                         workers=min(args.workers, len(spec.chunks())) if args.executor == "process" else 1)
     opts = dict(cluster=args.cluster, partition=args.partition, timeout_min=args.timeout_min,
                 cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node,
                 array_parallelism=args.array_parallelism, wait=args.wait, resubmit=args.resubmit)

@@ -31,6 +31,11 @@ Every value is checked before any work, and an error is one ``ConfigError`` line
 expected (a TOML ``true`` is not one), an array of tables for ``optimizers``, no unknown keys, and grid values that
 give distinct cells (on d, n and P after rounding to integers: a log grid that repeats is refused, not shrunk).
 
+A setting that can have no effect is refused too (``SweepSpec._check_effective``): a variant's key its optimizer
+ignores (``optimizers[0].tau`` on sgd; a [base] value or a grid axis shared by every variant is fine), and an option
+another one switches off at the same or a broader level (``base.log_every`` under ``trajectories = true``). Before
+any work the runner checks every chunk's memory estimate and step count (``SweepSpec.check_resources``).
+
 Expansion is deterministic: runs are grouped by the fields that must agree inside an ensemble, split into chunks of
 at most ``chunk_runs``, and numbered — so a re-run of the same spec finds the same chunks on disk.
 
@@ -45,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from itertools import product
@@ -54,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from theory_sim.config import (
+    INT64_MAX,
     STRUCTURAL_FIELDS,
     ConfigError,
     SimConfig,
@@ -61,6 +68,8 @@ from theory_sim.config import (
     check_float,
     check_int,
     ignored_parameters,
+    inapplicable,
+    overridden,
 )
 
 TRAJECTORY_POINTS = 30
@@ -238,9 +247,11 @@ class SweepSpec:
     _chunks: list = field(default=None, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
-        check_int("seeds", self.seeds, 1)
+        from theory_sim.resources import MAX_SEEDS
+
+        check_int("seeds", self.seeds, 1, MAX_SEEDS)
         check_int("chunk_runs", self.chunk_runs, 1)
-        check_int("seed_offset", self.seed_offset, 0)
+        check_int("seed_offset", self.seed_offset, 0, INT64_MAX - self.seeds + 1)   # every seed an int64
         check_choice("trajectories", self.trajectories, (True, False))
         check_choice("cell_seeding", self.cell_seeding, CELL_SEEDING)
         check_float("benign_margin", self.benign_margin, 0.0, 1.0, lo_open=True)
@@ -268,8 +279,78 @@ class SweepSpec:
                     raise ConfigError(f"optimizers[{i}].{key} (label {o.label!r}) is not a SimConfig field an "
                                       f"optimizer variant may set")
                 check_setting(f"optimizers[{i}].{key}", key, value)
+        self._check_effective(names)
         # validate every run before any work: builds (and caches) the configs
         object.__setattr__(self, "_configs", self._expand())
+
+    def _check_effective(self, axes: list[str]) -> None:
+        """Refuse a setting that has no effect. A variant's key its optimizer ignores (``optimizers[i].tau`` for
+        sgd) is refused; a [base] value or a grid axis is not (it is shared by every variant: an sgd variant
+        across a c_tau axis is a plain SGD run in every cell). An option another one switches off (log_every under
+        log_points > 0, c_tau under tau) is refused when the one switching it off is set at the same or a broader
+        level (base < a variant < the grid; ``trajectories = true`` sets log_points = 30 below them all): a variant
+        may override a [base] value."""
+        base = dict(self.base)
+        for i, o in enumerate(self.optimizers):
+            for key, value in o.settings:
+                applies = inapplicable(key, value, o.optimizer)
+                if applies:
+                    raise ConfigError(f"optimizers[{i}].{key} (label {o.label!r}) has no effect: {key} only applies "
+                                      f"to optimizer {' / '.join(applies)}, not {o.optimizer}; drop it (a [base] "
+                                      f"value shared by every variant is allowed)")
+            level, where = {}, {}
+            if self.trajectories:
+                level["log_points"], where["log_points"] = -1, f"trajectories = true (log_points = {TRAJECTORY_POINTS})"
+            for rank, keys, path in ((0, base, "base"), (1, o.overrides, f"optimizers[{i}]"),
+                                     (2, {a: None for a in axes}, "grid")):
+                for key in keys:
+                    level[key], where[key] = rank, f"{path}.{key}"
+            # each option's value as the runs see it (an axis: any of its values; log_points unset: trajectories')
+            values = {**base, **o.overrides}
+            given = {k: 1 if k in axes else values.get(k, TRAJECTORY_POINTS) for k in level}
+            for name, other in overridden(given):
+                if level[name] >= level[other]:
+                    raise ConfigError(f"{where[name]} has no effect with {where[other]} (it decides alone); drop "
+                                      f"one of them")
+
+    def check_resources(self, force_memory: bool = False, force_steps: bool = False,
+                        available: tuple[int, str] | None = None, workers: int = 1) -> None:
+        """Refuse (before any work) a chunk whose memory estimate exceeds the memory available to each of
+        ``workers`` concurrent chunks, or whose runs take more than ``MAX_TOTAL_STEPS`` steps
+        (``theory_sim.resources``), naming the chunk and the key paths of the parameters that set its size."""
+        from theory_sim.resources import available_memory_bytes, check_resources
+
+        available = available_memory_bytes() if available is None else available
+        if available is not None and workers > 1:
+            available = (available[0] // workers, f"{available[1]}, shared by {workers} workers: lower --workers")
+        labels = {o.label: i for i, o in enumerate(self.optimizers)}
+        seen = set()
+        for cid, chunk in enumerate(self.chunks()):
+            configs = [cfg for _, cfg in chunk]
+            # chunks alike in shape, size and rules have the same estimate: one of them is enough (100,000 runs)
+            kind = (tuple(getattr(configs[0], f) for f in STRUCTURAL_FIELDS), len(configs),
+                    frozenset((c.optimizer, c.norm, c.m_sharpness) for c in configs))
+            if kind in seen:
+                continue
+            seen.add(kind)
+            i = labels[chunk[0][0][0]]
+            try:
+                check_resources(configs, what=f"chunk {cid} ({len(chunk)} runs, chunk_runs = {self.chunk_runs})",
+                                force_memory=force_memory, force_steps=force_steps, available=available,
+                                log=self.trajectories, track=self.trajectories, heldout=configs[0].n_test > 0)
+            except ConfigError as exc:
+                paths = self.key_paths(i)
+                text = str(exc)
+                for name, path in paths.items():   # name where each parameter is set: base.n_mc=..., grid.d=...
+                    text = re.sub(rf"(?<![\w.]){name}=", f"{path}=", text)
+                raise ConfigError(text) from None
+
+    def key_paths(self, i: int) -> dict[str, str]:
+        """SimConfig field -> where variant ``i``'s runs get it: grid.X, optimizers[i].X, base.X (else unnamed)."""
+        paths = {k: f"base.{k}" for k, _ in self.base}
+        paths.update({k: f"optimizers[{i}].{k}" for k, _ in self.optimizers[i].settings})
+        paths.update({a.name: f"grid.{a.name}" for a in self.axes})
+        return paths
 
     # ------------------------------------------------------------------------------------------------------------
     def axis(self, name: str) -> Axis | None:
