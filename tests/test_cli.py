@@ -178,3 +178,24 @@ def test_figures_cell_format_dpi_and_no_empty_panel(tmp_path, capsys, monkeypatc
     assert (out / "figures" / "phase_diagram.svg").read_text().lstrip().startswith("<?xml")
     assert "training loss" in titles and not any(t.startswith("test error") for t in titles)
     assert main(["figures", str(out), "--dpi", "0"]) == 2 and "dpi must be" in capsys.readouterr().err
+
+
+def test_phase_figure_layout_many_variants_and_two_explicit_d():
+    """Seven variants wrap into two pairs of rows of four columns (not a one-row strip); two explicit d values a
+    factor 4 apart are drawn on a log axis (linear cell edges would start at d = -200), two close ones are not."""
+    import numpy as np
+
+    from theory_sim.sweeps.figures import _phase_panels, log_axis
+    from theory_sim.sweeps.spec import Axis
+
+    labels = [f"v{k}" for k in range(7)]
+    grids = {lab: np.full((3, 2), 0.2) for lab in labels}
+    fig, tops, bottoms = _phase_panels(grids, labels, np.arange(3.0), np.arange(4.0), 0.14, 0.2)
+    assert len(tops) == len(bottoms) == 8 and fig.get_size_inches()[0] <= 4 * 4.6 + 1e-9
+    assert len({round(ax.get_position().y0, 3) for ax in tops}) == 2  # the error panels sit in two rows
+    fig, tops, _ = _phase_panels({k: grids[k] for k in labels[:2]}, labels[:2], np.arange(3.0), np.arange(4.0),
+                                 0.14, 0.2)
+    assert len(tops) == 3 and len({round(ax.get_position().y0, 3) for ax in tops}) == 1  # as before: one row
+    assert log_axis(Axis.from_toml("d", {"values": [400, 1600]}))
+    assert not log_axis(Axis.from_toml("d", {"values": [400, 500]}))
+    assert not log_axis(Axis.from_toml("flip_p", {"values": [0.0, 0.2]}))

@@ -259,8 +259,9 @@ def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path, dims, fmt: str
             for j, (key, g) in enumerate(groups):
                 key = key if isinstance(key, tuple) else (key,)
                 g = g.sort_values(dim)
-                ax.plot(g[dim], g.mu_star, LINESTYLES[k % 4], marker="o", ms=3, color=plt.cm.viridis(
-                    j / max(1, len(groups) - 1)), label=f"{lab} " + ", ".join(f"{o}={v:g}" for o, v in zip(others, key)))
+                tag = ", ".join(f"{o}={v:g}" for o, v in zip(others, key))
+                ax.plot(g[dim], g.mu_star, LINESTYLES[k % 4], marker="o", ms=3,
+                        color=plt.cm.viridis(j / max(1, len(groups) - 1)), label=f"{lab} {tag}")
             names = [dim] + (["P-1"] if dim == "P" else [])
             for name in names:
                 f = fits[(fits.label == lab) & (fits.dim == name)] if not fits.empty else fits
