@@ -46,10 +46,11 @@ def plot_trajectory(traj: pd.DataFrame, path: str | Path, *, group: str = "optim
                     dpi: int | None = None) -> None:
     """Mean over seeds (line) and min-max band of every summary, one colour per value of ``group``.
 
-    ``markers``: vertical lines, e.g. {"SAM -> SGD": 200}. A summary that was not logged (all NaN, e.g. the test
-    error of a sweep with ``trajectory_mc = 0``) gets no panel. ``dpi``: default 110.
+    ``markers``: vertical lines, e.g. {"SAM -> SGD": 200}. A test error that was not logged (all NaN: a sweep's
+    default ``trajectory_mc = 0``) gets no panel. ``dpi``: default 110.
     """
-    panels = [p for p in PANELS if p[0] in traj.columns and traj[p[0]].notna().any()]
+    # the test error is optional along a trajectory (all NaN: not estimated); NaN elsewhere means a diverged run
+    panels = [p for p in PANELS if p[0] in traj.columns and (p[0] != "test_error" or traj[p[0]].notna().any())]
     ncol = 3
     nrow = -(-len(panels) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 3.2 * nrow), squeeze=False)

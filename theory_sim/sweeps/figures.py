@@ -53,7 +53,7 @@ def log_axis(axis) -> bool:
 def titled_layout(fig, text: str, fontsize: float = 10) -> None:
     """A suptitle wrapped to the figure's width (a narrow figure would clip one long line at both ends), and a
     tight layout of the panels below it (tight_layout alone lets a multi-line suptitle overlap the top titles)."""
-    chars = max(30, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))
+    chars = max(30, int(fig.get_figwidth() * 72 / (0.52 * fontsize)))
     lines = [wrapped for line in text.split("\n") for wrapped in textwrap.wrap(line, chars)]
     fig.suptitle("\n".join(lines), fontsize=fontsize)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.08 * len(lines) * fontsize / 10 / fig.get_figheight()))
