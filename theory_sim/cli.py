@@ -37,18 +37,72 @@ DEFAULT_THREADS = {"cifar": None}
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help (argparse's ArgumentDefaultsHelpFormatter), except where there is nothing to
+    show (no default, a flag that is off) or the help text already states it in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def config_defaults(verb: str) -> tuple[dict, str]:
+    """The values that a verb's options left at None take from its config dataclass (shown in --help), and how to
+    name them there."""
+    if verb == "simulate":
+        from theory_sim.cnn.simulate import FIELD_FLAGS
+        from theory_sim.config import SimConfig
+
+        cfg = SimConfig.preset("c23")
+        return {dest: getattr(cfg, field) for dest, field in FIELD_FLAGS.items()}, "default with --preset c23"
+    if verb == "cifar":
+        from dataclasses import asdict
+
+        from theory_sim.cifar.config import CifarConfig
+
+        return asdict(CifarConfig()), "default"
+    return {}, "default"
+
+
+def show_config_defaults(parser: argparse.ArgumentParser, verb: str) -> None:
+    """Append the config's value to the help of every option whose argparse default is None (= the config's)."""
+    values, name = config_defaults(verb)
+    for action in parser._actions:
+        value = values.get(action.dest)
+        if action.default is None and value is not None and action.help and "default" not in action.help:
+            action.help += f" ({name}: {value})"
+
+
+def version() -> str:
+    """The installed distribution's version (the package's own when run from a checkout that is not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    from theory_sim import __version__
+
+    try:
+        return dist_version("theory_sim")
+    except PackageNotFoundError:
+        return __version__
+
+
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only the chosen verb's module is imported (fast start, and one verb's dependencies
     never break another's)."""
     parser = argparse.ArgumentParser(prog="python -m theory_sim",
-                                     description="theory_sim: check theorems about SAM against simulation.")
+                                     description="theory_sim: check theorems about SAM against simulation.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"theory_sim {version()}")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per process (default 1; cifar: torch's default)")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, (module, help_text) in VERBS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if name == verb:
             importlib.import_module(module).add_arguments(p)
+            show_config_defaults(p, name)
         p.set_defaults(_module=module)
     return parser
 

@@ -7,7 +7,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from theory_sim.io import save_figure  # noqa: E402
 
@@ -26,13 +28,29 @@ PANELS = [
 ]
 
 
+def plain_log_ticks(axis) -> None:
+    """Ticks of a log axis spanning at most two decades (call it once the limits are set) labelled as plain numbers
+    (0.5, 1, 2, 5 or 20, 30, 40) and nothing in between: matplotlib labels the minor ticks of such an axis
+    ("3 x 10^-1", "4 x 10^-1", ...), and they overlap. Wider axes keep matplotlib's powers of ten."""
+    lo, hi = sorted(axis.get_view_interval())
+    if not lo > 0 or np.log10(hi / lo) > 2:
+        return
+    subs = (1.0, 2.0, 5.0) if np.log10(hi / lo) > 1 else (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_trajectory(traj: pd.DataFrame, path: str | Path, *, group: str = "optimizer", title: str = "",
-                    bayes_error: float | None = None, markers: dict[str, float] | None = None) -> None:
+                    bayes_error: float | None = None, markers: dict[str, float] | None = None,
+                    dpi: int | None = None) -> None:
     """Mean over seeds (line) and min-max band of every summary, one colour per value of ``group``.
 
-    ``markers``: vertical lines, e.g. {"SAM -> SGD": 200}.
+    ``markers``: vertical lines, e.g. {"SAM -> SGD": 200}. A test error that was not logged (all NaN: a sweep's
+    default ``trajectory_mc = 0``) gets no panel. ``dpi``: default 110.
     """
-    panels = [p for p in PANELS if p[0] in traj.columns]
+    # the test error is optional along a trajectory (all NaN: not estimated); NaN elsewhere means a diverged run
+    panels = [p for p in PANELS if p[0] in traj.columns and (p[0] != "test_error" or traj[p[0]].notna().any())]
     ncol = 3
     nrow = -(-len(panels) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 3.2 * nrow), squeeze=False)
@@ -54,10 +72,10 @@ def plot_trajectory(traj: pd.DataFrame, path: str | Path, *, group: str = "optim
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[1].legend(fontsize=8)
+    axes.flat[min(1, len(panels) - 1)].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, path, dpi=110)
+    save_figure(fig, path, dpi=110 if dpi is None else dpi)
     plt.close(fig)

@@ -60,8 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="output directory of `simulate`")
     p.add_argument("--rho", type=float, default=None, help="radius (default: each run's [C23] SAM radius tau)")
     p.add_argument("--k", type=int, default=3, help="top Hessian eigenvalues")
-    p.add_argument("--trace-samples", type=int, default=64)
-    p.add_argument("--avg-samples", type=int, default=128)
+    p.add_argument("--trace-samples", type=int, default=64, help="Hutchinson probes for the Hessian trace")
+    p.add_argument("--avg-samples", type=int, default=128, help="random directions for R_Avg")
     p.add_argument("--max-steps", type=int, default=30, help="projected-ascent steps per start for R_Max")
 
 

@@ -136,7 +136,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma-0", dest="sigma_0", type=float, help="init std (c23 model)")
     p.add_argument("--eta", type=float, help="learning rate (> 0)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="B, must divide n")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="passes over the training set (>= 1)")
     radius = p.add_mutually_exclusive_group()
     radius.add_argument("--tau", type=float, help="absolute radius of every SAM-family rule (with --norm inf: per "
                                                   "coordinate)")
@@ -155,8 +155,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--asam-eta", dest="asam_eta", type=float,
                    help="asam: the offset eta in T = |w| + eta on the weights (>= 0, default 0.01)")
     p.add_argument("--loss-eps", dest="loss_eps", type=float, help="stop once the training loss is <= this")
-    p.add_argument("--model", choices=MODELS)
-    p.add_argument("--noise-patches", dest="noise_patches", choices=NOISE_PATCHES)
+    p.add_argument("--model", choices=MODELS, help="network variant: c23 (docs/science.md §2) or kou2023 ([K23])")
+    p.add_argument("--noise-patches", dest="noise_patches", choices=NOISE_PATCHES,
+                   help="the P-1 noise patches of a sample: one shared noise vector, or independent ones")
     p.add_argument("--project-noise", dest="project_noise", action=argparse.BooleanOptionalAction, default=None,
                    help="project the noise off mu (c23 default) or not (kou2023)")
     p.add_argument("--n-test", dest="n_test", type=int, help="held-out test points per seed (0: Gaussian only)")
@@ -167,7 +168,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "switch and the last step); 0 = every --log-every steps (default)")
     p.add_argument("--trajectory-mc", dest="trajectory_mc", type=int,
                    help="Gaussian draws per logged test error (default 2000; 0 = none, NaN in the trajectory)")
-    p.add_argument("--dtype", choices=("float64", "float32"))
+    p.add_argument("--dtype", choices=("float64", "float32"), help="training precision")
     p.add_argument("--device", help="auto (cuda if present), cpu, cuda, cuda:N")
 
 

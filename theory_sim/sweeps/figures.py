@@ -8,12 +8,14 @@ For each slice of the swept axes other than the two drawn (``--x``, default d; `
          threshold p + margin (0.5 - p), harmful if >= p + 0.1 (docs/science.md §5), stated on the figure.
 Every panel is a pcolormesh with correct cell edges (geometric midpoints on log-spaced axes, which are drawn log);
 the located boundaries ||mu||*(d) of every variant and their fitted power laws are overlaid.
+With more than three variants the panels wrap into rows of at most four (each variant's error above its map).
 With n, P or sigma_p swept, ``boundary_scaling.png`` plots ||mu||* against them on log-log axes with the fitted and
-the predicted slopes.
+the predicted slopes. ``--format pdf|svg|png`` and ``--dpi`` choose how every figure is written.
 """
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm  # noqa: E402
 
+from theory_sim.cnn.plotting import plain_log_ticks  # noqa: E402
 from theory_sim.io import save_figure  # noqa: E402
 from theory_sim.sweeps.spec import log_spaced  # noqa: E402
 from theory_sim.sweeps.verify import (  # noqa: E402
@@ -34,6 +37,26 @@ from theory_sim.sweeps.verify import (  # noqa: E402
 )
 
 LINESTYLES = ["-", "--", ":", "-."]
+FORMATS = ("png", "pdf", "svg")
+MAX_COLUMNS = 4  # phase-diagram panels per row: more variants wrap into further rows
+
+
+def log_axis(axis) -> bool:
+    """Whether a swept axis is drawn log: log_spaced's rule, and also two explicit positive values a factor >= 2
+    apart (e.g. d = 400, 1600), whose linear cell edges would otherwise run into negative values."""
+    if log_spaced(axis):
+        return True
+    v = np.sort(np.asarray(axis.values if axis is not None and axis.spacing == "list" else [], dtype=float))
+    return len(v) == 2 and v[0] > 0 and v[1] >= 2 * v[0]
+
+
+def titled_layout(fig, text: str, fontsize: float = 10) -> None:
+    """A suptitle wrapped to the figure's width (a narrow figure would clip one long line at both ends), and a
+    tight layout of the panels below it (tight_layout alone lets a multi-line suptitle overlap the top titles)."""
+    chars = max(30, int(fig.get_figwidth() * 72 / (0.52 * fontsize)))
+    lines = [wrapped for line in text.split("\n") for wrapped in textwrap.wrap(line, chars)]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.08 * len(lines) * fontsize / 10 / fig.get_figheight()))
 
 
 def cell_edges(values: np.ndarray, log: bool) -> np.ndarray:
@@ -69,13 +92,14 @@ def _overlay(ax, bnd: pd.DataFrame, fits: pd.DataFrame, labels: list[str], sl: d
 
 
 def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str = "d",
-                 y: str = "mu_norm") -> list[Path]:
+                 y: str = "mu_norm", fmt: str = "png", dpi: int | None = None) -> list[Path]:
     """Every figure of DIR from its tables: the phase diagrams over (x, y) (results.parquet; one file per slice of
     the other swept axes) and, when the sweep kept them, the trajectory figures (trajectories.parquet; ``cell`` picks
-    the cell of the per-cell trajectory plot)."""
+    the cell of the per-cell trajectory plot). ``fmt``: png, pdf or svg; ``dpi``: default 100 (110 for the
+    per-cell trajectory figure)."""
     from theory_sim.config import ConfigError
     from theory_sim.sweeps.store import load_spec, read_results, read_trajectories
-    from theory_sim.sweeps.trajectory_figures import draw_trajectory_figures
+    from theory_sim.sweeps.trajectory_figures import draw_trajectory_figures, select_cell
 
     out = Path(out)
     spec = load_spec(out)
@@ -85,8 +109,14 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
             raise ConfigError(f"{name} must be one of the swept axes {swept}, got {axis!r}")
     if x == y:
         raise ConfigError(f"x and y must be two different axes, got {x!r} twice")
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if dpi is not None and not (isinstance(dpi, int) and 10 <= dpi <= 2000):
+        raise ConfigError(f"dpi must be an integer in [10, 2000], got {dpi!r}")
     df = read_results(out)
     traj = read_trajectories(out)
+    if traj is not None:  # an off-grid --cell is refused before any figure is drawn
+        cell = select_cell(traj, cell or {}, (*spec.cell_dims, "mu_norm"))
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     p = float(df.flip_p.mean())
@@ -95,7 +125,7 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
     dims = spec.cell_dims
     bnd = boundaries(cell_arrays(df, dims), thr_benign, dims=dims)
     fits = fit_slopes(bnd, dims)
-    log_x, log_y = log_spaced(spec.axis(x)), log_spaced(spec.axis(y))
+    log_x, log_y = log_axis(spec.axis(x)), log_axis(spec.axis(y))
     err = df.test_error.where(~df.diverged.astype(bool), np.nan)
     rest = [k for k in (*dims, "mu_norm") if k not in (x, y)]
     mean = df.assign(err=err).groupby(["label", *rest, x, y]).err.mean().reset_index()
@@ -110,39 +140,46 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
         dx, dy = cell_edges(xs, log_x), cell_edges(ys, log_y)
         grids = {lab: m[m.label == lab].pivot(index=y, columns=x, values="err")
                  .reindex(index=ys, columns=xs).to_numpy() for lab in labels}
-        fig, axes = _phase_panels(grids, labels, dx, dy, thr_benign, thr_harmful)
+        fig, tops, bottoms = _phase_panels(grids, labels, dx, dy, thr_benign, thr_harmful)
         cell_slice = {k: v for k, v in sl.items() if k in dims}
         if y == "mu_norm" and len(labels) >= 2:
-            _boundaries_panel(axes[1, -1], bnd, labels, cell_slice, x, dx, dy)
-        for ax in axes.flat:
-            if y == "mu_norm" and (ax is not axes[1, -1] or len(labels) < 2):
-                _overlay(ax, bnd, fits, labels, cell_slice, x)
+            _boundaries_panel(bottoms[-1], bnd, labels, cell_slice, x, dx, dy)
+        # with many variants each panel shows its own boundary only (the last panel shows them all)
+        own = len(labels) > 3
+        for k, ax in enumerate([*tops, *bottoms]):
+            column = k % len(tops)
+            if y == "mu_norm" and (ax is not bottoms[-1] or len(labels) < 2):
+                shown = labels[:2] if column == len(labels) else [labels[column]]
+                _overlay(ax, bnd, fits, shown if own else labels, cell_slice, x)
             ax.set_xscale("log" if log_x else "linear")
             ax.set_yscale("log" if log_y else "linear")
             ax.set_xlim(dx[0], dx[-1])
             ax.set_ylim(dy[0], dy[-1])
+            for axis, log in ((ax.xaxis, log_x), (ax.yaxis, log_y)):
+                if log:
+                    plain_log_ticks(axis)
             ax.set_xlabel({"d": "dimension d"}.get(x, x))
             ax.set_ylabel({"mu_norm": "signal strength ||mu||"}.get(y, y))
-        if axes[0, 0].get_legend_handles_labels()[0]:
-            axes[0, 0].legend(fontsize=7, loc="lower right")
+        for ax in tops if own else tops[:1]:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="lower right")
         tag = ", ".join(f"{k}={v:g}" for k, v in sl.items() if k in varied or k in ("n", "P", "sigma_p"))
-        fig.suptitle(f"{spec.name}: {tag}, p={p:g}, {df.seed.nunique()} seeds/cell.\nBenign: mean test error <= "
-                     f"{thr_benign:.3f} (p + {spec.benign_margin:g}(0.5 - p)); harmful: >= {thr_harmful:.3f} "
-                     f"(p + 0.1); grey: diverged", fontsize=10)
-        fig.tight_layout()
+        titled_layout(fig, f"{spec.name}: {tag}, p={p:g}, {df.seed.nunique()} seeds/cell.\nBenign: mean test error "
+                           f"<= {thr_benign:.3f} (p + {spec.benign_margin:g}(0.5 - p)); harmful: >= {thr_harmful:.3f} "
+                           f"(p + 0.1); grey: diverged")
         stem = "phase_diagram" if (x, y) == ("d", "mu_norm") else f"phase_{y}_vs_{x}"
         # one file per slice: n, P, sigma_p always named (the file names of earlier sweeps), other axes when varied
         tags = [k for k in rest if k in ("n", "P", "sigma_p") or k in varied]
         suffix = "" if len(slices) == 1 else "".join(f"_{_short(k)}{sl[k]:g}" for k in tags)
-        path = figdir / f"{stem}{suffix}.png"
-        save_figure(fig, path)
+        path = figdir / f"{stem}{suffix}.{fmt}"
+        save_figure(fig, path, dpi=dpi or 100)
         plt.close(fig)
         paths.append(path)
     swept_dims = [dim for dim in dims[1:] if bnd[dim].nunique() >= 2]
     if swept_dims:
-        paths.append(_scaling_figure(bnd, fits, swept_dims, labels, spec, figdir, dims))
+        paths.append(_scaling_figure(bnd, fits, swept_dims, labels, spec, figdir, dims, fmt, dpi))
     if traj is not None:
-        paths += draw_trajectory_figures(traj, df, spec, figdir, cell)
+        paths += draw_trajectory_figures(traj, df, spec, figdir, cell, fmt, dpi)
     return paths
 
 
@@ -152,15 +189,24 @@ def _short(key: str) -> str:
 
 
 def _phase_panels(grids, labels, dx, dy, thr_benign, thr_harmful):
-    """Row 1: each variant's mean test error (and the second minus the first); row 2: benign / between / harmful."""
-    ncol = len(labels) + (1 if len(labels) >= 2 else 0)
-    fig, axes = plt.subplots(2, ncol, figsize=(max(4.6 * ncol, 7.5), 7.6), squeeze=False)
+    """Per variant, its mean test error above its benign / between / harmful map; after them the second minus the
+    first (above the panel for the located boundaries). Pairs of rows of at most MAX_COLUMNS columns. Returns the
+    figure and the upper and lower panel of every column, in order."""
+    items = len(labels) + (1 if len(labels) >= 2 else 0)
+    ncol = min(items, MAX_COLUMNS)
+    blocks = -(-items // ncol)
+    fig, axes = plt.subplots(2 * blocks, ncol, figsize=(max(4.6 * ncol, 7.5), 7.6 * blocks), squeeze=False)
+    tops = [axes[2 * (i // ncol), i % ncol] for i in range(items)]
+    bottoms = [axes[2 * (i // ncol) + 1, i % ncol] for i in range(items)]
+    for i in range(items, blocks * ncol):  # the empty end of the last pair of rows
+        axes[2 * (i // ncol), i % ncol].axis("off")
+        axes[2 * (i // ncol) + 1, i % ncol].axis("off")
     for k, lab in enumerate(labels):
-        ax = axes[0, k]
+        ax = tops[k]
         mesh = ax.pcolormesh(dx, dy, grids[lab], cmap="viridis", vmin=0.0, vmax=0.5, shading="flat")
         ax.set_title(f"{lab}: mean test error", fontsize=10)
         fig.colorbar(mesh, ax=ax, fraction=0.046)
-        ax = axes[1, k]
+        ax = bottoms[k]
         cat = np.where(np.isnan(grids[lab]), np.nan,
                        np.where(grids[lab] <= thr_benign, 0, np.where(grids[lab] >= thr_harmful, 2, 1)))
         cmap = ListedColormap(["#4daf4a", "#ffd92f", "#e41a1c"]).with_extremes(bad="#bbbbbb")
@@ -171,12 +217,12 @@ def _phase_panels(grids, labels, dx, dy, thr_benign, thr_harmful):
     if len(labels) >= 2:
         diff = grids[labels[1]] - grids[labels[0]]
         vmax = max(1e-3, float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1e-3)
-        ax = axes[0, -1]
+        ax = tops[-1]
         mesh = ax.pcolormesh(dx, dy, diff, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -vmax, vmax), shading="flat")
         fig.colorbar(mesh, ax=ax, fraction=0.046)
         ax.set_title(f"{labels[1]} - {labels[0]}: test error", fontsize=10)
-        axes[1, -1].axis("off")
-    return fig, axes
+        bottoms[-1].axis("off")
+    return fig, tops, bottoms
 
 
 def _boundaries_panel(ax, bnd, labels, sl, x, dx, dy) -> None:
@@ -195,38 +241,46 @@ def _boundaries_panel(ax, bnd, labels, sl, x, dx, dy) -> None:
     ax.grid(alpha=0.3)
 
 
-def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path, dims) -> Path:
-    """||mu||* against each swept dimension, one line per combination of the other dimensions (log-log)."""
-    fig, axes = plt.subplots(1, len(swept), figsize=(5.2 * len(swept), 4.2), squeeze=False)
+def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path, dims, fmt: str = "png",
+                    dpi: int | None = None) -> Path:
+    """||mu||* against each swept dimension, one line per combination of the other dimensions (log-log); the fitted
+    and predicted slopes above each panel, the legend below it (both clear of the data)."""
+    others_of = {dim: [x for x in dims if x != dim and bnd[x].nunique() > 1] for dim in swept}
+    lines = max(len(bnd[others].drop_duplicates()) if others else 1 for others in others_of.values())
+    legend_rows = -(-len(labels) * lines // 3)
+    fig, axes = plt.subplots(1, len(swept), figsize=(5.6 * len(swept), 4.6 + 0.13 * legend_rows), squeeze=False)
     optimizer_of = {o.label: o.optimizer for o in spec.optimizers}
     for ax, dim in zip(axes[0], swept):
-        others = [x for x in dims if x != dim and bnd[x].nunique() > 1]
+        others = others_of[dim]
+        notes = []
         for k, lab in enumerate(labels):
             b = bnd[(bnd.label == lab) & (bnd.status == "ok")]
             groups = list(b.groupby(others)) if others else [((), b)]
             for j, (key, g) in enumerate(groups):
                 key = key if isinstance(key, tuple) else (key,)
                 g = g.sort_values(dim)
-                ax.plot(g[dim], g.mu_star, LINESTYLES[k % 4], marker="o", ms=3, color=plt.cm.viridis(
-                    j / max(1, len(groups) - 1)), label=f"{lab} " + ", ".join(f"{o}={v:g}" for o, v in zip(others, key)))
+                tag = ", ".join(f"{o}={v:g}" for o, v in zip(others, key))
+                ax.plot(g[dim], g.mu_star, LINESTYLES[k % 4], marker="o", ms=3,
+                        color=plt.cm.viridis(j / max(1, len(groups) - 1)), label=f"{lab} {tag}")
             names = [dim] + (["P-1"] if dim == "P" else [])
-            for i, name in enumerate(names):
+            for name in names:
                 f = fits[(fits.label == lab) & (fits.dim == name)] if not fits.empty else fits
                 pred = PREDICTED.get(optimizer_of[lab], {}).get(name)
                 if len(f):
-                    ax.text(0.02, 0.95 - 0.07 * (k * len(names) + i), f"{lab}: slope in {name} "
-                            f"{np.nanmedian(f.slope):.2f} (median over lines)"
-                            + (f", theory {pred:g}" if pred is not None else ""), transform=ax.transAxes, fontsize=8)
+                    notes.append(f"{lab}: slope in {name} {np.nanmedian(f.slope):.2f} (median over lines)"
+                                 + (f", theory {pred:g}" if pred is not None else ""))
+        ax.set_title("\n".join(notes), fontsize=8, loc="left")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        plain_log_ticks(ax.xaxis)
+        plain_log_ticks(ax.yaxis)
         ax.set_xlabel(dim)
         ax.set_ylabel("boundary ||mu||*")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6, loc="lower right", ncol=2)
-    fig.suptitle(f"{spec.name}: the benign/harmful boundary against the swept dimensions (log-log)", fontsize=10)
-    fig.tight_layout()
-    path = figdir / "boundary_scaling.png"
-    save_figure(fig, path)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
+    titled_layout(fig, f"{spec.name}: the benign/harmful boundary against the swept dimensions (log-log)")
+    path = figdir / f"boundary_scaling.{fmt}"
+    save_figure(fig, path, dpi=dpi or 100)
     plt.close(fig)
     return path
 
@@ -237,10 +291,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--y", default="mu_norm", help="vertical axis (default mu_norm; the located boundaries ||mu||* "
                                                   "are overlaid when it is mu_norm)")
     p.add_argument("--cell", default=None,
-                   help="cell of the per-cell trajectory figure, e.g. d=3200,mu_norm=2 (nearest grid point; default: "
-                        "the largest d and the median ||mu||)")
+                   help="cell of the per-cell trajectory figure, e.g. d=3200,mu_norm=2 (grid values, to 6 significant "
+                        "digits; an off-grid value lists the valid ones; default: the largest d and the median ||mu||)")
     p.add_argument("--gallery", type=Path, default=None,
                    help="also copy the figures (and verify.md) there as <sweep name>*.png, e.g. figures/")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default="png", help="file format of every figure")
+    p.add_argument("--dpi", type=int, default=None,
+                   help="resolution (for png; pdf/svg embed rasters at it); default 100, 110 for the trajectory figure")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -254,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
     if not (args.dir / "results.parquet").exists():
         raise ConfigError(f"DIR must hold results.parquet (run or finish the sweep first): {args.dir}")
     name = load_spec(args.dir).name
-    for path in draw_figures(args.dir, cell, args.x, args.y):
+    for path in draw_figures(args.dir, cell, args.x, args.y, args.fmt, args.dpi):
         print(f"figure: {path}")
         if args.gallery is not None:
             args.gallery.mkdir(parents=True, exist_ok=True)

@@ -329,19 +329,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="submitit backend (default: slurm when available)")
     p.add_argument("--partition", help="Slurm partition")
     p.add_argument("--timeout-min", type=int, default=60, help="Slurm time limit per chunk job")
-    p.add_argument("--cpus-per-task", type=int, default=2)
-    p.add_argument("--gpus-per-node", type=int, default=0)
-    p.add_argument("--array-parallelism", type=int, default=64)
+    p.add_argument("--cpus-per-task", type=int, default=2, help="submitit: CPUs per chunk job")
+    p.add_argument("--gpus-per-node", type=int, default=0, help="submitit: GPUs per chunk job")
+    p.add_argument("--array-parallelism", type=int, default=64,
+                   help="submitit: chunk jobs of the Slurm array running at once")
     p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                    help="wait for submitit jobs and aggregate (--no-wait: submit and return)")
     p.add_argument("--resubmit", action="store_true",
                    help="submit missing chunks even if earlier jobs for them may still be running")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                    help="draw the figures and run verify once the results are complete")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="tqdm bar over chunks (default: only on a terminal)")
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
                    help="after the sweep print verify's one-line summary, not the whole report (it is in "
                         "DIR/verify.md)")
+    p.add_argument("--format", dest="fmt", choices=("png", "pdf", "svg"), default="png",
+                   help="file format of the figures")
+    p.add_argument("--dpi", type=int, default=None, help="resolution of the figures (default 100)")
     add_force_arguments(p)
 
 
@@ -375,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
         from theory_sim.sweeps.verify import summary_sentence
 
         report = verify(args.out)
-        figures = draw_figures(args.out)
+        figures = draw_figures(args.out, fmt=args.fmt, dpi=args.dpi)
         if args.quiet:
             print(f"{len(figures)} figures in {args.out / 'figures'}; verify: {summary_sentence(report['summary'])} "
                   f"({args.out / 'verify.md'})")

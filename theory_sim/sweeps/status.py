@@ -1,4 +1,5 @@
-"""``python -m theory_sim sweep-status DIR``: chunks and runs done, and an ETA from the finished chunks' times."""
+"""``python -m theory_sim sweep-status DIR``: chunks and runs done, and an ETA from the finished chunks' times while a
+process computes a chunk (a live lock holder) or Slurm jobs are pending; otherwise "idle" (nothing to wait for)."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ import pandas as pd
 from theory_sim.config import ConfigError
 from theory_sim.sweeps.store import (
     load_spec,
+    lock_holder_alive,
     pending_chunks,
     read_results,
     read_trajectories,
@@ -36,9 +38,12 @@ def status(out: Path) -> dict:
     workers = run_info.get("workers", 1) if run_info.get("executor") != "inline" else 1
     remaining = len(chunks) - len(done)
     eta = (sum(seconds) / len(seconds)) * remaining / workers if seconds and remaining else 0.0
-    pending = pending_chunks(Path(out), [i for i in range(len(chunks)) if i not in set(done)])
+    missing = [i for i in range(len(chunks)) if i not in set(done)]
+    pending = pending_chunks(Path(out), missing)
+    computing = [i for i in missing if lock_holder_alive(out, i)]
     return {"name": spec.name, "chunks_done": len(done), "chunks_total": len(chunks), "runs_done": runs_done,
             "runs_total": len(spec.runs), "eta_seconds": eta, "chunks_submitted_pending": len(pending),
+            "chunks_computing": len(computing), "running": bool(computing or pending),
             "results": _table_state(out, read_results),
             "trajectories": _table_state(out, read_trajectories) if spec.trajectories else "not kept"}
 
@@ -56,8 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     s = status(args.dir)
-    eta = s["eta_seconds"]
+    if s["running"]:
+        state = f"running, ETA {s['eta_seconds'] / 60:.1f} min"
+    elif s["chunks_done"] == s["chunks_total"]:
+        state = "idle (complete)"
+    else:  # nothing computes the missing chunks: an ETA would be a promise nobody keeps
+        state = "idle (re-run the sweep command to compute the missing chunks)"
     print(f"{s['name']}: {s['chunks_done']}/{s['chunks_total']} chunks, {s['runs_done']}/{s['runs_total']} runs "
-          f"done; ETA {eta / 60:.1f} min; {s['chunks_submitted_pending']} chunks submitted and pending; "
-          f"results.parquet {s['results']}; trajectories.parquet {s['trajectories']}")
+          f"done; {state}; {s['chunks_computing']} chunks computing, {s['chunks_submitted_pending']} submitted and "
+          f"pending; results.parquet {s['results']}; trajectories.parquet {s['trajectories']}")
     return 0

@@ -7,7 +7,9 @@ alone (``python -m theory_sim figures DIR``; ``--cell d=3200,mu_norm=2`` picks t
                          and both update-point noise-active fractions
   collapse.png           SGD's seed-mean test error against x = n ||mu||^4 / (d (P-1)^4 sigma_p^4), beside the same
                          errors against ||mu|| alone
-  trajectories_<cell>.png  every summary over the logged steps of one cell, one colour per optimizer variant
+  trajectories_<cell>.png  every summary over the logged steps of one cell, one colour per optimizer variant (no
+                         test-error panel when the sweep logged none: trajectory_mc = 0, its default)
+Every figure is written as ``fmt`` (png, pdf, svg) at ``dpi``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from theory_sim.cnn.plotting import plot_trajectory  # noqa: E402
+from theory_sim.cnn.plotting import plain_log_ticks, plot_trajectory  # noqa: E402
 from theory_sim.config import ConfigError  # noqa: E402
 from theory_sim.io import save_figure  # noqa: E402
 from theory_sim.sweeps.spec import AXES  # noqa: E402
@@ -47,32 +49,38 @@ def parse_cell(text: str | None) -> dict[str, float]:
 
 
 def select_cell(traj: pd.DataFrame, wanted: dict[str, float], keys=CELL) -> dict[str, float]:
-    """The grid cell nearest to ``wanted`` (in log scale); unspecified dimensions: the largest d, the median
-    ||mu||, the first value of the others."""
+    """The grid cell ``wanted`` names: each given value must be on the grid to the 6 significant digits the figure
+    names print (mu_norm=1.53586 is the grid's 1.5358649...); a value off the grid is refused with the valid ones.
+    Unspecified dimensions: the largest d, the median ||mu||, the first value of the others."""
     unknown = set(wanted) - set(keys)
     if unknown:
         raise ConfigError(f"cell keys {sorted(unknown)} are not axes of this sweep (its cells: {', '.join(keys)})")
-    cell = {}
+    cell, off_grid = {}, []
     for key in keys:
         values = np.sort(traj[key].unique().astype(float))
         if key in wanted:
-            target = wanted[key]
-            pick = values[np.argmin(np.abs(np.log(values.clip(1e-300)) - np.log(max(target, 1e-300))))] \
-                if target > 0 and (values > 0).all() else values[np.argmin(np.abs(values - target))]
+            hits = values[np.isclose(values, wanted[key], rtol=1e-5, atol=0)]
+            if not len(hits):
+                off_grid.append(f"{key}={wanted[key]:g} is not on the grid (valid: "
+                                f"{', '.join(f'{v:g}' for v in values)})")
+                continue
+            pick = hits[0]
         else:
             pick = {"d": values[-1], "mu_norm": values[len(values) // 2]}.get(key, values[0])
         cell[key] = float(pick)
+    if off_grid:
+        raise ConfigError("cell " + "; ".join(off_grid))
     return cell
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: int | None = None) -> Path:
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=dpi or 100)
     plt.close(fig)
     return path
 
 
-def ratio_law_figure(table: pd.DataFrame, name: str, figdir: Path) -> Path:
+def ratio_law_figure(table: pd.DataFrame, name: str, figdir: Path, fmt: str = "png", dpi: int | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(5.6, 5.0))
     for k, (lab, g) in enumerate(table.groupby("label")):
         for early, marker_face in ((True, f"C{k}"), (False, "none")):
@@ -90,10 +98,11 @@ def ratio_law_figure(table: pd.DataFrame, name: str, figdir: Path) -> Path:
     ax.set_title(f"{name}: the early-phase ratio law, one point per cell", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    return _save(fig, figdir / "ratio_law.png")
+    return _save(fig, figdir / f"ratio_law.{fmt}", dpi)
 
 
-def amplification_figure(table: pd.DataFrame, name: str, figdir: Path) -> Path:
+def amplification_figure(table: pd.DataFrame, name: str, figdir: Path, fmt: str = "png",
+                         dpi: int | None = None) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     others = [k for k in table.columns if k in AXES and k not in ("d", "mu_norm") and table[k].nunique() > 1]
     mus = np.sort(table.mu_norm.unique())
@@ -122,10 +131,10 @@ def amplification_figure(table: pd.DataFrame, name: str, figdir: Path) -> Path:
         ax.set_xlabel("d")
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"{name}: SAM vs SGD during SAM's phase", fontsize=10)
-    return _save(fig, figdir / "sam_amplification.png")
+    return _save(fig, figdir / f"sam_amplification.{fmt}", dpi)
 
 
-def collapse_figure(table: pd.DataFrame, name: str, figdir: Path) -> Path:
+def collapse_figure(table: pd.DataFrame, name: str, figdir: Path, fmt: str = "png", dpi: int | None = None) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
     ds = np.sort(table.d.unique())
     for ax, col, xlabel in ((axes[0], "x", r"$x = n\|\mu\|^4 / (d\,(P-1)^4\,\sigma_p^4)$"),
@@ -142,39 +151,42 @@ def collapse_figure(table: pd.DataFrame, name: str, figdir: Path) -> Path:
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
+    plain_log_ticks(axes[1].xaxis)  # ||mu|| spans 1-2 decades: matplotlib's minor labels would overlap
     cb = fig.colorbar(sc, ax=axes[1])
     cb.set_label("log d")
     axes[0].set_ylabel("SGD: seed-mean test error")
     fig.suptitle(f"{name}: does SGD's test error collapse onto one variable?", fontsize=10)
-    return _save(fig, figdir / "collapse.png")
+    return _save(fig, figdir / f"collapse.{fmt}", dpi)
 
 
-def cell_figure(traj: pd.DataFrame, cell: dict[str, float], name: str, figdir: Path, bayes: float | None) -> Path:
+def cell_figure(traj: pd.DataFrame, cell: dict[str, float], name: str, figdir: Path, bayes: float | None,
+                fmt: str = "png", dpi: int | None = None) -> Path:
     sel = traj
     for key, value in cell.items():
         sel = sel[np.isclose(sel[key].astype(float), value)]
     tag = "_".join(f"{k}{v:g}" for k, v in cell.items())
-    path = figdir / f"trajectories_{tag}.png"
-    plot_trajectory(sel, path, group="label", bayes_error=bayes,
+    path = figdir / f"trajectories_{tag}.{fmt}"
+    plot_trajectory(sel, path, group="label", bayes_error=bayes, dpi=dpi,
                     title=f"{name}: " + ", ".join(f"{k}={v:g}" for k, v in cell.items()))
     return path
 
 
 def draw_trajectory_figures(traj: pd.DataFrame, results: pd.DataFrame, spec, figdir: Path,
-                            cell: dict[str, float] | None = None) -> list[Path]:
+                            cell: dict[str, float] | None = None, fmt: str = "png",
+                            dpi: int | None = None) -> list[Path]:
     from theory_sim.sweeps.trajectory_claims import trajectory_claims
 
     tables = trajectory_claims(traj, results, spec, n_boot=0)["tables"]
     paths = []
     if not tables["ratio_law"].empty:
-        paths.append(ratio_law_figure(tables["ratio_law"], spec.name, figdir))
+        paths.append(ratio_law_figure(tables["ratio_law"], spec.name, figdir, fmt, dpi))
     if not tables["amplification"].empty:
-        paths.append(amplification_figure(tables["amplification"], spec.name, figdir))
+        paths.append(amplification_figure(tables["amplification"], spec.name, figdir, fmt, dpi))
     coll = tables["collapse"]
     if not coll.empty and any(coll[k].nunique() > 1 for k in CELL if k != "mu_norm"):
-        paths.append(collapse_figure(coll, spec.name, figdir))
+        paths.append(collapse_figure(coll, spec.name, figdir, fmt, dpi))
     keys = (*spec.cell_dims, "mu_norm")
     paths.append(cell_figure(traj, select_cell(traj, cell or {}, keys), spec.name, figdir,
-                             float(results.flip_p.mean())))
+                             float(results.flip_p.mean()), fmt, dpi))
     return paths
 
