@@ -69,6 +69,7 @@ def finished_run(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra", [["--eta", "1e300"], ["--dtype", "float32", "--eta", "1e20"],
                                    ["--mu-norm", "1e200"]], ids=["eta1e300", "float32-eta1e20", "mu1e200"])
+@pytest.mark.slow
 def test_diverging_runs_are_flagged_not_crashed(extra, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["simulate", *TINY, "--seeds", "2", "--n-test", "50", *extra, "--out", str(out)])
@@ -140,6 +141,7 @@ def test_existing_run_is_refused_without_overwrite(finished_run, capsys):
     assert snapshot(finished_run) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["simulate", *TINY, "--out", str(out)]) == 0
@@ -230,6 +232,7 @@ def test_binary_spec_is_one_line(tmp_path, capsys):
     assert "UTF-8" in line and str(spec) in line
 
 
+@pytest.mark.slow
 def test_committed_presets_still_load():
     from theory_sim.sweeps.spec import SweepSpec
 
@@ -247,6 +250,7 @@ def _disk_full(*args, **kwargs):
 
 
 @pytest.mark.parametrize("where", ["fsync", "replace", "chmod"])
+@pytest.mark.slow
 def test_disk_full_while_overwriting_a_run(where, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["simulate", *TINY, "--out", str(out)]) == 0
@@ -269,6 +273,7 @@ def test_disk_full_in_a_new_directory(tmp_path, capsys, monkeypatch):
     assert not (out / "config.json").exists() and not leftovers(out)
 
 
+@pytest.mark.slow
 def test_disk_full_while_drawing_the_figure(tmp_path, capsys, monkeypatch):
     import matplotlib.figure
 
