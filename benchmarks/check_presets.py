@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--atol", type=float, default=0.0, help="largest difference accepted (default: none)")
     ap.add_argument("--chunks", default=None, help="comma-separated chunk ids: re-run only these (default: all)")
+    ap.add_argument("--keep", type=Path, default=None, help="also write each re-run table to KEEP/NAME.parquet")
     args = ap.parse_args()
     failed = []
     for name in args.presets:
@@ -86,6 +87,9 @@ def main() -> None:
             elapsed = time.perf_counter() - t0
         finally:
             shutil.rmtree(out, ignore_errors=True)
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            new.to_parquet(args.keep / f"{name}.parquet")
         result = compare(new, old, list(spec.run_key))
         worst = [c for c, v in result.items() if (v is False) or (not isinstance(v, bool) and v > args.atol)]
         print(f"{name}: {len(new)} runs re-run in {elapsed:.1f} s against figures/results/{name}/results.parquet: "

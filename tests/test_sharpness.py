@@ -127,7 +127,7 @@ def test_dense_hessians_differ_between_bn_modes():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("method", ["lanczos", "power"])
+@pytest.mark.parametrize("method", ["lanczos", pytest.param("power", marks=pytest.mark.slow)])
 def test_top_eigenvalues_match_dense(kind, method):
     obj, H = objective(kind), dense_hessian(kind)
     evals, evecs = torch.linalg.eigh(H)
