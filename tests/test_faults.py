@@ -467,6 +467,7 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see the workers")
 @pytest.mark.parametrize("how", ["ctrl_c", "ctrl_c_twice", "sigterm"])
+@pytest.mark.slow
 def test_an_interrupted_sweep_stops_promptly_and_resumes(how, tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or Slurm's SIGTERM: the sweep ends its
     workers within seconds, prints one line saying how to resume, keeps every finished shard; the same command
