@@ -174,7 +174,8 @@ def main() -> None:
         t_loop += time.perf_counter() - t0
     loop_rate = len(sample) / t_loop
     print(f"per-run nn.Module loop: {loop_rate:.1f} runs/s on one CPU core ({len(sample)} sampled runs, "
-          f"mean d={np.mean([c.d for c in sample]):.0f}); the full grid would take {len(runs) / loop_rate / 60:.0f} min")
+          f"mean d={np.mean([c.d for c in sample]):.0f}); the full grid would take "
+          f"{len(runs) / loop_rate / 60:.0f} min")
 
     profile_chunk(spec, len(spec.chunks()) // 2 if args.profile_chunk is None else args.profile_chunk)
 
