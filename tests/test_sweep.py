@@ -144,6 +144,7 @@ def test_killed_sweep_resumes_to_the_same_results(tmp_path):
     pd.testing.assert_frame_equal(resumed, straight)
 
 
+@pytest.mark.slow
 def test_process_pool_executor_matches_inline(reference, tmp_path):
     spec, df, _ = reference
     pd.testing.assert_frame_equal(run_sweep(spec, tmp_path / "pool", executor="process", workers=2,
