@@ -173,6 +173,7 @@ def test_bad_config_is_rejected_with_the_parameter_name(kw, name):
         CifarConfig(**kw)
 
 
+@pytest.mark.slow
 def test_default_radius_follows_the_papers():
     assert CifarConfig().rho == 0.05 and CifarConfig(dataset="cifar100").rho == 0.1
     assert CifarConfig(optimizer="asam").rho == 0.5 and CifarConfig(optimizer="asam", dataset="cifar100").rho == 1.0
@@ -209,6 +210,7 @@ def test_cli_smoke_run_writes_metrics_and_config(tmp_path, capsys):
 
 
 # ---- trainer ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_continues_bitwise_identically(c10, tmp_path):
     """2 epochs straight == 1 epoch, stop, --resume, 1 epoch: same weights, same metrics. Rand-SAM, dropout,
     cutout and label noise exercise every random stream that the checkpoint must carry."""
@@ -227,6 +229,7 @@ def test_resume_continues_bitwise_identically(c10, tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b" / "metrics.parquet")[cols], resumed.metrics[cols])
 
 
+@pytest.mark.slow
 def test_sgd_and_msharpness_train_and_learn(c10, tmp_path):
     cfg = CifarConfig(data_dir=c10, optimizer="sam", m_sharpness=4, **{**TINY, "epochs": 3, "lr": 0.1})
     res = train(cfg, tmp_path / "m", log=lambda *a: None)
@@ -235,6 +238,7 @@ def test_sgd_and_msharpness_train_and_learn(c10, tmp_path):
     assert (sgd.metrics.perturbation_norm == 0).all() and sgd.finished
 
 
+@pytest.mark.slow
 def test_final_sharpness_when_the_toolkit_is_there(c10, tmp_path):
     pytest.importorskip("theory_sim.sharpness")
     cfg = CifarConfig(data_dir=c10, optimizer="sam", **{**TINY, "epochs": 1, "sharpness": True,
@@ -262,6 +266,7 @@ def _ddp_train(rank, world, port, data_dir, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu_stay_in_sync(c10, tmp_path):
     import torch.multiprocessing as mp
     out = tmp_path / "ddp"

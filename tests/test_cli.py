@@ -9,6 +9,7 @@ import pytest
 from theory_sim.cli import main
 
 
+@pytest.mark.slow
 def test_simulate_writes_every_output(tmp_path):
     out = tmp_path / "run"
     rc = main(["simulate", "--optimizer", "sam", "--d", "60", "--epochs", "4", "--seeds", "2,5", "--sam-steps",
@@ -51,6 +52,7 @@ def test_bad_parameters_rejected_with_their_name(args, msg, tmp_path, capsys):
     assert not (tmp_path / "x").exists()  # rejected before any work
 
 
+@pytest.mark.slow
 def test_module_entry_point_in_a_subprocess(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "theory_sim", "simulate", "--P", "1", "--out", str(tmp_path)],
                           capture_output=True, text=True)

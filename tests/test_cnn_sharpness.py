@@ -1,6 +1,7 @@
 """Sharpness of stored simulate runs: the per-run objective is the run's own training loss (float64 oracles)."""
 import json
 
+import pytest
 import torch
 
 from theory_sim.cli import main
@@ -28,6 +29,7 @@ def test_run_objective_is_the_runs_training_loss_with_closed_form_gradient_and_d
         assert torch.allclose(hv.flatten(), H @ v, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_sharpness_verb_writes_json(tmp_path):
     out = tmp_path / "run"
     assert main(["simulate", "--optimizer", "sam", "--d", "30", "--m", "3", "--epochs", "5", "--seeds", "2",

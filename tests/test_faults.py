@@ -70,6 +70,7 @@ def finished_run(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra", [["--eta", "1e300"], ["--dtype", "float32", "--eta", "1e20"],
                                    ["--mu-norm", "1e200"]], ids=["eta1e300", "float32-eta1e20", "mu1e200"])
+@pytest.mark.slow
 def test_diverging_runs_are_flagged_not_crashed(extra, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["simulate", *TINY, "--seeds", "2", "--n-test", "50", *extra, "--out", str(out)])
@@ -141,6 +142,7 @@ def test_existing_run_is_refused_without_overwrite(finished_run, capsys):
     assert snapshot(finished_run) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["simulate", *TINY, "--out", str(out)]) == 0
@@ -364,6 +366,7 @@ def test_binary_spec_is_one_line(tmp_path, capsys):
     assert "UTF-8" in line and str(spec) in line
 
 
+@pytest.mark.slow
 def test_committed_presets_still_load():
     from theory_sim.sweeps.spec import SweepSpec
 
@@ -381,6 +384,7 @@ def _disk_full(*args, **kwargs):
 
 
 @pytest.mark.parametrize("where", ["fsync", "replace", "chmod"])
+@pytest.mark.slow
 def test_disk_full_while_overwriting_a_run(where, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["simulate", *TINY, "--out", str(out)]) == 0
@@ -403,6 +407,7 @@ def test_disk_full_in_a_new_directory(tmp_path, capsys, monkeypatch):
     assert not (out / "config.json").exists() and not leftovers(out)
 
 
+@pytest.mark.slow
 def test_disk_full_while_drawing_the_figure(tmp_path, capsys, monkeypatch):
     import matplotlib.figure
 
@@ -596,6 +601,7 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see the workers")
 @pytest.mark.parametrize("how", ["ctrl_c", "ctrl_c_twice", "sigterm"])
+@pytest.mark.slow
 def test_an_interrupted_sweep_stops_promptly_and_resumes(how, tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or Slurm's SIGTERM: the sweep ends its
     workers within seconds, prints one line saying how to resume, keeps every finished shard; the same command

@@ -268,6 +268,7 @@ def test_disk_full_at_the_start_of_a_fresh_run(good_data, tmp_path, capsys, monk
     assert not list(out.iterdir())  # neither the file nor a temp file
 
 
+@pytest.mark.slow
 def test_disk_full_for_real_in_a_subprocess(run_dir):
     """A real write failure (file-size limit: EFBIG from write(), inside torch.save), in a child process."""
     limit = (run_dir / "checkpoint.pt").stat().st_size // 2

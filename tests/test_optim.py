@@ -361,6 +361,7 @@ def _ddp_worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_sam_replicas_stay_in_sync_and_equal_msharpness(tmp_path):
     import torch.multiprocessing as mp
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)

@@ -179,6 +179,7 @@ def test_weight_space_step_equals_autograd_oracle(rule, model):
                 assert rel(ens.b[r] - before.b[r], expected[r][1]) <= 1e-10
 
 
+@pytest.mark.slow
 def test_msam_and_m_sharpness_match_the_cifar_optimizer():
     """One msam / m-sharpness step of the trainer equals theory_sim.sam.optim.SAM's on an nn.Module holding the same
     filters (steps_k = K, ascent_lr = rho, step_chunked over the chunks): the CNN and CIFAR paths agree."""
@@ -223,6 +224,7 @@ def randsam_samples(ens, batch, N):
 
 
 @pytest.mark.parametrize("model,d,batch_size", [("c23", 40, 4), ("kou2023", 40, 12), ("c23", 8, 12)])
+@pytest.mark.slow
 def test_randsam_coefficient_sampling_matches_weight_space_in_distribution(model, d, batch_size):
     """Per filter, x = <z, basis_c> / ||z|| has mean 0 and covariance G_b / D, and ||z|| is chi with D = 2 m d
     (+ 2m biases) degrees of freedom, in both representations; d = 8 < 1 + BK = 13 is the rank-deficient case."""
@@ -408,6 +410,7 @@ def test_rule_and_chunks_of_a_config():
     assert BASE.replace(optimizer="randsam", m_sharpness=2).chunk_size == 4   # does not apply: ignored
 
 
+@pytest.mark.slow
 def test_simulate_runs_every_rule_and_refuses_options_that_do_not_apply(tmp_path, capsys):
     tiny = ["--d", "30", "--n", "8", "--batch-size", "4", "--epochs", "2", "--seeds", "2", "--n-mc", "200",
             "--n-test", "0", "--no-progress"]

@@ -127,7 +127,7 @@ def test_dense_hessians_differ_between_bn_modes():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("method", ["lanczos", "power"])
+@pytest.mark.parametrize("method", ["lanczos", pytest.param("power", marks=pytest.mark.slow)])
 def test_top_eigenvalues_match_dense(kind, method):
     obj, H = objective(kind), dense_hessian(kind)
     evals, evecs = torch.linalg.eigh(H)
@@ -176,6 +176,7 @@ def test_hutchinson_trace_within_3_se(kind):
     assert lo < est.value < hi
 
 
+@pytest.mark.slow
 def test_slq_density_normalised_and_mean_is_trace_over_d():
     obj, H = objective("mlp"), dense_hessian("mlp")
     dens = slq_density(obj, n_probes=20, n_steps=60, seed=2)
@@ -318,6 +319,7 @@ def test_r_max_dominates_r_asc_and_r_avg(kind):
         assert rmax >= avg.value + 3 * avg.stderr
 
 
+@pytest.mark.slow
 def test_quadratic_exact_values():
     """At the minimum of L = x^T A x / 2: R_Max = rho^2 lambda_1/2, R_Avg = rho^2 Tr(A)/(2D), R_Asc = 0 (g = 0)."""
     eigs = [2.0, 1.6, 1.0, 0.7, 0.5, 0.3, 0.2, 0.1]
@@ -333,6 +335,7 @@ def test_quadratic_exact_values():
         assert r_asc(obj, rho) == 0.0
 
 
+@pytest.mark.slow
 def test_ratios_tend_to_one_near_a_minimum_of_a_non_quadratic_loss():
     """L = x^T A x/2 + (u.x)^3 + |x|^4 has a minimum at 0 with Hessian A: the quadratic limits hold as rho -> 0."""
     eigs = [2.0, 1.5, 1.0, 0.6, 0.4, 0.2]

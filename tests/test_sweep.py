@@ -112,6 +112,7 @@ def test_corrupt_partial_and_wrong_shards_are_recomputed(reference, tmp_path):
     assert shard_path(out, 5).stat().st_mtime_ns == untouched  # only the missing work was redone
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_same_results(tmp_path):
     """A real subprocess, killed with SIGKILL after its first shard, then the same command again."""
     slow = TINY.replace("epochs = 3", "epochs = 150").replace("values = [20, 40]", "values = [800, 1600]")
@@ -143,6 +144,7 @@ def test_killed_sweep_resumes_to_the_same_results(tmp_path):
     pd.testing.assert_frame_equal(resumed, straight)
 
 
+@pytest.mark.slow
 def test_process_pool_executor_matches_inline(reference, tmp_path):
     spec, df, _ = reference
     pd.testing.assert_frame_equal(run_sweep(spec, tmp_path / "pool", executor="process", workers=2,
@@ -150,6 +152,7 @@ def test_process_pool_executor_matches_inline(reference, tmp_path):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_submitit_local_executor_two_chunks(tmp_path):
     pytest.importorskip("submitit")
     spec = SweepSpec.from_toml(write_spec(tmp_path, TINY.replace("chunk_runs = 4", "chunk_runs = 12")))

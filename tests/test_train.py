@@ -118,6 +118,24 @@ def test_early_stop_at_loss_eps():
     assert s.steps[1] == 600
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "sam"])
+def test_full_batch_early_stop_is_the_first_epoch_whose_loss_is_small(optimizer):
+    """Full batch: the stop check reuses the next step's gradient at W for the training loss. Oracle: the same run
+    without early stopping, logged after every step, first reaches the loss at exactly the step where the stopped
+    run ends, with the same weights; a run with loss_eps = 0 in the same ensemble trains every epoch."""
+    full = BASE.replace(batch_size=BASE.n, epochs=60, log_every=1, optimizer=optimizer)
+    free = train_ensemble([full.replace(seed=1)], progress=False)
+    losses = free.trajectory.set_index("step").train_loss
+    eps = float(losses.loc[30])   # reached first at some step <= 30, long before the last
+    first = int(losses.index[(losses <= eps).to_numpy()].min())
+    assert 0 < first <= 30
+    res = train_ensemble([full.replace(seed=1, loss_eps=eps), full.replace(seed=2)], progress=False, log=False)
+    assert list(res.summary.steps) == [first, 60]
+    stopped = train_ensemble([full.replace(seed=1, epochs=first)], progress=False, log=False)
+    assert torch.allclose(res.params.W[0], stopped.params.W[0], rtol=0, atol=1e-12)
+    assert not torch.allclose(res.params.W[0], free.params.W[0], rtol=0, atol=1e-6)   # one that did not stop moved on
+
+
 def test_mixed_structural_fields_rejected():
     from theory_sim.config import ConfigError
 

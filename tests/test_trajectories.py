@@ -265,6 +265,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the workers")
+@pytest.mark.slow
 def test_sigkill_of_the_sweep_parent_leaves_no_worker(tmp_path):
     spec_path = tmp_path / "slow.toml"
     spec_path.write_text(SWEEP.replace("epochs = 6", "epochs = 400").replace("values = [60]", "values = [400, 800]")

@@ -150,8 +150,11 @@ def generate(seeds, mu_norms, sigma_ps, flip_ps, *, d: int, n: int, P: int, nois
     yhat = np.empty((U, n))
     y = np.empty((U, n))
     pos = np.empty((U, n), dtype=np.int64)
-    basis = np.zeros((U, 1 + n * K, d))
+    # filled run by run in the target dtype (each run's float64 draws cast as a whole array would be): no
+    # float64 copy of every run's noise at once
+    basis = torch.zeros(U, 1 + n * K, d, dtype=dtype)
     basis[:, 0, 0] = 1.0  # the signal direction e_1
+    noise = np.empty((n, K, d))
     for u in range(U):
         seed, sigma_p, flip_p = keys[u * G]
         rng = run_rng(seed, stream)
@@ -159,7 +162,9 @@ def generate(seeds, mu_norms, sigma_ps, flip_ps, *, d: int, n: int, P: int, nois
         flips = rng.random(n) < flip_p
         y[u] = np.where(flips, -yhat[u], yhat[u])
         pos[u] = rng.integers(0, P, size=n)
-        basis[u, 1:] = (rng.standard_normal((n, K, d)) * sigma_p).reshape(n * K, d)
+        rng.standard_normal((n, K, d), out=noise)
+        noise *= sigma_p
+        basis[u, 1:] = torch.from_numpy(noise.reshape(n * K, d))
     if project_noise:
         basis[:, 1:, 0] = 0.0  # projecting off mu = ||mu|| e_1 zeroes the first coordinate (also when ||mu|| = 0)
     as_t = lambda a, dt=dtype: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731

@@ -167,10 +167,12 @@ def _where(mask: torch.Tensor, a: Gradient, b: Gradient) -> Gradient:
                     pick(a.finite, b.finite))
 
 
-def update_gradient(ens: Ensemble, batch: StepBatch, step: int) -> tuple[Gradient, torch.Tensor]:
+def update_gradient(ens: Ensemble, batch: StepBatch, step: int,
+                    plain: Gradient | None = None) -> tuple[Gradient, torch.Tensor]:
     """The gradient each run steps with (at W for SGD, at W + eps for the SAM family) and whether its
-    pre-activations at W and at every point it was evaluated were finite."""
-    grad = ens.gradient(batch, batch.proj, batch.b)
+    pre-activations at W and at every point it was evaluated were finite. ``plain``: the gradient at W on this
+    batch, when the caller has it already."""
+    grad = ens.gradient(batch, batch.proj, batch.b) if plain is None else plain
     finite = grad.finite
     radius = ens.tau * ((ens.sam_until > step) & ens.active).to(ens.dtype)
     if not bool((radius > 0).any()):

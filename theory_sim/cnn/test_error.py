@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from theory_sim.cnn.data import STREAM_MC, STREAM_TEST, generate_for
-from theory_sim.cnn.model import Params, TwoLayerCNN
+from theory_sim.cnn.model import Params, TwoLayerCNN, finite_runs
 from theory_sim.sam.perturbation import expand_runs
 
 
@@ -27,20 +27,10 @@ def _normalised(params: Params) -> Params:
     test error depends on — is unchanged, and huge-but-finite weights cannot overflow the estimators. A run with a
     non-finite entry (a diverged run) is left as it is; the estimators report NaN for it."""
     ts = params.tensors()
-    peak = torch.stack([t.flatten(1).abs().amax(1) for t in ts]).amax(0)
+    # max |t| = max(max t, -min t): two vectorised reductions instead of an abs pass over W (NaN propagates alike)
+    peak = torch.stack([torch.maximum(t.flatten(1).amax(1), -t.flatten(1).amin(1)) for t in ts]).amax(0)
     peak = torch.where((peak > 0) & torch.isfinite(peak), peak, torch.ones_like(peak))
     return Params.from_tensors([t / expand_runs(peak, t) for t in ts])
-
-
-def _finite_runs(*tensors: torch.Tensor | None) -> torch.Tensor:
-    """(R,) whether every entry of each run (leading dimension) is finite in all the given tensors."""
-    ok = None
-    for t in tensors:
-        if t is None:
-            continue
-        row = torch.isfinite(t).flatten(1).all(1)
-        ok = row if ok is None else ok & row
-    return ok
 
 
 def _noise_factor(gram: torch.Tensor, sigma_p: torch.Tensor) -> torch.Tensor:
@@ -105,7 +95,7 @@ def gaussian_test_error_from_gram(net: TwoLayerCNN, gram: torch.Tensor, w0: torc
     overflowed) get NaN for both outputs; the others are computed as usual (docs/science.md §3.3).
     """
     R, _, m = w0.shape
-    ok = _finite_runs(gram, w0, b)
+    ok = finite_runs(gram, w0, b)
     if not bool(ok.all()):
         err = torch.full((R,), math.nan, dtype=gram.dtype, device=gram.device)
         se = err.clone()
@@ -134,15 +124,15 @@ def gaussian_test_error_from_gram(net: TwoLayerCNN, gram: torch.Tensor, w0: torc
     L = _noise_factor(gram, sigma_p)
     scale = net.a_f * net.a_p
     s = w0 * mu_norm[:, None, None]                                               # <w_{j,r}, mu>, (R, 2, m)
-    bad = ~_finite_runs(s, L)   # ||mu|| beyond the dtype's range, or a factorisation that failed: NaN, not 0
+    bad = ~finite_runs(s, L)   # ||mu|| beyond the dtype's range, or a factorisation that failed: NaN, not 0
     errs, ses = [], []
     for lo in range(0, R, chunk):
         hi = min(R, lo + chunk)
         u = draws[lo:hi] if draws is not None else standard_draws(configs[lo:hi], n_mc, K, 2 * m, dtype, device)
         n_mc = u.shape[1]
         z = torch.bmm(u.reshape(hi - lo, -1, 2 * m), L[lo:hi].transpose(1, 2))   # (r, M K, 2m)
-        z = z.reshape(hi - lo, n_mc, K, 2, m) + b[lo:hi, None, None]
-        noise = scale * mult * torch.relu(z).sum(dim=(2, 4))                     # (r, M, 2): per sign j
+        z = z.reshape(hi - lo, n_mc, K, 2, m).add_(b[lo:hi, None, None]).relu_()  # in place: the largest tensor
+        noise = scale * mult * z.sum(dim=(2, 4))                                 # (r, M, 2): per sign j
         noise_f = noise[..., 0] - noise[..., 1]                                   # (r, M)
         p = flip_p[lo:hi, None]
         e = 0.0
@@ -167,5 +157,5 @@ def heldout_test_error(net: TwoLayerCNN, params: Params, configs, n_test: int, c
         sub = _normalised(Params.from_tensors([t[lo:hi] for t in params.tensors()]))
         f = net.output(sub, data)
         err = (data.y * f <= 0).to(params.W.dtype).mean(1)
-        out.append(err.masked_fill(~(_finite_runs(*sub.tensors()) & _finite_runs(f)), math.nan))
+        out.append(err.masked_fill(~(finite_runs(*sub.tensors()) & finite_runs(f)), math.nan))
     return torch.cat(out)

@@ -28,7 +28,7 @@ from theory_sim.cnn.data import (
     Batch,
 )
 from theory_sim.cnn.ensemble import Ensemble, StepBatch, make_ensemble, select_batch
-from theory_sim.cnn.model import Gradient, Params, logistic_loss
+from theory_sim.cnn.model import Gradient, Params, finite_runs, logistic_loss
 from theory_sim.cnn.rules import update_gradient
 from theory_sim.cnn.test_error import (
     gaussian_test_error,
@@ -100,10 +100,12 @@ def apply_step(ens: Ensemble, batch: StepBatch, grad: Gradient, finite: torch.Te
     ens.steps_done += ens.active.long()
 
 
-def stop_converged(ens: Ensemble) -> None:
-    """Early stopping on the full training loss, once per epoch."""
-    f, _ = ens.outputs()
-    ens.active &= ~(logistic_loss(ens.data.y * f).mean(1) <= ens.loss_eps)
+def stop_converged(ens: Ensemble, loss: torch.Tensor | None = None) -> None:
+    """Early stopping on the full training loss, once per epoch (``loss``: that loss, when the caller has it)."""
+    if loss is None:
+        f, _ = ens.outputs()
+        loss = logistic_loss(ens.data.y * f).mean(1)
+    ens.active &= ~(loss <= ens.loss_eps)
 
 
 class TrajectoryLog:
@@ -213,11 +215,13 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
                disable=(not progress) if progress is not None else None)
     if logger:
         logger.record(0, 0)
-    step = 0
+    step, plain = 0, None
     for epoch in range(c0.epochs):
         for i_batch in range(H):
-            batch = select_batch(ens, epoch, i_batch)
-            grad, finite = update_gradient(ens, batch, step)
+            if plain is None:
+                batch = select_batch(ens, epoch, i_batch)
+            grad, finite = update_gradient(ens, batch, step, plain)
+            plain = None
             apply_step(ens, batch, grad, finite)
             step += 1
             bar.update(1)
@@ -225,7 +229,14 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
                 logger.add_update(grad)
                 if logger.any_due[step]:
                     logger.record(step, epoch + (i_batch + 1) / H)
-        stop_converged(ens)
+        if H == 1 and epoch + 1 < c0.epochs:
+            # full batch: the next step's gradient at W is taken on the whole training set, so its loss is the
+            # stopping criterion (the same numbers): compute it once, for both
+            batch = select_batch(ens, epoch + 1, 0)
+            plain = ens.gradient(batch, batch.proj, batch.b)
+            stop_converged(ens, plain.loss)
+        else:
+            stop_converged(ens)
         if not bool(ens.active.any()):
             break
     bar.close()
@@ -251,9 +262,7 @@ def final_weights(ens: Ensemble) -> Params:
     params = ens.weights()
     sig, z = ens.net.preactivations(params, data)
     f = ens.net.output_from_preactivations(sig, z, data.noise_multiplicity)
-    bad = ~(torch.isfinite(z).flatten(1).all(1) & torch.isfinite(sig).flatten(1).all(1)
-            & torch.isfinite(f).all(1) & torch.stack([torch.isfinite(t).flatten(1).all(1)
-                                                      for t in params.tensors()]).all(0))
+    bad = ~finite_runs(z, sig, f, *params.tensors())
     if bool(bad.any()):
         previous = ens.weights(previous=True)
         ens.diverged |= bad
