@@ -56,8 +56,8 @@ DTYPES = ("float64", "float32")
 
 # Fields that fix array shapes or the loop structure: runs trained together as one batched ensemble must agree on
 # them. Everything else (optimizer, mu_norm, sigma_p, flip_p, sigma_0, eta, tau, sam_steps, loss_eps, seed, and the
-# rule options ascent_steps, m_sharpness, norm, asam_eta) may differ from run to run inside one ensemble: the
-# trainer applies each run's own rule, and an SGD run is a run of radius 0 (eps = 0 under every rule).
+# rule options ascent_steps, ascent_step, m_sharpness, norm, asam_eta) may differ from run to run inside one
+# ensemble: the trainer applies each run's own rule, and an SGD run is a run of radius 0 (eps = 0 under every rule).
 STRUCTURAL_FIELDS = ("d", "n", "P", "m", "model", "noise_patches", "project_noise", "batch_size", "epochs",
                      "dtype", "device", "log_every", "n_test", "n_mc", "trajectory_mc")
 
@@ -76,7 +76,8 @@ class SimConfig:
 
     The SAM family (docs/science.md §3.2): ``optimizer`` ``sam`` (eps = tau g/||g||_2, or tau sign(g) with
     ``norm="inf"``), ``usam`` (eps = tau g), ``randsam`` (eps = tau z/||z||, z ~ N(0, I) fresh every step), ``msam``
-    (``ascent_steps`` = K projected normalised-gradient ascent steps in the tau-ball, K = 1 is SAM) and ``asam``
+    (``ascent_steps`` = K projected normalised-gradient ascent steps in the tau-ball, K = 1 is SAM; the first is
+    SAM's eps, the K - 1 others have length ``ascent_step`` * tau, default 1) and ``asam``
     (eps = tau T^2 g/||T g||, T = |w| + ``asam_eta`` on the weights, 1 on the biases). ``m_sharpness = M > 0``
     (sam, usam, msam) perturbs every chunk of M samples of a batch with its own gradient and steps with the mean of
     the chunks' gradients at their perturbed points; 0 is the whole batch. Options that do not apply to the chosen
@@ -113,6 +114,7 @@ class SimConfig:
     dtype: str = "float64"
     device: str = "auto"
     ascent_steps: int = 2
+    ascent_step: float = 1.0
     m_sharpness: int = 0
     norm: str = "2"
     asam_eta: float = 0.01
@@ -155,6 +157,7 @@ class SimConfig:
             raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         device_of(self.device)
         check_int("ascent_steps", self.ascent_steps, 1, 100)
+        check_float("ascent_step", self.ascent_step, 0.0, lo_open=True)
         check_int("m_sharpness", self.m_sharpness, 0, self.batch_size)
         if self.m_sharpness and self.batch_size % self.m_sharpness:
             raise ConfigError(f"m_sharpness must be 0 (the whole batch) or divide batch_size={self.batch_size} "

@@ -149,11 +149,12 @@ class Ensemble:
         self.steps_done = torch.zeros(self.R, dtype=torch.long, device=self.device)
 
     def _init_rules(self) -> None:
-        """Per-run rule parameters: which rule (``uses``), msam's K, the m-sharpness chunks, ASAM's eta_a."""
+        """Per-run rule parameters: which rule (``uses``), msam's K and step length, the m-sharpness chunks, ASAM's eta_a."""
         self.present = tuple(r for r in ("sam", "usam", "msam", "randsam", "sam_inf", "asam") if r in self.rules)
         self.uses = {r: torch.tensor([x == r for x in self.rules], device=self.device) for r in self.present}
         self.ascent_steps = torch.tensor([c.ascent_steps if c.rule == "msam" else 1 for c in self.configs],
                                          device=self.device)
+        self.ascent_step = self.vector([c.ascent_step if c.rule == "msam" else 1.0 for c in self.configs])
         self.asam_eta = self.vector([c.asam_eta for c in self.configs])
         chunk = [c.chunk_size for c in self.configs]
         self.C = max(self.B // M for M in chunk)       # chunks per batch of the most finely chunked run

@@ -49,22 +49,23 @@ def usam_rule(ens, batch, grad, radius, step) -> Perturbation:
 
 def msam_rule(ens, batch, grad, radius, step) -> Perturbation:
     """Multi-step SAM [T24, F21 App. C.6], the rule of ``theory_sim.sam.optim.SAM`` (``steps_k = K``, rule sam,
-    ``ascent_lr`` = rho): eps_1 = tau g / ||g|| (SAM), then K - 1 times eps <- Proj_tau(eps + tau g(W + eps) /
-    ||g(W + eps)||) (``theory_sim.sam.perturbation.ascent_step``), and the step takes the gradient at W + eps_K.
-    So K = 1 is SAM and a step costs K + 1 gradients. Every iterate is a combination of gradients, hence stays in
-    the span; runs with fewer steps (per-run K) keep their eps once done."""
+    ``ascent_lr`` = alpha): eps_1 = tau g / ||g|| (SAM), then K - 1 times eps <- Proj_tau(eps + alpha g(W + eps) /
+    ||g(W + eps)||) (``theory_sim.sam.perturbation.ascent_step``), alpha = ``ascent_step`` * tau, and the step takes
+    the gradient at W + eps_K. So K = 1 is SAM and a step costs K + 1 gradients. Every iterate is a combination of
+    gradients, hence stays in the span; runs with fewer steps (per-run K) keep their eps once done."""
     def norm(ts):
         return ens.norm(batch, ts)
 
     g = ens.grad_tensors(batch, grad)
     eps = perturbation("sam", g, radius, batch_dims=1, norm=norm(g))
     steps = batch.per_run(ens.ascent_steps)
+    alpha = radius * batch.per_run(ens.ascent_step)   # ascent_step = 1: alpha = tau exactly (today's numbers)
     finite = torch.ones_like(grad.finite)
     for i in range(1, int(steps[radius > 0].max())):
         g_i = _gradient_at(ens, batch, _as_perturbation(ens, batch, eps))
         more = (steps > i) & (radius > 0)
         finite &= g_i.finite | ~more
-        new = ascent_step(eps, ens.grad_tensors(batch, g_i), radius, batch_dims=1, norm_fn=norm)
+        new = ascent_step(eps, ens.grad_tensors(batch, g_i), radius, alpha, batch_dims=1, norm_fn=norm)
         eps = [torch.where(more.reshape(-1, *([1] * (e.dim() - 1))), n, e) for n, e in zip(new, eps)]
     return _as_perturbation(ens, batch, eps, finite)
 

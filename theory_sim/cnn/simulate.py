@@ -54,7 +54,8 @@ FIELD_FLAGS = {
     "epochs": "epochs", "tau": "tau", "c_tau": "c_tau", "sam_steps": "sam_steps", "loss_eps": "loss_eps",
     "model": "model", "noise_patches": "noise_patches", "project_noise": "project_noise", "n_test": "n_test",
     "n_mc": "n_mc", "log_every": "log_every", "log_points": "log_points", "trajectory_mc": "trajectory_mc",
-    "dtype": "dtype", "device": "device", "ascent_steps": "ascent_steps", "m_sharpness": "m_sharpness",
+    "dtype": "dtype", "device": "device", "ascent_steps": "ascent_steps", "ascent_step": "ascent_step",
+    "m_sharpness": "m_sharpness",
     "norm": "norm", "asam_eta": "asam_eta",
 }
 
@@ -62,6 +63,7 @@ FIELD_FLAGS = {
 # refused unless its value is the field's default (which means "no effect"); SimConfig itself accepts and ignores
 # them, so a sweep can set one value for all its optimizer variants.
 RULE_OPTIONS = {"sam_steps": ("sam", "usam", "randsam", "msam", "asam"), "ascent_steps": ("msam",),
+                "ascent_step": ("msam",),
                 "m_sharpness": ("sam", "usam", "msam"), "norm": ("sam",), "asam_eta": ("asam",)}
 
 
@@ -127,6 +129,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ascent-steps", dest="ascent_steps", type=int,
                    help="msam: K projected normalised-gradient ascent steps in the tau-ball (>= 1, default 2; 1 = "
                         "SAM)")
+    p.add_argument("--ascent-step", dest="ascent_step", type=float,
+                   help="msam: the length of every ascent step after the first, as a multiple of tau (> 0, default "
+                        "1; e.g. 0.2 with --ascent-steps 5)")
     p.add_argument("--m-sharpness", dest="m_sharpness", type=int,
                    help="sam/usam/msam: perturb every chunk of M samples of a batch with its own gradient and step "
                         "with the chunks' mean gradient (M divides the batch size; 0 = the whole batch, default)")
@@ -164,7 +169,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     return cfg
 
 
-REAL_FIELDS = ("mu_norm", "sigma_p", "sigma_0", "eta", "tau", "c_tau", "loss_eps", "asam_eta")
+REAL_FIELDS = ("mu_norm", "sigma_p", "sigma_0", "eta", "tau", "c_tau", "loss_eps", "asam_eta", "ascent_step")
 
 
 def check_dtype_range(cfg: SimConfig) -> None:
