@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from theory_sim.io import atomic_write_bytes, write_json
+from theory_sim.sweeps.paired import paired_differences, scored_error
 
 SLICE = ("n", "P", "sigma_p")
 DIMS = ("d", "n", "P", "sigma_p")
@@ -31,6 +32,7 @@ PREDICTED = {"sgd": {"d": 0.25, "n": -0.25, "P": 1.0, "P-1": 1.0, "sigma_p": 1.0
 # An exact exponent holds when the bootstrap interval contains it. SAM's "about 0" (Omega~ hides log factors) holds
 # when the whole interval lies within +-TOLERANCE, half of SGD's 1/4: flat compared with SGD's boundary.
 TOLERANCE = {"sgd": 0.0, "sam": 0.125}
+PAIRED_BOOT = 2000  # resamples of the paired differences (cheap: a matrix product per comparison)
 
 
 def prediction_holds(optimizer: str, predicted: float, lo: float, hi: float) -> bool:
@@ -65,8 +67,7 @@ def crossing(mus: np.ndarray, err: np.ndarray, threshold: float) -> tuple[float,
 def cell_arrays(df: pd.DataFrame, dims=DIMS) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
     """(label, *dims) -> (mus (M,), errors (M, S)); a diverged run counts as chance error 0.5. ``dims`` are the
     cell's dimensions besides ||mu|| (d, n, P, sigma_p and any extra swept axis)."""
-    err = df.test_error.where(~df.diverged.astype(bool), 0.5).fillna(0.5)
-    df = df.assign(_err=err)
+    df = df.assign(_err=scored_error(df))
     out = {}
     for key, g in df.groupby(["label", *dims], sort=True):
         table = g.pivot_table(index="mu_norm", columns="seed", values="_err", aggfunc="first").sort_index()
@@ -160,6 +161,9 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
     report = {"threshold": threshold, "flip_p": p, "benign_rule": f"mean test error <= p + {spec.benign_margin} * "
               f"(0.5 - p) = {threshold:.4f}", "seeds": seeds, "bootstrap": n_boot, "slopes": checks,
               "sam_below_sgd": comparisons,
+              "paired_bootstrap": PAIRED_BOOT,
+              "paired_differences": paired_differences(df, spec=spec, n_boot=PAIRED_BOOT, seed=seed)
+              .replace({np.nan: None}).to_dict(orient="records"),
               "boundaries": bnd.replace({np.nan: None}).to_dict(orient="records")}
     if traj is not None:
         from theory_sim.sweeps.trajectory_claims import trajectory_claims
@@ -234,6 +238,7 @@ def _markdown(report: dict, spec) -> str:
             lines.append(f"| {c['sam']} | {c['sgd']} | {values} | {c['d']} | "
                          f"{[_fmt(x) for x in c['sam_mu_star']]} | {[_fmt(x) for x in c['sgd_mu_star']]} | "
                          f"{'yes' if c['holds'] else 'NO'} |")
+    lines += _paired_markdown(report, spec)
     lines += _trajectory_markdown(report)
     dims = spec.cell_dims
     lines += ["", "## Boundary per cell", "", "init scale = sigma_0 P sigma_p sqrt(d): the theorems assume it small.", "",
@@ -248,6 +253,44 @@ def _markdown(report: dict, spec) -> str:
               "'P-1' fits against the number of noise patches, which the shared-noise gradient actually counts); "
               "SAM about 0 in d (holds: the whole interval within +-0.125, half of SGD's slope)."]
     return "\n".join(lines) + "\n"
+
+
+def _int(v):
+    """An integral float (a cell value of an integer axis, e.g. d = 3200.0 next to NaN) as an int."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _paired_markdown(report: dict, spec) -> list[str]:
+    """Pooled rows as a table; per-cell rows as one symbol per ||mu|| (- better, + worse, . indistinguishable)."""
+    rows = report.get("paired_differences") or []
+    lines = ["", "## Paired test-error differences (variant - baseline, same seeds; theory_sim.sweeps.paired)", ""]
+    if not rows:
+        return lines + ["Not computed: the sweep has no baseline (sgd or sam) next to another variant."]
+    pooled = [r for r in rows if r["scope"] == "pooled"]
+    lines += [f"Mean over the (cell, seed) pairs of test_error(variant) - test_error(baseline), a diverged run "
+              f"scoring 0.5; 95% interval from {report['paired_bootstrap']} resamples of the seeds (jointly across "
+              f"cells: a cluster bootstrap by seed). better / worse: the interval lies below / above 0.", "",
+              "| variant | baseline | mean difference, all cells | 95% CI | pairs | verdict |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['label']} | {r['baseline']} | {r['mean_diff']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] "
+              f"| {r['n_pairs']} | {r['verdict']} |" for r in pooled]
+    cells = [r for r in rows if r["scope"] == "cell"]
+    others = [k for k in spec.run_key if k not in ("label", "seed", "mu_norm")]
+    symbol = {"better": "-", "worse": "+", "indistinguishable": "."}
+    mus = sorted({r["mu_norm"] for r in cells})
+    lines += ["", f"Per cell, one symbol per ||mu|| in {[_fmt(float(m)) for m in mus]} "
+              "(- better, + worse, . indistinguishable, blank: no pairs):", "",
+              f"| variant | baseline | {' | '.join(others)} | per ||mu|| | better / worse / indist. |",
+              "| --- | --- | " + "--- | " * len(others) + "--- | --- |"]
+    groups: dict[tuple, dict] = {}
+    for r in cells:
+        groups.setdefault((r["label"], r["baseline"], *(r[k] for k in others)), {})[r["mu_norm"]] = r["verdict"]
+    for key, verdicts in groups.items():
+        counts = [sum(v == name for v in verdicts.values()) for name in ("better", "worse", "indistinguishable")]
+        marks = "".join(symbol.get(verdicts.get(m), " ") for m in mus)
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(_fmt(_int(v)) for v in key[2:]) +
+                     f" | `{marks}` | {counts[0]} / {counts[1]} / {counts[2]} |")
+    return lines
 
 
 def _trajectory_markdown(report: dict) -> list[str]:

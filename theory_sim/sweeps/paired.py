@@ -1,0 +1,143 @@
+"""Paired rule-vs-rule test-error differences on the same seeds ([T24]'s check: is rule A better than rule B?).
+
+Every run of a sweep cell shares its data and initialisation with the runs of the other optimizer variants of that
+cell and seed (cell seeding shared or independent: the seed, not the optimizer, picks the data). So the difference
+of two rules is measured seed by seed, and the seed-to-seed noise both rules share cancels; an unpaired comparison
+of two means would carry it twice.
+
+For every variant label against every baseline label, per cell and pooled over cells:
+
+- mean_diff: the mean over the pairs (cell, seed) of test_error(variant) - test_error(baseline); negative means
+  the variant errs less;
+- ci_low, ci_high: a 95% percentile interval from a paired bootstrap over seeds. Pooled rows resample the seeds
+  jointly across cells (a cluster bootstrap by seed: seed s draws the same data in every cell under shared cell
+  seeding, so the cells of one seed are not independent); per-cell rows use the same resampled seeds. With few seeds
+  (4-8) a percentile interval is somewhat narrow: read it as a seed-noise interval, not an exact 95% coverage;
+- n_pairs: the (cell, seed) pairs where both rules have a run;
+- verdict: "better" (the interval lies below 0), "worse" (above 0) or "indistinguishable" (it contains 0).
+
+Diverged runs follow verify's rule (theory_sim.sweeps.verify.cell_arrays): a diverged run, or one without a test
+error, scores chance error 0.5; a pair is never dropped for diverging.
+
+Baselines: each entry of ``baselines`` names a label if a variant has that label, otherwise an optimizer: every
+label whose ``optimizer`` column equals it is then a baseline (so ("sgd", "sam") picks the variants labelled sgd
+and sam, or, without such labels, every plain-SGD and every SAM variant). A label is never compared with itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from theory_sim.config import ConfigError
+from theory_sim.sweeps.spec import AXES, CORE_AXES
+
+DIVERGED_ERROR = 0.5   # what a diverged run (or a missing test error) scores: chance
+VERDICTS = ("better", "worse", "indistinguishable")
+
+
+def scored_error(df: pd.DataFrame) -> pd.Series:
+    """Test error with a diverged run (or a missing error) scored as chance, 0.5: the rule verify uses."""
+    return df.test_error.where(~df.diverged.astype(bool), DIVERGED_ERROR).fillna(DIVERGED_ERROR)
+
+
+def default_cell_columns(results: pd.DataFrame, spec=None) -> list[str]:
+    """The cell of a run: its run key without label and seed. From the spec when given (spec.run_key); else the core
+    axes present plus any other sweepable run parameter that varies inside a label (a swept extra axis)."""
+    if spec is not None:
+        return [k for k in spec.run_key if k not in ("label", "seed")]
+    core = [k for k in CORE_AXES if k in results.columns]
+    by_label = results.groupby("label")
+    extra = [k for k in AXES if k in results.columns and k not in CORE_AXES and (by_label[k].nunique() > 1).any()]
+    return [*core[:-1], *extra, *core[-1:]]
+
+
+def baseline_labels(results: pd.DataFrame, baselines) -> list[str]:
+    """The baseline labels (see the module docstring: a label, else every label of that optimizer)."""
+    labels = list(pd.unique(results.label))
+    optimizer_of = results.groupby("label").optimizer.first().to_dict() if "optimizer" in results.columns else {}
+    out = []
+    for b in baselines:
+        picked = [b] if b in labels else [lab for lab in labels if optimizer_of.get(lab) == b]
+        out += [lab for lab in picked if lab not in out]
+    return out
+
+
+def _verdict(lo: float, hi: float) -> str:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "indistinguishable"
+    return "better" if hi < 0 else ("worse" if lo > 0 else "indistinguishable")
+
+
+def paired_differences(results: pd.DataFrame, baselines=("sgd", "sam"), cell_columns=None, n_boot: int = 2000,
+                       seed: int = 0, spec=None) -> pd.DataFrame:
+    """Paired differences of every variant against every baseline (module docstring), one row per (label,
+    baseline, cell) with scope "cell" and one per (label, baseline) with scope "pooled" (NaN cell columns).
+    Columns: label, baseline, <cell columns>, scope, mean_diff, ci_low, ci_high, n_pairs, verdict."""
+    if isinstance(baselines, str):
+        baselines = (baselines,)
+    if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 10:
+        raise ConfigError(f"n_boot must be an integer >= 10, got {n_boot!r}")
+    cells = list(default_cell_columns(results, spec) if cell_columns is None else cell_columns)
+    missing = [c for c in ("label", "seed", "test_error", "diverged", *cells) if c not in results.columns]
+    if missing:
+        raise ConfigError(f"results lack the columns {missing} that paired differences need")
+    columns = ["label", "baseline", *cells, "scope", "mean_diff", "ci_low", "ci_high", "n_pairs", "verdict"]
+    df = results.assign(_err=scored_error(results))
+    # (cell x seed) table per label; one run per (label, cell, seed) is the run key's promise
+    if df.duplicated([*cells, "label", "seed"]).any():
+        raise ConfigError(f"results hold several runs of one (label, {', '.join(cells)}, seed): pass cell_columns "
+                          f"that identify a cell")
+    wide = (df.set_index([*cells, "label", "seed"])._err.unstack(["label", "seed"]) if cells else
+            df.set_index(["label", "seed"])._err.to_frame().T)
+    seeds = np.sort(df.seed.unique())
+    rng = np.random.default_rng(seed)
+    # the bootstrap as weights: w[b, s] = how often resample b draws seed s (the same draws for every comparison)
+    draws = rng.integers(0, len(seeds), (n_boot, len(seeds)))
+    weights = np.stack([np.bincount(row, minlength=len(seeds)) for row in draws]).astype(float)
+    rows = []
+    labels = list(pd.unique(df.label))
+    for base in baseline_labels(df, baselines):
+        for lab in labels:
+            if lab == base:
+                continue
+            diff = np.full((len(wide), len(seeds)), np.nan)
+            for j, s in enumerate(seeds):
+                if (lab, s) in wide.columns and (base, s) in wide.columns:
+                    diff[:, j] = wide[(lab, s)].to_numpy(float) - wide[(base, s)].to_numpy(float)
+            have = np.isfinite(diff)
+            if not have.any():
+                continue
+            d0 = np.where(have, diff, 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cell_boot = (weights @ d0.T) / (weights @ have.T)              # (n_boot, cells)
+                pooled_boot = (weights @ d0.sum(0)) / (weights @ have.sum(0))  # (n_boot,)
+                cell_mean = d0.sum(1) / have.sum(1)
+            index = wide.index.to_frame(index=False) if cells else pd.DataFrame(index=[0])
+            for c in range(len(wide)):
+                if not have[c].any():
+                    continue
+                b = cell_boot[:, c]
+                lo, hi = np.percentile(b[np.isfinite(b)], [2.5, 97.5])
+                rows.append(dict(label=lab, baseline=base, **index.iloc[c].to_dict(), scope="cell",
+                                 mean_diff=float(cell_mean[c]), ci_low=float(lo), ci_high=float(hi),
+                                 n_pairs=int(have[c].sum()), verdict=_verdict(lo, hi)))
+            lo, hi = np.percentile(pooled_boot[np.isfinite(pooled_boot)], [2.5, 97.5])
+            rows.append(dict(label=lab, baseline=base, **{k: np.nan for k in cells}, scope="pooled",
+                             mean_diff=float(d0.sum() / have.sum()), ci_low=float(lo), ci_high=float(hi),
+                             n_pairs=int(have.sum()), verdict=_verdict(lo, hi)))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def pooled(table: pd.DataFrame, label: str, baseline: str) -> dict | None:
+    """The pooled row of one comparison as a dict (None if the table has none)."""
+    row = table[(table.scope == "pooled") & (table.label == label) & (table.baseline == baseline)]
+    return None if row.empty else row.iloc[0].to_dict()
+
+
+def describe(row: dict | None, digits: int = 2) -> str:
+    """One comparison as text: '+0.080 [0.060, 0.100] test error (worse, 96 pairs)'."""
+    if row is None:
+        return "n/a (no paired runs)"
+    f = f"{{:+.{digits + 1}f}}"
+    return (f"{f.format(row['mean_diff'])} [{f.format(row['ci_low'])}, {f.format(row['ci_high'])}] test error "
+            f"({row['verdict']}, {row['n_pairs']} pairs)")
