@@ -53,9 +53,12 @@ NORMS = ("2", "inf")
 MODELS = ("c23", "kou2023")
 NOISE_PATCHES = ("shared", "independent")
 DTYPES = ("float64", "float32")
+# eta(t) over the run's planned steps (theory_sim.cnn.schedule, docs/science.md §3.5)
+LR_SCHEDULES = ("constant", "cosine", "step", "linear_warmup_cosine")
 
 # Fields that fix array shapes or the loop structure: runs trained together as one batched ensemble must agree on
-# them. Everything else (optimizer, mu_norm, sigma_p, flip_p, sigma_0, eta, tau, sam_steps, loss_eps, seed, and the
+# them. Everything else (optimizer, mu_norm, sigma_p, flip_p, sigma_0, eta and its lr_schedule, tau, sam_steps,
+# loss_eps, seed, and the
 # rule options ascent_steps, ascent_step, m_sharpness, norm, asam_eta) may differ from run to run inside one
 # ensemble: the trainer applies each run's own rule, and an SGD run is a run of radius 0 (eps = 0 under every rule).
 STRUCTURAL_FIELDS = ("d", "n", "P", "m", "model", "noise_patches", "project_noise", "batch_size", "epochs",
@@ -83,6 +86,11 @@ class SimConfig:
     the chunks' gradients at their perturbed points; 0 is the whole batch. Options that do not apply to the chosen
     optimizer are accepted here and ignored, like ``sam_steps`` for sgd (a sweep sets them once for all its
     optimizers); ``simulate`` refuses them on its command line.
+
+    ``lr_schedule`` (docs/science.md §3.5, ``theory_sim.cnn.schedule``): eta(t) over the planned steps T = epochs
+    n / B, ``constant`` (eta), ``cosine`` (eta (1 + cos(pi t / T)) / 2), ``step`` (eta times ``lr_step_gamma`` every
+    ``lr_step_every`` T steps) or ``linear_warmup_cosine`` (a linear warm-up over ``lr_warmup`` T steps, then the
+    cosine over the rest). One clock per run: the SAM -> SGD switch does not restart it, early stopping ends it.
     """
 
     optimizer: str = "sgd"
@@ -95,6 +103,10 @@ class SimConfig:
     m: int = 10
     sigma_0: float = 0.01
     eta: float = 0.1
+    lr_schedule: str = "constant"
+    lr_warmup: float = 0.05
+    lr_step_gamma: float = 0.1
+    lr_step_every: float = 0.5
     batch_size: int = 5
     epochs: int = 100
     tau: float | None = None
@@ -130,6 +142,10 @@ class SimConfig:
         check_int("m", self.m, 1)
         check_float("sigma_0", self.sigma_0, 0.0, lo_open=True)
         check_float("eta", self.eta, 0.0, lo_open=True)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_float("lr_warmup", self.lr_warmup, 0.0, 1.0, hi_open=True)
+        check_float("lr_step_gamma", self.lr_step_gamma, 0.0, 1.0, lo_open=True)
+        check_float("lr_step_every", self.lr_step_every, 0.0, 1.0, lo_open=True)
         check_int("batch_size", self.batch_size, 1, self.n)
         if self.n % self.batch_size:
             raise ConfigError(f"batch_size must divide n={self.n} (epochs are split into n/B batches without "

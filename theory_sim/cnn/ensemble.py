@@ -31,6 +31,7 @@ from theory_sim.cnn.data import (
     run_rng,
 )
 from theory_sim.cnn.model import Gradient, Params, TwoLayerCNN
+from theory_sim.cnn.schedule import lr_factors
 from theory_sim.cnn.test_error import (
     noise_gram,
 )
@@ -131,6 +132,9 @@ class Ensemble:
                                   self.device)
         self.U, self.G, self.K, self.mult = data.U, data.G, data.K, data.noise_multiplicity
         self.eta = self.vector([c.eta for c in configs])
+        # eta(t) / eta per run and step (None: every run constant, the step is eta exactly)
+        self.lr_factor = None if all(c.lr_schedule == "constant" for c in configs) else \
+            self.vector(np.stack([lr_factors(c) for c in configs]))
         self.tau = self.vector([c.sam_radius if c.optimizer != "sgd" else 0.0 for c in configs])
         self.sam_until = self.vector([(math.inf if c.sam_steps is None else c.sam_steps) if c.optimizer != "sgd"
                                       else 0 for c in configs], torch.float64)
@@ -176,6 +180,14 @@ class Ensemble:
 
     def vector(self, values, dtype=None) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype or self.dtype, device=self.device)
+
+    def step_eta(self) -> torch.Tensor:
+        """Each run's eta(t) for its next step (R,): t = its steps done, which for an active run is the global step
+        (a stopped run steps by 0 anyway)."""
+        if self.lr_factor is None:
+            return self.eta
+        t = self.steps_done.clamp(max=self.lr_factor.shape[1] - 1)
+        return self.eta * self.lr_factor.gather(1, t[:, None])[:, 0]
 
     def group_mm(self, X: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
         """X (R', ..., c) @ M (U, c, c'): run r uses the matrix of its data set (R' = R runs, or R C virtual runs)."""

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from theory_sim.config import (
+    LR_SCHEDULES,
     MODELS,
     NOISE_PATCHES,
     NORMS,
@@ -56,7 +57,8 @@ FIELD_FLAGS = {
     "n_mc": "n_mc", "log_every": "log_every", "log_points": "log_points", "trajectory_mc": "trajectory_mc",
     "dtype": "dtype", "device": "device", "ascent_steps": "ascent_steps", "ascent_step": "ascent_step",
     "m_sharpness": "m_sharpness",
-    "norm": "norm", "asam_eta": "asam_eta",
+    "norm": "norm", "asam_eta": "asam_eta", "lr_schedule": "lr_schedule", "lr_warmup": "lr_warmup",
+    "lr_step_gamma": "lr_step_gamma", "lr_step_every": "lr_step_every",
 }
 
 # rule options -> the optimizers they apply to. Like --sam-steps for sgd, a flag given for another optimizer is
@@ -66,6 +68,8 @@ RULE_OPTIONS = {"sam_steps": ("sam", "usam", "randsam", "msam", "asam"), "ascent
                 "ascent_step": ("msam",),
                 "m_sharpness": ("sam", "usam", "msam"), "norm": ("sam",), "asam_eta": ("asam",)}
 
+# schedule options -> the lr schedules they apply to (refused for the others, like RULE_OPTIONS)
+SCHEDULE_OPTIONS = {"lr_warmup": ("linear_warmup_cosine",), "lr_step_gamma": ("step",), "lr_step_every": ("step",)}
 
 SEEDS_FORMS = "a count N >= 1 (seeds 0..N-1), a range A-B with 0 <= A <= B, or a list A,B,C of distinct integers >= 0"
 _SEEDS_RE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
@@ -117,6 +121,16 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--m", type=int, help="filters per sign")
     p.add_argument("--sigma-0", dest="sigma_0", type=float, help="init std (c23 model)")
     p.add_argument("--eta", type=float, help="learning rate (> 0)")
+    p.add_argument("--lr-schedule", dest="lr_schedule", choices=LR_SCHEDULES,
+                   help="eta(t) over the planned epochs * n / B steps (docs/science.md §3.5): constant (default), "
+                        "cosine, step (times --lr-step-gamma every --lr-step-every of the steps), "
+                        "linear_warmup_cosine (linear warm-up over --lr-warmup of the steps, then cosine)")
+    p.add_argument("--lr-warmup", dest="lr_warmup", type=float,
+                   help="linear_warmup_cosine: the warm-up's fraction of the steps, in [0, 1) (default 0.05)")
+    p.add_argument("--lr-step-gamma", dest="lr_step_gamma", type=float,
+                   help="step: the factor of each decay, in (0, 1] (default 0.1)")
+    p.add_argument("--lr-step-every", dest="lr_step_every", type=float,
+                   help="step: the fraction of the steps between two decays, in (0, 1] (default 0.5)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="B, must divide n")
     p.add_argument("--epochs", type=int)
     radius = p.add_mutually_exclusive_group()
@@ -164,12 +178,17 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     for name, optimizers in RULE_OPTIONS.items():
         if name in given and optimizer not in optimizers and given[name] != getattr(defaults, name):
             raise ConfigError(f"{name} only applies to --optimizer {' / '.join(optimizers)}, not {optimizer}")
+    schedule = given.get("lr_schedule", defaults.lr_schedule)
+    for name, schedules in SCHEDULE_OPTIONS.items():
+        if name in given and schedule not in schedules and given[name] != getattr(defaults, name):
+            raise ConfigError(f"{name} only applies to --lr-schedule {' / '.join(schedules)}, not {schedule}")
     cfg = SimConfig.preset(args.preset, **given)
     check_dtype_range(cfg)
     return cfg
 
 
-REAL_FIELDS = ("mu_norm", "sigma_p", "sigma_0", "eta", "tau", "c_tau", "loss_eps", "asam_eta", "ascent_step")
+REAL_FIELDS = ("mu_norm", "sigma_p", "sigma_0", "eta", "tau", "c_tau", "loss_eps", "asam_eta", "ascent_step",
+               "lr_warmup", "lr_step_gamma", "lr_step_every")
 
 
 def check_dtype_range(cfg: SimConfig) -> None:

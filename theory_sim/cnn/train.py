@@ -78,10 +78,10 @@ def log_steps(cfg: SimConfig) -> np.ndarray:
 
 
 def apply_step(ens: Ensemble, batch: StepBatch, grad: Gradient, finite: torch.Tensor) -> None:
-    """A <- A - eta * coefs on the batch's columns (stopped runs step by 0), and the same step on dense W in weight
-    space. A run whose pre-activations were not finite has diverged: it is frozen at its last finite weights (the
+    """A <- A - eta(t) * coefs on the batch's columns (stopped runs step by 0; eta(t) from the run's lr_schedule),
+    and the same step on dense W in weight space. A run whose pre-activations were not finite has diverged: it is frozen at its last finite weights (the
     state before the last step)."""
-    step_size = (ens.eta * ens.active.to(ens.dtype))[:, None, None, None]
+    step_size = (ens.step_eta() * ens.active.to(ens.dtype))[:, None, None, None]
     delta = -step_size * torch.nan_to_num(grad.coefs)                   # (a NaN step is caught below)
     new_A = ens.A + delta if batch.cols is None else ens.A.scatter_add(3, batch.cols, delta)
     new_b = None if ens.b is None else ens.b - step_size[..., 0] * torch.nan_to_num(grad.db)
@@ -157,6 +157,7 @@ class TrajectoryLog:
                 "train_loss": F.softplus(-ens.data.y * f).mean(1),
                 "train_acc": (ens.data.y * f > 0).to(ens.dtype).mean(1),
                 "test_error": self.test_error(wwt, w0),
+                "lr": ens.step_eta(),                                # eta(t) of the run's next step
                 "update_noise_active_frac": self.active_sum / self.active_count}  # 0/0 = NaN at step 0
         mask = torch.as_tensor(rows, device=ens.device)
         self.active_sum[mask] = 0
