@@ -233,6 +233,41 @@ def test_msam_ascent_step_changes_the_step_and_the_oracle_tells_it_apart():
     assert torch.equal(default.params.W, one.params.W) and not torch.allclose(default.params.W, short.params.W)
 
 
+def autograd_loss(ens, r, idx, W, b):
+    x = ens.data.patches()[r:r + 1, idx]
+    f = ens.net.output_patches(Params(W[None], None if b is None else b[None]), x)[0]
+    return float(F.softplus(-ens.data.y[r, idx] * f).mean())
+
+
+@pytest.mark.parametrize("state", ["coefficients", "weights"])
+@pytest.mark.parametrize("model", MODELS)
+def test_perturbed_loss_columns_equal_autograd_at_w_plus_eps(model, state):
+    """The trajectory's perturbed_loss (L_I(W + eps)) and perturbed_loss_gain (minus L_I(W)) at step 1 are the
+    first batch's at initialisation, by autograd at the oracle's eps; NaN for SGD and after the SAM -> SGD switch."""
+    rules = {"sam": dict(optimizer="sam", sam_steps=2), "usam": dict(optimizer="usam", tau=0.4),
+             "msam": dict(optimizer="msam", ascent_steps=3, ascent_step=0.5), "sgd": dict()}
+    cfgs = [model_base(model, seed=s, log_every=1, **o) for s, o in zip((1, 2, 3, 4), rules.values())]
+    res = train_ensemble(cfgs, progress=False, state=state)
+    ens = WeightEnsemble(cfgs)
+    tr = res.trajectory.set_index(["run", "step"])
+    for r, c in enumerate(cfgs):
+        idx = ens.perms[r // ens.G, 0, :ens.B]
+        W, b = ens.W[r], None if ens.b is None else ens.b[r]
+        row = tr.loc[(r, 1)]
+        if c.optimizer == "sgd":
+            assert np.isnan(row.perturbed_loss) and np.isnan(row.perturbed_loss_gain)
+            continue
+        params = [W] if b is None else [W, b]
+        eps = oracle_eps(c, autograd_grad(ens, r, idx, W, b), params, ens, r, idx, 0)
+        moved = [p + e for p, e in zip(params, eps)]
+        at_eps = autograd_loss(ens, r, idx, moved[0], moved[1] if b is not None else None)
+        clean = autograd_loss(ens, r, idx, W, b)
+        assert abs(row.perturbed_loss - at_eps) <= 1e-10 * abs(at_eps), c.optimizer
+        assert abs(row.perturbed_loss_gain - (at_eps - clean)) <= 1e-10 * abs(at_eps), c.optimizer
+        assert abs(row.perturbed_loss - clean) > 1e-6          # the loss at W itself must not pass
+    assert np.isnan(tr.loc[(0, 3)].perturbed_loss) and np.isfinite(tr.loc[(0, 2)].perturbed_loss)   # sam_steps=2
+
+
 def test_cifar_config_maps_ascent_step_to_the_optimizer_ascent_lr():
     from theory_sim.cifar.config import CifarConfig
     from theory_sim.cifar.train import build_optimizer

@@ -151,6 +151,7 @@ class Ensemble:
         self.active = torch.ones(self.R, dtype=torch.bool, device=self.device)
         self.diverged = torch.zeros(self.R, dtype=torch.bool, device=self.device)
         self.steps_done = torch.zeros(self.R, dtype=torch.long, device=self.device)
+        self.update_point = None   # the last update's L_I(W) and perturbed runs (theory_sim.cnn.rules.UpdatePoint)
 
     def _init_rules(self) -> None:
         """Per-run rule parameters: which rule (``uses``), msam's K and step length, the m-sharpness chunks, ASAM's eta_a."""

@@ -15,6 +15,8 @@ the gradient each run steps with: at W for SGD (and after its ``sam_steps``), at
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from theory_sim.cnn.ensemble import Ensemble, Perturbation, StepBatch
@@ -167,12 +169,23 @@ def _where(mask: torch.Tensor, a: Gradient, b: Gradient) -> Gradient:
                     pick(a.finite, b.finite))
 
 
+class UpdatePoint(NamedTuple):
+    """The last update's batch loss at W (R,) and the runs it perturbed (R,): with the returned gradient's loss,
+    L_I(W + eps), this gives the perturbed loss a rule reaches and its gain L_I(W + eps) - L_I(W)."""
+    clean_loss: torch.Tensor
+    perturbed: torch.Tensor
+
+
 def update_gradient(ens: Ensemble, batch: StepBatch, step: int) -> tuple[Gradient, torch.Tensor]:
     """The gradient each run steps with (at W for SGD, at W + eps for the SAM family) and whether its
-    pre-activations at W and at every point it was evaluated were finite."""
+    pre-activations at W and at every point it was evaluated were finite. Leaves ``ens.update_point``
+    (``UpdatePoint``); the returned gradient's ``loss`` is the batch loss where it was taken, L_I(W + eps) (with
+    m-sharpness: the mean over chunks of each chunk's loss at its own W + eps_c)."""
     grad = ens.gradient(batch, batch.proj, batch.b)
     finite = grad.finite
     radius = ens.tau * ((ens.sam_until > step) & ens.active).to(ens.dtype)
+    # what the trajectory's perturbed_loss_gain compares with: L_I(W) on this batch, and which runs get an eps
+    ens.update_point = UpdatePoint(grad.loss, radius > 0)
     if not bool((radius > 0).any()):
         return grad, finite
     if ens.chunked is None:
