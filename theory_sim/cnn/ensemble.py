@@ -154,7 +154,8 @@ class Ensemble:
         self.update_point = None   # the last update's L_I(W) and perturbed runs (theory_sim.cnn.rules.UpdatePoint)
 
     def _init_rules(self) -> None:
-        """Per-run rule parameters: which rule (``uses``), msam's K and step length, the m-sharpness chunks, ASAM's eta_a."""
+        """Per-run rule parameters: which rule (``uses``), msam's K and step length, the m-sharpness chunks,
+        ASAM's eta_a."""
         self.present = tuple(r for r in ("sam", "usam", "msam", "randsam", "sam_inf", "asam") if r in self.rules)
         self.uses = {r: torch.tensor([x == r for x in self.rules], device=self.device) for r in self.present}
         self.ascent_steps = torch.tensor([c.ascent_steps if c.rule == "msam" else 1 for c in self.configs],

@@ -54,8 +54,8 @@ def train_reference(cfg: SimConfig, x: torch.Tensor, y: torch.Tensor, W0: torch.
                     b0: torch.Tensor | None = None) -> PatchCNN:
     """Train one run: x (n, P, d) full patches, y (n,) labels, from filters W0 (2, m, d). Same batch order as the
     ensemble trainer (the run's own permutation stream); no early stopping or divergence handling. Implements SGD
-    and SAM (norm 2, whole batch), with ``cfg.lr_schedule`` from torch's schedulers (``torch_scheduler``); the other SAM-family rules are checked against autograd oracles in
-    tests/test_sam_family_cnn.py."""
+    and SAM (norm 2, whole batch), with ``cfg.lr_schedule`` from torch's schedulers (``torch_scheduler``); the
+    other SAM-family rules are checked against autograd oracles in tests/test_sam_family_cnn.py."""
     if cfg.optimizer not in ("sgd", "sam") or cfg.rule == "sam_inf" or cfg.chunk_size != cfg.batch_size:
         raise ConfigError(f"train_reference implements sgd and sam (norm 2, m_sharpness 0) only, got "
                           f"optimizer={cfg.optimizer!r} norm={cfg.norm!r} m_sharpness={cfg.m_sharpness}")

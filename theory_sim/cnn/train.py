@@ -79,8 +79,8 @@ def log_steps(cfg: SimConfig) -> np.ndarray:
 
 def apply_step(ens: Ensemble, batch: StepBatch, grad: Gradient, finite: torch.Tensor) -> None:
     """A <- A - eta(t) * coefs on the batch's columns (stopped runs step by 0; eta(t) from the run's lr_schedule),
-    and the same step on dense W in weight space. A run whose pre-activations were not finite has diverged: it is frozen at its last finite weights (the
-    state before the last step)."""
+    and the same step on dense W in weight space. A run whose pre-activations were not finite has diverged: it is
+    frozen at its last finite weights (the state before the last step)."""
     step_size = (ens.step_eta() * ens.active.to(ens.dtype))[:, None, None, None]
     delta = -step_size * torch.nan_to_num(grad.coefs)                   # (a NaN step is caught below)
     new_A = ens.A + delta if batch.cols is None else ens.A.scatter_add(3, batch.cols, delta)
