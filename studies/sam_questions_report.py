@@ -211,8 +211,8 @@ def lr_schedules(run: Path, gallery: Path) -> None:
              f"[95% CI] | log(Gamma/Rho) at step {phase_end} vs constant | at the end vs constant |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in slopes.itertuples():
-        ref = row.reference
-        te = describe(pooled(table, row.label, ref)) if ref else "(reference)"
+        ref = row.reference if isinstance(row.reference, str) else None   # pandas stores a missing one as NaN
+        te = err_text(pooled(table, row.label, ref)) if ref else "(reference)"
         ph = diff_text(pooled(phase, row.label, ref)) if ref else ""
         en = diff_text(pooled(final, row.label, ref)) if ref else ""
         dd = f"{row.delta:+.3f} [{row.delta_low:+.3f}, {row.delta_high:+.3f}]" if ref else ""
