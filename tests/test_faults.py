@@ -167,6 +167,22 @@ def test_well_formed_seeds():
     assert parse_seeds("7,1, 4") == [7, 1, 4]
 
 
+@pytest.mark.parametrize("extra,msg", [
+    (["--optimizer", "msam", "--ascent-step", "0"], "ascent_step must be in (0.0, inf], got 0"),
+    (["--optimizer", "msam", "--ascent-step", "nan"], "ascent_step must be a finite number"),
+    (["--optimizer", "sam", "--ascent-step", "0.5"], "ascent_step only applies to --optimizer msam, not sam"),
+    (["--lr-schedule", "cosine", "--lr-step-gamma", "0.5"], "lr_step_gamma only applies to --lr-schedule step"),
+    (["--lr-schedule", "linear_warmup_cosine", "--lr-warmup", "1.5"], "lr_warmup must be in [0.0, 1.0)"),
+    (["--lr-schedule", "step", "--lr-step-gamma", "0"], "lr_step_gamma must be in (0.0, 1.0]"),
+    (["--dtype", "float32", "--optimizer", "msam", "--ascent-step", "1e39"], "ascent_step must be at most"),
+])
+def test_bad_new_options_are_one_line(extra, msg, tmp_path, capsys):
+    assert main(["simulate", *TINY, *extra, "--out", str(tmp_path / "x")]) == 2
+    line = one_line(capsys)
+    assert line.startswith("error: ") and msg in line, line
+    assert not (tmp_path / "x").exists()
+
+
 def test_parameter_beyond_the_dtype_range(tmp_path, capsys):
     assert main(["simulate", *TINY, "--dtype", "float32", "--mu-norm", "1e39", "--out", str(tmp_path / "x")]) == 2
     assert "mu_norm must be at most" in one_line(capsys) and not (tmp_path / "x").exists()
@@ -344,6 +360,11 @@ BAD_SPECS = {
     "c-tau-axis-under-tau": (SWEEP_TOML.replace("epochs = 2", "epochs = 2\ntau = 0.1").replace(
         "[[optimizers]]", "[grid.c_tau]\nvalues = [1.0, 2.0]\n[[optimizers]]"),
         "grid.c_tau has no effect with base.tau"),
+    "string-axis": (SWEEP_TOML.replace("[grid.d]", '[grid.lr_schedule]\nvalues = ["constant", "cosine"]\n[grid.d]'),
+                    "grid.lr_schedule: lr_schedule is a string option, set per optimizer variant"),
+    "bad-schedule": (SWEEP_TOML + 'lr_schedule = "linear"\n', "lr_schedule must be one of"),
+    "ascent-step-zero": (SWEEP_TOML.replace('optimizer = "sgd"', 'optimizer = "msam"\nascent_step = 0.0'),
+                         "ascent_step must be in (0.0, inf]"),
 }
 
 

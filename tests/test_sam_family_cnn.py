@@ -3,6 +3,7 @@ against autograd on the plain patch definition, Rand-SAM's exact-in-distribution
 the representation, the invariants, the configuration and the CLI (docs/science.md §2.4, §3.2)."""
 import argparse
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,7 @@ DETERMINISTIC = {
     "usam": dict(optimizer="usam", tau=0.4),
     "msam_k2": dict(optimizer="msam", ascent_steps=2),
     "msam_k3": dict(optimizer="msam", ascent_steps=3),
+    "msam_k3_step0.3": dict(optimizer="msam", ascent_steps=3, ascent_step=0.3),
     "sam_m1": dict(optimizer="sam", m_sharpness=1),
     "sam_m2": dict(optimizer="sam", m_sharpness=2),
     "usam_m2": dict(optimizer="usam", m_sharpness=2, tau=0.4),
@@ -120,7 +122,8 @@ def oracle_eps(rule_cfg: SimConfig, g, params, ens, r, idx, step):
         for _ in range(rule_cfg.ascent_steps - 1):
             gi = autograd_grad(ens, r, idx, *[p + e for p, e in zip(params, eps)] + ([None] if len(params) == 1
                                                                                    else []))
-            eps = [e + tau * x / joint_norm(gi) for e, x in zip(eps, gi)]
+            alpha = rule_cfg.ascent_step * tau
+            eps = [e + alpha * x / joint_norm(gi) for e, x in zip(eps, gi)]
             n = joint_norm(eps)
             if n > tau:
                 eps = [e * tau / n for e in eps]
@@ -184,7 +187,7 @@ def test_msam_and_m_sharpness_match_the_cifar_optimizer():
     """One msam / m-sharpness step of the trainer equals theory_sim.sam.optim.SAM's on an nn.Module holding the same
     filters (steps_k = K, ascent_lr = rho, step_chunked over the chunks): the CNN and CIFAR paths agree."""
     for overrides in (dict(optimizer="msam", ascent_steps=3), dict(optimizer="msam", ascent_steps=2, m_sharpness=2),
-                      dict(optimizer="sam", m_sharpness=1)):
+                      dict(optimizer="sam", m_sharpness=1), dict(optimizer="msam", ascent_steps=4, ascent_step=0.25)):
         cfg = model_base("kou2023", seed=4, **overrides)
         ens = Ensemble([cfg])
         batch = select_batch(ens, 0, 0)
@@ -192,7 +195,7 @@ def test_msam_and_m_sharpness_match_the_cifar_optimizer():
         net = PatchCNN(cfg.d, cfg.P, cfg.m, cfg.model).double().load_filters(ens.init.W[0], ens.init.b[0])
         x = ens.data.patches()[0].reshape(cfg.n, -1)
         opt = SAM(net.parameters(), torch.optim.SGD, rule="sam", rho=cfg.sam_radius, steps_k=cfg.ascent_steps
-                  if cfg.optimizer == "msam" else 1, lr=cfg.eta)
+                  if cfg.optimizer == "msam" else 1, ascent_lr=cfg.ascent_step * cfg.sam_radius, lr=cfg.eta)
         M = cfg.chunk_size
         closures = []
         for c in range(0, ens.B, M):
@@ -209,6 +212,78 @@ def test_msam_and_m_sharpness_match_the_cifar_optimizer():
         W, b = net.filters()
         mine = ens.weights()
         assert rel(mine.W[0], W) <= 1e-10 and rel(mine.b[0], b) <= 1e-10, overrides
+
+
+def test_msam_ascent_step_changes_the_step_and_the_oracle_tells_it_apart():
+    """ascent_step = 0.3 moves eps (the oracle with alpha = tau must miss the trainer's step), ascent_step = 1 is
+    today's msam bitwise, and 0.2 changes the trained weights."""
+    cfg = model_base("c23", seed=1, optimizer="msam", ascent_steps=3, ascent_step=0.3)
+    ens = WeightEnsemble([cfg])
+    batch = select_batch(ens, 0, 0)
+    idx = ens.perms[0, 0, :ens.B]
+    right = oracle_update(cfg, ens, 0, idx, 0)
+    wrong = oracle_update(cfg.replace(ascent_step=1.0), ens, 0, idx, 0)
+    grad, finite = update_gradient(ens, batch, 0)
+    step = -cfg.eta * ens._dense(grad.coefs, batch.basis)[0]
+    assert rel(step, right[0]) <= 1e-10 and rel(step, wrong[0]) > 1e-4
+    default = train_ensemble([BASE.replace(optimizer="msam", ascent_steps=3, seed=3)], progress=False, log=False)
+    one = train_ensemble([BASE.replace(optimizer="msam", ascent_steps=3, ascent_step=1.0, seed=3)], progress=False,
+                         log=False)
+    short = train_ensemble([BASE.replace(optimizer="msam", ascent_steps=3, ascent_step=0.2, seed=3)], progress=False,
+                           log=False)
+    assert torch.equal(default.params.W, one.params.W) and not torch.allclose(default.params.W, short.params.W)
+
+
+def autograd_loss(ens, r, idx, W, b):
+    x = ens.data.patches()[r:r + 1, idx]
+    f = ens.net.output_patches(Params(W[None], None if b is None else b[None]), x)[0]
+    return float(F.softplus(-ens.data.y[r, idx] * f).mean())
+
+
+@pytest.mark.parametrize("state", ["coefficients", "weights"])
+@pytest.mark.parametrize("model", MODELS)
+def test_perturbed_loss_columns_equal_autograd_at_w_plus_eps(model, state):
+    """The trajectory's perturbed_loss (L_I(W + eps)) and perturbed_loss_gain (minus L_I(W)) at step 1 are the
+    first batch's at initialisation, by autograd at the oracle's eps; NaN for SGD and after the SAM -> SGD switch."""
+    rules = {"sam": dict(optimizer="sam", sam_steps=2), "usam": dict(optimizer="usam", tau=0.4),
+             "msam": dict(optimizer="msam", ascent_steps=3, ascent_step=0.5), "sgd": dict()}
+    cfgs = [model_base(model, seed=s, log_every=1, **o) for s, o in zip((1, 2, 3, 4), rules.values())]
+    res = train_ensemble(cfgs, progress=False, state=state)
+    ens = WeightEnsemble(cfgs)
+    tr = res.trajectory.set_index(["run", "step"])
+    for r, c in enumerate(cfgs):
+        idx = ens.perms[r // ens.G, 0, :ens.B]
+        W, b = ens.W[r], None if ens.b is None else ens.b[r]
+        row = tr.loc[(r, 1)]
+        if c.optimizer == "sgd":
+            assert np.isnan(row.perturbed_loss) and np.isnan(row.perturbed_loss_gain)
+            continue
+        params = [W] if b is None else [W, b]
+        eps = oracle_eps(c, autograd_grad(ens, r, idx, W, b), params, ens, r, idx, 0)
+        moved = [p + e for p, e in zip(params, eps)]
+        at_eps = autograd_loss(ens, r, idx, moved[0], moved[1] if b is not None else None)
+        clean = autograd_loss(ens, r, idx, W, b)
+        assert abs(row.perturbed_loss - at_eps) <= 1e-10 * abs(at_eps), c.optimizer
+        assert abs(row.perturbed_loss_gain - (at_eps - clean)) <= 1e-10 * abs(at_eps), c.optimizer
+        assert abs(row.perturbed_loss - clean) > 1e-6          # the loss at W itself must not pass
+    assert np.isnan(tr.loc[(0, 3)].perturbed_loss) and np.isfinite(tr.loc[(0, 2)].perturbed_loss)   # sam_steps=2
+
+
+def test_cifar_config_maps_ascent_step_to_the_optimizer_ascent_lr():
+    from theory_sim.cifar.config import CifarConfig
+    from theory_sim.cifar.train import build_optimizer
+
+    net = torch.nn.Linear(3, 2)
+    opt = build_optimizer(CifarConfig(optimizer="msam", steps_k=3, rho=0.1, ascent_step=0.4), net, net,
+                          torch.device("cpu"), 0)
+    assert opt.param_groups[0]["ascent_lr"] == pytest.approx(0.04) and opt.steps_k == 3
+    default = build_optimizer(CifarConfig(optimizer="msam", rho=0.1), net, net, torch.device("cpu"), 0)
+    assert default.param_groups[0]["ascent_lr"] == 0.1
+    for kw, msg in ((dict(optimizer="sam", ascent_step=0.5), "ascent_step is for optimizer 'msam'"),
+                    (dict(optimizer="msam", ascent_step=0.0), "ascent_step must be in (0.0, inf]"),
+                    (dict(optimizer="msam", ascent_step=float("nan")), "ascent_step must be a finite number")):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            CifarConfig(**kw)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -396,6 +471,8 @@ def test_msam_with_one_step_is_sam_and_zero_radius_is_sgd():
     (dict(m_sharpness=3), "m_sharpness must be 0 (the whole batch) or divide batch_size=4"),
     (dict(m_sharpness=8), "m_sharpness must be in [0, 4]"), (dict(norm="1"), "norm must be one of"),
     (dict(asam_eta=-0.1), "asam_eta must be in [0.0, inf]"), (dict(optimizer="lookahead"), "optimizer must be"),
+    (dict(ascent_step=0.0), "ascent_step must be in (0.0, inf]"),
+    (dict(ascent_step=float("inf")), "ascent_step must be a finite number"),
 ])
 def test_new_fields_are_validated(overrides, msg):
     with pytest.raises(ConfigError) as exc:
@@ -425,6 +502,8 @@ def test_simulate_runs_every_rule_and_refuses_options_that_do_not_apply(tmp_path
                        (["--optimizer", "randsam", "--m-sharpness", "2"], "m_sharpness only applies"),
                        (["--optimizer", "usam", "--norm", "inf"], "norm only applies to --optimizer sam"),
                        (["--optimizer", "sam", "--asam-eta", "0.5"], "asam_eta only applies"),
+                       (["--optimizer", "sam", "--ascent-step", "0.5"], "ascent_step only applies to --optimizer msam"),
+                       (["--optimizer", "msam", "--ascent-step", "-1"], "ascent_step must be in (0.0, inf]"),
                        (["--sam-steps", "3"], "sam_steps only applies"),
                        (["--optimizer", "msam", "--ascent-steps", "0"], "ascent_steps must"),
                        (["--optimizer", "sam", "--m-sharpness", "3"], "m_sharpness must")]:

@@ -1,5 +1,6 @@
 """Sweeps never lose a finished result: kill and resume, corrupt shards, executors, figures and verify."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,6 +75,24 @@ def test_spec_expansion_and_validation(tmp_path):
             SweepSpec.from_toml(write_spec(tmp_path, TINY.replace(old, new), "bad.toml"))
     with pytest.raises(ConfigError, match="must include the axis 'd'"):
         SweepSpec.from_toml(write_spec(tmp_path, TINY.replace("[grid.d]\nvalues = [20, 40]", ""), "bad.toml"))
+
+
+def test_ascent_step_is_a_sweep_axis(tmp_path):
+    """msam's step length as a grid axis: in every run key and cell, each value reaching its runs, bad values
+    refused with their key path; verify reads the table (one boundary per ascent_step)."""
+    text = TINY.replace('label = "sam"\noptimizer = "sam"', 'label = "msam3"\noptimizer = "msam"\nascent_steps = 3')
+    text = text.replace("[[optimizers]]", "[grid.ascent_step]\nvalues = [0.2, 1.0]\n[[optimizers]]", 1)
+    spec = SweepSpec.from_toml(write_spec(tmp_path, text, "steps.toml"))
+    assert "ascent_step" in spec.extra_axes and "ascent_step" in spec.run_key and "ascent_step" in spec.cell_dims
+    assert {c.ascent_step for _, c in spec.runs} == {0.2, 1.0} and len(spec.runs) == 2 * 2 * 2 * 3 * 2
+    df = run_sweep(spec, tmp_path / "out", progress=False)
+    msam = df[df.label == "msam3"].set_index(["d", "mu_norm", "seed", "ascent_step"]).test_error.unstack()
+    assert not np.allclose(msam[0.2], msam[1.0])            # the step length changes the runs
+    report = verify_table(df, spec, n_boot=20)
+    assert {b["ascent_step"] for b in report["boundaries"]} == {0.2, 1.0}
+    for bad, msg in (("values = [0.2, 1.0]", "ascent_step must be in (0.0, inf]"),):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            SweepSpec.from_toml(write_spec(tmp_path, text.replace(bad, "values = [0.0, 1.0]"), "bad.toml"))
 
 
 def test_results_table_has_a_row_per_cell_seed_optimizer(reference):

@@ -60,6 +60,8 @@ NORMS = ("2", "inf")
 MODELS = ("c23", "kou2023")
 NOISE_PATCHES = ("shared", "independent")
 DTYPES = ("float64", "float32")
+# eta(t) over the run's planned steps (theory_sim.cnn.schedule, docs/science.md §3.5)
+LR_SCHEDULES = ("constant", "cosine", "step", "linear_warmup_cosine")
 
 # Options that only do something for some optimizers: field -> the optimizers it has an effect for. An option set
 # explicitly for another optimizer (a ``simulate`` flag, a sweep variant's key) is refused by ``inapplicable``; a
@@ -69,7 +71,8 @@ DTYPES = ("float64", "float32")
 SAM_FAMILY = OPTIMIZERS[1:]
 OPTIMIZER_ONLY_FIELDS: dict[str, tuple[str, ...]] = {
     "tau": SAM_FAMILY, "c_tau": SAM_FAMILY, "sam_steps": SAM_FAMILY,
-    "ascent_steps": ("msam",), "m_sharpness": ("sam", "usam", "msam"), "norm": ("sam",), "asam_eta": ("asam",),
+    "ascent_steps": ("msam",), "ascent_step": ("msam",), "m_sharpness": ("sam", "usam", "msam"), "norm": ("sam",),
+    "asam_eta": ("asam",),
 }
 
 
@@ -91,9 +94,10 @@ OVERRIDDEN_BY: dict[str, tuple[str, Any]] = {
 MAX_P = 2**24
 
 # Fields that fix array shapes or the loop structure: runs trained together as one batched ensemble must agree on
-# them. Everything else (optimizer, mu_norm, sigma_p, flip_p, sigma_0, eta, tau, sam_steps, loss_eps, seed, and the
-# rule options ascent_steps, m_sharpness, norm, asam_eta) may differ from run to run inside one ensemble: the
-# trainer applies each run's own rule, and an SGD run is a run of radius 0 (eps = 0 under every rule).
+# them. Everything else (optimizer, mu_norm, sigma_p, flip_p, sigma_0, eta and its lr_schedule, tau, sam_steps,
+# loss_eps, seed, and the
+# rule options ascent_steps, ascent_step, m_sharpness, norm, asam_eta) may differ from run to run inside one
+# ensemble: the trainer applies each run's own rule, and an SGD run is a run of radius 0 (eps = 0 under every rule).
 STRUCTURAL_FIELDS = ("d", "n", "P", "m", "model", "noise_patches", "project_noise", "batch_size", "epochs",
                      "dtype", "device", "log_every", "n_test", "n_mc", "trajectory_mc")
 
@@ -112,12 +116,18 @@ class SimConfig:
 
     The SAM family (docs/science.md §3.2): ``optimizer`` ``sam`` (eps = tau g/||g||_2, or tau sign(g) with
     ``norm="inf"``), ``usam`` (eps = tau g), ``randsam`` (eps = tau z/||z||, z ~ N(0, I) fresh every step), ``msam``
-    (``ascent_steps`` = K projected normalised-gradient ascent steps in the tau-ball, K = 1 is SAM) and ``asam``
+    (``ascent_steps`` = K projected normalised-gradient ascent steps in the tau-ball, K = 1 is SAM; the first is
+    SAM's eps, the K - 1 others have length ``ascent_step`` * tau, default 1) and ``asam``
     (eps = tau T^2 g/||T g||, T = |w| + ``asam_eta`` on the weights, 1 on the biases). ``m_sharpness = M > 0``
     (sam, usam, msam) perturbs every chunk of M samples of a batch with its own gradient and steps with the mean of
     the chunks' gradients at their perturbed points; 0 is the whole batch. Options that do not apply to the chosen
     optimizer are accepted here and ignored, like ``sam_steps`` for sgd (a sweep sets them once for all its
     optimizers); ``simulate`` and a sweep variant refuse them (``OPTIMIZER_ONLY_FIELDS``, ``inapplicable``).
+
+    ``lr_schedule`` (docs/science.md §3.5, ``theory_sim.cnn.schedule``): eta(t) over the planned steps T = epochs
+    n / B, ``constant`` (eta), ``cosine`` (eta (1 + cos(pi t / T)) / 2), ``step`` (eta times ``lr_step_gamma`` every
+    ``lr_step_every`` T steps) or ``linear_warmup_cosine`` (a linear warm-up over ``lr_warmup`` T steps, then the
+    cosine over the rest). One clock per run: the SAM -> SGD switch does not restart it, early stopping ends it.
     """
 
     optimizer: str = "sgd"
@@ -130,6 +140,10 @@ class SimConfig:
     m: int = 10
     sigma_0: float = 0.01
     eta: float = 0.1
+    lr_schedule: str = "constant"
+    lr_warmup: float = 0.05
+    lr_step_gamma: float = 0.1
+    lr_step_every: float = 0.5
     batch_size: int = 5
     epochs: int = 100
     tau: float | None = None
@@ -149,6 +163,7 @@ class SimConfig:
     dtype: str = "float64"
     device: str = "auto"
     ascent_steps: int = 2
+    ascent_step: float = 1.0
     m_sharpness: int = 0
     norm: str = "2"
     asam_eta: float = 0.01
@@ -167,6 +182,10 @@ class SimConfig:
         check_int("m", self.m, 1)
         check_float("sigma_0", self.sigma_0, 0.0, lo_open=True)
         check_float("eta", self.eta, 0.0, lo_open=True)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_float("lr_warmup", self.lr_warmup, 0.0, 1.0, hi_open=True)
+        check_float("lr_step_gamma", self.lr_step_gamma, 0.0, 1.0, lo_open=True)
+        check_float("lr_step_every", self.lr_step_every, 0.0, 1.0, lo_open=True)
         check_int("batch_size", self.batch_size, 1, self.n)
         if self.n % self.batch_size:
             raise ConfigError(f"batch_size must divide n={self.n} (epochs are split into n/B batches without "
@@ -194,6 +213,7 @@ class SimConfig:
             raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         device_of(self.device)
         check_int("ascent_steps", self.ascent_steps, 1, 100)
+        check_float("ascent_step", self.ascent_step, 0.0, lo_open=True)
         check_int("m_sharpness", self.m_sharpness, 0, self.batch_size)
         if self.m_sharpness and self.batch_size % self.m_sharpness:
             raise ConfigError(f"m_sharpness must be 0 (the whole batch) or divide batch_size={self.batch_size} "

@@ -56,7 +56,8 @@ RUNTIME_FIELDS = ("data_dir", "device", "compile")
 class CifarConfig:
     """One CIFAR training run. Defaults = preset ``f21`` on CIFAR-10 with SAM. ``rho=None`` picks the paper's radius
     for the optimizer and dataset (0 for SGD; with ``norm="inf"`` a per-coordinate radius of the same L2 size, see
-    ``default_rho``); ``steps_k=None`` is 2 ascent steps for msam, 1 otherwise.
+    ``default_rho``); ``steps_k=None`` is 2 ascent steps for msam, 1 otherwise; msam's ascent steps after the first
+    have length ``ascent_step`` * rho (``SAM``'s ``ascent_lr``; default 1: rho).
     ``batch_size`` is global (split over DDP replicas); ``m_sharpness`` > 0 splits each replica's batch into chunks of
     that size, each perturbed with its own gradient (``bn_update``: BatchNorm's running statistics updated by every
     chunk, ``per_chunk``, or by the first chunk only, ``per_step``); ``asam_scope``: which tensors ASAM scales
@@ -69,6 +70,7 @@ class CifarConfig:
     rho: float | None = None
     norm: str = "2"  # SAM's dual norm: "2" or "inf" (sam / msam only)
     steps_k: int | None = None  # None: 2 for msam, 1 otherwise
+    ascent_step: float = 1.0  # msam: each ascent step after the first has length ascent_step * rho
     m_sharpness: int = 0
     bn_update: str = "per_chunk"  # m-sharpness: BatchNorm running-stat updates "per_chunk" or "per_step"
     eta_a: float = 0.01
@@ -107,6 +109,10 @@ class CifarConfig:
         if self.steps_k is None:
             object.__setattr__(self, "steps_k", 2 if self.optimizer == "msam" else 1)
         check_int("steps_k", self.steps_k, lo=1, hi=1 if self.optimizer != "msam" else 100)
+        check_float("ascent_step", self.ascent_step, lo=0.0, lo_open=True)
+        if self.ascent_step != 1.0 and self.optimizer != "msam":
+            raise ConfigError(f"ascent_step is for optimizer 'msam' (the length of its ascent steps), got "
+                              f"optimizer={self.optimizer!r}")
         check_int("m_sharpness", self.m_sharpness, lo=0, hi=self.batch_size if isinstance(self.batch_size, int)
                   else None)
         if self.m_sharpness and self.optimizer == "sgd":

@@ -236,8 +236,10 @@ def build_optimizer(cfg: CifarConfig, model: nn.Module, net: nn.Module, device: 
     if cfg.optimizer == "randsam":
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
+    # msam's ascent step length alpha = ascent_step * rho (ascent_step = 1: alpha = rho, the optimizer's default)
+    ascent_lr = cfg.ascent_step * cfg.rho if cfg.optimizer == "msam" and cfg.rho > 0 else None
     return SAM(model.parameters(), torch.optim.SGD, rule=cfg.rule, rho=cfg.rho, steps_k=cfg.steps_k,
-               eta_a=cfg.eta_a, asam_scope=cfg.asam_scope, bn_update=cfg.bn_update, model=net, generator=gen, **base)
+               ascent_lr=ascent_lr, eta_a=cfg.eta_a, asam_scope=cfg.asam_scope, bn_update=cfg.bn_update, model=net, generator=gen, **base)
 
 
 def describe(cfg: CifarConfig, data: TrainData, rt: Runtime) -> str:
@@ -383,6 +385,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "perturbation's L2 size matches SAM's: ~8.3e-6/1.7e-5 on WRN-28-10)")
     p.add_argument("--norm", choices=("2", "inf"), default=None, help="SAM's norm p (sam/msam)")
     p.add_argument("--steps-k", type=int, default=None, help="ascent steps of multi-step SAM (msam; default 2)")
+    p.add_argument("--ascent-step", type=float, default=None,
+                   help="msam: length of each ascent step after the first, as a multiple of rho (> 0, default 1)")
     p.add_argument("--m-sharpness", type=int, default=None, help="chunk size m for m-sharpness (0 = off)")
     p.add_argument("--bn-update", choices=BN_UPDATES, default=None,
                    help="m-sharpness: BatchNorm running stats updated by every chunk's clean pass (per_chunk, "

@@ -31,6 +31,7 @@ from theory_sim.cnn.data import (
     run_rng,
 )
 from theory_sim.cnn.model import Gradient, Params, TwoLayerCNN
+from theory_sim.cnn.schedule import lr_factors
 from theory_sim.cnn.test_error import (
     noise_gram,
 )
@@ -131,6 +132,9 @@ class Ensemble:
                                   self.device)
         self.U, self.G, self.K, self.mult = data.U, data.G, data.K, data.noise_multiplicity
         self.eta = self.vector([c.eta for c in configs])
+        # eta(t) / eta per run and step (None: every run constant, the step is eta exactly)
+        self.lr_factor = None if all(c.lr_schedule == "constant" for c in configs) else \
+            self.vector(np.stack([lr_factors(c) for c in configs]))
         self.tau = self.vector([c.sam_radius if c.optimizer != "sgd" else 0.0 for c in configs])
         self.sam_until = self.vector([(math.inf if c.sam_steps is None else c.sam_steps) if c.optimizer != "sgd"
                                       else 0 for c in configs], torch.float64)
@@ -147,13 +151,16 @@ class Ensemble:
         self.active = torch.ones(self.R, dtype=torch.bool, device=self.device)
         self.diverged = torch.zeros(self.R, dtype=torch.bool, device=self.device)
         self.steps_done = torch.zeros(self.R, dtype=torch.long, device=self.device)
+        self.update_point = None   # the last update's L_I(W) and perturbed runs (theory_sim.cnn.rules.UpdatePoint)
 
     def _init_rules(self) -> None:
-        """Per-run rule parameters: which rule (``uses``), msam's K, the m-sharpness chunks, ASAM's eta_a."""
+        """Per-run rule parameters: which rule (``uses``), msam's K and step length, the m-sharpness chunks,
+        ASAM's eta_a."""
         self.present = tuple(r for r in ("sam", "usam", "msam", "randsam", "sam_inf", "asam") if r in self.rules)
         self.uses = {r: torch.tensor([x == r for x in self.rules], device=self.device) for r in self.present}
         self.ascent_steps = torch.tensor([c.ascent_steps if c.rule == "msam" else 1 for c in self.configs],
                                          device=self.device)
+        self.ascent_step = self.vector([c.ascent_step if c.rule == "msam" else 1.0 for c in self.configs])
         self.asam_eta = self.vector([c.asam_eta for c in self.configs])
         chunk = [c.chunk_size for c in self.configs]
         self.C = max(self.B // M for M in chunk)       # chunks per batch of the most finely chunked run
@@ -175,6 +182,14 @@ class Ensemble:
 
     def vector(self, values, dtype=None) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype or self.dtype, device=self.device)
+
+    def step_eta(self) -> torch.Tensor:
+        """Each run's eta(t) for its next step (R,): t = its steps done, which for an active run is the global step
+        (a stopped run steps by 0 anyway)."""
+        if self.lr_factor is None:
+            return self.eta
+        t = self.steps_done.clamp(max=self.lr_factor.shape[1] - 1)
+        return self.eta * self.lr_factor.gather(1, t[:, None])[:, 0]
 
     def group_mm(self, X: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
         """X (R', ..., c) @ M (U, c, c'): run r uses the matrix of its data set (R' = R runs, or R C virtual runs)."""

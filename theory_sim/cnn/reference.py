@@ -54,13 +54,14 @@ def train_reference(cfg: SimConfig, x: torch.Tensor, y: torch.Tensor, W0: torch.
                     b0: torch.Tensor | None = None) -> PatchCNN:
     """Train one run: x (n, P, d) full patches, y (n,) labels, from filters W0 (2, m, d). Same batch order as the
     ensemble trainer (the run's own permutation stream); no early stopping or divergence handling. Implements SGD
-    and SAM (norm 2, whole batch); the other SAM-family rules are checked against autograd oracles in
-    tests/test_sam_family_cnn.py."""
+    and SAM (norm 2, whole batch), with ``cfg.lr_schedule`` from torch's schedulers (``torch_scheduler``); the
+    other SAM-family rules are checked against autograd oracles in tests/test_sam_family_cnn.py."""
     if cfg.optimizer not in ("sgd", "sam") or cfg.rule == "sam_inf" or cfg.chunk_size != cfg.batch_size:
         raise ConfigError(f"train_reference implements sgd and sam (norm 2, m_sharpness 0) only, got "
                           f"optimizer={cfg.optimizer!r} norm={cfg.norm!r} m_sharpness={cfg.m_sharpness}")
     net = PatchCNN(cfg.d, cfg.P, cfg.m, cfg.model).to(dtype=x.dtype, device=x.device).load_filters(W0, b0)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.eta)
+    sched = torch_scheduler(cfg, opt)
     x = x.reshape(cfg.n, cfg.P * cfg.d)
     rng = run_rng(cfg.rng_seed, STREAM_BATCHES)
     B, step = cfg.batch_size, 0
@@ -86,5 +87,25 @@ def train_reference(cfg: SimConfig, x: torch.Tensor, y: torch.Tensor, W0: torch.
                     for p, e in zip(params, eps):
                         p.sub_(e)
             opt.step()
+            sched.step()
             step += 1
     return net
+
+
+def torch_scheduler(cfg: SimConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """``cfg.lr_schedule`` built from torch's own schedulers (an oracle for ``theory_sim.cnn.schedule``), stepped
+    once per optimizer step over T = epochs n / B steps."""
+    from torch.optim import lr_scheduler as ls
+
+    T = cfg.epochs * (cfg.n // cfg.batch_size)
+    if cfg.lr_schedule == "constant":
+        return ls.LambdaLR(opt, lambda t: 1.0)
+    if cfg.lr_schedule == "cosine":
+        return ls.CosineAnnealingLR(opt, T_max=T)
+    if cfg.lr_schedule == "step":
+        return ls.StepLR(opt, step_size=max(1, round(cfg.lr_step_every * T)), gamma=cfg.lr_step_gamma)
+    W = min(round(cfg.lr_warmup * T), T - 1)
+    if W == 0:
+        return ls.CosineAnnealingLR(opt, T_max=T)
+    warm = ls.LinearLR(opt, start_factor=1 / W, end_factor=1.0, total_iters=max(W - 1, 1))
+    return ls.SequentialLR(opt, [warm, ls.CosineAnnealingLR(opt, T_max=T - W)], milestones=[W])

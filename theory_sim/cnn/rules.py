@@ -15,6 +15,8 @@ the gradient each run steps with: at W for SGD (and after its ``sam_steps``), at
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from theory_sim.cnn.ensemble import Ensemble, Perturbation, StepBatch
@@ -50,22 +52,23 @@ def usam_rule(ens, batch, grad, radius, step) -> Perturbation:
 
 def msam_rule(ens, batch, grad, radius, step) -> Perturbation:
     """Multi-step SAM [T24, F21 App. C.6], the rule of ``theory_sim.sam.optim.SAM`` (``steps_k = K``, rule sam,
-    ``ascent_lr`` = rho): eps_1 = tau g / ||g|| (SAM), then K - 1 times eps <- Proj_tau(eps + tau g(W + eps) /
-    ||g(W + eps)||) (``theory_sim.sam.perturbation.ascent_step``), and the step takes the gradient at W + eps_K.
-    So K = 1 is SAM and a step costs K + 1 gradients. Every iterate is a combination of gradients, hence stays in
-    the span; runs with fewer steps (per-run K) keep their eps once done."""
+    ``ascent_lr`` = alpha): eps_1 = tau g / ||g|| (SAM), then K - 1 times eps <- Proj_tau(eps + alpha g(W + eps) /
+    ||g(W + eps)||) (``theory_sim.sam.perturbation.ascent_step``), alpha = ``ascent_step`` * tau, and the step takes
+    the gradient at W + eps_K. So K = 1 is SAM and a step costs K + 1 gradients. Every iterate is a combination of
+    gradients, hence stays in the span; runs with fewer steps (per-run K) keep their eps once done."""
     def norm(ts):
         return ens.norm(batch, ts)
 
     g = ens.grad_tensors(batch, grad)
     eps = perturbation("sam", g, radius, batch_dims=1, norm=norm(g))
     steps = batch.per_run(ens.ascent_steps)
+    alpha = radius * batch.per_run(ens.ascent_step)   # ascent_step = 1: alpha = tau exactly (today's numbers)
     finite = torch.ones_like(grad.finite)
     for i in range(1, int(steps[radius > 0].max())):
         g_i = _gradient_at(ens, batch, _as_perturbation(ens, batch, eps))
         more = (steps > i) & (radius > 0)
         finite &= g_i.finite | ~more
-        new = ascent_step(eps, ens.grad_tensors(batch, g_i), radius, batch_dims=1, norm_fn=norm)
+        new = ascent_step(eps, ens.grad_tensors(batch, g_i), radius, alpha, batch_dims=1, norm_fn=norm)
         eps = [torch.where(expand_runs(more, e), n, e) for n, e in zip(new, eps)]
     return _as_perturbation(ens, batch, eps, finite)
 
@@ -167,14 +170,25 @@ def _where(mask: torch.Tensor, a: Gradient, b: Gradient) -> Gradient:
                     pick(a.finite, b.finite))
 
 
+class UpdatePoint(NamedTuple):
+    """The last update's batch loss at W (R,) and the runs it perturbed (R,): with the returned gradient's loss,
+    L_I(W + eps), this gives the perturbed loss a rule reaches and its gain L_I(W + eps) - L_I(W)."""
+    clean_loss: torch.Tensor
+    perturbed: torch.Tensor
+
+
 def update_gradient(ens: Ensemble, batch: StepBatch, step: int,
                     plain: Gradient | None = None) -> tuple[Gradient, torch.Tensor]:
     """The gradient each run steps with (at W for SGD, at W + eps for the SAM family) and whether its
     pre-activations at W and at every point it was evaluated were finite. ``plain``: the gradient at W on this
-    batch, when the caller has it already."""
+    batch, when the caller has it already. Leaves ``ens.update_point`` (``UpdatePoint``); the returned gradient's
+    ``loss`` is the batch loss where it was taken, L_I(W + eps) (with m-sharpness: the mean over chunks of each
+    chunk's loss at its own W + eps_c)."""
     grad = ens.gradient(batch, batch.proj, batch.b) if plain is None else plain
     finite = grad.finite
     radius = ens.tau * ((ens.sam_until > step) & ens.active).to(ens.dtype)
+    # what the trajectory's perturbed_loss_gain compares with: L_I(W) on this batch, and which runs get an eps
+    ens.update_point = UpdatePoint(grad.loss, radius > 0)
     if not bool((radius > 0).any()):
         return grad, finite
     if ens.chunked is None:

@@ -36,6 +36,7 @@ import torch
 
 from theory_sim.config import (
     INT64_MAX,
+    LR_SCHEDULES,
     MODELS,
     NOISE_PATCHES,
     NORMS,
@@ -62,8 +63,10 @@ FIELD_FLAGS = {
     "epochs": "epochs", "tau": "tau", "c_tau": "c_tau", "sam_steps": "sam_steps", "loss_eps": "loss_eps",
     "model": "model", "noise_patches": "noise_patches", "project_noise": "project_noise", "n_test": "n_test",
     "n_mc": "n_mc", "log_every": "log_every", "log_points": "log_points", "trajectory_mc": "trajectory_mc",
-    "dtype": "dtype", "device": "device", "ascent_steps": "ascent_steps", "m_sharpness": "m_sharpness",
-    "norm": "norm", "asam_eta": "asam_eta",
+    "dtype": "dtype", "device": "device", "ascent_steps": "ascent_steps", "ascent_step": "ascent_step",
+    "m_sharpness": "m_sharpness",
+    "norm": "norm", "asam_eta": "asam_eta", "lr_schedule": "lr_schedule", "lr_warmup": "lr_warmup",
+    "lr_step_gamma": "lr_step_gamma", "lr_step_every": "lr_step_every",
 }
 
 # rule options -> the optimizers they apply to (the table lives in theory_sim.config). A flag given for another
@@ -71,6 +74,8 @@ FIELD_FLAGS = {
 # and ignores them, so a sweep can set one value for all its optimizer variants.
 RULE_OPTIONS = OPTIMIZER_ONLY_FIELDS
 
+# schedule options -> the lr schedules they apply to (refused for the others, like RULE_OPTIONS)
+SCHEDULE_OPTIONS = {"lr_warmup": ("linear_warmup_cosine",), "lr_step_gamma": ("step",), "lr_step_every": ("step",)}
 
 SEEDS_FORMS = "a count N >= 1 (seeds 0..N-1), a range A-B with 0 <= A <= B, or a list A,B,C of distinct integers >= 0"
 _SEEDS_RE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
@@ -135,6 +140,16 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--m", type=int, help="filters per sign")
     p.add_argument("--sigma-0", dest="sigma_0", type=float, help="init std (c23 model)")
     p.add_argument("--eta", type=float, help="learning rate (> 0)")
+    p.add_argument("--lr-schedule", dest="lr_schedule", choices=LR_SCHEDULES,
+                   help="eta(t) over the planned epochs * n / B steps (docs/science.md §3.5): constant (default), "
+                        "cosine, step (times --lr-step-gamma every --lr-step-every of the steps), "
+                        "linear_warmup_cosine (linear warm-up over --lr-warmup of the steps, then cosine)")
+    p.add_argument("--lr-warmup", dest="lr_warmup", type=float,
+                   help="linear_warmup_cosine: the warm-up's fraction of the steps, in [0, 1) (default 0.05)")
+    p.add_argument("--lr-step-gamma", dest="lr_step_gamma", type=float,
+                   help="step: the factor of each decay, in (0, 1] (default 0.1)")
+    p.add_argument("--lr-step-every", dest="lr_step_every", type=float,
+                   help="step: the fraction of the steps between two decays, in (0, 1] (default 0.5)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="B, must divide n")
     p.add_argument("--epochs", type=int, help="passes over the training set (>= 1)")
     radius = p.add_mutually_exclusive_group()
@@ -147,6 +162,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ascent-steps", dest="ascent_steps", type=int,
                    help="msam: K projected normalised-gradient ascent steps in the tau-ball (>= 1, default 2; 1 = "
                         "SAM)")
+    p.add_argument("--ascent-step", dest="ascent_step", type=float,
+                   help="msam: the length of every ascent step after the first, as a multiple of tau (> 0, default "
+                        "1; e.g. 0.2 with --ascent-steps 5)")
     p.add_argument("--m-sharpness", dest="m_sharpness", type=int,
                    help="sam/usam/msam: perturb every chunk of M samples of a batch with its own gradient and step "
                         "with the chunks' mean gradient (M divides the batch size; 0 = the whole batch, default)")
@@ -184,11 +202,16 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     for pair in overridden(given):
         flag, other = ("--" + name.replace("_", "-") for name in pair)
         raise ConfigError(f"{flag} has no effect with {other} {given[pair[1]]} (it decides alone); give one of them")
+    schedule = cfg.lr_schedule
+    for name, schedules in SCHEDULE_OPTIONS.items():
+        if name in given and schedule not in schedules and given[name] != getattr(SimConfig, name):
+            raise ConfigError(f"{name} only applies to --lr-schedule {' / '.join(schedules)}, not {schedule}")
     check_dtype_range(cfg)
     return cfg
 
 
-REAL_FIELDS = ("mu_norm", "sigma_p", "sigma_0", "eta", "tau", "c_tau", "loss_eps", "asam_eta")
+REAL_FIELDS = ("mu_norm", "sigma_p", "sigma_0", "eta", "tau", "c_tau", "loss_eps", "asam_eta", "ascent_step",
+               "lr_warmup", "lr_step_gamma", "lr_step_every")
 
 
 def check_dtype_range(cfg: SimConfig) -> None:

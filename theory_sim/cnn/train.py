@@ -78,10 +78,10 @@ def log_steps(cfg: SimConfig) -> np.ndarray:
 
 
 def apply_step(ens: Ensemble, batch: StepBatch, grad: Gradient, finite: torch.Tensor) -> None:
-    """A <- A - eta * coefs on the batch's columns (stopped runs step by 0), and the same step on dense W in weight
-    space. A run whose pre-activations were not finite has diverged: it is frozen at its last finite weights (the
-    state before the last step)."""
-    step_size = (ens.eta * ens.active.to(ens.dtype))[:, None, None, None]
+    """A <- A - eta(t) * coefs on the batch's columns (stopped runs step by 0; eta(t) from the run's lr_schedule),
+    and the same step on dense W in weight space. A run whose pre-activations were not finite has diverged: it is
+    frozen at its last finite weights (the state before the last step)."""
+    step_size = (ens.step_eta() * ens.active.to(ens.dtype))[:, None, None, None]
     delta = -step_size * torch.nan_to_num(grad.coefs)                   # (a NaN step is caught below)
     new_A = ens.A + delta if batch.cols is None else ens.A.scatter_add(3, batch.cols, delta)
     new_b = None if ens.b is None else ens.b - step_size[..., 0] * torch.nan_to_num(grad.db)
@@ -113,7 +113,10 @@ class TrajectoryLog:
 
     ``update_noise_active_frac`` is the fraction of noise pre-activations that are positive where the gradient is
     taken (W + eps for the SAM family: the quantity SAM switches off [C23]), averaged over the run's steps since its
-    previous logged step. Everything in a row depends on the run alone, not on the ensemble it was trained in.
+    previous logged step. ``perturbed_loss`` = L_I(W + eps) and ``perturbed_loss_gain`` = L_I(W + eps) - L_I(W),
+    on each update's batch at its update point, are averaged over the perturbed steps since the previous logged
+    step (NaN where there were none: SGD, after the SAM -> SGD switch, step 0); so the row at step 1 is the first
+    batch at initialisation. Everything in a row depends on the run alone, not on the ensemble it was trained in.
     """
 
     def __init__(self, ens: Ensemble, track: bool):
@@ -128,6 +131,9 @@ class TrajectoryLog:
                       else None)
         self.active_sum = torch.zeros(ens.R, dtype=ens.dtype, device=ens.device)
         self.active_count = torch.zeros(ens.R, dtype=ens.dtype, device=ens.device)
+        self.perturbed_sum = torch.zeros(ens.R, dtype=ens.dtype, device=ens.device)   # L_I(W + eps)
+        self.gain_sum = torch.zeros(ens.R, dtype=ens.dtype, device=ens.device)        # L_I(W + eps) - L_I(W)
+        self.perturbed_count = torch.zeros(ens.R, dtype=ens.dtype, device=ens.device)
         self.rows: list[pd.DataFrame] = []
         self.snapshots: dict[str, list] = {"step": [], "gamma": [], "rho": []}
         self.logged_at = np.full(ens.R, -1)   # each run's last logged step
@@ -136,6 +142,11 @@ class TrajectoryLog:
     def add_update(self, grad: Gradient) -> None:
         self.active_sum += grad.noise_active
         self.active_count += 1
+        point = self.ens.update_point
+        on = point.perturbed.to(self.ens.dtype)
+        self.perturbed_sum += torch.where(point.perturbed, grad.loss, 0.0)
+        self.gain_sum += torch.where(point.perturbed, grad.loss - point.clean_loss, 0.0)
+        self.perturbed_count += on
 
     def test_error(self, wwt: torch.Tensor | None, w0: torch.Tensor | None) -> torch.Tensor:
         """Gaussian test error from W Pi W^T and w_{., 1} (docs/science.md §5); NaN with trajectory_mc = 0."""
@@ -159,10 +170,14 @@ class TrajectoryLog:
                 "train_loss": logistic_loss(ens.data.y * f).mean(1),
                 "train_acc": (ens.data.y * f > 0).to(ens.dtype).mean(1),
                 "test_error": self.test_error(wwt, w0),
-                "update_noise_active_frac": self.active_sum / self.active_count}  # 0/0 = NaN at step 0
+                "lr": ens.step_eta(),                                # eta(t) of the run's next step
+                "update_noise_active_frac": self.active_sum / self.active_count,  # 0/0 = NaN at step 0
+                # NaN for SGD, after the SAM -> SGD switch and at step 0 (no perturbed update since the last log)
+                "perturbed_loss": self.perturbed_sum / self.perturbed_count,
+                "perturbed_loss_gain": self.gain_sum / self.perturbed_count}
         mask = torch.as_tensor(rows, device=ens.device)
-        self.active_sum[mask] = 0
-        self.active_count[mask] = 0
+        for acc in (self.active_sum, self.active_count, self.perturbed_sum, self.gain_sum, self.perturbed_count):
+            acc[mask] = 0
         if self.track:
             tracker = CoefficientTracker(ens.init.W, ens.A, ens.data)
             cols.update(tracker.summaries(z))

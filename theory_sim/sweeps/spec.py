@@ -146,7 +146,12 @@ class Axis:
         """An axis from its TOML form: an array of values, a table ``values = [...]`` (and optionally ``spacing``),
         or a table ``start/stop/num`` (``spacing = "log"`` or ``"linear"``, the default). Every value must be a
         number; on d, n and P values are rounded to integers, and values that round to the same cell are refused
-        (the grid would silently hold fewer cells than it says)."""
+        (the grid would silently hold fewer cells than it says). A string option (optimizer, lr_schedule, norm,
+        ...) is not an axis: each value is an optimizer variant, one ``[[optimizers]]`` entry per value."""
+        if _KINDS.get(name) == "str":
+            raise ConfigError(f"grid.{name}: {name} is a string option, set per optimizer variant (one "
+                              f"[[optimizers]] entry per value, e.g. {name} = \"...\" next to its label), not a grid "
+                              f"axis")
         check_choice("grid axis", name, AXES)
         where = f"grid.{name}"
         generated = None   # (start, stop, num) of a start/stop/num grid
