@@ -55,7 +55,7 @@ FIELD_FLAGS = {
     "model": "model", "noise_patches": "noise_patches", "project_noise": "project_noise", "n_test": "n_test",
     "n_mc": "n_mc", "log_every": "log_every", "log_points": "log_points", "trajectory_mc": "trajectory_mc",
     "dtype": "dtype", "device": "device", "ascent_steps": "ascent_steps", "m_sharpness": "m_sharpness",
-    "norm": "norm", "asam_eta": "asam_eta",
+    "norm": "norm", "asam_eta": "asam_eta", "depth": "depth", "width": "width",
 }
 
 # rule options -> the optimizers they apply to. Like --sam-steps for sgd, a flag given for another optimizer is
@@ -136,6 +136,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="asam: the offset eta in T = |w| + eta on the weights (>= 0, default 0.01)")
     p.add_argument("--loss-eps", dest="loss_eps", type=float, help="stop once the training loss is <= this")
     p.add_argument("--model", choices=MODELS)
+    p.add_argument("--depth", type=int, help="model deep: layers L in [2, 8] (2 is the c23 network)")
+    p.add_argument("--width", type=int, help="model deep: units of each hidden layer")
     p.add_argument("--noise-patches", dest="noise_patches", choices=NOISE_PATCHES)
     p.add_argument("--project-noise", dest="project_noise", action=argparse.BooleanOptionalAction, default=None,
                    help="project the noise off mu (c23 default) or not (kou2023)")
