@@ -51,7 +51,7 @@ def test_symmetric_label_noise_is_exact_on_digits(rate):
 def test_wrn_variants_and_bad_input():
     x = torch.randn(2, 1, 8, 8)
     for norm in ("batch", "group"):
-        assert WideResNet(10, 1, 10, in_channels=1, norm=norm, base=4)(x).shape == (2, 10)
+        assert WideResNet(10, 1, 10, in_channels=1, norm=norm, base=8)(x).shape == (2, 10)
     assert sum(p.numel() for p in WideResNet(10, 1, 10).parameters()) == \
         sum(p.numel() for p in WideResNet(10, 1, 10, in_channels=3, norm="batch", base=16).parameters())
     with pytest.raises(ConfigError, match="norm"):
@@ -119,14 +119,14 @@ def test_stacked_training_equals_separate_runs(kw):
                         label_noise=p, **kw) for s, p in ((0, 0.0), (1, 0.25), (2, 0.5))]
     Ys = torch.stack([torch.as_tensor(symmetric_label_noise(arr.y_train[:48], c.label_noise, 10, c.seed)[0])
                       for c in cfgs])
-    stacked = stacked_run(cfgs, X, Ys, 3, base=4)
-    for r, c in enumerate(cfgs):
-        alone = separate_run(c, X, Ys[r], 3, base=4)
+    alones = [separate_run(c, X, Ys[r], 3, base=8) for r, c in enumerate(cfgs)]
+    other = separate_run(cfgs[1], X, Ys[1], 3, base=8)
+    stacked = stacked_run(cfgs, X, Ys, 3, base=8)
+    for r, (c, alone) in enumerate(zip(cfgs, alones)):
         err = max(float((s[r] - a).abs().max() / a.abs().max()) for s, a in zip(stacked, alone))
         assert err <= 1e-5, (kw, r, err)
-        init = [p.detach() for p in make_model(c, 1, 10, c.seed, 4).parameters()]
+        init = [p.detach() for p in make_model(c, 1, 10, c.seed, 8).parameters()]
         moved = max(float((a - i).abs().max() / i.abs().max().clamp(min=1e-12)) for a, i in zip(alone, init))
         assert moved > 1e-3          # the runs did move, so the check could fail
     # a run compared with another seed's separate run differs
-    other = separate_run(cfgs[1], X, Ys[1], 3, base=4)
     assert max(float((s[0] - a).abs().max()) for s, a in zip(stacked, other)) > 1e-3
