@@ -182,7 +182,7 @@ def load_dataset(dataset: str, data_dir: str | os.PathLike) -> CifarArrays:
     if dataset == "digits":
         from theory_sim.cifar.digits import load_digits_arrays
 
-        return load_digits_arrays()
+        return CifarArrays(*load_digits_arrays(), NUM_CLASSES["digits"])
     return load_cifar(dataset, data_dir)
 
 

@@ -16,15 +16,13 @@ N_TEST = 500
 SPLIT_SEED = 0
 
 
-def load_digits_arrays():
-    """The digits as ``CifarArrays`` (x_train (1297, 1, 8, 8) uint8, ..., num_classes = 10)."""
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x_train (1297, 1, 8, 8) uint8, y_train, x_test (500, 1, 8, 8), y_test (``load_dataset`` wraps them)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
-
-    from theory_sim.cifar.data import CifarArrays
 
     d = load_digits()
     x = (d.images.astype(np.int64) * 255 // 16).astype(np.uint8)[:, None]          # (1797, 1, 8, 8)
     y = d.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=N_TEST, stratify=y, random_state=SPLIT_SEED)
-    return CifarArrays(np.ascontiguousarray(x_tr), y_tr, np.ascontiguousarray(x_te), y_te, 10)
+    return np.ascontiguousarray(x_tr), y_tr, np.ascontiguousarray(x_te), y_te
