@@ -53,8 +53,9 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
 # Renamed parameters (docs/architecture.md "Vocabulary"): an old spelling is accepted for one release, with one
 # FutureWarning line naming the old and the new name (shown by default, on stderr).
 def warn_renamed(old: str, new: str, where: str) -> None:
-    warnings.warn(f"{where}: {old} is deprecated, use {new} (the old name is accepted until the next release)",
-                  FutureWarning, stacklevel=3)
+    # warn_explicit on a pseudo-file: one line on stderr (no source line under it), shown at every use
+    warnings.warn_explicit(f"{where}: {old} is deprecated, use {new} (the old name is accepted until the next "
+                           f"release)", FutureWarning, filename="<theory_sim>", lineno=0)
 
 
 def renamed_keys(values: dict, renames: dict[str, str], where: str) -> dict:
