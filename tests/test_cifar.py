@@ -301,6 +301,11 @@ def test_old_field_names_are_accepted_with_a_warning():
     assert cfg.ascent_steps == 3 and "steps_k" not in dataclasses.asdict(cfg)
     with pytest.warns(FutureWarning, match="eta_a is deprecated, use asam_eta"):
         assert CifarConfig(optimizer="asam", eta_a=0.2).asam_eta == 0.2
+    with pytest.warns(FutureWarning, match="CifarConfig: steps_k is deprecated, use ascent_steps"):
+        assert cfg.steps_k == 3                                 # read under the old name too
+    with pytest.warns(FutureWarning, match="CifarConfig: eta_a is deprecated, use asam_eta"):
+        assert cfg.eta_a == 0.01
+    assert dataclasses.replace(cfg, seed=1).ascent_steps == 3   # replace() sees only the new fields
     with pytest.raises(ConfigError, match="both steps_k .deprecated. and ascent_steps"):
         CifarConfig(optimizer="msam", steps_k=3, ascent_steps=4)
     with pytest.raises(ConfigError, match="ascent_steps"):       # the old name is validated like the new one

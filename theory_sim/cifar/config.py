@@ -2,7 +2,8 @@
 and the rule for what may change when a run is resumed."""
 from __future__ import annotations
 
-from dataclasses import InitVar, asdict, dataclass, fields
+import functools
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -101,19 +102,8 @@ class CifarConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
-    # the old spellings of ascent_steps and asam_eta (RENAMED), accepted for one release with a FutureWarning
-    steps_k: InitVar[int | None] = None
-    eta_a: InitVar[float | None] = None
 
-    def __post_init__(self, steps_k: int | None = None, eta_a: float | None = None) -> None:
-        for old, value in (("steps_k", steps_k), ("eta_a", eta_a)):
-            if value is None:
-                continue
-            new = RENAMED[old]
-            if getattr(self, new) != CifarConfig.__dataclass_fields__[new].default:
-                raise ConfigError(f"CifarConfig: both {old} (deprecated) and {new} given; give {new} only")
-            warn_renamed(old, new, "CifarConfig")
-            object.__setattr__(self, new, value)
+    def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, tuple(NUM_CLASSES))
         if not isinstance(self.data_dir, str):
             raise ConfigError(f"data_dir must be a path string, got {self.data_dir!r}")
@@ -180,11 +170,34 @@ class CifarConfig:
         rule = registry.rule_of(self.optimizer, self.norm, "cifar")
         return None if rule is None else rule.torch_rule
 
+    # the old spellings (RENAMED), readable for one release with a FutureWarning
+    @property
+    def steps_k(self) -> int:
+        warn_renamed("steps_k", "ascent_steps", "CifarConfig")
+        return self.ascent_steps
+
+    @property
+    def eta_a(self) -> float:
+        warn_renamed("eta_a", "asam_eta", "CifarConfig")
+        return self.asam_eta
+
     @property
     def multi_step(self) -> bool:
         """Whether the optimizer takes several ascent steps (msam: ``ascent_steps``, ``ascent_step``)."""
         rule = registry.rule_of(self.optimizer, self.norm, "cifar")
         return rule is not None and rule.multi_step
+
+
+_dataclass_init = CifarConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_accepting_old_names(self, *args, **kwargs) -> None:
+    """``CifarConfig(steps_k=..., eta_a=...)`` as before the renames, with a warning (for one release)."""
+    _dataclass_init(self, *args, **renamed_keys(kwargs, RENAMED, "CifarConfig"))
+
+
+CifarConfig.__init__ = _init_accepting_old_names
 
 
 def config_from_values(values: dict, source: str) -> CifarConfig:
