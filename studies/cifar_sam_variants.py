@@ -15,9 +15,9 @@ REFERENCE = {"cifar10": {"sgd": 3.5, "sam": 2.7, "msam_k2": 2.76, "msam_k3": 2.7
 def main() -> None:
     args = study_arguments(__doc__.splitlines()[0], "runs/cifar_sam_variants")
     variants = {"sgd": dict(optimizer="sgd"), "sam": dict(optimizer="sam"), "randsam": dict(optimizer="randsam"),
-                "msam_k2": dict(optimizer="msam", steps_k=2), "msam_k3": dict(optimizer="msam", steps_k=3)}
+                "msam_k2": dict(optimizer="msam", ascent_steps=2), "msam_k3": dict(optimizer="msam", ascent_steps=3)}
     if not args.smoke:
-        variants["msam_k5"] = dict(optimizer="msam", steps_k=5)
+        variants["msam_k5"] = dict(optimizer="msam", ascent_steps=5)
     configs = {name: CifarConfig(**base_config(args, **kw)) for name, kw in variants.items()}
     df = run_all(configs, args.out)
     ref = REFERENCE[args.dataset]

@@ -1,12 +1,15 @@
 """The CIFAR pipeline: WideResNet, the pickle loader, label noise, augmentation, the trainer, resume, DDP, CLI."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import io
 import json
 import os
 import pickle
 import socket
 import tarfile
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -21,7 +24,7 @@ from theory_sim.cifar.data import (
     symmetric_label_noise,
     write_synthetic_cifar,
 )
-from theory_sim.cifar.train import CifarConfig, main, train
+from theory_sim.cifar.train import CifarConfig, add_arguments, config_from_args, main, train
 from theory_sim.cifar.wrn import WideResNet
 from theory_sim.config import ConfigError
 
@@ -163,7 +166,7 @@ def test_epoch_indices_shard_like_distributed_sampler():
 # ---- config and CLI -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kw,name", [(dict(rho=-0.1), "rho"), (dict(optimizer="adam"), "optimizer"),
                                      (dict(depth=12), "depth"), (dict(label_noise=1.5), "label_noise"),
-                                     (dict(optimizer="sam", steps_k=3), "steps_k"),
+                                     (dict(optimizer="sam", ascent_steps=3), "ascent_steps"),
                                      (dict(optimizer="asam", norm="inf"), "norm"),
                                      (dict(batch_size=1), "batch_size"), (dict(dataset="mnist"), "dataset"),
                                      (dict(m_sharpness=500), "m_sharpness"), (dict(epochs=0), "epochs"),
@@ -177,9 +180,9 @@ def test_bad_config_is_rejected_with_the_parameter_name(kw, name):
 def test_default_radius_follows_the_papers():
     assert CifarConfig().rho == 0.05 and CifarConfig(dataset="cifar100").rho == 0.1
     assert CifarConfig(optimizer="asam").rho == 0.5 and CifarConfig(optimizer="asam", dataset="cifar100").rho == 1.0
-    assert CifarConfig(optimizer="sgd").rho == 0.0 and CifarConfig(optimizer="msam", steps_k=3).rule == "sam"
+    assert CifarConfig(optimizer="sgd").rho == 0.0 and CifarConfig(optimizer="msam", ascent_steps=3).rule == "sam"
     assert CifarConfig(norm="inf").rule == "sam_inf"
-    assert CifarConfig(optimizer="msam").steps_k == 2 and CifarConfig().steps_k == 1
+    assert CifarConfig(optimizer="msam").ascent_steps == 2 and CifarConfig().ascent_steps == 1
 
 
 def test_cli_registered_and_bad_flag_exits_2(tmp_path, capsys):
@@ -193,14 +196,14 @@ def test_cli_registered_and_bad_flag_exits_2(tmp_path, capsys):
 
 def test_cli_smoke_run_writes_metrics_and_config(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["--smoke", "--out", str(out), "--optimizer", "msam", "--steps-k", "2", "--label-noise", "0.25",
+    assert main(["--smoke", "--out", str(out), "--optimizer", "msam", "--ascent-steps", "2", "--label-noise", "0.25",
                  "--n-train", "96", "--n-test", "32", "--batch-size", "32", "--no-sharpness", "--device", "cpu"]) == 0
     df = pd.read_parquet(out / "metrics.parquet")
     assert list(df.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "gen_gap",
                                 "gen_gap_loss", "lr", "perturbation_norm", "epoch_time"]
     assert len(df) == 1 and np.isfinite(df.to_numpy()).all() and 0 < df.perturbation_norm[0] <= 0.05 + 1e-6
     meta = json.loads((out / "config.json").read_text())
-    assert meta["config"]["optimizer"] == "msam" and meta["config"]["steps_k"] == 2 and meta["seed"] == 0
+    assert meta["config"]["optimizer"] == "msam" and meta["config"]["ascent_steps"] == 2 and meta["seed"] == 0
     assert set(meta["versions"]) >= {"python", "torch", "numpy"} and "git_commit" in meta
     noise = np.load(out / "label_noise.npz")
     assert noise["noisy_mask"].sum() == 24 and np.all(noise["noisy_labels"][noise["noisy_mask"]]
@@ -289,6 +292,63 @@ def test_cli_stop_and_resume_from_the_saved_config(tmp_path, capsys):
     df = pd.read_parquet(out / "metrics.parquet")
     assert df.epoch.tolist() == [1, 2] and df.lr[1] == pytest.approx(0.025)
     assert "resume: config from" in capsys.readouterr().out
+
+
+# ---- renamed parameters (steps_k -> ascent_steps, eta_a -> asam_eta): the old spelling works, with one warning ------
+def test_old_field_names_are_accepted_with_a_warning():
+    with pytest.warns(FutureWarning, match="CifarConfig: steps_k is deprecated, use ascent_steps"):
+        cfg = CifarConfig(optimizer="msam", steps_k=3)
+    assert cfg.ascent_steps == 3 and "steps_k" not in dataclasses.asdict(cfg)
+    with pytest.warns(FutureWarning, match="eta_a is deprecated, use asam_eta"):
+        assert CifarConfig(optimizer="asam", eta_a=0.2).asam_eta == 0.2
+    with pytest.warns(FutureWarning, match="CifarConfig: steps_k is deprecated, use ascent_steps"):
+        assert cfg.steps_k == 3                                 # read under the old name too
+    with pytest.warns(FutureWarning, match="CifarConfig: eta_a is deprecated, use asam_eta"):
+        assert cfg.eta_a == 0.01
+    assert dataclasses.replace(cfg, seed=1).ascent_steps == 3   # replace() sees only the new fields
+    with pytest.raises(ConfigError, match="both steps_k .deprecated. and ascent_steps"):
+        CifarConfig(optimizer="msam", steps_k=3, ascent_steps=4)
+    with pytest.raises(ConfigError, match="ascent_steps"):       # the old name is validated like the new one
+        with pytest.warns(FutureWarning):
+            CifarConfig(optimizer="sam", steps_k=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # the new names warn about nothing
+        CifarConfig(optimizer="msam", ascent_steps=3, asam_eta=0.2)
+
+
+def test_old_flags_are_accepted_with_a_warning(capsys):
+    p = argparse.ArgumentParser(prog="cifar")
+    add_arguments(p)
+    with pytest.warns(FutureWarning, match="cifar: --steps-k is deprecated, use --ascent-steps"):
+        args = p.parse_args(["--out", "x", "--optimizer", "msam", "--steps-k", "3"])
+    with pytest.warns(FutureWarning, match="--eta-a is deprecated, use --asam-eta"):
+        args2 = p.parse_args(["--out", "x", "--optimizer", "asam", "--eta-a", "0.2"])
+    assert config_from_args(args).ascent_steps == 3 and config_from_args(args2).asam_eta == 0.2
+    new = p.parse_args(["--out", "x", "--optimizer", "msam", "--ascent-steps", "3", "--asam-eta", "0.2"])
+    assert config_from_args(new) == CifarConfig(**{**dataclasses.asdict(config_from_args(args)), "asam_eta": 0.2})
+
+
+def test_a_run_stored_with_the_old_names_resumes(tmp_path, capsys):
+    """A config.json and checkpoint written before the renames (steps_k, eta_a) still load and resume, bitwise
+    like an uninterrupted run."""
+    common = ["--optimizer", "msam", "--ascent-steps", "2", "--n-train", "64", "--n-test", "32", "--batch-size", "32",
+              "--no-sharpness", "--device", "cpu"]
+    straight, out = tmp_path / "straight", tmp_path / "run"
+    assert main(["--smoke", "--out", str(straight), "--epochs", "2", *common]) == 0
+    assert main(["--smoke", "--out", str(out), "--epochs", "2", "--stop-after", "1", *common]) == 0
+    meta = json.loads((out / "config.json").read_text())     # rewrite both stored configs with the old names
+    c = meta["config"]
+    meta["config"] = {**{k: v for k, v in c.items() if k not in ("ascent_steps", "asam_eta")},
+                      "steps_k": c["ascent_steps"], "eta_a": c["asam_eta"]}
+    (out / "config.json").write_text(json.dumps(meta))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt["config"] = dict(meta["config"])
+    torch.save(ckpt, out / "checkpoint.pt")
+    with pytest.warns(FutureWarning, match="steps_k is deprecated, use ascent_steps"):
+        assert main(["--out", str(out), "--resume"]) == 0
+    a, b = pd.read_parquet(straight / "metrics.parquet"), pd.read_parquet(out / "metrics.parquet")
+    assert b.epoch.tolist() == [1, 2]
+    pd.testing.assert_frame_equal(a.drop(columns="epoch_time"), b.drop(columns="epoch_time"))
 
 
 @pytest.mark.gpu

@@ -274,7 +274,7 @@ def test_cifar_config_maps_ascent_step_to_the_optimizer_ascent_lr():
     from theory_sim.cifar.train import build_optimizer
 
     net = torch.nn.Linear(3, 2)
-    opt = build_optimizer(CifarConfig(optimizer="msam", steps_k=3, rho=0.1, ascent_step=0.4), net, net,
+    opt = build_optimizer(CifarConfig(optimizer="msam", ascent_steps=3, rho=0.1, ascent_step=0.4), net, net,
                           torch.device("cpu"), 0)
     assert opt.param_groups[0]["ascent_lr"] == pytest.approx(0.04) and opt.steps_k == 3
     default = build_optimizer(CifarConfig(optimizer="msam", rho=0.1), net, net, torch.device("cpu"), 0)

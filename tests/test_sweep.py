@@ -417,8 +417,8 @@ def test_ignored_parameters_do_not_change_a_run():
     from theory_sim.cnn.train import train_ensemble
     from theory_sim.config import OPTIMIZERS, SimConfig, ignored_parameters
 
-    other = {"tau": 0.3, "c_tau": 3.0, "sam_steps": 2, "ascent_steps": 3, "m_sharpness": 2, "norm": "inf",
-             "asam_eta": 0.2}
+    other = {"tau": 0.3, "c_tau": 3.0, "sam_steps": 2, "ascent_steps": 3, "ascent_step": 0.5, "m_sharpness": 2,
+             "norm": "inf", "asam_eta": 0.2}
     for opt in OPTIMIZERS:
         base = SimConfig(optimizer=opt, d=30, n=8, batch_size=4, epochs=2, n_test=0, n_mc=200, sigma_0=0.1,
                          ascent_steps=2, sam_steps=None)

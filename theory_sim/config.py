@@ -6,7 +6,9 @@ as one line and exits with status 2.
 """
 from __future__ import annotations
 
+import argparse
 import math
+import warnings
 from typing import Any, Iterable
 
 
@@ -48,14 +50,46 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
         raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
 
 
+# Renamed parameters (docs/architecture.md "Vocabulary"): an old spelling is accepted for one release, with one
+# FutureWarning line naming the old and the new name (shown by default, on stderr).
+def warn_renamed(old: str, new: str, where: str) -> None:
+    # warn_explicit on a pseudo-file: one line on stderr (no source line under it), shown at every use
+    warnings.warn_explicit(f"{where}: {old} is deprecated, use {new} (the old name is accepted until the next "
+                           f"release)", FutureWarning, filename="<theory_sim>", lineno=0)
+
+
+def renamed_keys(values: dict, renames: dict[str, str], where: str) -> dict:
+    """``values`` with every old key of ``renames`` (old -> new) renamed, each with a warning; both given is an
+    error (one of them would silently win)."""
+    out = dict(values)
+    for old, new in renames.items():
+        if old in out:
+            if new in out:
+                raise ConfigError(f"{where}: both {old} (deprecated) and {new} given; give {new} only")
+            warn_renamed(old, new, where)
+            out[new] = out.pop(old)
+    return out
+
+
+def deprecated_flag(new: str) -> type[argparse.Action]:
+    """An argparse action for an old flag spelling: warns (naming ``new``) and stores into the new flag's dest."""
+    class Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            warn_renamed(option_string, new, parser.prog)
+            setattr(namespace, self.dest, values)
+    return Deprecated
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # One simulated run of the two-layer CNN on sparse-coding data [C23 Def. 2.1-2.2, K23]
 # --------------------------------------------------------------------------------------------------------------------
 from dataclasses import dataclass, fields, replace  # noqa: E402
 
+from theory_sim.sam import registry  # noqa: E402  (the SAM-family rules; imports nothing of the package)
+
 # sgd, and the SAM family of docs/science.md §3.2 / §8 (every member but sgd uses the radius sam_radius and the
-# sam_steps schedule)
-OPTIMIZERS = ("sgd", "sam", "usam", "randsam", "msam", "asam")
+# sam_steps schedule): read off the rule registry, theory_sim.sam.registry (these names are its built-in rules)
+OPTIMIZERS = registry.optimizers("cnn")
 NORMS = ("2", "inf")
 MODELS = ("c23", "kou2023", "deep")  # deep: theory_sim.cnn.deep, docs/science.md §2.5
 NOISE_PATCHES = ("shared", "independent")
@@ -63,25 +97,27 @@ DTYPES = ("float64", "float32")
 # eta(t) over the run's planned steps (theory_sim.cnn.schedule, docs/science.md §3.5)
 LR_SCHEDULES = ("constant", "cosine", "step", "linear_warmup_cosine")
 
-# Options that only do something for some optimizers: field -> the optimizers it has an effect for. An option set
-# explicitly for another optimizer (a ``simulate`` flag, a sweep variant's key) is refused by ``inapplicable``; a
-# sweep's [base] value shared by all its variants, or a grid axis, is not (the runs it does not affect are plain
-# runs of their optimizer, trained once for all the cells they serve: ``ignored_parameters``). Extend this table
-# when adding an optimizer-specific field.
+# Options that only do something for some optimizers: field -> the optimizers it has an effect for (read off each
+# rule's ``options`` in theory_sim.sam.registry, in SimConfig's field order). An option set explicitly for another
+# optimizer (a ``simulate`` flag, a sweep variant's key) is refused by ``inapplicable``; a sweep's [base] value
+# shared by all its variants, or a grid axis, is not (the runs it does not affect are plain runs of their
+# optimizer, trained once for all the cells they serve: ``ignored_parameters``).
 SAM_FAMILY = OPTIMIZERS[1:]
-OPTIMIZER_ONLY_FIELDS: dict[str, tuple[str, ...]] = {
-    "tau": SAM_FAMILY, "c_tau": SAM_FAMILY, "sam_steps": SAM_FAMILY,
-    "ascent_steps": ("msam",), "ascent_step": ("msam",), "m_sharpness": ("sam", "usam", "msam"), "norm": ("sam",),
-    "asam_eta": ("asam",),
-}
+
+
+def optimizer_only_fields() -> dict[str, tuple[str, ...]]:
+    """``OPTIMIZER_ONLY_FIELDS`` as the registry holds it now (a rule registered later is included)."""
+    table = registry.option_fields()
+    order = [f.name for f in fields(SimConfig)]
+    return {name: table[name] for name in sorted(table, key=order.index)}
 
 
 def ignored_parameters(optimizer: str) -> tuple[str, ...]:
     """The SimConfig fields ``optimizer`` does not read (read off ``OPTIMIZER_ONLY_FIELDS``, the one table that
     says so): a sweep trains one run for all the cells that differ only in them and joins it to each
     (theory_sim.sweeps.spec), and verify fits no slope along them."""
-    check_choice("optimizer", optimizer, OPTIMIZERS)
-    return tuple(name for name, applies in OPTIMIZER_ONLY_FIELDS.items() if optimizer not in applies)
+    check_choice("optimizer", optimizer, registry.optimizers("cnn"))
+    return tuple(name for name, applies in optimizer_only_fields().items() if optimizer not in applies)
 
 
 # Options that another option switches off: field -> (the other field, when it overrides). Both given is refused by
@@ -171,7 +207,7 @@ class SimConfig:
     width: int = 10
 
     def __post_init__(self) -> None:
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("optimizer", self.optimizer, registry.optimizers("cnn"))
         check_int("d", self.d, 1)
         check_float("mu_norm", self.mu_norm, 0.0)
         check_int("n", self.n, 1)
@@ -229,14 +265,13 @@ class SimConfig:
     def rule(self) -> str | None:
         """The perturbation rule the trainer applies (None for sgd): the optimizer's name, except ``sam_inf`` for
         sam with ``norm="inf"`` (docs/science.md §3.2)."""
-        if self.optimizer == "sgd":
-            return None
-        return "sam_inf" if self.optimizer == "sam" and self.norm == "inf" else self.optimizer
+        rule = registry.rule_of(self.optimizer, self.norm)
+        return None if rule is None else rule.name
 
     @property
     def chunk_size(self) -> int:
         """Samples per m-sharpness chunk: m_sharpness for the rules that take it (sam, usam, msam), else the batch."""
-        applies = self.optimizer in ("sam", "usam", "msam")
+        applies = self.optimizer in registry.optimizers_with("m_sharpness")
         return self.m_sharpness if applies and self.m_sharpness else self.batch_size
 
     @property
@@ -287,11 +322,15 @@ class SimConfig:
         return cls(**base)
 
 
+# the table for the built-in rules (a snapshot: code that must see rules registered later calls the function)
+OPTIMIZER_ONLY_FIELDS: dict[str, tuple[str, ...]] = optimizer_only_fields()
+
+
 def inapplicable(name: str, value: Any, optimizer: str) -> tuple[str, ...] | None:
     """The optimizers option ``name`` applies to, if ``name`` = ``value``, set explicitly, has no effect with
     ``optimizer`` (None: it has one). A value equal to SimConfig's default is "no effect" either way and accepted
     (e.g. ``--sam-steps none`` for sgd)."""
-    applies = OPTIMIZER_ONLY_FIELDS.get(name)
+    applies = optimizer_only_fields().get(name)
     if applies is None or optimizer in applies or value == getattr(SimConfig, name, object()):
         return None
     return applies

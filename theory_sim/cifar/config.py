@@ -2,18 +2,22 @@
 and the rule for what may change when a run is resumed."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import functools
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
 from theory_sim.cifar.data import MEAN, NUM_CLASSES
 from theory_sim.cifar.errors import ResumeMismatchError
 from theory_sim.cifar.wrn import WideResNet
-from theory_sim.config import ConfigError, check_choice, check_float, check_int
+from theory_sim.config import ConfigError, check_choice, check_float, check_int, renamed_keys, warn_renamed
+from theory_sim.sam import registry
 from theory_sim.sam.optim import ASAM_SCOPES, BN_UPDATES, inf_rho
 
-OPTIMIZERS = ("sgd", "sam", "asam", "randsam", "msam")
-# default radius per (optimizer family, dataset): SAM rho 0.05 / 0.1 [F21], ASAM 0.5 / 1.0 [K21] (docs/science.md §8).
+# the CIFAR pipeline's optimizers: the registry's rules with ``cifar=True`` (theory_sim.sam.registry)
+OPTIMIZERS = registry.optimizers("cifar")
+# default radius per (the rule's radius family ``Rule.default_rho``, dataset): SAM rho 0.05 / 0.1 [F21], ASAM 0.5 / 1.0
+# [K21] (docs/science.md §8).
 # These are L2 radii. --norm inf (sam_inf) defaults to the per-coordinate radius DEFAULT_RHO["sam"] / sqrt(D), D = the
 # WRN's parameter count (``default_rho``): its perturbation rho_inf sign(g) then has the L2 size of SAM's (rho_inf *
 # sqrt(D) = rho_2), where reusing 0.05 per coordinate would be an L2 step of ~300 on a WRN-28-10 (D = 36.5M).
@@ -34,7 +38,7 @@ def default_rho(optimizer: str, dataset: str, norm: str = "2", depth: int = 28, 
     (about 8.3e-6 / 1.7e-5 on a WRN-28-10 for CIFAR-10 / CIFAR-100)."""
     if optimizer == "sgd":
         return 0.0
-    rho_2 = DEFAULT_RHO["asam" if optimizer == "asam" else "sam"][dataset]
+    rho_2 = DEFAULT_RHO[registry.rule_of(optimizer, "2", "cifar").default_rho][dataset]
     return inf_rho(rho_2, wrn_num_params(depth, width, dataset)) if norm == "inf" else rho_2
 
 
@@ -49,6 +53,9 @@ PRESETS: dict[str, dict] = {
                   sharpness_samples=64),
 }
 
+# Renamed fields, old -> new (docs/architecture.md "Vocabulary"): the CNN's names, one name per parameter
+RENAMED = {"steps_k": "ascent_steps", "eta_a": "asam_eta"}
+
 # Where and how to run, not what is computed: these may differ on --resume (e.g. another machine); the rest may not.
 RUNTIME_FIELDS = ("data_dir", "device", "compile")
 
@@ -57,8 +64,8 @@ RUNTIME_FIELDS = ("data_dir", "device", "compile")
 class CifarConfig:
     """One CIFAR training run. Defaults = preset ``f21`` on CIFAR-10 with SAM. ``rho=None`` picks the paper's radius
     for the optimizer and dataset (0 for SGD; with ``norm="inf"`` a per-coordinate radius of the same L2 size, see
-    ``default_rho``); ``steps_k=None`` is 2 ascent steps for msam, 1 otherwise; msam's ascent steps after the first
-    have length ``ascent_step`` * rho (``SAM``'s ``ascent_lr``; default 1: rho).
+    ``default_rho``); ``ascent_steps=None`` is 2 ascent steps for msam, 1 otherwise; msam's ascent steps after the
+    first have length ``ascent_step`` * rho (``SAM``'s ``ascent_lr``; default 1: rho).
     ``batch_size`` is global (split over DDP replicas); ``m_sharpness`` > 0 splits each replica's batch into chunks of
     that size, each perturbed with its own gradient (``bn_update``: BatchNorm's running statistics updated by every
     chunk, ``per_chunk``, or by the first chunk only, ``per_step``); ``asam_scope``: which tensors ASAM scales
@@ -70,12 +77,12 @@ class CifarConfig:
     optimizer: str = "sam"
     rho: float | None = None
     norm: str = "2"  # SAM's dual norm: "2" or "inf" (sam / msam only)
-    steps_k: int | None = None  # None: 2 for msam, 1 otherwise
+    ascent_steps: int | None = None  # None: 2 for msam, 1 otherwise
     ascent_step: float = 1.0  # msam: each ascent step after the first has length ascent_step * rho
     m_sharpness: int = 0
     bn_update: str = "per_chunk"  # m-sharpness: BatchNorm running-stat updates "per_chunk" or "per_step"
-    eta_a: float = 0.01
-    asam_scope: str = "weights"  # ASAM's T = |w| + eta_a on: "weights" | "weights_and_bn" (official ASAM) | "all"
+    asam_eta: float = 0.01
+    asam_scope: str = "weights"  # ASAM's T = |w| + asam_eta on: "weights" | "weights_and_bn" (official ASAM) | "all"
     label_noise: float = 0.0
     epochs: int = 200
     batch_size: int = 128
@@ -101,17 +108,19 @@ class CifarConfig:
         check_choice("dataset", self.dataset, tuple(NUM_CLASSES))
         if not isinstance(self.data_dir, str):
             raise ConfigError(f"data_dir must be a path string, got {self.data_dir!r}")
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("optimizer", self.optimizer, registry.optimizers("cifar"))
         check_choice("norm", self.norm, ("2", "inf"))
-        if self.norm == "inf" and self.optimizer not in ("sam", "msam"):
-            raise ConfigError(f"norm='inf' is for optimizer 'sam' or 'msam', got optimizer={self.optimizer!r}")
+        with_inf = tuple(o for o in registry.sam_family("cifar") if "inf" in registry.norms(o, "cifar"))
+        if self.norm == "inf" and self.optimizer not in with_inf:
+            raise ConfigError(f"norm='inf' is for optimizer {' or '.join(map(repr, with_inf))}, got "
+                              f"optimizer={self.optimizer!r}")
         if self.rho is not None:  # an explicit radius is used as given
             check_float("rho", self.rho, lo=0.0)
-        if self.steps_k is None:
-            object.__setattr__(self, "steps_k", 2 if self.optimizer == "msam" else 1)
-        check_int("steps_k", self.steps_k, lo=1, hi=1 if self.optimizer != "msam" else 100)
+        if self.ascent_steps is None:
+            object.__setattr__(self, "ascent_steps", 2 if self.multi_step else 1)
+        check_int("ascent_steps", self.ascent_steps, lo=1, hi=100 if self.multi_step else 1)
         check_float("ascent_step", self.ascent_step, lo=0.0, lo_open=True)
-        if self.ascent_step != 1.0 and self.optimizer != "msam":
+        if self.ascent_step != 1.0 and not self.multi_step:
             raise ConfigError(f"ascent_step is for optimizer 'msam' (the length of its ascent steps), got "
                               f"optimizer={self.optimizer!r}")
         check_int("m_sharpness", self.m_sharpness, lo=0, hi=self.batch_size if isinstance(self.batch_size, int)
@@ -121,7 +130,7 @@ class CifarConfig:
         check_choice("bn_update", self.bn_update, BN_UPDATES)
         if self.bn_update != "per_chunk" and not self.m_sharpness:
             raise ConfigError(f"bn_update={self.bn_update!r} needs m_sharpness > 0 (one chunk per step otherwise)")
-        check_float("eta_a", self.eta_a, lo=0.0)
+        check_float("asam_eta", self.asam_eta, lo=0.0)
         check_choice("asam_scope", self.asam_scope, ASAM_SCOPES)
         if self.asam_scope != "weights" and self.optimizer != "asam":
             raise ConfigError(f"asam_scope={self.asam_scope!r} is for optimizer 'asam', got "
@@ -156,16 +165,48 @@ class CifarConfig:
         check_choice("compile", self.compile, (True, False))
 
     @property
-    def rule(self) -> str:
-        return {"sam": "sam", "msam": "sam", "asam": "asam", "randsam": "randsam"}[self.optimizer] + \
-            ("_inf" if self.norm == "inf" else "")
+    def rule(self) -> str | None:
+        """The rule of ``theory_sim.sam.optim.SAM`` this run uses (msam is its multi-step sam / sam_inf); None for
+        sgd (plain torch SGD)."""
+        rule = registry.rule_of(self.optimizer, self.norm, "cifar")
+        return None if rule is None else rule.torch_rule
+
+    # the old spellings (RENAMED), readable for one release with a FutureWarning
+    @property
+    def steps_k(self) -> int:
+        warn_renamed("steps_k", "ascent_steps", "CifarConfig")
+        return self.ascent_steps
+
+    @property
+    def eta_a(self) -> float:
+        warn_renamed("eta_a", "asam_eta", "CifarConfig")
+        return self.asam_eta
+
+    @property
+    def multi_step(self) -> bool:
+        """Whether the optimizer takes several ascent steps (msam: ``ascent_steps``, ``ascent_step``)."""
+        rule = registry.rule_of(self.optimizer, self.norm, "cifar")
+        return rule is not None and rule.multi_step
+
+
+_dataclass_init = CifarConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_accepting_old_names(self, *args, **kwargs) -> None:
+    """``CifarConfig(steps_k=..., eta_a=...)`` as before the renames, with a warning (for one release)."""
+    _dataclass_init(self, *args, **renamed_keys(kwargs, RENAMED, "CifarConfig"))
+
+
+CifarConfig.__init__ = _init_accepting_old_names
 
 
 def config_from_values(values: dict, source: str) -> CifarConfig:
     """A ``CifarConfig`` from a stored dict (config.json, a checkpoint); errors name ``source``."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: the stored config is a {type(values).__name__}, not a dict")
-    unknown = sorted(set(values) - set(CifarConfig.__dataclass_fields__))
+    values = renamed_keys(values, RENAMED, source)   # a config written before the renames still loads
+    unknown = sorted(set(values) - {f.name for f in fields(CifarConfig)})
     if unknown:
         raise ConfigError(f"{source}: unknown config fields {unknown} (written by another version of theory_sim?)")
     try:

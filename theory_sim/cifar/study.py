@@ -63,7 +63,7 @@ def run_all(configs: dict[str, CifarConfig], out: str | Path, log=print) -> pd.D
         sharp_file = run_dir / "sharpness.json"
         sharp = json.loads(sharp_file.read_text()) if sharp_file.exists() else {}
         rows.append({"run": name, **{k: v for k, v in dataclasses.asdict(cfg).items()
-                                     if k in ("optimizer", "rho", "steps_k", "label_noise")},
+                                     if k in ("optimizer", "rho", "ascent_steps", "label_noise")},
                      "epochs_done": int(last["epoch"]), "test_err": 100 * (1 - last["test_acc"]),
                      "test_acc": 100 * last["test_acc"], "train_acc": 100 * last["train_acc"],
                      "gen_gap": 100 * last["gen_gap"],

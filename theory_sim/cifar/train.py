@@ -71,8 +71,9 @@ from theory_sim.cifar.distributed import (
 )
 from theory_sim.cifar.errors import writing
 from theory_sim.cifar.wrn import WideResNet
-from theory_sim.config import ConfigError, check_int
+from theory_sim.config import ConfigError, check_int, deprecated_flag
 from theory_sim.resources import add_force_arguments, check_cifar_resources
+from theory_sim.sam import registry
 from theory_sim.sam.optim import ASAM_SCOPES, BN_UPDATES, SAM
 
 
@@ -238,14 +239,15 @@ def build_optimizer(cfg: CifarConfig, model: nn.Module, net: nn.Module, device: 
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
     # msam's ascent step length alpha = ascent_step * rho (ascent_step = 1: alpha = rho, the optimizer's default)
-    ascent_lr = cfg.ascent_step * cfg.rho if cfg.optimizer == "msam" and cfg.rho > 0 else None
-    return SAM(model.parameters(), torch.optim.SGD, rule=cfg.rule, rho=cfg.rho, steps_k=cfg.steps_k,
-               ascent_lr=ascent_lr, eta_a=cfg.eta_a, asam_scope=cfg.asam_scope, bn_update=cfg.bn_update, model=net, generator=gen, **base)
+    ascent_lr = cfg.ascent_step * cfg.rho if cfg.multi_step and cfg.rho > 0 else None
+    return SAM(model.parameters(), torch.optim.SGD, rule=cfg.rule, rho=cfg.rho, steps_k=cfg.ascent_steps,
+               ascent_lr=ascent_lr, eta_a=cfg.asam_eta, asam_scope=cfg.asam_scope, bn_update=cfg.bn_update, model=net,
+               generator=gen, **base)
 
 
 def describe(cfg: CifarConfig, data: TrainData, rt: Runtime) -> str:
     return (f"{cfg.dataset} WRN-{cfg.depth}-{cfg.width} {cfg.optimizer} (rule "
-            f"{cfg.rule if cfg.optimizer != 'sgd' else '-'}, rho {cfg.rho}, k {cfg.steps_k}) | {len(data.y_train)} "
+            f"{cfg.rule or '-'}, rho {cfg.rho}, k {cfg.ascent_steps}) | {len(data.y_train)} "
             f"train / {len(data.y_test)} test | noise {cfg.label_noise} | device {rt.device} x{rt.dd.world} | "
             f"{data.steps} steps/epoch")
 
@@ -379,23 +381,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=tuple(NUM_CLASSES), default=None, help=f"(default {f['dataset']})")
     p.add_argument("--data-dir", default=None,
                    help="directory with cifar-10-python.tar.gz / cifar-10-batches-py/ (or the CIFAR-100 ones)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="msam = multi-step SAM (default sam)")
+    p.add_argument("--optimizer", choices=registry.optimizers("cifar"), default=None,
+                   help="msam = multi-step SAM (default sam)")
     p.add_argument("--rho", type=float, default=None,
                    help="radius, used as given (default 0.05/0.1 SAM, 0.5/1.0 ASAM for C10/C100; with --norm inf the "
                         "per-coordinate radius 0.05/sqrt(D) resp. 0.1/sqrt(D), D = the WRN's parameter count, so the "
                         "perturbation's L2 size matches SAM's: ~8.3e-6/1.7e-5 on WRN-28-10)")
     p.add_argument("--norm", choices=("2", "inf"), default=None, help="SAM's norm p (sam/msam)")
-    p.add_argument("--steps-k", type=int, default=None, help="ascent steps of multi-step SAM (msam; default 2)")
+    p.add_argument("--ascent-steps", type=int, default=None, help="ascent steps of multi-step SAM (msam; default 2)")
+    p.add_argument("--steps-k", dest="ascent_steps", type=int, default=None, action=deprecated_flag("--ascent-steps"),
+                   help="deprecated spelling of --ascent-steps")
     p.add_argument("--ascent-step", type=float, default=None,
                    help="msam: length of each ascent step after the first, as a multiple of rho (> 0, default 1)")
     p.add_argument("--m-sharpness", type=int, default=None, help="chunk size m for m-sharpness (0 = off)")
     p.add_argument("--bn-update", choices=BN_UPDATES, default=None,
                    help="m-sharpness: BatchNorm running stats updated by every chunk's clean pass (per_chunk, "
                         "default) or by the first chunk's only (per_step)")
-    p.add_argument("--eta-a", type=float, default=None, help="ASAM's eta")
+    p.add_argument("--asam-eta", type=float, default=None, help="ASAM's offset eta in T = |w| + eta (default 0.01)")
+    p.add_argument("--eta-a", dest="asam_eta", type=float, default=None, action=deprecated_flag("--asam-eta"),
+                   help="deprecated spelling of --asam-eta")
     p.add_argument("--asam-scope", choices=ASAM_SCOPES, default=None,
                    help="tensors ASAM scales by |w| + eta: weights (dim > 1, default), weights_and_bn (plus "
-                        "BatchNorm's gamma: the official ASAM code), all (every tensor; with --eta-a 0 davda54/sam)")
+                        "BatchNorm's gamma: the official ASAM code), all (every tensor; with --asam-eta 0 davda54/sam)")
     p.add_argument("--label-noise", type=float, default=None, help="symmetric label-noise rate in [0, 1]")
     p.add_argument("--epochs", type=int, default=None, help="training epochs")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (split over DDP processes)")

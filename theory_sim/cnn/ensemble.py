@@ -43,12 +43,12 @@ from theory_sim.config import (
     check_choice,
     device_of,
 )
+from theory_sim.sam import registry
 from theory_sim.sam.perturbation import (
     group_norm,
 )
 
 STATES = ("auto", "coefficients", "weights")
-SPAN_LEAVING_RULES = ("sam_inf", "asam")  # eps depends on W coordinate-wise: weight space only
 
 def check_ensemble(configs) -> None:
     if not configs:
@@ -114,14 +114,19 @@ class Ensemble:
     overrides exactly those."""
 
     state = "coefficients"
-    RULES = ("sam", "usam", "msam", "randsam")  # the rules whose eps this representation can apply
+    leaves_span = False   # applies only the rules whose eps stays in the span of the data basis (Rule.in_span)
+
+    @classmethod
+    def supported_rules(cls) -> tuple[str, ...]:
+        """The rules whose eps this representation can apply (read off theory_sim.sam.registry)."""
+        return registry.rules(cnn=True, in_span=None if cls.leaves_span else True)
 
     def __init__(self, configs: list[SimConfig]):
         check_ensemble(configs)
         c0 = self.c0 = configs[0]
         self.configs = list(configs)
         self.rules = [c.rule for c in configs]
-        unsupported = sorted({r for r in self.rules if r is not None} - set(self.RULES))
+        unsupported = sorted({r for r in self.rules if r is not None} - set(self.supported_rules()))
         if unsupported:
             raise ConfigError(f"state must be 'weights' (or 'auto') for rules {unsupported}: their perturbation "
                               f"depends on W coordinate-wise and leaves the span of the data basis")
@@ -157,11 +162,12 @@ class Ensemble:
     def _init_rules(self) -> None:
         """Per-run rule parameters: which rule (``uses``), msam's K and step length, the m-sharpness chunks,
         ASAM's eta_a."""
-        self.present = tuple(r for r in ("sam", "usam", "msam", "randsam", "sam_inf", "asam") if r in self.rules)
+        self.present = tuple(r for r in registry.rules(cnn=True) if r in self.rules)
         self.uses = {r: torch.tensor([x == r for x in self.rules], device=self.device) for r in self.present}
-        self.ascent_steps = torch.tensor([c.ascent_steps if c.rule == "msam" else 1 for c in self.configs],
+        multi = [c.rule is not None and registry.RULES[c.rule].multi_step for c in self.configs]
+        self.ascent_steps = torch.tensor([c.ascent_steps if k else 1 for c, k in zip(self.configs, multi)],
                                          device=self.device)
-        self.ascent_step = self.vector([c.ascent_step if c.rule == "msam" else 1.0 for c in self.configs])
+        self.ascent_step = self.vector([c.ascent_step if k else 1.0 for c, k in zip(self.configs, multi)])
         self.asam_eta = self.vector([c.asam_eta for c in self.configs])
         chunk = [c.chunk_size for c in self.configs]
         self.C = max(self.B // M for M in chunk)       # chunks per batch of the most finely chunked run
@@ -331,7 +337,7 @@ class WeightEnsemble(Ensemble):
     A is still accumulated from the update coefficients (exact: every update lies in the span), for the tracker."""
 
     state = "weights"
-    RULES = ("sam", "usam", "msam", "randsam", "sam_inf", "asam")
+    leaves_span = True    # every rule, also those whose eps depends on W coordinate-wise
 
     def _init_state(self) -> None:
         self.W = self.init.W.clone()
@@ -402,7 +408,7 @@ def choose_state(configs: list[SimConfig], state: str = "auto") -> str:
         return state
     c0 = configs[0]
     columns = 1 + c0.n * (1 if c0.noise_patches == "shared" else c0.P - 1)
-    leaves = any(c.rule in SPAN_LEAVING_RULES for c in configs)
+    leaves = any(c.rule is not None and not registry.RULES[c.rule].in_span for c in configs)
     return "weights" if leaves or columns > c0.d else "coefficients"
 
 

@@ -95,6 +95,7 @@ def asam_rule(ens, batch, grad, radius, step) -> Perturbation:
     return _as_perturbation(ens, batch, eps)
 
 
+# one function per CNN rule of theory_sim.sam.registry (tests/test_registry.py checks the two lists agree)
 RULE_FUNCTIONS = {"sam": sam_rule, "usam": usam_rule, "msam": msam_rule, "randsam": randsam_rule,
                   "sam_inf": sam_inf_rule, "asam": asam_rule}
 

@@ -40,8 +40,6 @@ from theory_sim.config import (
     MODELS,
     NOISE_PATCHES,
     NORMS,
-    OPTIMIZERS,
-    OPTIMIZER_ONLY_FIELDS,
     ConfigError,
     SimConfig,
     inapplicable,
@@ -55,6 +53,7 @@ from theory_sim.io import (
     write_json,
 )
 from theory_sim.resources import add_force_arguments
+from theory_sim.sam import registry
 
 # CLI flag -> SimConfig field, for the options that map one to one
 FIELD_FLAGS = {
@@ -70,12 +69,11 @@ FIELD_FLAGS = {
     "depth": "depth", "width": "width",
 }
 
-# rule options -> the optimizers they apply to (the table lives in theory_sim.config). A flag given for another
-# optimizer is refused unless its value is the field's default (which means "no effect"); SimConfig itself accepts
-# and ignores them, so a sweep can set one value for all its optimizer variants.
-RULE_OPTIONS = OPTIMIZER_ONLY_FIELDS
+# Rule options (theory_sim.config.inapplicable, read off the rule registry theory_sim.sam.registry): a flag given
+# for an optimizer it does not apply to is refused unless its value is the field's default (which means "no
+# effect"); SimConfig itself accepts and ignores them, so a sweep can set one value for all its optimizer variants.
 
-# schedule options -> the lr schedules they apply to (refused for the others, like RULE_OPTIONS)
+# schedule options -> the lr schedules they apply to (refused for the others, like the rule options)
 SCHEDULE_OPTIONS = {"lr_warmup": ("linear_warmup_cosine",), "lr_step_gamma": ("step",), "lr_step_every": ("step",)}
 
 SEEDS_FORMS = "a count N >= 1 (seeds 0..N-1), a range A-B with 0 <= A <= B, or a list A,B,C of distinct integers >= 0"
@@ -128,7 +126,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The SimConfig options (shared by ``simulate`` and the studies). Defaults come from SimConfig / the preset."""
     p.add_argument("--preset", choices=("c23", "kou2023"), default="c23",
                    help="defaults to start from: c23 (docs/science.md §1-3) or kou2023 (the [K23] public script)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS,
+    p.add_argument("--optimizer", choices=registry.optimizers("cnn"),
                    help="sgd, or a SAM-family rule (docs/science.md §3.2): sam (tau g/||g||, or tau sign(g) with "
                         "--norm inf), usam (tau g), randsam (tau z/||z||, z ~ N(0, I)), msam (--ascent-steps "
                         "projected ascent steps), asam (tau T^2 g/||T g||, T = |w| + --asam-eta)"),

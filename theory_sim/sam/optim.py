@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from theory_sim.config import check_choice, check_float, check_int
+from theory_sim.sam import registry
 from theory_sim.sam.perturbation import RULES, ascent_step, perturbation
 
 Closure = Callable[[], torch.Tensor]
@@ -154,8 +155,10 @@ class SAM(torch.optim.Optimizer):
         check_float("eta_a", eta_a, lo=0.0)
         check_choice("asam_scope", asam_scope, ASAM_SCOPES)
         check_choice("bn_update", bn_update, BN_UPDATES)
-        if steps_k > 1 and rule not in ("sam", "sam_inf"):
-            raise ValueError(f"steps_k > 1 (multi-step SAM) needs rule 'sam' or 'sam_inf', got rule={rule!r}")
+        multi = registry.torch_rules(multi_step=True)
+        if steps_k > 1 and rule not in multi:
+            raise ValueError(f"steps_k > 1 (multi-step SAM) needs rule {' or '.join(map(repr, multi))}, got "
+                             f"rule={rule!r}")
         if bn_update == "per_step" and model is None:
             raise ValueError("bn_update='per_step' needs model= (the optimizer must reach the BatchNorm layers)")
         super().__init__(params, dict(rho=rho, eta_a=eta_a, asam_scope=asam_scope, ascent_lr=ascent_lr,

@@ -23,7 +23,9 @@ from typing import Sequence
 
 import torch
 
-RULES = ("sam", "sam_inf", "asam", "randsam")
+from theory_sim.sam import registry
+
+RULES = registry.torch_rules()   # the rules ``perturbation`` builds (theory_sim.sam.registry)
 
 
 def expand_runs(x: torch.Tensor | float, like: torch.Tensor, batch_dims: int = 1) -> torch.Tensor | float:
