@@ -286,3 +286,15 @@ def test_sigkill_of_the_sweep_parent_leaves_no_worker(tmp_path):
     while time.time() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.1)
     assert not any(_alive(w) for w in workers), "pool workers outlived their killed parent"
+
+
+def test_cell_seed_arrays_of_one_table_share_their_cells():
+    """A value that is NaN in every seed of a cell (a growth exponent no run could fit) keeps that cell's row, so
+    the arrays of one table line up (a late-phase table once failed on exactly this)."""
+    from theory_sim.sweeps.trajectory_claims import cell_seed_array
+    runs = pd.DataFrame({"d": [100, 100, 400, 400], "mu_norm": [1.0, 1.0, 1.0, 1.0], "seed": [0, 1, 0, 1],
+                         "a": [1.0, 2.0, 3.0, 4.0], "b": [np.nan, np.nan, 5.0, 6.0]})
+    cells_a, A = cell_seed_array(runs, "a", [0, 1], ["d", "mu_norm"])
+    cells_b, B = cell_seed_array(runs, "b", [0, 1], ["d", "mu_norm"])
+    assert cells_a.equals(cells_b) and A.shape == B.shape == (2, 2)
+    assert np.isnan(B[0]).all() and list(B[1]) == [5.0, 6.0] and list(A[0]) == [1.0, 2.0]

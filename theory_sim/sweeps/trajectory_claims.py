@@ -61,8 +61,14 @@ LATE_EXPONENT = 0.05
 # ---------------------------------------------------------------------------------------------------------------------
 def cell_seed_array(df: pd.DataFrame, value: str, seeds: list, keys=CELL) -> tuple[pd.DataFrame, np.ndarray]:
     """(cells, array (C, S)): ``value`` per cell and seed (NaN where a seed is missing)."""
-    pv = df.pivot_table(index=list(keys), columns="seed", values=value, aggfunc="first")
-    pv = pv.reindex(columns=seeds)
+    keys = list(keys)
+    pv = df.pivot_table(index=keys, columns="seed", values=value, aggfunc="first")
+    # every cell of df, also one whose values are all NaN (pivot_table drops it): the arrays of several values of
+    # one table then share their rows
+    present = df[keys].drop_duplicates()
+    cells = (pd.MultiIndex.from_frame(present).sort_values() if len(keys) > 1
+             else pd.Index(sorted(present[keys[0]].unique()), name=keys[0]))
+    pv = pv.reindex(index=cells, columns=seeds)
     return pv.index.to_frame(index=False), pv.to_numpy(dtype=float)
 
 
