@@ -6,13 +6,13 @@ SAM, (2) both are above SGD, (3) multi-step SAM (K = 2, 5 projected ascent steps
 generalises worse than SAM. On scikit-learn's bundled handwritten digits (theory_sim.cifar.digits; all 1,297
 training images, the 500 test images), label noise 0 / 0.2 / 0.4 (symmetric), 5 seeds, a GroupNorm WRN-10-1 with
 stage widths 8-8-16-32 (theory_sim.cifar.vmap: every optimizer's 15 runs trained as one vmapped computation), SGD
-(Nesterov 0.9, wd 5e-4, lr 0.1 with the pipeline's per-step cosine schedule to 0 [F21], batch 64, 10 epochs = 200
+(Nesterov 0.9, wd 5e-4, lr 0.1 with the pipeline's per-step cosine schedule to 0 [F21], batch 64, 4 epochs = 80
 steps) as the base of SAM (rho 0.05), Rand-SAM (0.05), msam K = 2 and 5 (0.05), ASAM (0.5). Each verdict is a paired
 difference over seeds (same seed = same init, noisy labels and batch order) with a 95% bootstrap interval; the
 theory model's answer is the same comparison on the committed sam_family_phase table (mean test error over its cells
 with d >= 3200, paired by seed).
 
-    python studies/digits_sam_family.py --out runs/digits_sam_family        (trains; ~14 min of CPU, see the report)
+    python studies/digits_sam_family.py --out runs/digits_sam_family        (trains; ~8 min of CPU, see the report)
     python studies/digits_sam_family.py --out runs/digits_sam_family --report-only   (tables -> report)
 
 Writes runs/.../summary.parquet (+ .json), figures/results/digits_sam_family/, figures/digits_sam_family.{png,md}.
@@ -36,7 +36,7 @@ OPTIMIZERS = {"sgd": dict(optimizer="sgd"), "sam": dict(optimizer="sam"), "rands
               "asam": dict(optimizer="asam")}
 NOISE = (0.0, 0.2, 0.4)
 SEEDS = 5
-BASE = dict(dataset="digits", depth=10, width=1, epochs=10, batch_size=64, lr=0.1, sharpness_samples=64)
+BASE = dict(dataset="digits", depth=10, width=1, epochs=4, batch_size=64, lr=0.1, sharpness_samples=64)
 WRN_BASE = 8
 COMPARABLE_PP = 1.0   # "comparable": the paired difference's interval lies within +-1 percentage point
 NAME = "digits_sam_family"
@@ -126,7 +126,7 @@ def figure(table: pd.DataFrame, path: Path) -> None:
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle("digits (1,297 train / 500 test), GroupNorm WRN-10-1 (8-8-16-32), 10 epochs (200 steps), "
+    fig.suptitle("digits (1,297 train / 500 test), GroupNorm WRN-10-1 (8-8-16-32), 4 epochs (80 steps), "
                  "5 seeds: mean +- 1.96 se")
     fig.tight_layout()
     save_figure(fig, path)
