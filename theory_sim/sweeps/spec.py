@@ -381,7 +381,7 @@ class SweepSpec:
         base = dict(self.base)
         axes = {a.name: a.values for a in self.axes}
         order = [a for a in (*CORE_AXES[:-1], *self.extra_axes, "mu_norm") if a in axes]
-        runs = []
+        runs, run_key = [], self.run_key   # a property: once, not per run
         for o in self.optimizers:
             for combo in product(*(axes[a] for a in order)):
                 cell = dict(zip(order, combo))
@@ -401,7 +401,7 @@ class SweepSpec:
                     seed = self.seed_offset + s
                     data_seed = None if words is None else _cell_seed(cell, seed, words)
                     cfg = proto.with_seeds(seed, data_seed)
-                    key = tuple(o.label if k == "label" else getattr(cfg, k) for k in self.run_key)
+                    key = tuple(o.label if k == "label" else getattr(cfg, k) for k in run_key)
                     runs.append((key, cfg))
         return runs
 
