@@ -153,13 +153,17 @@ def main() -> None:
               "False); run with --device cpu", file=sys.stderr)
         sys.exit(2)
 
+    t0 = time.perf_counter()
     spec = SweepSpec.from_toml(args.spec)
+    t_spec = time.perf_counter() - t0   # paid by the sweep's main process and by each worker (per-process overhead)
     if device.type == "cuda":
         spec, args.workers = with_device(spec, "cuda"), 1   # one process drives the GPU
     runs = spec.runs
     dtype = getattr(torch, runs[0][1].dtype)
     print(f"{spec.name}: {len(runs)} runs in {len(spec.chunks())} chunks, {args.workers} workers, {device}; "
           f"torch {torch.__version__}")
+    print(f"spec expansion (validated configs of every run): {t_spec:.1f} s, once in the main process and once in "
+          f"each worker")
 
     # the naive baseline: a sample of the grid's runs, each an nn.Module trained by torch.optim, one at a time
     rng = np.random.default_rng(0)

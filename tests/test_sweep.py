@@ -430,3 +430,22 @@ def test_ignored_parameters_do_not_change_a_run():
         assert np.all(same == same[0]), opt
         if opt != "sgd":
             assert res.train_loss.iloc[-1] != same[0], opt
+
+
+def test_with_seeds_is_replace_with_the_seed_checks():
+    """A sweep builds each cell's replicates with SimConfig.with_seeds (checks seed and data_seed only): the same
+    config as replace(), which re-validates everything; a seed out of range is still refused."""
+    from theory_sim.config import SimConfig
+
+    proto = SimConfig.preset("kou2023", d=300, mu_norm=2.5, n_test=0)
+    for seed, data_seed in ((0, None), (7, 123), (2**63 - 1, 0)):
+        new = proto.with_seeds(seed, data_seed)
+        assert new == proto.replace(seed=seed, data_seed=data_seed)
+        assert new.to_dict() == proto.replace(seed=seed, data_seed=data_seed).to_dict()
+    assert proto.with_seeds(3, None) != proto.with_seeds(4, None)
+    assert proto.seed == 0 and proto.data_seed is None   # the prototype is unchanged
+    for bad in (-1, 2**63, 1.5, True):
+        with pytest.raises(ConfigError, match="seed"):
+            proto.with_seeds(bad, None)
+        with pytest.raises(ConfigError, match="data_seed"):
+            proto.with_seeds(0, bad)

@@ -303,6 +303,17 @@ class SimConfig:
     def replace(self, **changes: Any) -> "SimConfig":
         return replace(self, **changes)
 
+    def with_seeds(self, seed: int, data_seed: int | None) -> "SimConfig":
+        """``replace(seed=seed, data_seed=data_seed)`` that checks only these two fields: no other check reads them,
+        and every other field is this (validated) config's. A sweep makes each cell's replicates from one validated
+        prototype; 100,000 full ``__post_init__`` runs took a large part of a spec's expansion."""
+        check_int("seed", seed, 0, 2**63 - 1)
+        if data_seed is not None:
+            check_int("data_seed", data_seed, 0, 2**63 - 1)
+        new = object.__new__(SimConfig)
+        new.__dict__.update(self.__dict__, seed=seed, data_seed=data_seed)  # frozen: bypass __setattr__, as replace
+        return new
+
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]

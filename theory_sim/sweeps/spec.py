@@ -381,7 +381,7 @@ class SweepSpec:
         base = dict(self.base)
         axes = {a.name: a.values for a in self.axes}
         order = [a for a in (*CORE_AXES[:-1], *self.extra_axes, "mu_norm") if a in axes]
-        runs = []
+        runs, run_key = [], self.run_key   # a property: once, not per run
         for o in self.optimizers:
             for combo in product(*(axes[a] for a in order)):
                 cell = dict(zip(order, combo))
@@ -396,11 +396,12 @@ class SweepSpec:
                     proto = SimConfig.preset(self.preset, **settings)
                 except ConfigError as exc:
                     raise ConfigError(f"optimizer {o.label!r} at {cell}: {exc}") from None
+                words = None if self.cell_seeding == "shared" else _cell_words(cell)  # once per cell, not per seed
                 for s in range(self.seeds):
                     seed = self.seed_offset + s
-                    data_seed = None if self.cell_seeding == "shared" else _cell_seed(cell, seed)
-                    cfg = proto.replace(seed=seed, data_seed=data_seed)
-                    key = tuple(o.label if k == "label" else getattr(cfg, k) for k in self.run_key)
+                    data_seed = None if words is None else _cell_seed(cell, seed, words)
+                    cfg = proto.with_seeds(seed, data_seed)
+                    key = tuple(o.label if k == "label" else getattr(cfg, k) for k in run_key)
                     runs.append((key, cfg))
         return runs
 
@@ -566,11 +567,18 @@ class SweepSpec:
         return cls.from_dict(d, name=path.stem)
 
 
-def _cell_seed(cell: dict, seed: int) -> int:
+def _cell_words(cell: dict) -> list[int]:
+    """The four 32-bit words of the hash of a cell's values that seed its replicates' data (``_cell_seed``)."""
+    return [int(w) for w in np.frombuffer(hashlib.sha256(json.dumps(cell, sort_keys=True).encode()).digest()[:16],
+                                          dtype=np.uint32)]
+
+
+def _cell_seed(cell: dict, seed: int, words: list[int] | None = None) -> int:
     """The data seed of replicate ``seed`` in one cell (independent cell seeding): a hash of the cell's values, so
-    every optimizer of the cell sees the same data (paired comparisons) while cells are independent."""
-    words = np.frombuffer(hashlib.sha256(json.dumps(cell, sort_keys=True).encode()).digest()[:16], dtype=np.uint32)
-    return int(np.random.SeedSequence([int(seed), *map(int, words)]).generate_state(1, np.uint64)[0] >> 1)
+    every optimizer of the cell sees the same data (paired comparisons) while cells are independent. ``words``:
+    ``_cell_words(cell)`` when the caller has it already."""
+    words = _cell_words(cell) if words is None else words
+    return int(np.random.SeedSequence([int(seed), *words]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def log_spaced(axis: Axis | None) -> bool:

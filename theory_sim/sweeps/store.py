@@ -67,8 +67,14 @@ def load_spec(out: Path) -> SweepSpec:
         path = Path(out) / name
         if path.exists():
             st = path.stat()
-            return _load_spec_file(str(path.resolve()), st.st_mtime_ns, st.st_size)
+            ident = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+            return _PREPARED.get(ident) or _load_spec_file(*ident)
     raise ConfigError(f"DIR must be a sweep directory holding spec.json or results.json; neither is in {out}")
+
+
+# spec.json -> the spec ``prepare`` wrote or checked it against, in this process: the sweep's own verify and figures
+# then reuse the expanded spec instead of expanding it again (identity as in load_spec: a rewrite is a miss)
+_PREPARED: dict[tuple, SweepSpec] = {}
 
 
 @functools.lru_cache(maxsize=8)
@@ -111,6 +117,9 @@ def prepare(spec: SweepSpec, out: Path) -> None:
             raise ConfigError(f"{out} already holds sweep output ({', '.join(found)}) but no spec.json or "
                               f"results.json saying which spec made it; use a new --out directory")
         write_json(path, {"spec": spec.to_dict(), "digest": spec.digest(), "layout": LAYOUT, **provenance()})
+    if _read_json(path).get("spec") == json.loads(json.dumps(spec.to_dict())):  # spec.json holds exactly this spec
+        st = path.stat()
+        _PREPARED[(str(path.resolve()), st.st_mtime_ns, st.st_size)] = spec
     remove_stale_temp_files(out)
 
 
