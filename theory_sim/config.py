@@ -57,7 +57,7 @@ from dataclasses import dataclass, fields, replace  # noqa: E402
 # sam_steps schedule)
 OPTIMIZERS = ("sgd", "sam", "usam", "randsam", "msam", "asam")
 NORMS = ("2", "inf")
-MODELS = ("c23", "kou2023")
+MODELS = ("c23", "kou2023", "deep")  # deep: theory_sim.cnn.deep, docs/science.md §2.5
 NOISE_PATCHES = ("shared", "independent")
 DTYPES = ("float64", "float32")
 # eta(t) over the run's planned steps (theory_sim.cnn.schedule, docs/science.md §3.5)
@@ -99,7 +99,7 @@ MAX_P = 2**24
 # rule options ascent_steps, ascent_step, m_sharpness, norm, asam_eta) may differ from run to run inside one
 # ensemble: the trainer applies each run's own rule, and an SGD run is a run of radius 0 (eps = 0 under every rule).
 STRUCTURAL_FIELDS = ("d", "n", "P", "m", "model", "noise_patches", "project_noise", "batch_size", "epochs",
-                     "dtype", "device", "log_every", "n_test", "n_mc", "trajectory_mc")
+                     "dtype", "device", "log_every", "n_test", "n_mc", "trajectory_mc", "depth", "width")
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,8 @@ class SimConfig:
     m_sharpness: int = 0
     norm: str = "2"
     asam_eta: float = 0.01
+    depth: int = 2      # model "deep": layers L (2 = the c23 network), and units of each hidden layer
+    width: int = 10
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -220,6 +222,8 @@ class SimConfig:
                               f"(every chunk holds m_sharpness samples), got {self.m_sharpness}")
         check_choice("norm", self.norm, NORMS)
         check_float("asam_eta", self.asam_eta, 0.0)
+        check_int("depth", self.depth, 2, 8)
+        check_int("width", self.width, 1, 1024)
 
     @property
     def rule(self) -> str | None:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from theory_sim.cifar.data import NUM_CLASSES
+from theory_sim.cifar.data import MEAN, NUM_CLASSES
 from theory_sim.cifar.errors import ResumeMismatchError
 from theory_sim.cifar.wrn import WideResNet
 from theory_sim.config import ConfigError, check_choice, check_float, check_int
@@ -17,13 +17,14 @@ OPTIMIZERS = ("sgd", "sam", "asam", "randsam", "msam")
 # These are L2 radii. --norm inf (sam_inf) defaults to the per-coordinate radius DEFAULT_RHO["sam"] / sqrt(D), D = the
 # WRN's parameter count (``default_rho``): its perturbation rho_inf sign(g) then has the L2 size of SAM's (rho_inf *
 # sqrt(D) = rho_2), where reusing 0.05 per coordinate would be an L2 step of ~300 on a WRN-28-10 (D = 36.5M).
-DEFAULT_RHO = {"sam": {"cifar10": 0.05, "cifar100": 0.1}, "asam": {"cifar10": 0.5, "cifar100": 1.0}}
+DEFAULT_RHO = {"sam": {"cifar10": 0.05, "cifar100": 0.1, "digits": 0.05},
+               "asam": {"cifar10": 0.5, "cifar100": 1.0, "digits": 0.5}}   # digits: CIFAR-10's (the package's choice)
 
 
 def wrn_num_params(depth: int, width: int, dataset: str) -> int:
     """Parameter count of the run's WRN-depth-width (built on the meta device: no memory, no time)."""
     with torch.device("meta"):
-        model = WideResNet(depth, width, NUM_CLASSES[dataset])
+        model = WideResNet(depth, width, NUM_CLASSES[dataset], in_channels=len(MEAN[dataset]))
     return sum(p.numel() for p in model.parameters())
 
 

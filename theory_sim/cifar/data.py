@@ -29,9 +29,12 @@ from theory_sim.config import ConfigError, check_float, check_int
 from theory_sim.io import atomic_write_bytes
 
 # per-channel mean/std of the CIFAR training images in [0, 1] (the values every PyTorch port uses)
-MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
-STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409), "digits": (0.3053,)}
+STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762), "digits": (0.3760,)}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
+# digits (theory_sim.cifar.digits): scikit-learn's bundled 8x8 images, grey, no augmentation; its MEAN/STD are
+# those of all 1,797 images in [0, 1]
+AUGMENT = {"cifar10": True, "cifar100": True, "digits": False}
 
 # dataset -> (archive name, folder inside it, train members, test member, label key)
 LAYOUT = {
@@ -173,6 +176,16 @@ def load_cifar(dataset: str, data_dir: str | os.PathLike) -> CifarArrays:
     return CifarArrays(x_train, y_train, x_test, y_test, NUM_CLASSES[dataset])
 
 
+def load_dataset(dataset: str, data_dir: str | os.PathLike) -> CifarArrays:
+    """Any dataset of the pipeline: CIFAR from ``data_dir`` (``load_cifar``), or the digits bundled with
+    scikit-learn (``theory_sim.cifar.digits``; ``data_dir`` is not read)."""
+    if dataset == "digits":
+        from theory_sim.cifar.digits import load_digits_arrays
+
+        return CifarArrays(*load_digits_arrays(), NUM_CLASSES["digits"])
+    return load_cifar(dataset, data_dir)
+
+
 def write_synthetic_cifar(root: str | os.PathLike, dataset: str = "cifar10", n_train: int = 500, n_test: int = 100,
                           seed: int = 0, archive: bool = False) -> Path:
     """Write a small learnable stand-in for CIFAR in the exact on-disk format of the real dataset (python pickle
@@ -243,9 +256,9 @@ class Augment:
                  flip: bool = True):
         check_int("cutout", cutout, lo=0, hi=32)
         self.device = torch.device(device)
-        self.mean = torch.tensor(MEAN[dataset], device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(STD[dataset], device=self.device).view(1, 3, 1, 1)
-        self.cutout, self.crop, self.flip = cutout, crop, flip
+        self.mean = torch.tensor(MEAN[dataset], device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(STD[dataset], device=self.device).view(1, -1, 1, 1)
+        self.cutout, self.crop, self.flip = cutout, crop and AUGMENT[dataset], flip and AUGMENT[dataset]
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 

@@ -52,7 +52,7 @@ from theory_sim.cifar.data import (
     NUM_CLASSES,
     Augment,
     epoch_indices,
-    load_cifar,
+    load_dataset,
     symmetric_label_noise,
     write_synthetic_cifar,
 )
@@ -123,7 +123,8 @@ def train(cfg: CifarConfig, out: str | Path, *, resume: bool = False, stop_after
     torch.manual_seed(cfg.seed)
     data = prepare_data(cfg, out, rt, fresh=ckpt is None)
 
-    model = WideResNet(cfg.depth, cfg.width, data.num_classes, cfg.dropout).to(rt.device, memory_format=rt.mem_fmt)
+    model = WideResNet(cfg.depth, cfg.width, data.num_classes, cfg.dropout, in_channels=data.x_train.shape[1]).to(
+        rt.device, memory_format=rt.mem_fmt)
     net = wrap_ddp(model, rt.dd, rt.device)
     if cfg.compile:
         net = torch.compile(net)
@@ -197,7 +198,7 @@ def prepare_data(cfg: CifarConfig, out: Path, rt: Runtime, fresh: bool) -> Train
     """Load the dataset (the first n_train / n_test images), noise the train labels, check the batch fits, write the
     run's sidecar files (fresh runs, main process) and move everything to the device as uint8."""
     dd = rt.dd
-    arr = load_cifar(cfg.dataset, cfg.data_dir)
+    arr = load_dataset(cfg.dataset, cfg.data_dir)
     x_tr, y_tr, x_te, y_te = arr.x_train, arr.y_train, arr.x_test, arr.y_test
     for name, n, have in (("n_train", cfg.n_train, len(y_tr)), ("n_test", cfg.n_test, len(y_te))):
         if n > have:   # slicing would silently use fewer images than asked for

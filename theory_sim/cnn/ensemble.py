@@ -30,7 +30,8 @@ from theory_sim.cnn.data import (
     generate_for,
     run_rng,
 )
-from theory_sim.cnn.model import Gradient, Params, TwoLayerCNN
+from theory_sim.cnn.deep import network_for
+from theory_sim.cnn.model import Gradient, Params
 from theory_sim.cnn.schedule import lr_factors
 from theory_sim.cnn.test_error import (
     noise_gram,
@@ -126,7 +127,7 @@ class Ensemble:
                               f"depends on W coordinate-wise and leaves the span of the data basis")
         self.dtype, self.device = getattr(torch, c0.dtype), device_of(c0.device)
         self.R, self.n, self.B, self.m = len(configs), c0.n, c0.batch_size, c0.m
-        self.net = TwoLayerCNN.for_config(c0)
+        self.net = network_for(c0)
         self.data = data = generate_for(configs, dtype=self.dtype, device=self.device)
         self.init = self.net.init([c.rng_seed for c in configs], [c.sigma_0 for c in configs], c0.d, self.dtype,
                                   self.device)
@@ -202,11 +203,11 @@ class Ensemble:
     def outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """f on the whole training set at the current W (R, n), and the noise pre-activations (R, 2, m, n, K)."""
         sig, z = self.preactivations(self.projections(), self.b, self.data.yhat)
-        return self.net.output_from_preactivations(sig, z, self.mult), z
+        return self.net.output_from_preactivations(sig, z, self.mult, self.b), z
 
     def gradient(self, batch: StepBatch, proj: torch.Tensor, bias) -> Gradient:
-        return self.net.gradient(*self.preactivations(proj, bias, batch.yhat, batch.mu_norm), batch.y, batch.yhat,
-                                 batch.mu_norm, self.mult, bias is not None, batch.weights)
+        mu_norm = self.data.mu_norm if batch.mu_norm is None else batch.mu_norm
+        return self.net.batch_gradient(proj, bias, batch.y, batch.yhat, mu_norm, self.K, self.mult, batch.weights)
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
         """(U, 1 + BK): e_1 and the noise vectors of the batch samples ``idx`` (U, B)."""
@@ -424,7 +425,8 @@ class RandSamDraws:
         self.normal = {r: randsam_generator(ens.configs[r].rng_seed) for r in self.runs}
         self.chi2 = {r: run_rng(ens.configs[r].rng_seed, STREAM_RANDSAM) for r in self.runs}
         self.next_block = 0   # coefficient space: the first step of the next block the generators will draw
-        self.bias = ens.init.b is not None
+        self.bias = ens.init.b is not None   # z covers every parameter: biases, or the deep model's hidden weights
+        self.extra_shape = () if ens.init.b is None else tuple(ens.init.b.shape[1:])
         self.block_start, self.block = None, None
 
     def coefficient_draws(self, step: int, c: int):
@@ -446,7 +448,7 @@ class RandSamDraws:
         dof = 2 * ens.m * max(ens.c0.d - c, 0)
         e = torch.zeros(ens.R, S, 2, ens.m, c, dtype=ens.dtype)
         chi2 = torch.zeros(ens.R, S, dtype=ens.dtype)
-        zb = torch.zeros(ens.R, S, 2, ens.m, dtype=ens.dtype) if self.bias else None
+        zb = torch.zeros(ens.R, S, *self.extra_shape, dtype=ens.dtype) if self.bias else None
         for r in self.runs:
             torch.randn(e.shape[1:], generator=self.normal[r], dtype=ens.dtype, out=e[r])
             if zb is not None:
@@ -460,7 +462,7 @@ class RandSamDraws:
         """z (R, 2, m, d) and z_b (R, 2, m) or None, one step's worth from every Rand-SAM run's generator."""
         ens = self.ens
         z = torch.zeros(ens.R, 2, ens.m, ens.c0.d, dtype=ens.dtype)
-        zb = torch.zeros(ens.R, 2, ens.m, dtype=ens.dtype) if self.bias else None
+        zb = torch.zeros(ens.R, *self.extra_shape, dtype=ens.dtype) if self.bias else None
         for r in self.runs:
             torch.randn(z.shape[1:], generator=self.normal[r], dtype=ens.dtype, out=z[r])
             if zb is not None:

@@ -101,6 +101,7 @@ class TwoLayerCNN:
         self.bias = model == "kou2023"
         self.a_f = 1.0 if model == "kou2023" else 1.0 / m
         self.a_p = 1.0 / P if model == "kou2023" else 1.0
+        self.extra_is_weight = False   # Params.b holds biases (ASAM does not rescale them)
 
     @classmethod
     def for_config(cls, cfg) -> "TwoLayerCNN":
@@ -153,7 +154,10 @@ class TwoLayerCNN:
         return self.preactivations_from_projections(self.projections(params, data), params.b, data.mu_norm,
                                                     data.yhat, data.K)
 
-    def output_from_preactivations(self, sig: torch.Tensor, z: torch.Tensor, mult: int) -> torch.Tensor:
+    def output_from_preactivations(self, sig: torch.Tensor, z: torch.Tensor, mult: int,
+                                   b: torch.Tensor | None = None) -> torch.Tensor:
+        """f from the pre-activations (their biases already added: ``b`` is used by the deep model only, whose
+        ``b`` slot holds the hidden weights, theory_sim.cnn.deep)."""
         # one noise patch (K = 1) sums to itself and mult = 1 scales by nothing: skipping those passes over the
         # (R, 2, m, n K) pre-activations leaves every value as it was
         noise = torch.relu(z)
@@ -167,7 +171,30 @@ class TwoLayerCNN:
     def output(self, params: Params, data: Batch) -> torch.Tensor:
         """f(W, x_i) for every run and sample: (R, n)."""
         sig, z = self.preactivations(params, data)
-        return self.output_from_preactivations(sig, z, data.noise_multiplicity)
+        return self.output_from_preactivations(sig, z, data.noise_multiplicity, params.b)
+
+    def output_parts(self, sig: torch.Tensor, z: torch.Tensor, mult: int,
+                     b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """f split over patches (R, n) each: the signal patch's contribution and the noise patches' (f is their
+        sum: the network is a sum over patches). What theory_sim.cnn.memorization reads."""
+        scale = self.a_f * self.a_p
+        fs = scale * torch.relu(sig).sum(2)                                       # (R, 2, n)
+        fn = scale * mult * torch.relu(z).sum(-1).sum(2)
+        return fs[:, 0] - fs[:, 1], fn[:, 0] - fn[:, 1]
+
+    def last_layer(self, pre: torch.Tensor, b: torch.Tensor | None, inplace: bool = False) -> torch.Tensor:
+        """The pre-activations (..., 2, m) of the units the fixed output sums, from the first layer's bias-free ones
+        (..., 2, m) and ``b`` broadcast to them: the bias added (the deep model applies its hidden layers).
+        ``inplace``: add the bias into ``pre`` (the caller's buffer, no copy)."""
+        if b is None:
+            return pre
+        return pre.add_(b) if inplace else pre + b
+
+    def batch_gradient(self, proj: torch.Tensor, b: torch.Tensor | None, y: torch.Tensor, yhat: torch.Tensor,
+                       mu_norm: torch.Tensor, K: int, mult: int, weights: torch.Tensor | None = None) -> Gradient:
+        """The gradient at the projections ``proj`` (and ``b``): what the trainer's state calls."""
+        sig, z = self.preactivations_from_projections(proj, b, mu_norm, yhat, K)
+        return self.gradient(sig, z, y, yhat, mu_norm, mult, b is not None, weights)
 
     def loss(self, params: Params, data: Batch) -> torch.Tensor:
         """(R,) mean logistic loss L_S(W) = mean_i l(y_i f(W, x_i))."""

@@ -1,12 +1,12 @@
 """The SAM family's perturbations on the two-layer CNN (docs/science.md §3.2, §8), written once against the state
 interface of ``theory_sim.cnn.ensemble`` so they serve both representations:
 
-    sam      eps = tau g / ||g||_F  (norm over the 2m filters, and biases, of THIS run)     [F21]
+    sam      eps = tau g / ||g||_F  (norm over the 2m filters, and biases or hidden weights, of THIS run)  [F21]
     sam, norm="inf"   eps = tau sign(g)                                                      [F21]
     usam     eps = tau g                                                                     unnormalised SAM
     randsam  eps = tau z / ||z||, z ~ N(0, I) fresh every step                               [T24]
     msam     K projected normalised-gradient ascent steps in the tau-ball (``msam_rule``)  [T24, F21 App. C.6]
-    asam     eps = tau T^2 g / ||T g||, T = |w| + eta_a on the weights, 1 on the biases      [K21]
+    asam     eps = tau T^2 g / ||T g||, T = |w| + eta_a on the weights (hidden ones too), 1 on biases  [K21]
     m_sharpness = M: every chunk of M samples is perturbed with its own gradient; the step is the mean of the
              chunks' gradients at their own perturbed points (sam, usam, msam)                [F21]
 
@@ -90,7 +90,8 @@ def asam_rule(ens, batch, grad, radius, step) -> Perturbation:
     """ASAM [K21]: eps = tau T^2 g / ||T g||, T = |w| + eta_a on the weights, 1 on the biases (weight space only)."""
     params = [ens.W] if ens.b is None else [ens.W, ens.b]
     eps = perturbation("asam", ens.grad_tensors(batch, grad), radius, params=params,
-                       adaptive=[True, False][:len(params)], eta_a=ens.asam_eta.reshape(-1, 1, 1, 1), batch_dims=1)
+                       adaptive=[True, ens.net.extra_is_weight][:len(params)], eta_a=[ens.asam_eta.reshape(-1, *([1] * (p.dim() - 1))) for p in params],
+                       batch_dims=1)
     return _as_perturbation(ens, batch, eps)
 
 

@@ -67,6 +67,7 @@ FIELD_FLAGS = {
     "m_sharpness": "m_sharpness",
     "norm": "norm", "asam_eta": "asam_eta", "lr_schedule": "lr_schedule", "lr_warmup": "lr_warmup",
     "lr_step_gamma": "lr_step_gamma", "lr_step_every": "lr_step_every",
+    "depth": "depth", "width": "width",
 }
 
 # rule options -> the optimizers they apply to (the table lives in theory_sim.config). A flag given for another
@@ -174,6 +175,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="asam: the offset eta in T = |w| + eta on the weights (>= 0, default 0.01)")
     p.add_argument("--loss-eps", dest="loss_eps", type=float, help="stop once the training loss is <= this")
     p.add_argument("--model", choices=MODELS, help="network variant: c23 (docs/science.md §2) or kou2023 ([K23])")
+    p.add_argument("--depth", type=int, help="model deep: layers L in [2, 8] (2 is the c23 network)")
+    p.add_argument("--width", type=int, help="model deep: units of each hidden layer")
     p.add_argument("--noise-patches", dest="noise_patches", choices=NOISE_PATCHES,
                    help="the P-1 noise patches of a sample: one shared noise vector, or independent ones")
     p.add_argument("--project-noise", dest="project_noise", action=argparse.BooleanOptionalAction, default=None,

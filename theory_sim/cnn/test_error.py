@@ -131,13 +131,14 @@ def gaussian_test_error_from_gram(net: TwoLayerCNN, gram: torch.Tensor, w0: torc
         u = draws[lo:hi] if draws is not None else standard_draws(configs[lo:hi], n_mc, K, 2 * m, dtype, device)
         n_mc = u.shape[1]
         z = torch.bmm(u.reshape(hi - lo, -1, 2 * m), L[lo:hi].transpose(1, 2))   # (r, M K, 2m)
-        z = z.reshape(hi - lo, n_mc, K, 2, m).add_(b[lo:hi, None, None]).relu_()  # in place: the largest tensor
+        # + bias (in place: the largest tensor), or the deep model's hidden layers
+        z = net.last_layer(z.reshape(hi - lo, n_mc, K, 2, m), b[lo:hi, None, None], inplace=True).relu_()
         noise = scale * mult * z.sum(dim=(2, 4))                                 # (r, M, 2): per sign j
         noise_f = noise[..., 0] - noise[..., 1]                                   # (r, M)
         p = flip_p[lo:hi, None]
         e = 0.0
         for yhat in (1.0, -1.0):  # both true labels on the same draws (antithetic pairs)
-            sig = scale * torch.relu(yhat * s[lo:hi] + b[lo:hi]).sum(-1)         # (r, 2)
+            sig = scale * torch.relu(net.last_layer(yhat * s[lo:hi], b[lo:hi])).sum(-1)   # (r, 2)
             margin = yhat * ((sig[:, 0] - sig[:, 1])[:, None] + noise_f)          # (r, M)
             e = e + 0.5 * ((1 - p) * (margin <= 0).to(dtype) + p * (margin >= 0).to(dtype))
         errs.append(e.mean(1))

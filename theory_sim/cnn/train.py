@@ -28,6 +28,7 @@ from theory_sim.cnn.data import (
     Batch,
 )
 from theory_sim.cnn.ensemble import Ensemble, StepBatch, make_ensemble, select_batch
+from theory_sim.cnn.memorization import MEMORIZATION_COLUMNS, memorization_summaries
 from theory_sim.cnn.model import Gradient, Params, finite_runs, logistic_loss
 from theory_sim.cnn.rules import update_gradient
 from theory_sim.cnn.test_error import (
@@ -164,7 +165,8 @@ class TrajectoryLog:
         ens = self.ens
         proj, wwt, w0 = ens.snapshot(gram=self.draws is not None)
         sig, z = ens.preactivations(proj, ens.b, ens.data.yhat)
-        f = ens.net.output_from_preactivations(sig, z, ens.mult)
+        f = ens.net.output_from_preactivations(sig, z, ens.mult, ens.b)
+        memorized = memorization_summaries(ens.net, sig, z, ens.mult, ens.b, ens.data.y, ens.data.clean)
         cols = {"step": np.full(ens.R, step), "epoch": np.full(ens.R, epoch), "run": np.arange(ens.R),
                 "seed": [c.seed for c in ens.configs], "optimizer": [c.optimizer for c in ens.configs],
                 "train_loss": logistic_loss(ens.data.y * f).mean(1),
@@ -174,7 +176,8 @@ class TrajectoryLog:
                 "update_noise_active_frac": self.active_sum / self.active_count,  # 0/0 = NaN at step 0
                 # NaN for SGD, after the SAM -> SGD switch and at step 0 (no perturbed update since the last log)
                 "perturbed_loss": self.perturbed_sum / self.perturbed_count,
-                "perturbed_loss_gain": self.gain_sum / self.perturbed_count}
+                "perturbed_loss_gain": self.gain_sum / self.perturbed_count,
+                **memorized}
         mask = torch.as_tensor(rows, device=ens.device)
         for acc in (self.active_sum, self.active_count, self.perturbed_sum, self.gain_sum, self.perturbed_count):
             acc[mask] = 0
@@ -276,7 +279,7 @@ def final_weights(ens: Ensemble) -> Params:
     data = ens.data
     params = ens.weights()
     sig, z = ens.net.preactivations(params, data)
-    f = ens.net.output_from_preactivations(sig, z, data.noise_multiplicity)
+    f = ens.net.output_from_preactivations(sig, z, data.noise_multiplicity, params.b)
     bad = ~finite_runs(z, sig, f, *params.tensors())
     if bool(bad.any()):
         previous = ens.weights(previous=True)
@@ -308,12 +311,17 @@ def evaluate(ens: Ensemble, track: bool, heldout: bool,
         summary["test_error_heldout"] = heldout_test_error(net, params, configs, ens.c0.n_test).cpu().numpy()
     summary["bayes_error"] = [c.flip_p for c in configs]
     summary["steps"] = ens.steps_done.cpu().numpy()
+    sig, z = net.preactivations(params, data)
+    for col, value in memorization_summaries(net, sig, z, data.noise_multiplicity, params.b, data.y,
+                                             data.clean).items():
+        summary[col] = value.cpu().numpy()
     tracker = CoefficientTracker(ens.init.W, ens.A, data) if track else None
     if tracker is not None and reconstruct:  # the decomposition of docs/science.md §4, rebuilt from gamma/rho
         err = (tracker.reconstruct(data) - params.W).flatten(1).abs().amax(1)
         summary["reconstruction_error"] = (err / params.W.flatten(1).abs().amax(1)).cpu().numpy()
     summary["diverged"] = ens.diverged.cpu().numpy()
-    for col in ("train_loss", "train_acc", "test_error", "test_error_se", "test_error_heldout"):
+    for col in ("train_loss", "train_acc", "test_error", "test_error_se", "test_error_heldout",
+                *MEMORIZATION_COLUMNS):
         if col in summary:
             summary.loc[summary["diverged"], col] = np.nan
     return summary, params, tracker
