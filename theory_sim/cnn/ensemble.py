@@ -33,7 +33,7 @@ from theory_sim.cnn.data import (
 from theory_sim.cnn.deep import network_for
 from theory_sim.cnn.model import Gradient, Params
 from theory_sim.cnn.schedule import lr_factors
-from theory_sim.cnn.test_error import (
+from theory_sim.cnn.estimators import (
     noise_gram,
 )
 from theory_sim.config import (

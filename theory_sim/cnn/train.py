@@ -31,7 +31,7 @@ from theory_sim.cnn.ensemble import Ensemble, StepBatch, make_ensemble, select_b
 from theory_sim.cnn.memorization import MEMORIZATION_COLUMNS, memorization_summaries
 from theory_sim.cnn.model import Gradient, Params, finite_runs, logistic_loss
 from theory_sim.cnn.rules import update_gradient
-from theory_sim.cnn.test_error import (
+from theory_sim.cnn.estimators import (
     gaussian_test_error,
     gaussian_test_error_from_gram,
     heldout_test_error,
