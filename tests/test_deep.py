@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from theory_sim.cnn.deep import DeepCNN, network_for
-from theory_sim.cnn.ensemble import Ensemble, WeightEnsemble, randsam_generator, select_batch
+from theory_sim.cnn.ensemble import Ensemble, WeightEnsemble, select_batch
+from theory_sim.cnn.randsam import randsam_generator
 from theory_sim.cnn.memorization import memorization_summaries
 from theory_sim.cnn.model import Params
 from theory_sim.cnn.rules import update_gradient

@@ -16,10 +16,10 @@ from theory_sim.cnn.ensemble import (
     Ensemble,
     WeightEnsemble,
     make_ensemble,
-    randsam_generator,
     select_batch,
 )
 from theory_sim.cnn.model import Params
+from theory_sim.cnn.randsam import randsam_generator
 from theory_sim.cnn.reference import PatchCNN
 from theory_sim.cnn.rules import update_gradient
 from theory_sim.cnn.simulate import add_training_arguments, config_from_args
