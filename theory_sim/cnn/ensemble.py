@@ -366,14 +366,3 @@ def choose_state(configs: list[SimConfig], state: str = "auto") -> str:
     columns = 1 + c0.n * (1 if c0.noise_patches == "shared" else c0.P - 1)
     leaves = any(c.rule in SPAN_LEAVING_RULES for c in configs)
     return "weights" if leaves or columns > c0.d else "coefficients"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The rules: eps for every run of a (virtual) batch, in the ensemble's representation
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def select_batch(ens: Ensemble, epoch: int, i_batch: int) -> StepBatch:
-    """The batch of step (epoch, i_batch): every run's own permutation (None: full batch)."""
-    B = ens.B
-    return ens.batch(None if ens.perms is None else ens.perms[:, epoch, i_batch * B:(i_batch + 1) * B])
