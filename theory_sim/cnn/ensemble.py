@@ -196,6 +196,7 @@ class Ensemble:
         return torch.bmm(X.reshape(self.U, -1, X.shape[-1]), M).reshape(*X.shape[:-1], M.shape[-1])
 
     def preactivations(self, proj: torch.Tensor, bias, yhat, mu_norm=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's pre-activations (``TwoLayerCNN.preactivations_from_projections``) with this ensemble's data."""
         mu_norm = self.data.mu_norm if mu_norm is None else mu_norm
         return self.net.preactivations_from_projections(proj, bias, mu_norm, yhat, self.K)
 
@@ -205,6 +206,7 @@ class Ensemble:
         return self.net.output_from_preactivations(sig, z, self.mult, self.b), z
 
     def gradient(self, batch: StepBatch, proj: torch.Tensor, bias) -> Gradient:
+        """The model's gradient (``TwoLayerCNN.batch_gradient``, also behind its ``loss_and_grad``) on the batch."""
         mu_norm = self.data.mu_norm if batch.mu_norm is None else batch.mu_norm
         return self.net.batch_gradient(proj, bias, batch.y, batch.yhat, mu_norm, self.K, self.mult, batch.weights)
 
