@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from theory_sim.cnn.data import generate_for
-from theory_sim.cnn.ensemble import make_ensemble, select_batch
+from theory_sim.cnn.ensemble import make_ensemble
 from theory_sim.cnn.model import TwoLayerCNN
 from theory_sim.cnn.reference import train_reference
 from theory_sim.cnn.rules import update_gradient
-from theory_sim.cnn.train import apply_step, train_ensemble
+from theory_sim.cnn.train import apply_step, select_batch, train_ensemble
 from theory_sim.config import SimConfig
 
 # (label, SimConfig overrides, target ratio to SGD in coefficient space or None)

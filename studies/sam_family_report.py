@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from theory_sim.io import atomic_write_bytes
-from theory_sim.sweeps.paired import describe, paired_differences, pooled, scored_error
+from theory_sim.sweeps.cells import scored_error
+from theory_sim.sweeps.paired import describe, paired_differences, pooled
 from theory_sim.sweeps.store import load_spec, read_results
 from theory_sim.sweeps.verify import stored_summary
 

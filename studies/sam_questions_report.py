@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from theory_sim.io import atomic_write_bytes, save_figure  # noqa: E402
-from theory_sim.sweeps.paired import describe, paired_differences, pooled, scored_error  # noqa: E402
+from theory_sim.sweeps.cells import scored_error  # noqa: E402
+from theory_sim.sweeps.paired import describe, paired_differences, pooled  # noqa: E402
 from theory_sim.sweeps.store import load_spec, read_results, read_trajectories  # noqa: E402
 from theory_sim.sweeps.verify import prediction_holds  # noqa: E402
 

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from theory_sim.cnn.deep import DeepCNN, network_for
-from theory_sim.cnn.ensemble import Ensemble, WeightEnsemble, randsam_generator, select_batch
+from theory_sim.cnn.ensemble import Ensemble, WeightEnsemble
 from theory_sim.cnn.memorization import memorization_summaries
 from theory_sim.cnn.model import Params
+from theory_sim.cnn.randsam import randsam_generator
 from theory_sim.cnn.rules import update_gradient
-from theory_sim.cnn.train import apply_step, train_ensemble
+from theory_sim.cnn.train import apply_step, select_batch, train_ensemble
 from theory_sim.config import ConfigError, SimConfig
 
 BASE = SimConfig(model="deep", depth=3, width=5, d=40, n=12, batch_size=4, epochs=3, m=4, P=3, mu_norm=1.5,

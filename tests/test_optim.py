@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from theory_sim.config import ConfigError
-from theory_sim.sam.optim import SAM, disable_running_stats
+from theory_sim.sam.bn import disable_running_stats
+from theory_sim.sam.optim import SAM
 
 
 # ---- a quadratic with two parameter tensors, gradients by hand ------------------------------------------------------

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from theory_sim.cnn.model import Params, TwoLayerCNN
-from theory_sim.cnn.test_error import gaussian_test_error, heldout_test_error
+from theory_sim.cnn.estimators import gaussian_test_error, heldout_test_error
 from theory_sim.cnn.train import train_ensemble
 from theory_sim.config import SimConfig
 
@@ -94,7 +94,7 @@ def test_non_finite_runs_get_nan_and_leave_the_others_alone():
 def test_overflowing_gram_gives_nan_not_a_crash():
     """The trainer assembles W Pi W^T from small matrices; for weights near the dtype's limit it overflows to inf.
     Those rows are NaN, and a signal strength beyond the dtype (inf * w_1) is NaN rather than a silent 0."""
-    from theory_sim.cnn.test_error import gaussian_test_error_from_gram, noise_gram
+    from theory_sim.cnn.estimators import gaussian_test_error_from_gram, noise_gram
 
     cfg = SimConfig(d=30, m=3, P=2, n_mc=500)
     net = TwoLayerCNN.for_config(cfg)
@@ -111,7 +111,7 @@ def test_overflowing_gram_gives_nan_not_a_crash():
 
 def test_eigh_failure_falls_back_to_one_run_at_a_time(monkeypatch):
     """Should the batched eigendecomposition fail to converge, each run is factored on its own."""
-    import theory_sim.cnn.test_error as te
+    import theory_sim.cnn.estimators as te
 
     cfgs = [SimConfig(d=30, m=3, P=2, n_mc=500, seed=s) for s in range(2)]
     net = TwoLayerCNN.for_config(cfgs[0])

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from theory_sim.cnn.data import Batch, run_rng
+from theory_sim.cnn.data import run_rng
 from theory_sim.cnn.model import Gradient, Params, TwoLayerCNN, logistic_loss
 
 STREAM_HIDDEN = 6   # the run's generator of the hidden weights (the streams 0..5 are theory_sim.cnn.data's)
@@ -125,13 +125,6 @@ class DeepCNN(TwoLayerCNN):
             active = (act_z * member).flatten(1).sum(1) / act_z[0].numel()
         return Gradient(loss.detach(), f.detach(), coefs, None if b is None else grads[2], a_sig, dz, active,
                         finite)
-
-    def loss_and_grad(self, params: Params, data: Batch) -> Gradient:
-        grad = self.batch_gradient(self.projections(params, data), params.b, data.y, data.yhat, data.mu_norm, data.K,
-                                   data.noise_multiplicity)
-        R, _, m, d = params.W.shape
-        grad.dW = torch.bmm(grad.coefs.reshape(data.U, -1, grad.coefs.shape[-1]), data.basis).reshape(R, 2, m, d)
-        return grad
 
     def output_patches(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """Plain forward on the full input x (R, n, P, d), the definition above (the autograd oracle's)."""

@@ -6,7 +6,7 @@
   With the Gram matrix G = basis basis^T and the initial projections P0 = W0 basis^T, the projections of W are
   P0 + A G, so a step costs O(R m (nK)^2) whatever d is. Norms of W-space vectors held as coefficients go through
   the Gram matrix; Rand-SAM's z, which leaves the span, is sampled exactly through its projections and its norm
-  (``Ensemble.randsam_parts``).
+  (``Ensemble.randsam_parts``, theory_sim.cnn.randsam).
 - **Weight space** (``WeightEnsemble``): W (R, 2, m, d) dense, stepped with the same closed-form gradient
   (coefs @ basis); perturbations are computed on dense W by ``theory_sim.sam.perturbation``. Needed when a rule's
   eps depends on W coordinate-wise (asam, sam with norm="inf"), and cheaper when 1 + n K > d. It accumulates A from
@@ -26,14 +26,14 @@ import torch
 
 from theory_sim.cnn.data import (
     STREAM_BATCHES,
-    STREAM_RANDSAM,
     generate_for,
     run_rng,
 )
 from theory_sim.cnn.deep import network_for
 from theory_sim.cnn.model import Gradient, Params
+from theory_sim.cnn.randsam import RandSamDraws
 from theory_sim.cnn.schedule import lr_factors
-from theory_sim.cnn.test_error import (
+from theory_sim.cnn.estimators import (
     noise_gram,
 )
 from theory_sim.config import (
@@ -185,7 +185,6 @@ class Ensemble:
         self.gram = self.data.basis @ self.data.basis.transpose(1, 2)              # (U, 1 + nK, 1 + nK)
         self.P0 = self.net.projections(self.init, self.data)                       # (R, 2, m, 1 + nK)
         self._W0_gram = None
-        self._factor_full = None
 
     def vector(self, values, dtype=None) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype or self.dtype, device=self.device)
@@ -203,6 +202,7 @@ class Ensemble:
         return torch.bmm(X.reshape(self.U, -1, X.shape[-1]), M).reshape(*X.shape[:-1], M.shape[-1])
 
     def preactivations(self, proj: torch.Tensor, bias, yhat, mu_norm=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's pre-activations (``TwoLayerCNN.preactivations_from_projections``) with this ensemble's data."""
         mu_norm = self.data.mu_norm if mu_norm is None else mu_norm
         return self.net.preactivations_from_projections(proj, bias, mu_norm, yhat, self.K)
 
@@ -212,6 +212,7 @@ class Ensemble:
         return self.net.output_from_preactivations(sig, z, self.mult, self.b), z
 
     def gradient(self, batch: StepBatch, proj: torch.Tensor, bias) -> Gradient:
+        """The model's gradient (``TwoLayerCNN.batch_gradient``, also behind its ``loss_and_grad``) on the batch."""
         mu_norm = self.data.mu_norm if batch.mu_norm is None else batch.mu_norm
         return self.net.batch_gradient(proj, bias, batch.y, batch.yhat, mu_norm, self.K, self.mult, batch.weights)
 
@@ -286,44 +287,9 @@ class Ensemble:
         return None
 
     def randsam_parts(self, batch: StepBatch, step: int):
-        """Rand-SAM without materialising z (R, 2, m, d): per run, u = z basis_b^T (R, 2, m, 1 + BK), the bias
-        part z_b and ||z||, exact in distribution.
-
-        Why this is enough: the perturbed pre-activations are <w + eps, basis_c> = P + tau u / ||z|| on the batch
-        columns (and b + tau z_b / ||z||), and the gradient at W + eps is a combination of the batch's data vectors
-        (§2.3 at the perturbed point), so it lives in the span and steps A exactly: W + eps itself leaves
-        W0 + span, W never does, and A keeps describing W.
-
-        Sampling, per filter: z ~ N(0, I_d), so u = basis_b z ~ N(0, G_b). Take L L^T = G_b (Cholesky) and
-        e ~ N(0, I_c), c = 1 + BK: u = L e has that law. Split z = z_par + z_perp along span(basis_b). With G_b
-        invertible, ||z_par||^2 = u^T G_b^{-1} u = ||e||^2, and ||z_perp||^2 ~ chi^2 with d - c degrees of freedom,
-        independent of u (Gaussian projections on orthogonal subspaces). So ||z||^2 = ||e||^2 + chi^2_{2m (d - c)}
-        over the run's 2m filters, plus ||z_b||^2. A singular G_b (d < c when coefficient space is forced) uses
-        its eigendecomposition instead, L = V Lambda^{1/2}: the components of e on zero eigenvalues are independent
-        normals that do not move u, and exactly d - rank of them complete z_perp, so ||z||^2 counts e's top
-        min(c, d) eigen-components plus chi^2_{2m max(d - c, 0)}."""
-        e, chi2, zb = self.draws.coefficient_draws(step, batch.proj.shape[-1])
-        L, counted = self.gram_factor(batch)
-        u = self.group_mm(e, L.mT)
-        sq = (e if counted is None else e[..., counted]).pow(2).sum(dim=(1, 2, 3)) + chi2
-        if zb is not None:
-            sq = sq + zb.pow(2).sum(dim=(1, 2))
-        return u, zb, sq.sqrt()
-
-    def gram_factor(self, batch: StepBatch) -> tuple[torch.Tensor, slice | None]:
-        """L with L L^T = G_b, and which components of e enter ||z_par|| (None: all). Cached for the full batch."""
-        if batch.cols is None and self._factor_full is not None:
-            return self._factor_full
-        L, info = torch.linalg.cholesky_ex(batch.gram)
-        counted = None
-        if bool((info != 0).any()):  # singular Gram block: eigendecomposition, eigenvalues ascending
-            lam, V = torch.linalg.eigh(batch.gram)
-            L = V * lam.clamp(min=0).sqrt()[:, None, :]
-            c, d = batch.gram.shape[-1], self.c0.d
-            counted = slice(c - min(c, d), c)
-        if batch.cols is None:
-            self._factor_full = (L, counted)
-        return L, counted
+        """Rand-SAM's z on the batch: its projections u (R, 2, m, 1 + BK), bias part z_b and ||z||, sampled without
+        materialising z (theory_sim.cnn.randsam.RandSamDraws.coefficient_parts)."""
+        return self.draws.coefficient_parts(batch, step)
 
     def weights(self, previous: bool = False) -> Params:
         """W materialised: W0 + A basis (of the coefficients before the last step with ``previous``)."""
@@ -384,10 +350,8 @@ class WeightEnsemble(Ensemble):
         return self.W + self._dense(delta, basis)
 
     def randsam_parts(self, batch: StepBatch, step: int):
-        """z (R, 2, m, d) drawn in full, from each run's own generator."""
-        z, zb = self.draws.dense_draws(step)
-        parts = [z] if zb is None else [z, zb]
-        return self.shift(batch, z), zb, group_norm(parts, batch_dims=1)
+        """z (R, 2, m, d) drawn in full (theory_sim.cnn.randsam.RandSamDraws.dense_parts)."""
+        return self.draws.dense_parts(batch, step)
 
     def weights(self, previous: bool = False) -> Params:
         return Params(self.prev_W, self.prev_b) if previous else Params(self.W, self.b)
@@ -410,78 +374,3 @@ def choose_state(configs: list[SimConfig], state: str = "auto") -> str:
     columns = 1 + c0.n * (1 if c0.noise_patches == "shared" else c0.P - 1)
     leaves = any(c.rule is not None and not registry.RULES[c.rule].in_span for c in configs)
     return "weights" if leaves or columns > c0.d else "coefficients"
-
-
-def randsam_generator(seed: int) -> torch.Generator:
-    """The torch generator of a Rand-SAM run's normals, seeded from (seed, STREAM_RANDSAM) (as ``standard_draws``
-    seeds its Monte-Carlo stream)."""
-    state = np.random.SeedSequence([int(seed), STREAM_RANDSAM]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state >> 1))
-
-
-class RandSamDraws:
-    """Rand-SAM's random numbers: each Rand-SAM run draws from its own generators, seeded from (rng_seed,
-    STREAM_RANDSAM): a torch generator for the normals, a numpy one for the chi-square part. So the same seed gives
-    the same numbers whatever the ensemble. Coefficient space draws ``S`` steps at a time (S depends on structural
-    fields only); weight space draws z in full at every step. Runs of other rules draw nothing (zeros)."""
-
-    def __init__(self, ens: Ensemble):
-        self.ens = ens
-        self.runs = [r for r, rule in enumerate(ens.rules) if rule == "randsam"]
-        self.normal = {r: randsam_generator(ens.configs[r].rng_seed) for r in self.runs}
-        self.chi2 = {r: run_rng(ens.configs[r].rng_seed, STREAM_RANDSAM) for r in self.runs}
-        self.next_block = 0   # coefficient space: the first step of the next block the generators will draw
-        self.bias = ens.init.b is not None   # z covers every parameter: biases, or the deep model's hidden weights
-        self.extra_shape = () if ens.init.b is None else tuple(ens.init.b.shape[1:])
-        self.block_start, self.block = None, None
-
-    def coefficient_draws(self, step: int, c: int):
-        """e (R, 2, m, c), chi^2_{2m max(d - c, 0)} (R,) and z_b (R, 2, m) or None, for ``step``."""
-        ens = self.ens
-        S = int(min(64, max(1, 2 ** 18 // (2 * ens.m * c))))
-        start = step - step % S
-        if self.block_start != start:
-            skipped = (start - self.next_block) // S   # blocks come in order; one never asked for is drawn, dropped
-            for _ in range(skipped + 1):
-                self.block = self._draw_block(S, c)
-            self.block_start, self.next_block = start, start + S
-        e, chi2, zb = self.block
-        i = step - start
-        return e[:, i], chi2[:, i], None if zb is None else zb[:, i]
-
-    def _draw_block(self, S: int, c: int):
-        ens = self.ens
-        dof = 2 * ens.m * max(ens.c0.d - c, 0)
-        e = torch.zeros(ens.R, S, 2, ens.m, c, dtype=ens.dtype)
-        chi2 = torch.zeros(ens.R, S, dtype=ens.dtype)
-        zb = torch.zeros(ens.R, S, *self.extra_shape, dtype=ens.dtype) if self.bias else None
-        for r in self.runs:
-            torch.randn(e.shape[1:], generator=self.normal[r], dtype=ens.dtype, out=e[r])
-            if zb is not None:
-                torch.randn(zb.shape[1:], generator=self.normal[r], dtype=ens.dtype, out=zb[r])
-            if dof > 0:
-                chi2[r] = torch.as_tensor(self.chi2[r].chisquare(dof, S), dtype=ens.dtype)
-        to = lambda t: None if t is None else t.to(ens.device)  # noqa: E731
-        return to(e), to(chi2), to(zb)
-
-    def dense_draws(self, step: int):
-        """z (R, 2, m, d) and z_b (R, 2, m) or None, one step's worth from every Rand-SAM run's generator."""
-        ens = self.ens
-        z = torch.zeros(ens.R, 2, ens.m, ens.c0.d, dtype=ens.dtype)
-        zb = torch.zeros(ens.R, *self.extra_shape, dtype=ens.dtype) if self.bias else None
-        for r in self.runs:
-            torch.randn(z.shape[1:], generator=self.normal[r], dtype=ens.dtype, out=z[r])
-            if zb is not None:
-                torch.randn(zb.shape[1:], generator=self.normal[r], dtype=ens.dtype, out=zb[r])
-        return z.to(ens.device), None if zb is None else zb.to(ens.device)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The rules: eps for every run of a (virtual) batch, in the ensemble's representation
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def select_batch(ens: Ensemble, epoch: int, i_batch: int) -> StepBatch:
-    """The batch of step (epoch, i_batch): every run's own permutation (None: full batch)."""
-    B = ens.B
-    return ens.batch(None if ens.perms is None else ens.perms[:, epoch, i_batch * B:(i_batch + 1) * B])

@@ -246,9 +246,10 @@ class TwoLayerCNN:
         return Gradient((logistic_loss(margin) * weights).sum(-1), f, coefs, db, a_sig, a_noise, active, finite)
 
     def loss_and_grad(self, params: Params, data: Batch) -> Gradient:
-        """Loss and gradient at W, with dW = coefs @ basis materialised (R, 2, m, d)."""
-        sig, z = self.preactivations(params, data)
-        grad = self.gradient(sig, z, data.y, data.yhat, data.mu_norm, data.noise_multiplicity, params.b is not None)
+        """Loss and gradient at W, with dW = coefs @ basis materialised (R, 2, m, d): ``batch_gradient``, the one the
+        trainer's state calls too, at W's projections."""
+        grad = self.batch_gradient(self.projections(params, data), params.b, data.y, data.yhat, data.mu_norm, data.K,
+                                   data.noise_multiplicity)
         R, _, m, d = params.W.shape
         grad.dW = torch.bmm(grad.coefs.reshape(data.U, -1, grad.coefs.shape[-1]), data.basis).reshape(R, 2, m, d)
         return grad

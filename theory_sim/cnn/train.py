@@ -27,11 +27,11 @@ import torch
 from theory_sim.cnn.data import (
     Batch,
 )
-from theory_sim.cnn.ensemble import Ensemble, StepBatch, make_ensemble, select_batch
+from theory_sim.cnn.ensemble import Ensemble, StepBatch, make_ensemble
 from theory_sim.cnn.memorization import MEMORIZATION_COLUMNS, memorization_summaries
 from theory_sim.cnn.model import Gradient, Params, finite_runs, logistic_loss
 from theory_sim.cnn.rules import update_gradient
-from theory_sim.cnn.test_error import (
+from theory_sim.cnn.estimators import (
     gaussian_test_error,
     gaussian_test_error_from_gram,
     heldout_test_error,
@@ -76,6 +76,12 @@ def log_steps(cfg: SimConfig) -> np.ndarray:
         if cfg.optimizer != "sgd" and cfg.sam_steps is not None and 0 < cfg.sam_steps < total:
             steps.add(cfg.sam_steps)
     return np.array(sorted(steps), dtype=np.int64)
+
+
+def select_batch(ens: Ensemble, epoch: int, i_batch: int) -> StepBatch:
+    """The batch of step (epoch, i_batch): every run's own permutation (None: full batch)."""
+    B = ens.B
+    return ens.batch(None if ens.perms is None else ens.perms[:, epoch, i_batch * B:(i_batch + 1) * B])
 
 
 def apply_step(ens: Ensemble, batch: StepBatch, grad: Gradient, finite: torch.Tensor) -> None:

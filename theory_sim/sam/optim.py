@@ -31,7 +31,7 @@ The optimizer wraps any ``torch.optim`` optimizer, davda54/sam style::
     opt = SAM(model.parameters(), torch.optim.SGD, rule="sam", rho=0.05, lr=0.1, momentum=0.9, weight_decay=5e-4)
     loss_fn(model(x), y).backward()                 # clean pass: BatchNorm running stats are updated here only
     opt.first_step(zero_grad=True)                  # w <- w + eps
-    with disable_running_stats(model):
+    with disable_running_stats(model):             # theory_sim.sam.bn
         loss_fn(model(x), y).backward()             # gradient at w + eps
     opt.second_step(zero_grad=True)                 # w <- w, then the base optimizer steps with that gradient
 
@@ -44,20 +44,20 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from theory_sim.config import check_choice, check_float, check_int
 from theory_sim.sam import registry
+from theory_sim.sam.bn import BN_UPDATES, disable_running_stats, no_sync
 from theory_sim.sam.perturbation import RULES, ascent_step, perturbation
 
 Closure = Callable[[], torch.Tensor]
 
 SAM_DEFAULT_RHO = 0.05  # SAM's L2 radius on CIFAR-10 [F21]; also the default of the L2 rules below
 ASAM_SCOPES = ("weights", "weights_and_bn", "all")
-BN_UPDATES = ("per_chunk", "per_step")
 GROUP_KEYS = ("rho", "eta_a", "asam_scope", "ascent_lr")  # per-group hyper-parameters of the perturbation
 # layers whose affine ``weight`` (gamma) asam_scope="weights_and_bn" scales: BatchNorm/SyncBatchNorm/InstanceNorm
 # (_NormBase), GroupNorm, LayerNorm (and RMSNorm where torch has it)
@@ -80,29 +80,6 @@ def inf_rho(rho_2: float, n_params: int) -> float:
 def _uniform(values: list):
     """The common value if all entries are equal (the scalar code path, bitwise as with one group), else the list."""
     return values[0] if values and all(v == values[0] for v in values) else values
-
-
-@contextlib.contextmanager
-def disable_running_stats(model: nn.Module | None) -> Iterator[None]:
-    """Within the block, BatchNorm layers normalise with batch statistics but leave running_mean, running_var and
-    num_batches_tracked untouched: the perturbed passes of SAM must not move the running statistics [F21]."""
-    if model is None:
-        yield
-        return
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    for m in bns:
-        m.track_running_stats = False  # in train mode: batch stats, no running-stat update, no counter increment
-    try:
-        yield
-    finally:
-        for m in bns:
-            m.track_running_stats = True
-
-
-def no_sync(model: nn.Module | None):
-    """``model.no_sync()`` for a DDP model (also through torch.compile's wrapper), a no-op context otherwise."""
-    fn = getattr(model, "no_sync", None) if model is not None else None
-    return fn() if fn is not None else contextlib.nullcontext()
 
 
 class SAM(torch.optim.Optimizer):

@@ -28,6 +28,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm  # noqa
 
 from theory_sim.cnn.plotting import plain_log_ticks  # noqa: E402
 from theory_sim.io import save_figure  # noqa: E402
+from theory_sim.sweeps.cells import HARMFUL_MARGIN, harmful_threshold  # noqa: E402
 from theory_sim.sweeps.spec import log_spaced  # noqa: E402
 from theory_sim.sweeps.verify import (  # noqa: E402
     PREDICTED,
@@ -116,11 +117,11 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
     df = read_results(out)
     traj = read_trajectories(out)
     if traj is not None:  # an off-grid --cell is refused before any figure is drawn
-        cell = select_cell(traj, cell or {}, (*spec.cell_dims, "mu_norm"))
+        cell = select_cell(traj, cell or {}, spec.cell_key)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     p = float(df.flip_p.mean())
-    thr_benign, thr_harmful = spec.benign_threshold(p), p + 0.1
+    thr_benign, thr_harmful = spec.benign_threshold(p), harmful_threshold(p)
     labels = [o.label for o in spec.optimizers]
     dims = spec.cell_dims
     bnd = boundaries(cell_arrays(df, dims), thr_benign, dims=dims)
@@ -166,7 +167,7 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
         tag = ", ".join(f"{k}={v:g}" for k, v in sl.items() if k in varied or k in ("n", "P", "sigma_p"))
         titled_layout(fig, f"{spec.name}: {tag}, p={p:g}, {df.seed.nunique()} seeds/cell.\nBenign: mean test error "
                            f"<= {thr_benign:.3f} (p + {spec.benign_margin:g}(0.5 - p)); harmful: >= {thr_harmful:.3f} "
-                           f"(p + 0.1); grey: diverged")
+                           f"(p + {HARMFUL_MARGIN:g}); grey: diverged")
         stem = "phase_diagram" if (x, y) == ("d", "mu_norm") else f"phase_{y}_vs_{x}"
         # one file per slice: n, P, sigma_p always named (the file names of earlier sweeps), other axes when varied
         tags = [k for k in rest if k in ("n", "P", "sigma_p") or k in varied]

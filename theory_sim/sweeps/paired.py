@@ -16,7 +16,7 @@ For every variant label against every baseline label, per cell and pooled over c
 - n_pairs: the (cell, seed) pairs where both rules have a run;
 - verdict: "better" (the interval lies below 0), "worse" (above 0) or "indistinguishable" (it contains 0).
 
-Diverged runs follow verify's rule (theory_sim.sweeps.verify.cell_arrays): a diverged run, or one without a test
+Diverged runs follow the sweeps' rule (theory_sim.sweeps.cells.scored_error): a diverged run, or one without a test
 error, scores chance error 0.5; a pair is never dropped for diverging.
 
 Baselines: each entry of ``baselines`` names a label if a variant has that label, otherwise an optimizer: every
@@ -29,26 +29,12 @@ import numpy as np
 import pandas as pd
 
 from theory_sim.config import ConfigError
-from theory_sim.sweeps.spec import AXES, CORE_AXES
+from theory_sim.sweeps.cells import cell_columns, resample_weights, scored_error, seed_resamples
 
-DIVERGED_ERROR = 0.5   # what a diverged run (or a missing test error) scores: chance
 VERDICTS = ("better", "worse", "indistinguishable")
 
 
-def scored_error(df: pd.DataFrame) -> pd.Series:
-    """Test error with a diverged run (or a missing error) scored as chance, 0.5: the rule verify uses."""
-    return df.test_error.where(~df.diverged.astype(bool), DIVERGED_ERROR).fillna(DIVERGED_ERROR)
-
-
-def default_cell_columns(results: pd.DataFrame, spec=None) -> list[str]:
-    """The cell of a run: its run key without label and seed. From the spec when given (spec.run_key); else the core
-    axes present plus any other sweepable run parameter that varies inside a label (a swept extra axis)."""
-    if spec is not None:
-        return [k for k in spec.run_key if k not in ("label", "seed")]
-    core = [k for k in CORE_AXES if k in results.columns]
-    by_label = results.groupby("label")
-    extra = [k for k in AXES if k in results.columns and k not in CORE_AXES and (by_label[k].nunique() > 1).any()]
-    return [*core[:-1], *extra, *core[-1:]]
+default_cell_columns = cell_columns   # the cell of a run (theory_sim.sweeps.cells.cell_columns)
 
 
 def baseline_labels(results: pd.DataFrame, baselines) -> list[str]:
@@ -90,10 +76,8 @@ def paired_differences(results: pd.DataFrame, baselines=("sgd", "sam"), cell_col
     wide = (df.set_index([*cells, "label", "seed"])._err.unstack(["label", "seed"]) if cells else
             df.set_index(["label", "seed"])._err.to_frame().T)
     seeds = np.sort(df.seed.unique())
-    rng = np.random.default_rng(seed)
     # the bootstrap as weights: w[b, s] = how often resample b draws seed s (the same draws for every comparison)
-    draws = rng.integers(0, len(seeds), (n_boot, len(seeds)))
-    weights = np.stack([np.bincount(row, minlength=len(seeds)) for row in draws]).astype(float)
+    weights = resample_weights(seed_resamples(len(seeds), n_boot, seed))
     rows = []
     labels = list(pd.unique(df.label))
     for base in baseline_labels(df, baselines):

@@ -27,7 +27,8 @@ import pandas as pd
 
 from theory_sim.config import ConfigError, SimConfig
 from theory_sim.io import provenance, write_json
-from theory_sim.sweeps.spec import RUN_KEY, SweepSpec
+from theory_sim.sweeps.cells import RUN_KEY
+from theory_sim.sweeps.spec import SweepSpec
 
 # columns every results row carries besides the SimConfig fields (theory_sim.cnn.train.evaluate writes them)
 RESULT_COLUMNS = ("label", "tau_effective", "train_loss", "train_acc", "test_error", "test_error_se", "bayes_error",

@@ -37,10 +37,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from theory_sim.sweeps.spec import RUN_KEY
+from theory_sim.sweeps.cells import CELL, CORE_AXES, RUN_KEY, harmful_threshold, scored_error, seed_resamples
 
-CORE = ("d", "n", "P", "sigma_p", "mu_norm")
-CELL = CORE   # a cell of a sweep without extra axes; with extra axes: (*spec.cell_dims, "mu_norm")
+CORE = CORE_AXES   # CELL: a cell of a sweep without extra axes; with extra axes: spec.cell_key
 EARLY_GAMMA = 0.25
 CONSTANT_BAND = (0.8, 1.25)
 SLOPE_TOLERANCE = 0.1
@@ -128,11 +127,10 @@ def residual_rms(x: np.ndarray, y: np.ndarray) -> float:
 
 def bootstrap(stat, n_seeds: int, n_boot: int, seed: int) -> tuple[dict, dict]:
     """stat(seed_idx) -> {name: value}; returns (point estimates, {name: (lo, hi)}) over seed resamples."""
-    rng = np.random.default_rng(seed)
     with warnings.catch_warnings(), np.errstate(all="ignore"):  # empty or all-NaN slices give NaN, silently
         warnings.simplefilter("ignore", RuntimeWarning)
         point = stat(np.arange(n_seeds))
-        draws = [stat(rng.integers(0, n_seeds, n_seeds)) for _ in range(n_boot)]
+        draws = [stat(idx) for idx in seed_resamples(n_seeds, n_boot, seed)]
     ci = {}
     for k in point:
         v = np.array([d[k] for d in draws], dtype=float)
@@ -283,8 +281,8 @@ def collapse_variable(c: pd.DataFrame, power_of: str = "P-1") -> np.ndarray:
 
 def collapse(results: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: int, cell=CELL):
     """SGD's final test error against x = n ||mu||^4 / (d (P-1)^4 sigma_p^4): rows and the per-cell table."""
-    r = results[results.label == label].assign(
-        _err=results.test_error.where(~results.diverged.astype(bool), 0.5).fillna(0.5))
+    r = results[results.label == label]
+    r = r.assign(_err=scored_error(r))
     cells, E = cell_seed_array(r, "_err", seeds, cell)
     others = [k for k in CORE if k != "mu_norm" and cells[k].nunique() >= 2]
     table = cells.assign(label=label, test_error=np.nanmean(E, 1), x=collapse_variable(cells),
@@ -399,7 +397,7 @@ def late_phase(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: i
 def trajectory_claims(traj: pd.DataFrame, results: pd.DataFrame, spec, n_boot: int = 200, seed: int = 0) -> dict:
     """Every claim for every SGD variant (and every SAM variant against every SGD variant): ``claims`` (rows as in
     verify.json's ``trajectory_claims``) and per-cell ``tables`` for the figures."""
-    key, cell = spec.run_key, (*spec.cell_dims, "mu_norm")
+    key, cell = spec.run_key, spec.cell_key
     traj = with_settings(traj, results, key)
     seeds = sorted(results.seed.unique())
     optimizer_of = {o.label: o.optimizer for o in spec.optimizers}
@@ -414,7 +412,8 @@ def trajectory_claims(traj: pd.DataFrame, results: pd.DataFrame, spec, n_boot: i
         claims += rows
         tables["ratio_law"].append(table)
         for s in sam:
-            rows, table = sam_amplification(traj, s, lab, sam_steps_of.get(s), seeds, p + 0.1, n_boot, seed, cell)
+            rows, table = sam_amplification(traj, s, lab, sam_steps_of.get(s), seeds, harmful_threshold(p), n_boot,
+                                             seed, cell)
             claims += rows
             tables["amplification"].append(table)
         rows, table = collapse(results, lab, seeds, n_boot, seed, cell)

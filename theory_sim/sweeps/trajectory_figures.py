@@ -25,8 +25,8 @@ import pandas as pd  # noqa: E402
 from theory_sim.cnn.plotting import plain_log_ticks, plot_trajectory  # noqa: E402
 from theory_sim.config import ConfigError  # noqa: E402
 from theory_sim.io import save_figure  # noqa: E402
-from theory_sim.sweeps.spec import AXES  # noqa: E402
-from theory_sim.sweeps.trajectory_claims import CELL, isotonic_decreasing  # noqa: E402
+from theory_sim.sweeps.cells import AXES, CELL  # noqa: E402
+from theory_sim.sweeps.trajectory_claims import isotonic_decreasing  # noqa: E402
 
 
 def parse_cell(text: str | None) -> dict[str, float]:
@@ -185,7 +185,7 @@ def draw_trajectory_figures(traj: pd.DataFrame, results: pd.DataFrame, spec, fig
     coll = tables["collapse"]
     if not coll.empty and any(coll[k].nunique() > 1 for k in CELL if k != "mu_norm"):
         paths.append(collapse_figure(coll, spec.name, figdir, fmt, dpi))
-    keys = (*spec.cell_dims, "mu_norm")
+    keys = spec.cell_key
     paths.append(cell_figure(traj, select_cell(traj, cell or {}, keys), spec.name, figdir,
                              float(results.flip_p.mean()), fmt, dpi))
     return paths

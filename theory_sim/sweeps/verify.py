@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from theory_sim.io import atomic_write_bytes, write_json
-from theory_sim.sweeps.paired import paired_differences, scored_error
+from theory_sim.sweeps.cells import DIMS, scored_error, seed_resamples
+from theory_sim.sweeps.paired import paired_differences
 
-SLICE = ("n", "P", "sigma_p")
-DIMS = ("d", "n", "P", "sigma_p")
+SLICE = DIMS[1:]   # a slice of the grid: a cell's dimensions besides d
 PREDICTED = {"sgd": {"d": 0.25, "n": -0.25, "P": 1.0, "P-1": 1.0, "sigma_p": 1.0}, "sam": {"d": 0.0}}
 # An exact exponent holds when the bootstrap interval contains it. SAM's "about 0" (Omega~ hides log factors) holds
 # when the whole interval lies within +-TOLERANCE, half of SGD's 1/4: flat compared with SGD's boundary.
@@ -132,10 +132,9 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
                              bnd[["label", *dims]].itertuples(index=False, name=None)]
     fits = fit_slopes(bnd, dims)
     seeds = int(df.seed.nunique())
-    rng = np.random.default_rng(seed)
     boot = []
-    for b in range(n_boot):
-        f = fit_slopes(boundaries(cells, threshold, rng.integers(0, seeds, seeds), dims), dims)
+    for b, idx in enumerate(seed_resamples(seeds, n_boot, seed)):
+        f = fit_slopes(boundaries(cells, threshold, idx, dims), dims)
         if not f.empty:
             boot.append(f.assign(boot=b))
     keys = ["label", "dim", *dims]

@@ -1,0 +1,54 @@
+"""theory_sim.sweeps.cells: the one seed bootstrap reproduces the draws verify, trajectory_claims and paired made
+each on their own before (row-by-row calls of one generator), the diverged-run score and the thresholds."""
+import numpy as np
+import pandas as pd
+
+from theory_sim.sweeps.cells import (
+    CELL,
+    RUN_KEY,
+    benign_threshold,
+    cell_columns,
+    cell_dims,
+    cell_key,
+    harmful_threshold,
+    resample_weights,
+    run_key,
+    scored_error,
+    seed_resamples,
+)
+
+
+def test_seed_resamples_are_the_row_by_row_draws():
+    for n_seeds, n_boot, seed in ((4, 200, 0), (5, 37, 3), (7, 2000, 0), (1, 10, 9)):
+        rng = np.random.default_rng(seed)
+        oracle = np.stack([rng.integers(0, n_seeds, n_seeds) for _ in range(n_boot)])   # the callers' old loop
+        draws = seed_resamples(n_seeds, n_boot, seed)
+        assert draws.shape == (n_boot, n_seeds) and np.array_equal(draws, oracle)
+    # the wrong input must fail: another seed gives other draws
+    assert not np.array_equal(seed_resamples(5, 50, 1), seed_resamples(5, 50, 0))
+
+
+def test_resample_weights_count_the_draws():
+    draws = seed_resamples(6, 300, 2)
+    w = resample_weights(draws)
+    assert w.shape == (300, 6) and np.all(w.sum(1) == 6)
+    values = np.random.default_rng(5).normal(size=6)
+    assert np.allclose(w @ values / 6, values[draws].mean(1), rtol=0, atol=1e-12)   # weighted mean = resample mean
+
+
+def test_scored_error_and_thresholds():
+    df = pd.DataFrame({"test_error": [0.1, 0.2, np.nan, 0.3], "diverged": [False, True, False, 0]})
+    assert scored_error(df).tolist() == [0.1, 0.5, 0.5, 0.3]
+    assert benign_threshold(0.1, 0.1) == 0.1 + 0.1 * 0.4 and benign_threshold(0.2, 0.5) == 0.35
+    assert harmful_threshold(0.1) == 0.1 + 0.1 and harmful_threshold(0.25) != 0.25
+
+
+def test_cell_dimensions_in_one_place():
+    assert RUN_KEY == ("label", "d", "mu_norm", "n", "P", "sigma_p", "seed") and CELL == cell_key()
+    assert run_key(("c_tau",)) == ("label", "d", "mu_norm", "n", "P", "sigma_p", "c_tau", "seed")
+    assert cell_dims(("c_tau",)) == ("d", "n", "P", "sigma_p", "c_tau")
+    assert cell_key(("c_tau",)) == ("d", "n", "P", "sigma_p", "c_tau", "mu_norm")
+    results = pd.DataFrame({"label": ["a", "a", "b", "b"], "d": [10, 20, 10, 20], "n": 5, "P": 2, "sigma_p": 1.0,
+                            "mu_norm": 1.0, "c_tau": [1.0, 2.0, 1.0, 1.0], "seed": 0})
+    assert cell_columns(results) == ["d", "n", "P", "sigma_p", "c_tau", "mu_norm"]   # c_tau varies inside a
+    assert cell_columns(results.assign(c_tau=1.0)) == ["d", "n", "P", "sigma_p", "mu_norm"]
