@@ -32,7 +32,7 @@ from theory_sim.cifar.config import CifarConfig
 from theory_sim.io import atomic_write_bytes, save_figure, save_table
 
 OPTIMIZERS = {"sgd": dict(optimizer="sgd"), "sam": dict(optimizer="sam"), "randsam": dict(optimizer="randsam"),
-              "msam2": dict(optimizer="msam", steps_k=2), "msam5": dict(optimizer="msam", steps_k=5),
+              "msam2": dict(optimizer="msam", ascent_steps=2), "msam5": dict(optimizer="msam", ascent_steps=5),
               "asam": dict(optimizer="asam")}
 NOISE = (0.0, 0.2, 0.4)
 SEEDS = 5

@@ -3,7 +3,7 @@ batches its runs (docs/science.md §9.5).
 
 ``train_stacked(configs)`` trains R runs of ``CifarConfig`` that share the data and the loop's shape (dataset,
 n_train / n_test, epochs, batch size, depth, width, the base optimizer's hyper-parameters) and one SAM-family rule
-(optimizer and steps_k); they may differ in seed, label noise and radius. Each run keeps what it would have had
+(optimizer and ascent_steps); they may differ in seed, label noise and radius. Each run keeps what it would have had
 alone in ``theory_sim.cifar.train``: its init (``torch.manual_seed(seed)`` before building the model), its noisy
 labels (``symmetric_label_noise(..., seed)``), its batch order (``epoch_indices(n, epoch, seed)``), its Rand-SAM
 generator (seeded ``seed * 1000 + 1``), SGD with momentum / Nesterov / weight decay and the per-step cosine schedule
@@ -40,8 +40,8 @@ from theory_sim.cifar.wrn import WideResNet
 from theory_sim.config import ConfigError
 from theory_sim.sam.perturbation import ascent_step, perturbation
 
-# the fields every run of one stacked computation shares (the rest: seed, label_noise, rho, eta_a)
-SHARED_FIELDS = ("dataset", "data_dir", "optimizer", "steps_k", "norm", "m_sharpness", "asam_scope", "epochs",
+# the fields every run of one stacked computation shares (the rest: seed, label_noise, rho, asam_eta)
+SHARED_FIELDS = ("dataset", "data_dir", "optimizer", "ascent_steps", "ascent_step", "norm", "m_sharpness", "asam_scope", "epochs",
                  "batch_size", "lr", "momentum", "nesterov", "weight_decay", "label_smoothing", "depth", "width",
                  "dropout", "cutout", "n_train", "n_test")
 
@@ -121,9 +121,9 @@ def perturbed(stack: Stack, cfg: CifarConfig, g, x, y, rho: torch.Tensor, eta_a:
         return perturbation("asam", g, rho, params=w, adaptive=[t.dim() > 2 for t in w],
                             eta_a=[eta_a.reshape(-1, *([1] * (t.dim() - 1))) for t in w], batch_dims=1)
     eps = perturbation("sam", g, rho, batch_dims=1)
-    for _ in range(cfg.steps_k - 1):   # msam: projected normalised ascent steps of length rho
+    for _ in range(cfg.ascent_steps - 1):   # msam: projected normalised ascent steps of length ascent_step * rho
         gi, _, _ = stack.grad([a + e for a, e in zip(w, eps)], x, y)
-        eps = ascent_step(eps, gi, rho, batch_dims=1)
+        eps = ascent_step(eps, gi, rho, cfg.ascent_step * rho, batch_dims=1)
     return eps
 
 
@@ -151,7 +151,7 @@ def train_stacked(configs: list[CifarConfig], log=print, sharpness: bool = True,
         raise ConfigError(f"batch_size must be <= the training set size ({n}), got {B}")
     stack = Stack([make_model(c, X.shape[1], arr.num_classes, c.seed, base) for c in configs])
     rho = torch.tensor([c.rho for c in configs])
-    eta_a = torch.tensor([c.eta_a for c in configs])
+    eta_a = torch.tensor([c.asam_eta for c in configs])
     gens = [torch.Generator().manual_seed(c.seed * 1000 + 1) for c in configs] if c0.optimizer == "randsam" else []
     bufs = None
     # the learning rate of torch's CosineAnnealingLR stepped per iteration, read off a dummy optimizer (same floats)
