@@ -1,7 +1,7 @@
 """R runs of one sweep row as ONE batched computation vs a per-run nn.Module + autograd + torch.optim loop.
 
 Both train the same configs (same data, init and batch order) in this process; the script checks they reach the
-same weights, then prints the speed ratio. Target (issue 2): >= 20x at d=1000, R=100 on a 2-core CPU.
+same weights, then prints the speed ratio. Target: >= 20x at d=1000, R=100 on a 2-core CPU.
 
 ``--rules``: the step cost of every SAM-family rule relative to SGD in coefficient space (targets: <= 2.2x for
 sam, usam and randsam, <= (K + 1.2)x for msam with K ascent steps), and each rule's cost on the weight-space path

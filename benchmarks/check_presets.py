@@ -1,5 +1,5 @@
 """Re-run committed sweep presets and compare their tables with the committed ones: a speed change must leave every
-number as it was (issue 18). Prints, per column, the largest absolute difference (numeric columns) or whether
+number as it was. Prints, per column, the largest absolute difference (numeric columns) or whether
 the values are equal (the others), and exits 1 if any column differs by more than ``--atol``.
 
     python benchmarks/check_presets.py [phase_diagram_quick kou2023 ...] [--workers 2] [--atol 0] [--chunks 0,50]

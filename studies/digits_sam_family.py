@@ -1,21 +1,8 @@
-"""Study digits_sam_family: [T24]'s claims about the SAM family on real images at CPU scale, next to the theory model.
-
-Claims checked, as issue 16 states them for [T24] (arXiv 2411.01714, whose abstract says: "more precise
-approximations of the proposed SAM objective degrade generalization performance"): (1) Rand-SAM is comparable to
-SAM, (2) both are above SGD, (3) multi-step SAM (K = 2, 5 projected ascent steps) finds sharper minima and
-generalises worse than SAM. On scikit-learn's bundled handwritten digits (theory_sim.cifar.digits; all 1,297
-training images, the 500 test images), label noise 0 / 0.2 / 0.4 (symmetric), 5 seeds, a GroupNorm WRN-10-1 with
-stage widths 8-8-16-32 (theory_sim.cifar.vmap: every optimizer's 15 runs trained as one vmapped computation), SGD
-(Nesterov 0.9, wd 5e-4, lr 0.1 with the pipeline's per-step cosine schedule to 0 [F21], batch 64, 4 epochs = 80
-steps) as the base of SAM (rho 0.05), Rand-SAM (0.05), msam K = 2 and 5 (0.05), ASAM (0.5). Each verdict is a paired
-difference over seeds (same seed = same init, noisy labels and batch order) with a 95% bootstrap interval; the
-theory model's answer is the same comparison on the committed sam_family_phase table (mean test error over its cells
-with d >= 3200, paired by seed).
+"""Study digits_sam_family: [T24]'s SAM-family claims on real images at CPU scale (scikit-learn's digits), next to
+the theory model; the setting, the claims as stated and how each verdict is computed: docs/science.md §9.5.
 
     python studies/digits_sam_family.py --out runs/digits_sam_family        (trains; ~8 min of CPU, see the report)
     python studies/digits_sam_family.py --out runs/digits_sam_family --report-only   (tables -> report)
-
-Writes runs/.../summary.parquet (+ .json), figures/results/digits_sam_family/, figures/digits_sam_family.{png,md}.
 """
 from __future__ import annotations
 
