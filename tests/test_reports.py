@@ -32,7 +32,8 @@ def tau_table(edge_cell=True, seeds=4) -> pd.DataFrame:
 
 
 def test_tau_report_censors_cells_at_the_grid_edge():
-    report = load("tau_sensitivity_report")
+    from theory_sim.reports import tau_sensitivity as report
+
     r = tau_table()
     slope, used, censored = report.best_tau_slope(r, range(4))
     assert censored == [(3200, 2.0)] and used == 5 and abs(slope + 0.5) < 1e-9
