@@ -1,38 +1,14 @@
-"""Write each preset's failing checks next to its README gallery headline, computed from its verify tables.
-
-README marks the place with ``<!-- checks:NAME -->...<!-- /checks -->``; this replaces the text between the marks
-with verify's one-line summary ("N of M checks hold; failing: ...", theory_sim.sweeps.verify.summary_sentence) of
-figures/NAME_verify.md. A verify.md from before verify wrote summaries has none: the boundary checks are then
-re-judged from figures/results/NAME (results alone, no trajectories), and the text says the trajectory claims were
-not re-judged. Run after `python -m theory_sim figures DIR --gallery figures` (CONTRIBUTING.md).
+"""Write each preset's failing checks (verify's "N of M checks hold; failing: ..." of docs/science.md §5.4) next to
+its README gallery headline, by theory_sim.reports.gallery. Run after `python -m theory_sim figures DIR --gallery`.
 
     python studies/gallery_checks.py [--readme README.md] [--figures figures]
 """
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
-from theory_sim.io import atomic_write_bytes
-
-MARK = re.compile(r"<!-- checks:(?P<name>[\w-]+) -->(?P<text>.*?)<!-- /checks -->", re.S)
-SUMMARY = re.compile(r"^\*\*Summary:\*\* (?P<text>.*?checks hold; (?:none fails\.|failing: .*?\.)) \(Every row", re.M)
-
-
-def checks_text(name: str, figures: Path) -> str:
-    md = figures / f"{name}_verify.md"
-    found = SUMMARY.search(md.read_text()) if md.exists() else None
-    if found:
-        return f"verify (`{md.as_posix()}`): {found['text']}"
-    from theory_sim.sweeps.store import load_spec, read_results
-    from theory_sim.sweeps.verify import summary_sentence, verify_table
-
-    results = figures / "results" / name
-    report = verify_table(read_results(results), load_spec(results))
-    return (f"verify, boundary checks re-judged from `{results.as_posix()}`: {summary_sentence(report['summary'])} "
-            f"Its trajectory claims were not re-judged under the current rules (they need the sweep's "
-            f"trajectories: `python -m theory_sim sweep studies/{name}.toml --out runs/{name}`)")
+from theory_sim.reports.gallery import fill_readme
 
 
 def main() -> None:
@@ -40,17 +16,7 @@ def main() -> None:
     ap.add_argument("--readme", type=Path, default=Path("README.md"))
     ap.add_argument("--figures", type=Path, default=Path("figures"))
     args = ap.parse_args()
-    text = args.readme.read_text()
-    cache: dict[str, str] = {}
-
-    def fill(m: re.Match) -> str:
-        name = m["name"]
-        if name not in cache:
-            cache[name] = checks_text(name, args.figures)
-            print(f"{name}: {cache[name]}")
-        return f"<!-- checks:{name} -->{cache[name]}<!-- /checks -->"
-
-    atomic_write_bytes(args.readme, MARK.sub(fill, text).encode())
+    fill_readme(args.readme, args.figures)
 
 
 if __name__ == "__main__":

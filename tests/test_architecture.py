@@ -81,3 +81,20 @@ def test_no_import_cycle_inside_theory_sim():
 def test_cycle_detector_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def reports_importers(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Modules outside theory_sim.reports that import it, with what they import."""
+    found = {m: sorted(t for t in deps if t.startswith("theory_sim.reports"))
+             for m, deps in graph.items() if not m.startswith("theory_sim.reports")}
+    return {m: t for m, t in found.items() if t}
+
+
+def test_only_studies_import_the_reports():
+    """docs/architecture.md: theory_sim.reports holds the studies' report logic; no module of the package outside it
+    imports it (the verbs must not depend on a study's report)."""
+    g = import_graph()
+    assert reports_importers(g) == {}
+    assert "theory_sim.sweeps.paired" in g["theory_sim.reports.sam_family"]  # the graph sees the reports' imports
+    g["theory_sim.cli"] = g["theory_sim.cli"] | {"theory_sim.reports.gallery"}  # a verb importing a report: caught
+    assert reports_importers(g) == {"theory_sim.cli": ["theory_sim.reports.gallery"]}

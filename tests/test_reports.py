@@ -32,7 +32,8 @@ def tau_table(edge_cell=True, seeds=4) -> pd.DataFrame:
 
 
 def test_tau_report_censors_cells_at_the_grid_edge():
-    report = load("tau_sensitivity_report")
+    from theory_sim.reports import tau_sensitivity as report
+
     r = tau_table()
     slope, used, censored = report.best_tau_slope(r, range(4))
     assert censored == [(3200, 2.0)] and used == 5 and abs(slope + 0.5) < 1e-9
@@ -61,7 +62,8 @@ def family_table(shift: dict, seeds=6, seed=0) -> pd.DataFrame:
 def test_sam_family_verdicts_follow_the_table():
     """The Rand-SAM sentence is computed: a table where Rand-SAM equals SAM (both better than SGD) gives the
     [T24] agreement; one where Rand-SAM equals SGD gives the disagreement, in those words."""
-    report = load("sam_family_report")
+    from theory_sim.reports import sam_family as report
+
     like_t24 = family_table({"sgd": 0.0, "sam": -0.05, "randsam": -0.05, "msam2": -0.06, "msam5": 0.02})
     text = " ".join(report.verdicts(report.comparisons(like_t24, n_boot=500)))
     assert "Rand-SAM vs SAM at d >= 3200: " in text

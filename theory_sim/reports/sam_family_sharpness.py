@@ -1,0 +1,105 @@
+"""Does a more exact ascent find sharper (or flatter) solutions? lambda_1 and Tr(H) of every SAM-family rule's
+solution along one phase-diagram row, against its test error [T24, W23].
+
+Claim examined ([T24], arXiv 2411.01714, on WRN-28-10 / CIFAR; docs/science.md §8 says what it reports): SAM's
+benefit does not come from solving the inner maximisation well — more precise approximations of the SAM objective
+(multi-step SAM) generalise worse, and Rand-SAM (a random direction) is comparable to SAM, both better than SGD.
+Whether the theory model agrees is read from paired differences in figures/sam_family_phase.md (it does not for
+Rand-SAM); this script asks whether sharpness tracks the test error. Here the same rules train the two-layer CNN
+of [C23] (n=20, m=10, P=2, sigma_p=1, p=0.1, B=5, eta=0.1, 100 epochs, each rule for the first 200 steps then
+SGD) at d=800 over a row of ||mu||; every final network gets lambda_1 and Tr(H) of its training loss
+(theory_sim.sharpness), and the script reports, per rule, the mean test error, train loss, lambda_1 and Tr(H),
+and the Spearman correlation of each sharpness with the test error.
+Writes figures/sam_family_sharpness.png and figures/sam_family_sharpness.md.
+
+The measurement and report behind ``studies/sam_family_sharpness.py`` (docs/science.md §8, §7.5)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from theory_sim.cnn.model import TwoLayerCNN  # noqa: E402
+from theory_sim.cnn.run_sharpness import run_objective  # noqa: E402
+from theory_sim.cnn.train import train_ensemble  # noqa: E402
+from theory_sim.config import SimConfig  # noqa: E402
+from theory_sim.io import atomic_write_bytes, save_figure  # noqa: E402
+from theory_sim.sharpness import hutchinson_trace, top_eigenvalues  # noqa: E402
+
+# label -> SimConfig overrides: every rule for the first 200 steps, then SGD
+RULES = {"sgd": dict(optimizer="sgd"), "sam": dict(optimizer="sam"), "usam": dict(optimizer="usam"),
+         "randsam": dict(optimizer="randsam"), "msam2": dict(optimizer="msam", ascent_steps=2),
+         "msam5": dict(optimizer="msam", ascent_steps=5), "1-sam": dict(optimizer="sam", m_sharpness=1)}
+MUS = np.round(np.geomspace(0.7, 5.6, 5), 3)  # the row of ||mu|| at fixed d
+
+
+def measure(d: int, seeds: int) -> pd.DataFrame:
+    """Train every rule on the row (seeds 0..seeds-1); one row per run: test error, train loss, lambda_1, Tr(H)."""
+    base = SimConfig(d=d, n=20, m=10, P=2, sigma_p=1.0, flip_p=0.1, eta=0.1, batch_size=5, epochs=100,
+                     sigma_0=0.001, n_test=0, n_mc=8000)
+    rows = []
+    for label, rule in RULES.items():   # one ensemble per rule: rules with different structure train apart
+        steps = {} if rule["optimizer"] == "sgd" else {"sam_steps": 200}
+        configs = [base.replace(mu_norm=float(mu), seed=s, **rule, **steps) for s in range(seeds) for mu in MUS]
+        res = train_ensemble(configs, track=False, log=False, progress=False)
+        net = TwoLayerCNN.for_config(base)
+        for r, cfg in enumerate(configs):
+            obj = run_objective(net, res.params, res.data, r)
+            rows.append({"rule": label, "mu_norm": cfg.mu_norm, "seed": cfg.seed,
+                         "test_error": res.summary.test_error[r], "train_loss": res.summary.train_loss[r],
+                         "lambda_1": float(top_eigenvalues(obj, k=1, seed=cfg.seed).values[0]),
+                         "trace": hutchinson_trace(obj, 32, seed=cfg.seed).value})
+    return pd.DataFrame(rows)
+
+
+def write_report(df: pd.DataFrame, d: int, seeds: int, out: Path) -> None:
+    """``out``/sam_family_sharpness.md and .png from ``measure``'s table (the text printed)."""
+    order = list(RULES)
+    means = df.groupby("rule")[["test_error", "train_loss", "lambda_1", "trace"]].mean().reindex(order)
+    cors = {rule: {k: spearmanr(g[k], g.test_error)[0] for k in ("lambda_1", "trace")}
+            for rule, g in df.groupby("rule")}
+    lines = [f"# Sharpness of the SAM family's solutions (d={d}, ||mu|| in {[float(m) for m in MUS]}, {seeds} seeds, "
+             f"each rule for 200 steps then SGD)", "", "Means over seeds and ||mu||:", "",
+             "| rule | test error | train loss | lambda_1 | Tr(H) | Spearman(lambda_1, err) | Spearman(Tr, err) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for rule in order:
+        m = means.loc[rule]
+        lines.append(f"| {rule} | {m.test_error:.3f} | {m.train_loss:.4f} | {m.lambda_1:.4g} | {m.trace:.4g} | "
+                     f"{cors[rule]['lambda_1']:+.2f} | {cors[rule]['trace']:+.2f} |")
+    sharper = [r for r in ("msam2", "msam5") if means.loc[r, "lambda_1"] > means.loc["sam", "lambda_1"]]
+    lam = ", ".join(f"{r} {means.loc[r, 'lambda_1']:.3g}" for r in ("sam", "msam2", "msam5"))
+    errs = ", ".join(f"{means.loc[r, 'test_error']:.3f}" for r in ("sam", "msam2", "msam5"))
+    flatter = [r for r in ("msam2", "msam5") if r not in sharper]
+    lines += ["", f"- More exact ascents against SAM in lambda_1 ({lam}; test errors {errs}): sharper: "
+              f"{', '.join(sharper) or 'none'}; not sharper: {', '.join(flatter) or 'none'}. A more exact ascent "
+              f"does not reliably find a sharper (or flatter) solution here.",
+              f"- Rand-SAM: test error {means.loc['randsam', 'test_error']:.3f} vs SAM "
+              f"{means.loc['sam', 'test_error']:.3f}"
+              f" and SGD {means.loc['sgd', 'test_error']:.3f}; lambda_1 {means.loc['randsam', 'lambda_1']:.3g}.",
+              "- Final-point sharpness is measured after the SGD phase that follows every rule: it reflects where "
+              "each rule left the weights, not the rule's own perturbation."]
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "sam_family_sharpness.md", text.encode())
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for k, rule in enumerate(order):
+        g = df[df.rule == rule]
+        for ax, col in zip(axes, ("lambda_1", "trace")):
+            ax.scatter(g[col], g.test_error, s=14, color=f"C{k}", label=rule)
+    for ax, name in zip(axes, (r"$\lambda_1(H)$", r"Tr$(H)$")):
+        ax.set_xscale("log")
+        ax.set_xlabel(name + " of the training loss at the end")
+        ax.set_ylabel("test error")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"SAM family on the two-layer CNN, d={d}: sharpness of the solution vs test error", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, out / "sam_family_sharpness.png")
+    print(text)
+
