@@ -80,6 +80,19 @@ def deprecated_flag(new: str) -> type[argparse.Action]:
     return Deprecated
 
 
+def check_shared(configs, names: Iterable[str], what: str, hint: str = "") -> None:
+    """Runs trained as one computation (``what``) must agree on the fields ``names``: one ConfigError naming the
+    first field they differ in."""
+    if not configs:
+        raise ConfigError("configs must hold at least one run")
+    c0 = configs[0]
+    for c in configs[1:]:
+        for name in names:
+            if getattr(c, name) != getattr(c0, name):
+                raise ConfigError(f"{what} must share {name} (got {getattr(c0, name)!r} and "
+                                  f"{getattr(c, name)!r}){hint}")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # One simulated run of the two-layer CNN on sparse-coding data [C23 Def. 2.1-2.2, K23]
 # --------------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from theory_sim.cifar.config import CifarConfig
 from theory_sim.cifar.data import Augment, epoch_indices, load_dataset, symmetric_label_noise
 from theory_sim.cifar.wrn import WideResNet
-from theory_sim.config import ConfigError
+from theory_sim.config import ConfigError, check_shared
 from theory_sim.sam.perturbation import ascent_step, perturbation
 
 # the fields every run of one stacked computation shares (the rest: seed, label_noise, rho, asam_eta)
@@ -47,14 +47,8 @@ SHARED_FIELDS = ("dataset", "data_dir", "optimizer", "ascent_steps", "ascent_ste
 
 
 def check_stack(configs: list[CifarConfig]) -> None:
-    if not configs:
-        raise ConfigError("configs must hold at least one run")
+    check_shared(configs, SHARED_FIELDS, "runs trained as one stacked computation")
     c0 = configs[0]
-    for c in configs[1:]:
-        for name in SHARED_FIELDS:
-            if getattr(c, name) != getattr(c0, name):
-                raise ConfigError(f"runs trained as one stacked computation must share {name} (got "
-                                  f"{getattr(c0, name)!r} and {getattr(c, name)!r})")
     if c0.norm != "2" or c0.m_sharpness or c0.dropout or c0.cutout or c0.label_smoothing:
         raise ConfigError("stacked training supports norm '2', m_sharpness 0, dropout 0, cutout 0 and label_smoothing "
                           f"0; got norm={c0.norm!r}, m_sharpness={c0.m_sharpness}, dropout={c0.dropout}, "

@@ -41,6 +41,7 @@ from theory_sim.config import (
     ConfigError,
     SimConfig,
     check_choice,
+    check_shared,
     device_of,
 )
 from theory_sim.sam import registry
@@ -51,15 +52,7 @@ from theory_sim.sam.perturbation import (
 STATES = ("auto", "coefficients", "weights")
 
 def check_ensemble(configs) -> None:
-    if not configs:
-        raise ConfigError("configs must hold at least one run")
-    c0 = configs[0]
-    for c in configs[1:]:
-        for name in STRUCTURAL_FIELDS:
-            if getattr(c, name) != getattr(c0, name):
-                raise ConfigError(f"runs of one ensemble must share {name} (got {getattr(c0, name)!r} and "
-                                  f"{getattr(c, name)!r}); group runs by {STRUCTURAL_FIELDS}")
-
+    check_shared(configs, STRUCTURAL_FIELDS, "runs of one ensemble", f"; group runs by {STRUCTURAL_FIELDS}")
 
 
 def _batch_schedule(configs, epochs: int, n: int, B: int) -> np.ndarray | None:
