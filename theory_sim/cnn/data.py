@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from theory_sim.seeding import run_generators
+
 STREAM_TRAIN, STREAM_TEST, STREAM_INIT, STREAM_BATCHES, STREAM_MC, STREAM_RANDSAM = range(6)
 
 
@@ -155,15 +157,16 @@ def generate(seeds, mu_norms, sigma_ps, flip_ps, *, d: int, n: int, P: int, nois
     basis = torch.zeros(U, 1 + n * K, d, dtype=dtype)
     basis[:, 0, 0] = 1.0  # the signal direction e_1
     noise = np.empty((n, K, d))
-    for u in range(U):
-        seed, sigma_p, flip_p = keys[u * G]
-        rng = run_rng(seed, stream)
+    group_keys = keys[::G]
+    for u, rng in enumerate(run_generators([k[0] for k in group_keys], stream)):  # = run_rng(seed, stream)
+        _, sigma_p, flip_p = group_keys[u]
         yhat[u] = rng.choice([-1.0, 1.0], size=n)
         flips = rng.random(n) < flip_p
         y[u] = np.where(flips, -yhat[u], yhat[u])
         pos[u] = rng.integers(0, P, size=n)
         rng.standard_normal((n, K, d), out=noise)
-        noise *= sigma_p
+        if sigma_p != 1.0:  # x * 1.0 == x: a pass over n K d values saved for the [K23] sigma_p = 1
+            noise *= sigma_p
         basis[u, 1:] = torch.from_numpy(noise.reshape(n * K, d))
     if project_noise:
         basis[:, 1:, 0] = 0.0  # projecting off mu = ||mu|| e_1 zeroes the first coordinate (also when ||mu|| = 0)

@@ -20,6 +20,7 @@ import torch
 from theory_sim.cnn.data import STREAM_MC, STREAM_TEST, generate_for
 from theory_sim.cnn.model import Params, TwoLayerCNN, finite_runs
 from theory_sim.sam.perturbation import expand_runs
+from theory_sim.seeding import seed_words
 
 
 def _normalised(params: Params) -> Params:
@@ -68,8 +69,9 @@ def standard_draws(configs, n_mc: int, K: int, width: int, dtype=torch.float64, 
     same seed, same numbers, whatever the ensemble. Re-using them across logged steps gives smooth trajectories."""
     out = torch.empty(len(configs), n_mc, K, width, dtype=dtype)
     gen = torch.Generator()
-    for r, c in enumerate(configs):
-        gen.manual_seed(int(np.random.SeedSequence([int(c.rng_seed), STREAM_MC]).generate_state(1, np.uint64)[0] >> 1))
+    # seed r = SeedSequence([rng_seed, STREAM_MC]).generate_state(1, uint64)[0] >> 1, hashed for every run at once
+    for r, seed in enumerate(seed_words([(c.rng_seed, STREAM_MC) for c in configs])):
+        gen.manual_seed(seed)
         torch.randn(n_mc, K, width, generator=gen, dtype=dtype, out=out[r])
     return out.to(device)
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from theory_sim.cnn.data import STREAM_INIT, Batch, run_rng
+from theory_sim.cnn.data import STREAM_INIT, Batch
+from theory_sim.seeding import run_generators
 
 
 @dataclass
@@ -114,8 +115,7 @@ class TwoLayerCNN:
         # run by run in the target dtype (each run's float64 draws cast as a whole array would be)
         W = torch.empty(R, 2, m, d, dtype=dtype)
         b = torch.empty(R, 2, m, dtype=dtype) if self.bias else None
-        for r, seed in enumerate(seeds):
-            rng = run_rng(seed, STREAM_INIT)
+        for r, rng in enumerate(run_generators(seeds, STREAM_INIT)):   # = run_rng(seed, STREAM_INIT)
             if self.bias:  # PyTorch Conv1d default: kaiming_uniform(a=sqrt 5) -> U(+-1/sqrt(fan_in)), fan_in = d
                 bound = 1.0 / np.sqrt(d)
                 W[r] = torch.from_numpy(rng.uniform(-bound, bound, size=(2, m, d)))

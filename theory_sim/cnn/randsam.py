@@ -12,13 +12,13 @@ import torch
 
 from theory_sim.cnn.data import STREAM_RANDSAM, run_rng
 from theory_sim.sam.perturbation import group_norm
+from theory_sim.seeding import seed_words
 
 
 def randsam_generator(seed: int) -> torch.Generator:
     """The torch generator of a Rand-SAM run's normals, seeded from (seed, STREAM_RANDSAM) (as ``standard_draws``
     seeds its Monte-Carlo stream)."""
-    state = np.random.SeedSequence([int(seed), STREAM_RANDSAM]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state >> 1))
+    return torch.Generator().manual_seed(seed_words([(seed, STREAM_RANDSAM)])[0])
 
 
 class RandSamDraws:

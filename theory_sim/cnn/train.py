@@ -273,8 +273,9 @@ def train_ensemble(configs: list[SimConfig], *, track: bool = True, log: bool = 
                           ens.state)
 
 
-def final_weights(ens: Ensemble) -> Params:
-    """W materialised once; a run whose last step produced non-finite weights is frozen at the previous ones.
+def final_weights(ens: Ensemble) -> tuple[Params, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """W materialised once, with its pre-activations (sig, z) and outputs f on the training set (what the summary
+    reads: computed once here); a run whose last step produced non-finite weights is frozen at the previous ones.
 
     Non-finite means: in W itself (materialising W0 + A basis may overflow where the projections did not), in its
     pre-activations, or in its training outputs (finite pre-activations whose sum overflows). Such a run is flagged
@@ -293,8 +294,10 @@ def final_weights(ens: Ensemble) -> Params:
         ens.steps_done -= (bad & ens.active).long()
         params = Params.from_tensors([torch.where(expand_runs(bad, p), o, p)
                                       for p, o in zip(params.tensors(), previous.tensors())])
+        sig, z = ens.net.preactivations(params, data)
+        f = ens.net.output_from_preactivations(sig, z, data.noise_multiplicity, params.b)
     ens.diverged |= ~torch.isfinite(params.W.pow(2).sum(-1)).flatten(1).all(1)
-    return params
+    return params, sig, z, f
 
 
 def evaluate(ens: Ensemble, track: bool, heldout: bool,
@@ -302,8 +305,7 @@ def evaluate(ens: Ensemble, track: bool, heldout: bool,
     """The summary table (one row per run): the config, training loss/accuracy, test errors, steps, divergence
     and the reconstruction error of W from gamma/rho."""
     configs, data, net = ens.configs, ens.data, ens.net
-    params = final_weights(ens)
-    f = net.output(params, data)
+    params, sig, z, f = final_weights(ens)
     test_err, test_se = gaussian_test_error(net, params, configs, ens.c0.n_mc)
     summary = pd.DataFrame([c.to_dict() for c in configs])
     for col in ("tau", "sam_steps", "data_seed"):  # optional fields: None -> NaN, one dtype per column
@@ -317,7 +319,6 @@ def evaluate(ens: Ensemble, track: bool, heldout: bool,
         summary["test_error_heldout"] = heldout_test_error(net, params, configs, ens.c0.n_test).cpu().numpy()
     summary["bayes_error"] = [c.flip_p for c in configs]
     summary["steps"] = ens.steps_done.cpu().numpy()
-    sig, z = net.preactivations(params, data)
     for col, value in memorization_summaries(net, sig, z, data.noise_multiplicity, params.b, data.y,
                                              data.clean).items():
         summary[col] = value.cpu().numpy()

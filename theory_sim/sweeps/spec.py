@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import re
 from dataclasses import dataclass, field
 from itertools import product
@@ -69,6 +70,7 @@ from theory_sim.config import (
     inapplicable,
     overridden,
 )
+from theory_sim.seeding import seed_words
 from theory_sim.sweeps import cells
 from theory_sim.sweeps.cells import AXES, CORE_AXES, INTEGER_AXES, NOT_AXES, RUN_KEY  # noqa: F401 (re-exported)
 from theory_sim.sweeps.spec_toml import Axis, OptimizerSpec, check_settings, parse_spec, read_toml
@@ -217,7 +219,7 @@ class SweepSpec:
         base = dict(self.base)
         axes = {a.name: a.values for a in self.axes}
         order = [a for a in self.cell_key if a in axes]
-        runs, run_key = [], self.run_key   # a property: once, not per run
+        protos = []   # (variant label, validated prototype of the cell's runs, the cell's seed words or None)
         for o in self.optimizers:
             for combo in product(*(axes[a] for a in order)):
                 cell = dict(zip(order, combo))
@@ -232,19 +234,29 @@ class SweepSpec:
                     proto = SimConfig.preset(self.preset, **settings)
                 except ConfigError as exc:
                     raise ConfigError(f"optimizer {o.label!r} at {cell}: {exc}") from None
-                words = None if self.cell_seeding == "shared" else _cell_words(cell)  # once per cell, not per seed
-                for s in range(self.seeds):
-                    seed = self.seed_offset + s
-                    data_seed = None if words is None else _cell_seed(cell, seed, words)
-                    cfg = proto.with_seeds(seed, data_seed)
-                    key = tuple(o.label if k == "label" else getattr(cfg, k) for k in run_key)
-                    runs.append((key, cfg))
+                protos.append((o.label, proto, None if self.cell_seeding == "shared" else _cell_words(cell)))
+        seeds = [self.seed_offset + s for s in range(self.seeds)]
+        # independent cell seeding: every replicate's data seed, hashed for all cells at once (``_expand``)
+        data_seeds = iter(seed_words([(seed, *words) for _, _, words in protos if words is not None
+                                      for seed in seeds]))
+        runs, run_key = [], self.run_key   # a property: once, not per run
+        for label, proto, words in protos:
+            for seed in seeds:
+                cfg = proto.with_seeds(seed, None if words is None else next(data_seeds))
+                runs.append((tuple(label if k == "label" else getattr(cfg, k) for k in run_key), cfg))
         return runs
 
     @property
     def runs(self) -> list[tuple[tuple, SimConfig]]:
         """Every (run key, config): one per cell x seed x variant."""
+        if self._configs is None:   # a copy sent to a worker without them (``__getstate__``) expands on demand
+            object.__setattr__(self, "_configs", self._expand())
         return self._configs
+
+    def __getstate__(self) -> dict:
+        """Pickle the spec without its expanded runs and chunks (100,000 configs for the [K23] grid): a pool
+        worker gets its chunk's runs with the task and never needs the others."""
+        return {**self.__dict__, "_configs": None, "_trained": None, "_chunks": None}
 
     def ignored_axes(self, label: str) -> tuple[str, ...]:
         """The swept axes that variant ``label``'s optimizer does not read (its runs repeat along them)."""
@@ -272,11 +284,11 @@ class SweepSpec:
         # the data seed (independent cell seeding draws each cell's data from the cell's values: never shared)
         drop = {o.label: set(self.ignored_axes(o.label)) for o in self.optimizers}
         if not any(drop.values()):
-            return self._configs, []
+            return self.runs, []
         keep = {lab: [i for i, k in enumerate(self.run_key) if k not in d] for lab, d in drop.items()}
         first: dict[tuple, tuple] = {}
         trained, joined = [], []
-        for key, cfg in self._configs:
+        for key, cfg in self.runs:
             ident = (*(key[i] for i in keep[key[0]]), cfg.data_seed)
             source = first.setdefault(ident, key)
             if source is key:
@@ -296,14 +308,17 @@ class SweepSpec:
 
     def _make_chunks(self) -> list[list[tuple[tuple, SimConfig]]]:
         groups: dict[tuple, list] = {}
+        structural = operator.attrgetter(*STRUCTURAL_FIELDS)
         for key, cfg in self.trained_runs:
-            groups.setdefault(tuple(getattr(cfg, f) for f in STRUCTURAL_FIELDS), []).append((key, cfg))
+            groups.setdefault(structural(cfg), []).append((key, cfg))
         out = []
         for runs in groups.values():
-            runs = sorted(runs, key=lambda kc: (kc[1].rng_seed, kc[1].sigma_p, kc[1].flip_p))  # stable: spec order kept
+            data_keys = [(cfg.rng_seed, cfg.sigma_p, cfg.flip_p) for _, cfg in runs]
+            order = sorted(range(len(runs)), key=data_keys.__getitem__)   # stable: spec order kept
+            runs = [runs[i] for i in order]
             sizes: dict[tuple, int] = {}
-            for _, cfg in runs:
-                k = (cfg.rng_seed, cfg.sigma_p, cfg.flip_p)
+            for i in order:
+                k = data_keys[i]
                 sizes[k] = sizes.get(k, 0) + 1
             g = next(iter(sizes.values())) if len(set(sizes.values())) == 1 else 1
             size = (self.chunk_runs // g) * g if self.chunk_runs >= g else self.chunk_runs
@@ -345,17 +360,9 @@ class SweepSpec:
 
 
 def _cell_words(cell: dict) -> list[int]:
-    """The four 32-bit words of the hash of a cell's values that seed its replicates' data (``_cell_seed``)."""
+    """The four 32-bit words of the hash of a cell's values that seed its replicates' data (``_expand``)."""
     return [int(w) for w in np.frombuffer(hashlib.sha256(json.dumps(cell, sort_keys=True).encode()).digest()[:16],
                                           dtype=np.uint32)]
-
-
-def _cell_seed(cell: dict, seed: int, words: list[int] | None = None) -> int:
-    """The data seed of replicate ``seed`` in one cell (independent cell seeding): a hash of the cell's values, so
-    every optimizer of the cell sees the same data (paired comparisons) while cells are independent. ``words``:
-    ``_cell_words(cell)`` when the caller has it already."""
-    words = _cell_words(cell) if words is None else words
-    return int(np.random.SeedSequence([int(seed), *words]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def log_spaced(axis: Axis | None) -> bool:
