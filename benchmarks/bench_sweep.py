@@ -126,6 +126,9 @@ def profile_chunk(spec: SweepSpec, chunk_id: int, top: int = 12) -> None:
     for label in ("setup (data, init, Gram, projections)", "  of which: training data", "training steps",
                   "evaluation (final W, summary)", "  of which: Gaussian test error"):
         print(f"  {label:<42}{phases.get(label, 0.0):7.2f} s  {100 * phases.get(label, 0.0) / cpu:5.1f}%")
+    draws = random_draws_seconds(configs)
+    print(f"  {'random draws alone (same streams, shapes)':<42}{draws:7.2f} s  {100 * draws / cpu:5.1f}%   <- fixed by "
+          f"the seeds: no faster path gives the same numbers")
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
     lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
@@ -133,6 +136,34 @@ def profile_chunk(spec: SweepSpec, chunk_id: int, top: int = 12) -> None:
     print(f"  functions with the most own time (cProfile, wall seconds, top {top}):")
     for ln in lines[start:start + top + 1]:
         print("   ", ln[:150])
+
+
+def random_draws_seconds(configs) -> float:
+    """CPU seconds of just the random numbers a chunk's results are fixed to: every run's training data (labels,
+    signal positions, noise) and initial weights (NumPy PCG64 streams), and its Monte-Carlo normals (torch), drawn
+    with the trainer's own generators and shapes but nothing else computed."""
+    from theory_sim.cnn.data import STREAM_INIT, STREAM_TRAIN
+    from theory_sim.cnn.estimators import standard_draws
+    from theory_sim.seeding import run_generators
+
+    c0 = configs[0]
+    K = 1 if c0.noise_patches == "shared" else c0.P - 1
+    seeds = [c.rng_seed for c in configs]
+    noise = np.empty((c0.n, K, c0.d))
+    t0 = time.process_time()
+    for rng in run_generators(seeds, STREAM_TRAIN):
+        rng.choice([-1.0, 1.0], size=c0.n)
+        rng.random(c0.n)
+        rng.integers(0, c0.P, size=c0.n)
+        rng.standard_normal((c0.n, K, c0.d), out=noise)
+    for rng in run_generators(seeds, STREAM_INIT):
+        if c0.model == "kou2023":
+            rng.uniform(-1, 1, size=(2, c0.m, c0.d))
+            rng.uniform(-1, 1, size=(2, c0.m))
+        else:
+            rng.standard_normal((2, c0.m, c0.d))
+    standard_draws(configs, c0.n_mc, K, 2 * c0.m, getattr(torch, c0.dtype))
+    return time.process_time() - t0
 
 
 def main() -> None:
@@ -155,15 +186,15 @@ def main() -> None:
 
     t0 = time.perf_counter()
     spec = SweepSpec.from_toml(args.spec)
-    t_spec = time.perf_counter() - t0   # paid by the sweep's main process and by each worker (per-process overhead)
+    t_spec = time.perf_counter() - t0   # paid once by the sweep's main process
     if device.type == "cuda":
         spec, args.workers = with_device(spec, "cuda"), 1   # one process drives the GPU
     runs = spec.runs
     dtype = getattr(torch, runs[0][1].dtype)
     print(f"{spec.name}: {len(runs)} runs in {len(spec.chunks())} chunks, {args.workers} workers, {device}; "
           f"torch {torch.__version__}")
-    print(f"spec expansion (validated configs of every run): {t_spec:.1f} s, once in the main process and once in "
-          f"each worker")
+    print(f"spec expansion (validated configs of every run): {t_spec:.1f} s, once, in the main process (a worker "
+          f"gets its chunk's runs with the task)")
 
     # the naive baseline: a sample of the grid's runs, each an nn.Module trained by torch.optim, one at a time
     rng = np.random.default_rng(0)

@@ -143,12 +143,11 @@ class TwoLayerCNN:
         """Signal-patch pre-activations (R, 2, m, n) and noise-patch pre-activations (R, 2, m, n, K)."""
         R, _, m, _ = proj.shape
         s = proj[..., 0] * mu_norm[:, None, None]                                 # <w_{j,r}, mu>
-        sig = s[..., None] * yhat[:, None, None, :]
         z = proj[..., 1:].reshape(R, 2, m, yhat.shape[1], K)                      # <w_{j,r}, xi_{i,k}>
-        if b is not None:
-            sig = sig + b[..., None]
-            z = z + b[..., None, None]
-        return sig, z
+        if b is None:
+            return s[..., None] * yhat[:, None, None, :], z
+        # b + s yhat in one pass: yhat = +-1 makes the product exact, so this equals (s yhat) + b bit for bit
+        return torch.addcmul(b[..., None], s[..., None], yhat[:, None, None, :]), z + b[..., None, None]
 
     def preactivations(self, params: Params, data: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.preactivations_from_projections(self.projections(params, data), params.b, data.mu_norm,

@@ -229,6 +229,10 @@ def _execute(spec: SweepSpec, out: Path, ids: list[int], executor: str, workers:
                                   initializer=_worker_init, initargs=(os.getpid(),))
     try:
         chunks = spec.chunks()
+        # the costliest chunks first (roughly: runs x (d for data and evaluation + steps x n for training)), so
+        # the pool does not end on one large chunk while the other workers idle
+        cost = lambda i: len(chunks[i]) * (chunks[i][0][1].d + chunks[i][0][1].total_steps * chunks[i][0][1].n)  # noqa: E731
+        ids = sorted(ids, key=lambda i: -cost(i))
         futures = {pool.submit(run_chunk, str(out), i, threads, True, spec, chunks[i]): i for i in ids}
         for fut in cf.as_completed(futures):
             if fut.result() is not None:

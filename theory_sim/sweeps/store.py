@@ -160,20 +160,33 @@ def _valid_trajectories(df: pd.DataFrame, chunk, key: tuple) -> bool:
     return bool((per_run.step.min() == 0).all())
 
 
+# shards this process has read back and found valid, by (file identity, spec digest, chunk): a sweep checks every
+# shard before, between and after its rounds of work, and reading 100 shards back costs about a second each time;
+# a rewritten file (new mtime or size) is read again
+_VALID_SHARDS: set[tuple] = set()
+
+
 def shard_is_complete(out: Path, spec: SweepSpec, chunk_id: int, chunk=None) -> bool:
     """The chunk's shards read back with the full schema, exactly the chunk's runs and valid values."""
     chunk = spec.chunks()[chunk_id] if chunk is None else chunk
     kinds = ("results", "trajectories") if spec.trajectories else ("results",)
     for kind in kinds:
         path = shard_path(out, chunk_id, kind)
-        if not path.exists():
+        try:
+            st = path.stat()
+        except OSError:
             return False
+        ident = (str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino, spec.digest(), spec.chunk_runs,
+                 chunk_id, len(chunk))
+        if ident in _VALID_SHARDS:
+            continue
         try:
             df = pd.read_parquet(path)
         except Exception:  # noqa: BLE001 - any unreadable file (truncated, corrupt, not parquet) is recomputed
             return False
         if not (_valid_results if kind == "results" else _valid_trajectories)(df, chunk, spec.run_key):
             return False
+        _VALID_SHARDS.add(ident)
     return True
 
 

@@ -1,0 +1,76 @@
+"""Speed rewrites against the plain expressions they replace (issue 18: no number may change): each fast path must
+give the same bits as its definition, including the edge cases (NaN, inf, values near overflow)."""
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from theory_sim.cnn.model import TwoLayerCNN
+from theory_sim.cnn.train import squared_norms_finite
+from theory_sim.config import SimConfig
+from theory_sim.sweeps.spec import SweepSpec
+from theory_sim.sweeps.store import shard_is_complete, shard_path
+
+
+def _definition(W: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(W.pow(2).sum(-1)).flatten(1).all(1)
+
+
+def test_squared_norms_finite_equals_summing_every_square():
+    for dtype in (torch.float32, torch.float64):
+        big = math.sqrt(torch.finfo(dtype).max)
+        d = 50
+        W = torch.randn(12, 2, 3, d, dtype=dtype)
+        W[1, 0, 0, 0] = float("nan")
+        W[2, 1, 2, 5] = float("inf")
+        W[3, 0, 1, 1] = -float("inf")
+        W[4, 0, 0, :] = big / math.sqrt(d) * 1.01          # every square finite, their sum overflows
+        W[5, 0, 0, :] = big / math.sqrt(d) * 0.99          # just below: finite
+        W[6, 1, 1, 0] = big * 1.5                          # one square overflows
+        W[7, 1, 1, 0] = -big * 0.9                         # large but finite alone
+        W[8] *= 1e-30
+        W[9, :, :, :3] = math.sqrt(torch.finfo(dtype).max / (2 * d)) * 1.0001   # just past the shortcut's bound
+        got = squared_norms_finite(W)
+        assert torch.equal(got, _definition(W)), dtype
+        assert got.tolist()[:8] == [True, False, False, False, False, True, False, True]
+
+
+def test_preactivations_with_bias_equal_product_then_sum_bit_for_bit():
+    """b + s yhat in one addcmul is (s yhat) + b exactly, because yhat = +-1 makes the product exact."""
+    net = TwoLayerCNN("kou2023", m=4, P=2)
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        proj = torch.randn(30, 2, 4, 1 + 8, generator=g, dtype=dtype) * 10 ** torch.randint(-6, 6, (30, 1, 1, 1))
+        b = torch.randn(30, 2, 4, generator=g, dtype=dtype)
+        mu = torch.rand(30, generator=g, dtype=dtype) * 5
+        yhat = torch.randint(0, 2, (30, 8), generator=g).to(dtype) * 2 - 1
+        sig, z = net.preactivations_from_projections(proj, b, mu, yhat, 1)
+        s = proj[..., 0] * mu[:, None, None]
+        assert torch.equal(sig, s[..., None] * yhat[:, None, None, :] + b[..., None])
+        assert torch.equal(z, proj[..., 1:].reshape(30, 2, 4, 8, 1) + b[..., None, None])
+
+
+def test_summary_config_columns_equal_a_frame_of_to_dict_rows():
+    configs = [SimConfig(d=50 + i, mu_norm=0.5 * i, tau=None if i % 2 else 0.1, seed=i) for i in range(5)]
+    plain = pd.DataFrame([c.to_dict() for c in configs])
+    fast = pd.DataFrame({n: [getattr(c, n) for c in configs] for n in SimConfig.field_names()})
+    pd.testing.assert_frame_equal(plain, fast)
+
+
+def test_a_validated_shard_is_read_again_once_rewritten(tmp_path):
+    """The in-process cache of valid shards must not hide a shard changed on disk."""
+    from theory_sim.sweeps.runner import run_sweep
+
+    spec = SweepSpec.from_dict({"name": "tiny", "seeds": 1, "chunk_runs": 4, "trajectories": False,
+                                "base": {"n": 6, "batch_size": 6, "m": 2, "epochs": 2, "n_mc": 100},
+                                "grid": {"d": {"values": [20]}, "mu_norm": {"values": [0.5, 2.0]}},
+                                "optimizers": [{"label": "sgd", "optimizer": "sgd"}]})
+    run_sweep(spec, tmp_path)
+    chunk = spec.chunks()[0]
+    assert shard_is_complete(tmp_path, spec, 0, chunk)
+    path = shard_path(tmp_path, 0)
+    df = pd.read_parquet(path)
+    df.loc[0, "test_error"] = np.nan          # an invalid value, the same shape
+    df.to_parquet(path)
+    assert not shard_is_complete(tmp_path, spec, 0, chunk)
