@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,26 +43,38 @@ def prediction_holds(optimizer: str, predicted: float, lo: float, hi: float) -> 
     return bool(predicted - tol <= lo and hi <= predicted + tol)
 
 
+STATUS = ("ok", "benign_everywhere", "never_benign")   # the status codes of ``crossings``
+BLOCK = 1 << 21   # resampled_boundaries takes cells in blocks of about this many (cell, ||mu||, resample) means
+
+
 def crossing(mus: np.ndarray, err: np.ndarray, threshold: float) -> tuple[float, str, float]:
     """The boundary ||mu||* of one cell (mus ascending): the onset of benign overfitting, i.e. the first crossing of
     the threshold from above, interpolated in log ||mu||. Returns (value, status, relapse) with status ok /
     benign_everywhere / never_benign, and relapse the smallest larger ||mu|| at which the error is above the
     threshold again (NaN if none: monotone on the grid)."""
+    value, status, relapse = crossings(np.asarray(mus, dtype=float)[None], np.asarray(err, dtype=float)[None, :, None],
+                                       threshold)
+    return float(value[0, 0]), STATUS[status[0, 0]], float(relapse[0, 0])
+
+
+def crossings(mus: np.ndarray, err: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``crossing`` of G cells with the same number M of ||mu|| values on B error curves each, at once: mus (G, M),
+    err (G, M, B) -> (value, status, relapse), each (G, B), status an index into STATUS. NaN errors are not benign."""
     benign = err <= threshold
-    if not benign.any():
-        return float("nan"), "never_benign", float("nan")
-    k = int(np.argmax(benign))
-    after = np.nonzero(~benign[k:])[0]
-    relapse = float(mus[k + after[0]]) if len(after) else float("nan")
-    if k == 0:
-        return float("nan"), "benign_everywhere", relapse
-    e0, e1 = err[k - 1], err[k]
-    frac = (e0 - threshold) / (e0 - e1) if e0 != e1 else 0.5
-    if mus[k - 1] > 0:
-        value = float(np.exp(np.log(mus[k - 1]) + frac * (np.log(mus[k]) - np.log(mus[k - 1]))))
-    else:
-        value = float(mus[k - 1] + frac * (mus[k] - mus[k - 1]))
-    return value, "ok", relapse
+    cell = np.arange(err.shape[0])[:, None]
+    k = benign.argmax(axis=1)                       # the first benign index (0 where none is)
+    found = benign.any(axis=1)
+    later = ~benign & (np.arange(err.shape[1])[None, :, None] > k[:, None, :])
+    relapse = np.where(found & later.any(axis=1), mus[cell, later.argmax(axis=1)], np.nan)
+    before = np.maximum(k - 1, 0)
+    e0 = np.take_along_axis(err, before[:, None, :], axis=1)[:, 0]
+    e1 = np.take_along_axis(err, k[:, None, :], axis=1)[:, 0]
+    m0, m1 = mus[cell, before], mus[cell, k]
+    with np.errstate(divide="ignore", invalid="ignore"):   # the branches np.where discards
+        frac = np.where(e0 != e1, (e0 - threshold) / (e0 - e1), 0.5)
+        value = np.where(m0 > 0, np.exp(np.log(m0) + frac * (np.log(m1) - np.log(m0))), m0 + frac * (m1 - m0))
+    status = np.where(found, np.where(k == 0, 1, 0), 2)
+    return np.where(status == 0, value, np.nan), status, relapse
 
 
 def cell_arrays(df: pd.DataFrame, dims=DIMS) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
@@ -86,9 +99,53 @@ def boundaries(cells: dict, threshold: float, seed_idx: np.ndarray | None = None
     return pd.DataFrame(rows)
 
 
-def fit_slopes(bnd: pd.DataFrame, dims=DIMS) -> pd.DataFrame:
-    """Log-log slope of mu* in every dimension with >= 3 distinct positive values, the others held fixed."""
-    rows = []
+def resampled_boundaries(cells: dict, threshold: float, draws: np.ndarray) -> np.ndarray:
+    """mu* of every cell (rows, in the order of ``cells``) on every resample of the seeds (columns; ``draws`` (B, S)
+    from seed_resamples): column b is the mu_star of ``boundaries(cells, threshold, draws[b])``, all at once."""
+    mu_star = np.full((len(cells), len(draws)), np.nan)
+    arrays = list(cells.values())
+    by_shape: dict[tuple, list[int]] = {}   # cells stacked by shape: each has its own ||mu|| grid (and seeds)
+    for i, (_, errs) in enumerate(arrays):
+        by_shape.setdefault(errs.shape, []).append(i)
+    for (length, _), rows in by_shape.items():
+        step = max(1, BLOCK // max(1, length * len(draws)))
+        for start in range(0, len(rows), step):
+            part = rows[start:start + step]
+            means = _seed_means(np.stack([arrays[i][1] for i in part]), draws)
+            mu_star[part] = crossings(np.stack([arrays[i][0] for i in part]), means, threshold)[0]
+    return mu_star
+
+
+def _seed_means(errs: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """np.nanmean over the drawn seeds: errs (G, M, S), draws (B, S) -> (G, M, B). The seeds are added one by one in
+    draw order, as np.nanmean(errs[:, idx], axis=1) adds them (fancy indexing returns an F-ordered copy, reduced
+    seed by seed), so the means are bit-identical to the per-resample ``boundaries``."""
+    total = np.zeros((*errs.shape[:2], len(draws)))
+    count = np.zeros(total.shape, dtype=np.intp)
+    for slot in draws.T:   # the seed each resample draws at this position
+        e = errs[:, :, slot]
+        missing = np.isnan(e)
+        total += np.where(missing, 0.0, e)
+        count += ~missing
+    with np.errstate(invalid="ignore", divide="ignore"):   # a point without any seed: NaN, as np.nanmean
+        return total / count
+
+
+class _Fit(NamedTuple):
+    """One fit of fit_slopes without its data: the row's keys, the cells' row positions in the boundary table,
+    which of the dimension's distinct values each cell has (one-hot (values, cells): counts the values left with a
+    located boundary), and the abscissa log(dimension - shift)."""
+    fields: dict
+    rows: np.ndarray
+    distinct: np.ndarray
+    x: np.ndarray
+
+
+def _fits(bnd: pd.DataFrame, dims) -> list[_Fit]:
+    """The fits of fit_slopes (in its row order): every dimension with >= 3 distinct positive values, per group of
+    the other dimensions."""
+    bnd = bnd.reset_index(drop=True)
+    out = []
     for dim in dims:
         others = [x for x in dims if x != dim]
         if (bnd[dim] <= 0).any():  # a log-log slope needs positive values (e.g. sam_steps = 0 on an extra axis)
@@ -96,16 +153,49 @@ def fit_slopes(bnd: pd.DataFrame, dims=DIMS) -> pd.DataFrame:
         for key, g in bnd.groupby(["label", *others], sort=True):
             if g[dim].nunique() < 3:
                 continue
-            ok = g[np.isfinite(g.mu_star) & (g.mu_star > 0)]
+            values = g[dim].to_numpy()
+            distinct = (np.unique(values)[:, None] == values[None, :]).astype(float)
             # P: the theorems' P^4 counts patches; with shared noise the noise enters P - 1 times, which on a small
             # grid of P is a different power law, so both are fitted
             for name, shift in ((dim, 0), ("P-1", 1)) if dim == "P" else ((dim, 0),):
-                slope = intercept = float("nan")
-                if ok[dim].nunique() >= 3:
-                    slope, intercept = np.polyfit(np.log(ok[dim].astype(float) - shift), np.log(ok.mu_star), 1)
-                rows.append(dict(label=key[0], dim=name, **dict(zip(others, key[1:])), slope=float(slope),
-                                 intercept=float(intercept), points=int(len(ok)), cells=int(len(g))))
+                out.append(_Fit(dict(label=key[0], dim=name, **dict(zip(others, key[1:]))), g.index.to_numpy(),
+                                distinct, np.log(values.astype(float) - shift)))
+    return out
+
+
+def _fit(fit: _Fit, mu_star: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares line of log mu* against fit.x on every column of mu_star ((cells, B)), over the cells with a
+    finite positive mu*: (slope, intercept, points), each (B,); NaN where < 3 distinct values remain. The centred
+    closed form of np.polyfit(x, log mu*, 1), equal to it up to rounding (~1e-15 relative)."""
+    mu = mu_star[fit.rows]
+    ok = np.isfinite(mu) & (mu > 0)
+    points = ok.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.where(ok, fit.x[:, None], 0.0)
+        y = np.where(ok, np.log(np.where(ok, mu, 1.0)), 0.0)
+        x_mean, y_mean = x.sum(axis=0) / points, y.sum(axis=0) / points
+        dx, dy = np.where(ok, x - x_mean, 0.0), np.where(ok, y - y_mean, 0.0)
+        slope = (dx * dy).sum(axis=0) / (dx * dx).sum(axis=0)
+    slope = np.where((fit.distinct @ ok > 0).sum(axis=0) >= 3, slope, np.nan)
+    return slope, y_mean - slope * x_mean, points
+
+
+def fit_slopes(bnd: pd.DataFrame, dims=DIMS) -> pd.DataFrame:
+    """Log-log slope of mu* (least squares over the cells with a located boundary) in every dimension with >= 3
+    distinct positive values, the others held fixed; NaN where fewer than 3 of the values have a boundary."""
+    mu_star = bnd.mu_star.to_numpy(dtype=float)[:, None]
+    rows = []
+    for fit in _fits(bnd, dims):
+        slope, intercept, points = (v[0] for v in _fit(fit, mu_star))
+        rows.append(dict(**fit.fields, slope=float(slope), intercept=float(intercept), points=int(points),
+                         cells=int(len(fit.rows))))
     return pd.DataFrame(rows)
+
+
+def resampled_slopes(bnd: pd.DataFrame, mu_star: np.ndarray, dims=DIMS) -> np.ndarray:
+    """The slopes of ``fit_slopes(bnd)``'s rows (rows) with mu* replaced by each column of mu_star ((rows of bnd, B),
+    e.g. from resampled_boundaries): (fits, B)."""
+    return np.array([_fit(fit, mu_star)[0] for fit in _fits(bnd, dims)]).reshape(-1, mu_star.shape[1])
 
 
 def verify(out: str | Path, n_boot: int = 200, seed: int = 0) -> dict:
@@ -132,28 +222,20 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 
                              bnd[["label", *dims]].itertuples(index=False, name=None)]
     fits = fit_slopes(bnd, dims)
     seeds = int(df.seed.nunique())
-    boot = []
-    for b, idx in enumerate(seed_resamples(seeds, n_boot, seed)):
-        f = fit_slopes(boundaries(cells, threshold, idx, dims), dims)
-        if not f.empty:
-            boot.append(f.assign(boot=b))
-    keys = ["label", "dim", *dims]
     checks = []
     # a variant's runs repeat along the axes its optimizer does not read (theory_sim.config.ignored_parameters):
     # no slope along such an axis, and the slopes along the others once (at the axis's first value), not per value
     ignored = {o.label: spec.ignored_axes(o.label) for o in spec.optimizers}
     first = {a.name: min(a.values) for a in spec.axes}
     if not fits.empty:
-        boot_df = pd.concat(boot, ignore_index=True) if boot else pd.DataFrame(columns=fits.columns)
-        for _, row in fits.iterrows():
+        # every resample's boundaries and slopes at once; row r of boot is fits' row r over the resamples
+        boot = resampled_slopes(bnd, resampled_boundaries(cells, threshold, seed_resamples(seeds, n_boot, seed)),
+                                dims)
+        for r, row in fits.iterrows():
             skip = ignored.get(row.label, ())
             if row.dim in skip or any(row[a] != first[a] for a in skip if a in row):
                 continue
-            match = boot_df
-            for k in keys:
-                if k in row and not pd.isna(row[k]):
-                    match = match[match[k] == row[k]]
-            s = match.slope.dropna().to_numpy()
+            s = boot[r][~np.isnan(boot[r])]
             lo, hi = (np.percentile(s, [2.5, 97.5]) if len(s) >= 10 else (float("nan"), float("nan")))
             pred = PREDICTED.get(optimizer_of.get(row.label, ""), {}).get(row.dim)
             fixed = {k: ("any" if k in skip else row[k]) for k in dims

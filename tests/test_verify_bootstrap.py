@@ -1,0 +1,188 @@
+"""verify's vectorised seed bootstrap (crossings, resampled_boundaries, resampled_slopes and the closed-form fits)
+against the per-resample implementation it replaced, kept here as the reference: a Python loop over cells calling
+np.nanmean and a scalar crossing, and np.polyfit per group of a pandas groupby, once per resample."""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from theory_sim.sweeps import verify
+from theory_sim.sweeps.cells import DIMS, seed_resamples
+from theory_sim.sweeps.spec import SweepSpec
+from theory_sim.sweeps.verify import (boundaries, cell_arrays, crossing, fit_slopes, resampled_boundaries,
+                                      resampled_slopes, verify_table)
+
+P_FLIP, SEEDS = 0.1, 10   # 10 seeds: np.nanmean's pairwise and sequential sums differ from 8 terms on
+
+
+def ref_crossing(mus, err, threshold):
+    benign = err <= threshold
+    if not benign.any():
+        return float("nan"), "never_benign", float("nan")
+    k = int(np.argmax(benign))
+    after = np.nonzero(~benign[k:])[0]
+    relapse = float(mus[k + after[0]]) if len(after) else float("nan")
+    if k == 0:
+        return float("nan"), "benign_everywhere", relapse
+    e0, e1 = err[k - 1], err[k]
+    frac = (e0 - threshold) / (e0 - e1) if e0 != e1 else 0.5
+    if mus[k - 1] > 0:
+        value = float(np.exp(np.log(mus[k - 1]) + frac * (np.log(mus[k]) - np.log(mus[k - 1]))))
+    else:
+        value = float(mus[k - 1] + frac * (mus[k] - mus[k - 1]))
+    return value, "ok", relapse
+
+
+def ref_boundaries(cells, threshold, seed_idx=None, dims=DIMS):
+    rows = []
+    for key, (mus, errs) in cells.items():
+        e = errs if seed_idx is None else errs[:, seed_idx]
+        with warnings.catch_warnings():   # "Mean of empty slice": a ||mu|| without any seed, NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(e, axis=1)
+        mu_star, state, relapse = ref_crossing(mus, mean, threshold)
+        rows.append(dict(label=key[0], **dict(zip(dims, key[1:])), mu_star=mu_star, status=state,
+                         relapse_mu=relapse))
+    return pd.DataFrame(rows)
+
+
+def ref_fit_slopes(bnd, dims=DIMS):
+    rows = []
+    for dim in dims:
+        others = [x for x in dims if x != dim]
+        if (bnd[dim] <= 0).any():
+            continue
+        for key, g in bnd.groupby(["label", *others], sort=True):
+            if g[dim].nunique() < 3:
+                continue
+            ok = g[np.isfinite(g.mu_star) & (g.mu_star > 0)]
+            for name, shift in ((dim, 0), ("P-1", 1)) if dim == "P" else ((dim, 0),):
+                slope = intercept = float("nan")
+                if ok[dim].nunique() >= 3:
+                    slope, intercept = np.polyfit(np.log(ok[dim].astype(float) - shift), np.log(ok.mu_star), 1)
+                rows.append(dict(label=key[0], dim=name, **dict(zip(others, key[1:])), slope=float(slope),
+                                 intercept=float(intercept), points=int(len(ok)), cells=int(len(g))))
+    return pd.DataFrame(rows)
+
+
+def random_cells(rng):
+    """Cells of every kind on ragged ||mu|| grids (1 to 20 points, some starting at ||mu|| = 0): crossing, never
+    benign, benign everywhere, relapsing; errors on a 0.02 lattice (the threshold 0.14 is on it: seed means tie with
+    it and with each other), missing seeds (NaN) and ||mu|| values without any seed."""
+    grid = np.geomspace(0.1, 10, 30)
+    cells = {}
+    for label in ("sgd", "sam"):
+        for d in (100, 200, 400, 800):
+            for n in (10, 20, 40):
+                for P in (2, 3, 4):
+                    if rng.random() < 0.15:   # a missing cell: some fits have fewer than 3 values left
+                        continue
+                    m = int(rng.choice([1, 2, 3, 6, 12, 20, 20, 20]))
+                    mus = np.sort(rng.choice(grid, m, replace=False))
+                    if m > 1 and rng.random() < 0.3:
+                        mus[0] = 0.0
+                    mu_c = 0.4 * (d / 100) ** 0.25 * (20 / n) ** 0.25 * P / 2 * np.exp(0.1 * rng.standard_normal())
+                    curve = P_FLIP + 0.4 / (1 + (mus / mu_c) ** 4)
+                    kind = rng.choice(["crossing", "never", "everywhere", "relapse"], p=[0.7, 0.1, 0.1, 0.1])
+                    if kind == "never":
+                        curve = curve + 0.3
+                    elif kind == "everywhere":
+                        curve = np.full(m, P_FLIP)
+                    elif kind == "relapse":
+                        curve[-max(1, m // 4):] = 0.45
+                    errs = np.clip(np.round((curve[:, None] + 0.04 * rng.standard_normal((m, SEEDS))) / 0.02) * 0.02,
+                                   0, 1)
+                    errs[rng.random((m, SEEDS)) < 0.1] = np.nan
+                    if rng.random() < 0.1:
+                        errs[rng.integers(m)] = np.nan
+                    cells[(label, d, n, P, 1.0)] = (mus, errs)
+    return cells
+
+
+THRESHOLD = P_FLIP + 0.1 * (0.5 - P_FLIP)
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_crossing_and_boundaries_are_the_reference_bit_for_bit(seed):
+    cells = random_cells(np.random.default_rng(seed))
+    for idx in (None, *seed_resamples(SEEDS, 5, seed)):
+        ref = ref_boundaries(cells, THRESHOLD, idx)
+        pd.testing.assert_frame_equal(boundaries(cells, THRESHOLD, idx), ref, check_exact=True)
+    statuses = set(ref.status)
+    assert statuses == {"ok", "never_benign", "benign_everywhere"} and ref.relapse_mu.notna().any()
+    for mus, errs in cells.values():   # the curves of single seeds: exact ties of neighbours and with the threshold
+        for s in range(SEEDS):
+            got, want = crossing(mus, errs[:, s], THRESHOLD), ref_crossing(mus, errs[:, s], THRESHOLD)
+            assert got[1] == want[1] and np.array_equal(got[::2], want[::2], equal_nan=True)
+    linear = (np.array([0.0, 1.0]), np.array([0.3, 0.1]), 0.2)   # from ||mu|| = 0: linear interpolation
+    assert crossing(*linear)[:2] == ref_crossing(*linear)[:2] and abs(crossing(*linear)[0] - 0.5) < 1e-12
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resampled_boundaries_are_every_resample_of_the_reference(seed, monkeypatch):
+    cells = random_cells(np.random.default_rng(seed))
+    draws = seed_resamples(SEEDS, 40, seed)
+    want = np.stack([ref_boundaries(cells, THRESHOLD, idx).mu_star.to_numpy() for idx in draws], axis=1)
+    np.testing.assert_array_equal(resampled_boundaries(cells, THRESHOLD, draws), want)   # NaN where NaN, else equal
+    monkeypatch.setattr(verify, "BLOCK", 100)   # cells in many small blocks: the same numbers
+    np.testing.assert_array_equal(resampled_boundaries(cells, THRESHOLD, draws), want)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fits_match_np_polyfit_on_every_resample(seed):
+    cells = random_cells(np.random.default_rng(seed))
+    draws = seed_resamples(SEEDS, 40, seed)
+    bnd = ref_boundaries(cells, THRESHOLD)
+    new, ref = fit_slopes(bnd), ref_fit_slopes(bnd)
+    assert list(new.columns) == list(ref.columns) and len(ref) > 20 and ref.slope.notna().sum() > 5
+    keys = [c for c in ref.columns if c not in ("slope", "intercept")]
+    pd.testing.assert_frame_equal(new[keys], ref[keys], check_exact=True)
+    for col in ("slope", "intercept"):
+        np.testing.assert_allclose(new[col], ref[col], rtol=1e-9, atol=1e-12)
+    boot = resampled_slopes(bnd, resampled_boundaries(cells, THRESHOLD, draws))
+    want = np.stack([ref_fit_slopes(ref_boundaries(cells, THRESHOLD, idx)).slope.to_numpy() for idx in draws], 1)
+    assert boot.shape == want.shape and np.isnan(want).any() and not np.isnan(want).all()
+    np.testing.assert_allclose(boot, want, rtol=1e-9, atol=1e-12)   # NaN exactly where np.polyfit had no fit
+
+
+def test_verify_table_intervals_are_the_per_resample_reference():
+    """The checks' slopes and intervals from the old loop: boundaries and fit_slopes per resample, the bootstrap
+    rows of a check picked out of their concatenation by its keys."""
+    rng = np.random.default_rng(5)
+    cells = random_cells(rng)
+    # a NaN is a missing run (a ||mu|| without any run leaves the cell's grid), or a diverged one (scored 0.5)
+    # where it would take a seed out of the cell
+    rows = [dict(label=key[0], optimizer=key[0], **dict(zip(DIMS, key[1:])), mu_norm=mu, seed=s, flip_p=P_FLIP,
+                 test_error=errs[i, s], diverged=bool(np.isnan(errs[i, s])), train_loss=0.0)
+            for key, (mus, errs) in cells.items() for i, mu in enumerate(mus) for s in range(SEEDS)
+            if np.isfinite(errs[i, s]) or np.isnan(errs[:, s]).all()]
+    df = pd.DataFrame(rows)
+    spec = SweepSpec.from_dict({"name": "ragged", "seeds": SEEDS,
+                                "grid": {"d": [100, 200, 400, 800], "n": [10, 20, 40], "P": [2, 3, 4],
+                                         "mu_norm": [0.5, 2.0]},
+                                "optimizers": [{"label": "sgd"}, {"label": "sam", "optimizer": "sam"}],
+                                "base": {"epochs": 1}})
+    n_boot = 60
+    report = verify_table(df, spec, n_boot=n_boot)
+    table = cell_arrays(df, spec.cell_dims)
+    threshold = spec.benign_threshold(P_FLIP)
+    fits = ref_fit_slopes(ref_boundaries(table, threshold))
+    boot = pd.concat([ref_fit_slopes(ref_boundaries(table, threshold, idx)).assign(boot=b)
+                      for b, idx in enumerate(seed_resamples(SEEDS, n_boot, 0))], ignore_index=True)
+    checks = {(c["label"], c["dim"], tuple(c["fixed"].items())): c for c in report["slopes"]}
+    assert len(checks) == len(fits) == len(report["slopes"]) > 40
+    for _, row in fits.iterrows():
+        match = boot
+        for k in ["label", "dim", *DIMS]:
+            if k in row and not pd.isna(row[k]):
+                match = match[match[k] == row[k]]
+        s = match.slope.dropna().to_numpy()
+        lo, hi = np.percentile(s, [2.5, 97.5]) if len(s) >= 10 else (np.nan, np.nan)
+        fixed = tuple((k, row[k]) for k in DIMS if k != row.dim and not (row.dim == "P-1" and k == "P"))
+        c = checks[(row.label, row.dim, fixed)]
+        assert (c["boot_valid"], c["points"], c["cells"]) == (len(s), row.points, row.cells)
+        np.testing.assert_allclose([c["slope"], c["ci_low"], c["ci_high"]], [row.slope, lo, hi], rtol=1e-9,
+                                   atol=1e-12)
+    assert sum(c["boot_valid"] >= 10 for c in report["slopes"]) > 10
