@@ -76,6 +76,7 @@ from theory_sim.sweeps.cells import AXES, CORE_AXES, INTEGER_AXES, NOT_AXES, RUN
 from theory_sim.sweeps.spec_toml import Axis, OptimizerSpec, check_settings, parse_spec, read_toml
 
 TRAJECTORY_POINTS = 30
+_EXPAND_ON_DEMAND = object()   # SweepSpec(_configs=_EXPAND_ON_DEMAND): validate the spec, expand its runs when asked
 CELL_SEEDING = ("shared", "independent")
 
 
@@ -119,8 +120,10 @@ class SweepSpec:
             raise ConfigError(f"optimizers labels must be distinct, got {labels}")
         check_settings(self.base, self.optimizers, names)
         self._check_effective(names)
-        # validate every run before any work: builds (and caches) the configs
-        object.__setattr__(self, "_configs", self._expand())
+        if self._configs is _EXPAND_ON_DEMAND:   # a stored spec, validated run by run when it was written
+            object.__setattr__(self, "_configs", None)
+        else:   # validate every run before any work: builds (and caches) the configs
+            object.__setattr__(self, "_configs", self._expand())
 
     def _check_effective(self, axes: list[str]) -> None:
         """Refuse a setting that has no effect. A variant's key its optimizer ignores (``optimizers[i].tau`` for
@@ -351,8 +354,10 @@ class SweepSpec:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
-    def from_dict(cls, d: dict, name: str | None = None) -> "SweepSpec":
-        return cls(**parse_spec(d, name))
+    def from_dict(cls, d: dict, name: str | None = None, expand: bool = True) -> "SweepSpec":
+        """The spec of a dict of TOML tables. ``expand=False``: every check but the per-run one, the runs expanded
+        when first asked for (verify and figures of a stored sweep never ask: 100,000 configs take seconds)."""
+        return cls(**parse_spec(d, name), **({} if expand else {"_configs": _EXPAND_ON_DEMAND}))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "SweepSpec":

@@ -85,7 +85,7 @@ def _load_spec_file(path_text: str, mtime_ns: int, size: int) -> SweepSpec:
     if not isinstance(stored.get("spec"), dict):
         raise ConfigError(f"{path} holds no sweep spec (key 'spec'); restore it from the sweep's TOML")
     try:
-        return SweepSpec.from_dict(stored["spec"])
+        return SweepSpec.from_dict(stored["spec"], expand=False)   # it was expanded (validated) when written
     except ConfigError as exc:
         raise ConfigError(f"{path} holds an invalid spec: {exc}") from None
 
