@@ -209,9 +209,32 @@ def _end_pool(pool) -> None:
         pool.shutdown(wait=True)  # the workers are gone: the pool's manager thread winds down at once
 
 
-def _execute(spec: SweepSpec, out: Path, ids: list[int], executor: str, workers: int, bar) -> list[int]:
-    """Run the chunks ``ids`` here (inline) or in a process pool; return those this call computed (the others were
-    claimed by a concurrent sweep)."""
+def _warm_up() -> None:
+    """A pool task that only loads the trainer (torch among it), so a worker is ready before the first chunk."""
+    import theory_sim.cnn.train  # noqa: F401
+
+
+def start_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """A local process pool whose ``workers`` processes start now and load torch and the trainer (about 2 s each)
+    while the caller goes on, e.g. expanding the spec: the pool spawns a worker per pending task, so one warm-up
+    task per worker starts them all."""
+    check_int("workers", workers, 1)
+    # after an interrupt the workers are killed; multiprocessing's resource tracker then unlinks the pool's
+    # semaphores itself and would print a warning about them: the clean-up is right, the warning is noise
+    quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+    if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
+    pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                  initargs=(os.getpid(),))
+    for _ in range(workers):
+        pool.submit(_warm_up)
+    return pool
+
+
+def _execute(spec: SweepSpec, out: Path, ids: list[int], executor: str, workers: int, bar,
+             pool: cf.ProcessPoolExecutor | None = None) -> list[int]:
+    """Run the chunks ``ids`` here (inline) or in a process pool (``pool``, started by the caller, or one of this
+    call's own); return those this call computed (the others were claimed by a concurrent sweep)."""
     done = []
     if executor == "inline":
         for i in ids:
@@ -220,13 +243,9 @@ def _execute(spec: SweepSpec, out: Path, ids: list[int], executor: str, workers:
                 bar.update(1)
         return done
     threads = max(1, (os.cpu_count() or 1) // workers)  # small tensors: processes beat threads
-    # after an interrupt the workers are killed; multiprocessing's resource tracker then unlinks the pool's
-    # semaphores itself and would print a warning about them: the clean-up is right, the warning is noise
-    quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
-    if quiet not in os.environ.get("PYTHONWARNINGS", ""):
-        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
-    pool = cf.ProcessPoolExecutor(min(workers, len(ids)), mp_context=mp.get_context("spawn"),
-                                  initializer=_worker_init, initargs=(os.getpid(),))
+    own = pool is None
+    if own:
+        pool = start_pool(min(workers, len(ids)))
     try:
         chunks = spec.chunks()
         # the costliest chunks first (roughly: runs x (d for data and evaluation + steps x n for training)), so
@@ -241,11 +260,12 @@ def _execute(spec: SweepSpec, out: Path, ids: list[int], executor: str, workers:
     except BaseException:
         _end_pool(pool)
         raise
-    pool.shutdown(wait=True)
+    if own:
+        pool.shutdown(wait=True)
     return done
 
 
-def _run_local(spec: SweepSpec, out: Path, executor: str, workers: int, bar) -> set[int]:
+def _run_local(spec: SweepSpec, out: Path, executor: str, workers: int, bar, pool=None) -> set[int]:
     """Compute every missing chunk, sharing the work with any concurrent sweep into DIR: chunks another live
     process holds are waited for, and taken over if that process dies."""
     computed: set[int] = set()
@@ -254,7 +274,7 @@ def _run_local(spec: SweepSpec, out: Path, executor: str, workers: int, bar) -> 
         todo = missing_chunks(spec, out)
         free = [i for i in todo if i not in computed and not lock_holder_alive(out, i)]
         if free:
-            computed |= set(_execute(spec, out, free, executor, workers, bar))
+            computed |= set(_execute(spec, out, free, executor, workers, bar, pool))
             continue
         busy = [i for i in todo if lock_holder_alive(out, i)]
         if not busy:
@@ -266,9 +286,10 @@ def _run_local(spec: SweepSpec, out: Path, executor: str, workers: int, bar) -> 
 
 
 def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int = 1, progress: bool | None = None,
-              submitit_options: dict | None = None) -> pd.DataFrame | None:
+              submitit_options: dict | None = None, pool: cf.ProcessPoolExecutor | None = None) -> pd.DataFrame | None:
     """Run every missing chunk and aggregate. Returns the results table (None if submitit jobs were left queued).
-    Ctrl-C / SIGTERM raise ``SweepInterrupted`` after ending the workers; the finished shards stay."""
+    Ctrl-C / SIGTERM raise ``SweepInterrupted`` after ending the workers; the finished shards stay. ``pool``: a
+    ``start_pool`` for executor "process", started earlier by the caller (it shuts it down)."""
     from tqdm.auto import tqdm
 
     check_choice("executor", executor, EXECUTORS)
@@ -287,7 +308,7 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
                 if not _run_submitit(out, todo, bar, dict(submitit_options or {})):
                     return None
             else:
-                computed = _run_local(spec, out, executor, workers, bar)
+                computed = _run_local(spec, out, executor, workers, bar, pool)
     except KeyboardInterrupt:
         with _ignoring_sigint():  # a second Ctrl-C while we count what is done is dropped, not a traceback
             left = len(missing_chunks(spec, out))
@@ -388,8 +409,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = SweepSpec.from_toml(args.spec)
     check_int("workers", args.workers, 1)
+    # the workers start (and load torch) while this process expands and checks the spec
+    pool = start_pool(args.workers) if args.executor == "process" else None
+    try:
+        return _run_command(args, pool)
+    except BaseException:
+        if pool is not None:
+            _end_pool(pool)
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def _run_command(args: argparse.Namespace, pool) -> int:
+    spec = SweepSpec.from_toml(args.spec)
     # every chunk fits, before any work: `workers` processes share this machine's memory; a cluster's jobs run on
     # other nodes (their memory is not this one's: steps only)
     local = args.executor != "submitit" or args.cluster in ("local", "debug")
@@ -400,12 +435,14 @@ def run(args: argparse.Namespace) -> int:
                 array_parallelism=args.array_parallelism, wait=args.wait, resubmit=args.resubmit)
     t0 = time.perf_counter()
     try:
-        df = run_sweep(spec, args.out, args.executor, args.workers, args.progress, opts)
+        df = run_sweep(spec, args.out, args.executor, args.workers, args.progress, opts, pool)
     except SweepInterrupted as exc:
         # the command is ending: a further Ctrl-C (people press it twice) must not turn the exit into a traceback
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(exc, file=sys.stderr)
         return 130
+    if pool is not None:  # the workers' memory back before verify and the figures
+        pool.shutdown(wait=True)
     if df is None:
         return 0
     print(f"{spec.name}: {len(df)} runs in {args.out / 'results.parquet'} ({time.perf_counter() - t0:.1f} s, "
