@@ -74,3 +74,25 @@ def test_a_validated_shard_is_read_again_once_rewritten(tmp_path):
     df.loc[0, "test_error"] = np.nan          # an invalid value, the same shape
     df.to_parquet(path)
     assert not shard_is_complete(tmp_path, spec, 0, chunk)
+
+
+def test_signal_coefficients_equal_the_plain_product_order_bit_for_bit():
+    """a_sig = sum_n (coef yhat) act_sig equals sum_n (coef act_sig) yhat exactly (every product is exact)."""
+    from theory_sim.cnn.model import relu_derivative
+
+    g = torch.Generator().manual_seed(1)
+    for model, dtype in (("kou2023", torch.float32), ("c23", torch.float64)):
+        net = TwoLayerCNN(model, m=3, P=2)
+        R, n = 20, 6
+        proj = torch.randn(R, 2, 3, 1 + n, generator=g, dtype=dtype)
+        b = torch.randn(R, 2, 3, generator=g, dtype=dtype) if net.bias else None
+        mu = torch.rand(R, generator=g, dtype=dtype) * 3
+        yhat = torch.randint(0, 2, (R, n), generator=g).to(dtype) * 2 - 1
+        y = yhat * torch.where(torch.rand(R, n, generator=g) < 0.2, -1.0, 1.0).to(dtype)
+        grad = net.batch_gradient(proj, b, y, yhat, mu, 1, 1)
+        sig, z = net.preactivations_from_projections(proj, b, mu, yhat, 1)
+        f = net.output_from_preactivations(sig, z, 1)
+        coef = (-torch.sigmoid(-y * f) * y / n)[:, None, None, :] * (net.signs(f)[None, :, None, None]
+                                                                      * (net.a_f * net.a_p))
+        plain = (coef * relu_derivative(sig) * yhat[:, None, None, :]).sum(-1)
+        assert torch.equal(grad.coefs[..., 0], plain * mu[:, None, None])
