@@ -16,8 +16,9 @@ shared noise vector, or P - 1 independent ones), M = 2 m filters, T = logged ste
   trajectory log     R (S + 1)            which steps a run logs (bytes);
                      + 3 T R M c s        gamma/rho snapshots, stacked, and coefficients.npz in memory
                      + 2 * 30 * 8 T R     the trajectory table
-  Monte-Carlo draws  R t K M s 4         the trajectory's t = min(trajectory_mc, n_mc) draws and their temporaries;
-                     r n_mc K M s 4       the final estimate, r = min(R, 32) runs at a time (counted as the larger)
+  Monte-Carlo draws  R t K M s 3         the trajectory's t = min(trajectory_mc, n_mc) draws, their product with the
+                                          noise factor and a margin for the temporaries after it (measured: 2x);
+                     r n_mc K M s 3       the final estimate, r = min(R, 32) runs at a time (counted as the larger)
   held-out test set  r' c' d (8 + s)      r' = min(R, 8) runs' n_test points at a time, c' = 1 + n_test K,
                      + 3 r' M c' s        their projections and pre-activations
   rand-sam draws     R min(64 M c, 2^18) s  (coefficient space) or 2 R M d s (weight space), Rand-SAM runs only
@@ -94,14 +95,16 @@ def estimate_memory_bytes(configs: list[SimConfig], representation: str = "auto"
     K = 1 if c0.noise_patches == "shared" else c0.P - 1
     c, M, d = 1 + c0.n * K, 2 * c0.m, c0.d
     weights = choose_state(configs, representation) == "weights"
-    C = max(cfg.batch_size // cfg.chunk_size for cfg in configs)
+    # chunks per batch depend on (optimizer, m_sharpness, batch_size) alone: one config of each is enough
+    rules = {(cfg.optimizer, cfg.m_sharpness, cfg.batch_size): cfg for cfg in configs}.values()
+    C = max(cfg.batch_size // cfg.chunk_size for cfg in rules)
     parts = {
         "data basis": U * c * d * draw + (0 if weights else U * c * c * s),
         "weights": R * M * d * draw + (8 if weights else 4) * R * M * d * s,
         "coefficients": R * C * M * c * s * 9,
         "batch schedule": 8 * U * c0.epochs * c0.n if c0.batch_size < c0.n else 0,
         "trajectory log": 0,
-        "Monte-Carlo draws": min(R, 32) * c0.n_mc * K * M * s * 4,
+        "Monte-Carlo draws": min(R, 32) * c0.n_mc * K * M * s * 3,
         "held-out test set": 0,
         "rand-sam draws": 0,
     }
@@ -111,7 +114,7 @@ def estimate_memory_bytes(configs: list[SimConfig], representation: str = "auto"
         if track:
             parts["trajectory log"] += 3 * T * R * M * c * s
         t = min(c0.trajectory_mc, c0.n_mc)
-        parts["Monte-Carlo draws"] = max(parts["Monte-Carlo draws"], R * t * K * M * s * 4)
+        parts["Monte-Carlo draws"] = max(parts["Monte-Carlo draws"], R * t * K * M * s * 3)
     if heldout and c0.n_test > 0:
         r, ch = min(R, 8), 1 + c0.n_test * K
         parts["held-out test set"] = r * ch * d * draw + 3 * r * M * ch * s
