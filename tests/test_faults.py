@@ -346,7 +346,7 @@ BAD_SPECS = {
     "seed-offset-past-int64": (SWEEP_TOML.replace("seeds = 1", "seeds = 2\nseed_offset = 9223372036854775807"),
                                "seed_offset must be in [0, 9223372036854775806]"),
     "chunk-cannot-fit": (SWEEP_TOML.replace("n_mc = 200", "n_mc = 1000000000000"),
-                         "most of it is the Monte-Carlo draws (1.1 PiB: base.n_mc=1000000000000"),
+                         "most of it is the Monte-Carlo draws (873.1 TiB: base.n_mc=1000000000000"),
     "chunk-too-long": (SWEEP_TOML.replace("epochs = 2", "epochs = 100000000"), "chunk 0 (2 runs, chunk_runs = 8): "
                                                                                 "epochs x n / batch_size"),
     "variant-option-without-effect": (SWEEP_TOML + "c_tau = 2.0\n",
