@@ -663,6 +663,7 @@ def test_an_interrupted_sweep_stops_promptly_and_resumes(how, tmp_path):
     assert (out / "results.parquet").exists()
 
 
+@pytest.mark.slow
 def test_two_concurrent_sweeps_share_the_work(tmp_path):
     """Two sweeps into one DIR claim chunks through lock files: together they compute every chunk once."""
     import re

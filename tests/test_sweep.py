@@ -297,6 +297,7 @@ def test_submitit_no_wait_does_not_queue_chunks_twice(tmp_path, capsys):
 AXIS_SPEC = TINY.replace("[grid.d]\nvalues = [20, 40]", "[grid.d]\nvalues = [20, 40]\n[grid.c_tau]\nvalues = [0.5, 2.0]")
 
 
+@pytest.mark.slow
 def test_any_numeric_parameter_is_an_axis_that_resumes_and_draws(tmp_path):
     """A c_tau axis: it enters the run key, the shards, the boundaries (one per cell of the other axes) and the
     figures (a heatmap over any two axes); a killed-and-resumed sweep equals a straight one."""
@@ -350,6 +351,7 @@ SHARED_SPEC = TINY.replace("[grid.d]\nvalues = [20, 40]",
                            "[grid.d]\nvalues = [20, 40, 80]\n[grid.c_tau]\nvalues = [0.5, 1.0, 2.0]")
 
 
+@pytest.mark.slow
 def test_a_run_is_trained_once_for_every_cell_it_serves(tmp_path, capsys):
     """A c_tau axis: sgd does not read c_tau, so each (d, ||mu||, seed) sgd run is trained once and joined to the
     three c_tau cells; the table still has a row per cell x seed x variant, the joined rows equal a run trained at
