@@ -124,15 +124,18 @@ def main() -> None:
             if study.digest() != spec.digest():
                 print(f"note: figures/results/{name} was computed from an older spec than studies/{name}.toml "
                       f"(digest {spec.digest()} vs {study.digest()}): re-running the committed table's own spec")
+            chunks = args.chunks
+            if chunks is not None:   # the ids this preset has (a small preset may hold fewer chunks)
+                chunks = ",".join(i for i in chunks.split(",") if int(i) < len(spec.chunks())) or "0"
             t0 = time.perf_counter()
-            new = rerun(ROOT, spec, args.chunks, args.workers)
+            new = rerun(ROOT, spec, chunks, args.workers)
             elapsed = time.perf_counter() - t0
             if reference is None:
                 old, against = pd.read_parquet(committed / "results.parquet"), f"figures/results/{name}/results.parquet"
-                if args.chunks is not None:
-                    old = old[old["chunk"].isin([int(i) for i in args.chunks.split(",")])]
+                if chunks is not None:
+                    old = old[old["chunk"].isin([int(i) for i in chunks.split(",")])]
             else:
-                old, against = rerun(reference, spec, args.chunks, args.workers), f"the code of {args.against}"
+                old, against = rerun(reference, spec, chunks, args.workers), f"the code of {args.against}"
             if args.keep is not None:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 new.to_parquet(args.keep / f"{name}.parquet")
