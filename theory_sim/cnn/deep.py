@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from theory_sim.cnn.data import run_rng
 from theory_sim.cnn.model import Gradient, Params, TwoLayerCNN, logistic_loss
+from theory_sim.seeding import run_generators
 
 STREAM_HIDDEN = 6   # the run's generator of the hidden weights (the streams 0..5 are theory_sim.cnn.data's)
 
@@ -59,8 +59,7 @@ class DeepCNN(TwoLayerCNN):
         if self.depth == 2:
             return first
         V = np.empty((len(seeds), 2, self.n_hidden))
-        for r, seed in enumerate(seeds):
-            rng = run_rng(seed, STREAM_HIDDEN)
+        for r, rng in enumerate(run_generators(seeds, STREAM_HIDDEN)):   # = run_rng(seed, STREAM_HIDDEN)
             V[r] = np.concatenate([rng.standard_normal((2, o * i)) * np.sqrt(2.0 / i) for o, i in self.shapes], 1)
         return Params(first.W, torch.as_tensor(V, dtype=dtype, device=device))
 

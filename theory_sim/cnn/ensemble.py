@@ -27,7 +27,6 @@ import torch
 from theory_sim.cnn.data import (
     STREAM_BATCHES,
     generate_for,
-    run_rng,
 )
 from theory_sim.cnn.deep import network_for
 from theory_sim.cnn.model import Gradient, Params
@@ -48,6 +47,7 @@ from theory_sim.sam import registry
 from theory_sim.sam.perturbation import (
     group_norm,
 )
+from theory_sim.seeding import run_generators
 
 STATES = ("auto", "coefficients", "weights")
 
@@ -60,8 +60,7 @@ def _batch_schedule(configs, epochs: int, n: int, B: int) -> np.ndarray | None:
     if B == n:
         return None
     out = np.empty((len(configs), epochs, n), dtype=np.int64)
-    for r, c in enumerate(configs):
-        rng = run_rng(c.rng_seed, STREAM_BATCHES)
+    for r, rng in enumerate(run_generators([c.rng_seed for c in configs], STREAM_BATCHES)):   # = run_rng(...)
         for t in range(epochs):
             out[r, t] = rng.permutation(n)
     return out

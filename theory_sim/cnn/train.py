@@ -288,7 +288,10 @@ def final_weights(ens: Ensemble) -> tuple[Params, torch.Tensor, torch.Tensor, to
     params = ens.weights()
     sig, z = ens.net.preactivations(params, data)
     f = ens.net.output_from_preactivations(sig, z, data.noise_multiplicity, params.b)
-    bad = ~finite_runs(z, sig, f, *params.tensors())
+    flat = params.W.flatten(1)
+    w_max, w_min = flat.amax(1), flat.amin(1)   # W's extremes, read once: the finite check and the overflow bound
+    bad = ~(finite_runs(z, sig, f, params.b) & torch.isfinite(w_max) & torch.isfinite(w_min))
+    peak = torch.maximum(w_max, -w_min)
     if bool(bad.any()):
         previous = ens.weights(previous=True)
         ens.diverged |= bad
@@ -297,17 +300,20 @@ def final_weights(ens: Ensemble) -> tuple[Params, torch.Tensor, torch.Tensor, to
                                       for p, o in zip(params.tensors(), previous.tensors())])
         sig, z = ens.net.preactivations(params, data)
         f = ens.net.output_from_preactivations(sig, z, data.noise_multiplicity, params.b)
-    ens.diverged |= ~squared_norms_finite(params.W)
+        peak = None   # W changed for the frozen runs
+    ens.diverged |= ~squared_norms_finite(params.W, peak)
     return params, sig, z, f
 
 
-def squared_norms_finite(W: torch.Tensor) -> torch.Tensor:
+def squared_norms_finite(W: torch.Tensor, peak: torch.Tensor | None = None) -> torch.Tensor:
     """(R,) whether every filter's ||w||^2 = sum_k w_k^2 is finite in W's dtype. A run whose largest |entry| is
     below sqrt(max / (2 d)) cannot overflow (every partial sum stays below max / 2), so only the others' sums are
-    computed — the same verdict as summing every run's squares, without a pass over W for almost every run."""
-    flat = W.flatten(1)
-    peak = torch.maximum(flat.amax(1), -flat.amin(1)).double()
-    sure = peak < math.sqrt(torch.finfo(W.dtype).max / (2 * W.shape[-1]))   # NaN compares False: checked below
+    computed — the same verdict as summing every run's squares, without a pass over W for almost every run.
+    ``peak``: each run's largest |entry| when the caller has it."""
+    if peak is None:
+        flat = W.flatten(1)
+        peak = torch.maximum(flat.amax(1), -flat.amin(1))
+    sure = peak.double() < math.sqrt(torch.finfo(W.dtype).max / (2 * W.shape[-1]))   # NaN compares False: checked below
     ok = sure.clone()
     rest = (~sure).nonzero().flatten()
     if len(rest):

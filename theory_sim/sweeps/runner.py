@@ -231,6 +231,12 @@ def start_pool(workers: int) -> cf.ProcessPoolExecutor:
     return pool
 
 
+def _chunk_cost(chunk: list) -> int:
+    """A chunk's rough cost: runs x (d, for data and evaluation, + steps x n, for training)."""
+    cfg = chunk[0][1]
+    return len(chunk) * (cfg.d + cfg.total_steps * cfg.n)
+
+
 def _execute(spec: SweepSpec, out: Path, ids: list[int], executor: str, workers: int, bar,
              pool: cf.ProcessPoolExecutor | None = None) -> list[int]:
     """Run the chunks ``ids`` here (inline) or in a process pool (``pool``, started by the caller, or one of this
@@ -248,10 +254,8 @@ def _execute(spec: SweepSpec, out: Path, ids: list[int], executor: str, workers:
         pool = start_pool(min(workers, len(ids)))
     try:
         chunks = spec.chunks()
-        # the costliest chunks first (roughly: runs x (d for data and evaluation + steps x n for training)), so
-        # the pool does not end on one large chunk while the other workers idle
-        cost = lambda i: len(chunks[i]) * (chunks[i][0][1].d + chunks[i][0][1].total_steps * chunks[i][0][1].n)  # noqa: E731
-        ids = sorted(ids, key=lambda i: -cost(i))
+        # the costliest chunks first, so the pool does not end on one large chunk while the other workers idle
+        ids = sorted(ids, key=lambda i: -_chunk_cost(chunks[i]))
         futures = {pool.submit(run_chunk, str(out), i, threads, True, spec, chunks[i]): i for i in ids}
         for fut in cf.as_completed(futures):
             if fut.result() is not None:
