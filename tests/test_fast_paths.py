@@ -1,6 +1,8 @@
 """Speed rewrites against the plain expressions they replace (issue 18: no number may change): each fast path must
 give the same bits as its definition, including the edge cases (NaN, inf, values near overflow)."""
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -74,6 +76,56 @@ def test_a_validated_shard_is_read_again_once_rewritten(tmp_path):
     df.loc[0, "test_error"] = np.nan          # an invalid value, the same shape
     df.to_parquet(path)
     assert not shard_is_complete(tmp_path, spec, 0, chunk)
+
+
+def test_a_kept_shard_is_the_table_on_disk_and_handed_over_once(tmp_path):
+    """The aggregation takes the table read back when the chunk finished: the same frame as reading the file now;
+    a file rewritten after it was kept is read again, and a kept table is handed over only once."""
+    from theory_sim.sweeps import store
+    from theory_sim.sweeps.runner import run_sweep
+
+    spec = SweepSpec.from_dict({"name": "tiny", "seeds": 2, "chunk_runs": 2, "trajectories": False,
+                                "base": {"n": 6, "batch_size": 6, "m": 2, "epochs": 2, "n_mc": 100},
+                                "grid": {"d": {"values": [20]}, "mu_norm": {"values": [0.5, 2.0]}},
+                                "optimizers": [{"label": "sgd", "optimizer": "sgd"}]})
+    table = run_sweep(spec, tmp_path)
+    assert not store._KEPT_RESULTS          # the sweep's own aggregation took every table it kept
+    assert shard_is_complete(tmp_path, spec, 0, keep=True) is True
+    kept = store.read_results_shard(tmp_path, spec, 0)
+    pd.testing.assert_frame_equal(kept, pd.read_parquet(shard_path(tmp_path, 0)))
+    assert store.read_results_shard(tmp_path, spec, 0) is not kept          # once: then read from the file
+    store._VALID_SHARDS.clear()
+    assert shard_is_complete(tmp_path, spec, 1, keep=True)
+    path = shard_path(tmp_path, 1)
+    df = pd.read_parquet(path)
+    df.loc[0, "train_loss"] = 123.0          # rewritten (a new file) after it was kept
+    df.to_parquet(path)
+    assert store.read_results_shard(tmp_path, spec, 1).loc[0, "train_loss"] == 123.0
+    assert len(table) == 4
+
+
+def test_a_sweeps_parent_process_never_imports_torch(tmp_path):
+    """Expanding, checking and preparing a sweep, and verifying its results, run without torch (its ~1 s import
+    would delay the workers' first chunk)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from pathlib import Path
+from theory_sim.sweeps.spec import SweepSpec
+from theory_sim.sweeps.store import prepare
+import theory_sim.sweeps.runner, theory_sim.sweeps.verify, theory_sim.sweeps.figures
+spec = SweepSpec.from_toml("studies/kou2023.toml")
+spec.check_resources(workers=2)
+prepare(spec, Path({str(tmp_path)!r}))
+assert "torch" not in sys.modules, "torch imported"
+"""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_signal_coefficients_equal_the_plain_product_order_bit_for_bit():

@@ -272,6 +272,26 @@ def test_threads_are_bounded(threads, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("verb", ["simulate", "sweep"])
+def test_threads_apply_where_the_verb_runs_torch(verb, tmp_path):
+    """--threads sets torch's threads of the process that trains: simulate's, and an inline sweep's (sweep sets
+    them itself, so that with a process pool its parent never loads torch)."""
+    import torch
+
+    before = torch.get_num_threads()
+    spec = tmp_path / "tiny.toml"
+    spec.write_text('name = "tiny"\nseeds = 1\n[base]\nn = 6\nbatch_size = 6\nm = 2\nepochs = 1\nn_mc = 100\n'
+                    '[grid.d]\nvalues = [20]\n[grid.mu_norm]\nvalues = [1.0]\n'
+                    '[[optimizers]]\nlabel = "sgd"\noptimizer = "sgd"\n')
+    args = [*TINY, "--out", str(tmp_path / "x")] if verb == "simulate" else \
+        [str(spec), "--out", str(tmp_path / "x"), "--executor", "inline", "--no-figures", "--quiet"]
+    try:
+        assert main(["--threads", "2", verb, *args]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_options_of_a_variant_may_be_shared_through_base_or_the_grid():
     """A [base] value (c_tau for every variant, sgd included), a c_tau axis with an sgd variant, and a variant
     overriding a [base] value are not errors: only an option set where it can have no effect is."""

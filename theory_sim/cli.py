@@ -35,6 +35,10 @@ DEFAULT_THREADS = {"cifar": None}
 # More threads than 4 per CPU only oversubscribes; a huge count made OpenMP fail to map its stacks (an ImportError
 # deep inside torch)
 MAX_THREADS = 4 * (os.cpu_count() or 1)
+# Verbs that set the threads themselves, where they run torch: ``sweep`` runs torch in its own process only with
+# ``--executor inline`` (its local pool's workers set theirs), so its parent skips torch's ~1 s import and starts the
+# workers sooner (theory_sim.sweeps.runner.run).
+DEFERRED_THREADS = {"sweep"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -117,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: threads must be in [1, {MAX_THREADS}] (4 per CPU of this machine), got {threads}",
                   file=sys.stderr)
             return 2
-        import torch
+        args.threads = threads
+        if args.verb not in DEFERRED_THREADS:
+            import torch
 
-        torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except ConfigError as exc:  # invalid parameters: one clear line, no traceback

@@ -128,9 +128,22 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _torch_version() -> str:
+    """torch's version, without importing torch where it is not loaded (a sweep's parent process)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        import torch
+
+        return torch.__version__
+
+
 def provenance() -> dict[str, Any]:
     import numpy as np
-    import torch
 
     import theory_sim
 
@@ -140,5 +153,5 @@ def provenance() -> dict[str, Any]:
         "host": platform.node(),
         "argv": sys.argv,
         "versions": {"python": platform.python_version(), "theory_sim": theory_sim.__version__,
-                     "torch": torch.__version__, "numpy": np.__version__, "pandas": pd.__version__},
+                     "torch": _torch_version(), "numpy": np.__version__, "pandas": pd.__version__},
     }

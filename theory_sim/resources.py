@@ -83,8 +83,7 @@ def estimate_memory_bytes(configs: list[SimConfig], representation: str = "auto"
     """Peak bytes one ensemble of ``configs`` allocates (see the module docstring for the formula per term).
     ``representation``: "auto" (as ``make_ensemble`` picks), "coefficients" or "weights"; ``log``/``track``/
     ``heldout`` as passed to ``train_ensemble``."""
-    from theory_sim.cnn.data import group_size
-    from theory_sim.cnn.ensemble import choose_state
+    from theory_sim.cnn.layout import choose_state, group_size   # no torch: a sweep's parent checks every chunk
 
     c0 = configs[0]
     R = len(configs)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from theory_sim.cnn.layout import group_size
 from theory_sim.seeding import run_generators
 
 STREAM_TRAIN, STREAM_TEST, STREAM_INIT, STREAM_BATCHES, STREAM_MC, STREAM_RANDSAM = range(6)
@@ -126,17 +127,6 @@ class Batch:
                 xi, 2, k.clamp(0, K - 1)[..., None, None].expand(R, n, 1, d))[:, :, 0]
             out[:, :, i_patch] = torch.where(is_sig, signal, noise)
         return out
-
-
-def group_size(keys: list) -> int:
-    """G such that the runs form consecutive blocks of G identical data keys (1: no sharing)."""
-    R = len(keys)
-    G = 1
-    while G < R and keys[G] == keys[0]:
-        G += 1
-    if R % G or any(keys[b + i] != keys[b] for b in range(0, R, G) for i in range(G)):
-        return 1
-    return G
 
 
 def generate(seeds, mu_norms, sigma_ps, flip_ps, *, d: int, n: int, P: int, noise_patches: str = "shared",

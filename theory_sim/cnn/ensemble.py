@@ -29,6 +29,7 @@ from theory_sim.cnn.data import (
     generate_for,
 )
 from theory_sim.cnn.deep import network_for
+from theory_sim.cnn.layout import STATES, choose_state  # noqa: F401 (STATES re-exported)
 from theory_sim.cnn.model import Gradient, Params
 from theory_sim.cnn.randsam import RandSamDraws
 from theory_sim.cnn.schedule import lr_factors
@@ -39,7 +40,6 @@ from theory_sim.config import (
     STRUCTURAL_FIELDS,
     ConfigError,
     SimConfig,
-    check_choice,
     check_shared,
     device_of,
 )
@@ -49,7 +49,6 @@ from theory_sim.sam.perturbation import (
 )
 from theory_sim.seeding import run_generators
 
-STATES = ("auto", "coefficients", "weights")
 
 def check_ensemble(configs) -> None:
     check_shared(configs, STRUCTURAL_FIELDS, "runs of one ensemble", f"; group runs by {STRUCTURAL_FIELDS}")
@@ -350,19 +349,8 @@ class WeightEnsemble(Ensemble):
 
 
 def make_ensemble(configs: list[SimConfig], state: str = "auto") -> Ensemble:
-    """The representation for these runs: weight space if asked, or (``auto``) if some run's rule leaves the span
-    (asam, sam with norm="inf") or 1 + n K > d (coefficient space is then not cheaper); else coefficient space."""
+    """The runs in the representation ``theory_sim.cnn.layout.choose_state`` picks: weight space if asked, or
+    (``auto``) if some run's rule leaves the span (asam, sam with norm="inf") or 1 + n K > d (coefficient space is
+    then not cheaper); else coefficient space."""
     check_ensemble(configs)
     return (WeightEnsemble if choose_state(configs, state) == "weights" else Ensemble)(configs)
-
-
-def choose_state(configs: list[SimConfig], state: str = "auto") -> str:
-    """The representation ``make_ensemble`` uses: ``state`` itself, or for "auto" the rule above (also what
-    ``theory_sim.resources`` estimates the memory of)."""
-    check_choice("state", state, STATES)
-    if state != "auto":
-        return state
-    c0 = configs[0]
-    columns = 1 + c0.n * (1 if c0.noise_patches == "shared" else c0.P - 1)
-    leaves = any(c.rule is not None and not registry.RULES[c.rule].in_span for c in configs)
-    return "weights" if leaves or columns > c0.d else "coefficients"

@@ -164,30 +164,51 @@ def _valid_trajectories(df: pd.DataFrame, chunk, key: tuple) -> bool:
 # shard before, between and after its rounds of work, and reading 100 shards back costs about a second each time;
 # a rewritten file (new mtime or size) is read again
 _VALID_SHARDS: set[tuple] = set()
+# results shards read back with ``keep``, until ``read_results_shard`` takes them: a sweep checks each chunk's shard
+# as the chunk finishes (while the other chunks compute) and aggregates the tables it read, not a second read
+_KEPT_RESULTS: dict[tuple, pd.DataFrame] = {}
 
 
-def shard_is_complete(out: Path, spec: SweepSpec, chunk_id: int, chunk=None) -> bool:
-    """The chunk's shards read back with the full schema, exactly the chunk's runs and valid values."""
+def _shard_identity(out: Path, spec: SweepSpec, chunk_id: int, n_runs: int, kind: str) -> tuple | None:
+    """What names one version of a shard file (None: no such file)."""
+    path = shard_path(out, chunk_id, kind)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino, spec.digest(), spec.chunk_runs, chunk_id,
+            n_runs)
+
+
+def shard_is_complete(out: Path, spec: SweepSpec, chunk_id: int, chunk=None, keep: bool = False) -> bool:
+    """The chunk's shards read back with the full schema, exactly the chunk's runs and valid values. ``keep``: hold
+    the results table read here for ``read_results_shard``."""
     chunk = spec.chunks()[chunk_id] if chunk is None else chunk
     kinds = ("results", "trajectories") if spec.trajectories else ("results",)
     for kind in kinds:
-        path = shard_path(out, chunk_id, kind)
-        try:
-            st = path.stat()
-        except OSError:
+        ident = _shard_identity(out, spec, chunk_id, len(chunk), kind)
+        if ident is None:
             return False
-        ident = (str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino, spec.digest(), spec.chunk_runs,
-                 chunk_id, len(chunk))
         if ident in _VALID_SHARDS:
             continue
         try:
-            df = pd.read_parquet(path)
+            df = pd.read_parquet(ident[0])
         except Exception:  # noqa: BLE001 - any unreadable file (truncated, corrupt, not parquet) is recomputed
             return False
         if not (_valid_results if kind == "results" else _valid_trajectories)(df, chunk, spec.run_key):
             return False
         _VALID_SHARDS.add(ident)
+        if keep and kind == "results":
+            _KEPT_RESULTS[ident] = df
     return True
+
+
+def read_results_shard(out: Path, spec: SweepSpec, chunk_id: int) -> pd.DataFrame:
+    """The chunk's results shard: the table ``shard_is_complete(..., keep=True)`` read from this very file, if it
+    did (handed over once), else read now."""
+    ident = _shard_identity(out, spec, chunk_id, len(spec.chunks()[chunk_id]), "results")
+    kept = _KEPT_RESULTS.pop(ident, None)
+    return kept if kept is not None else pd.read_parquet(shard_path(out, chunk_id))
 
 
 def missing_chunks(spec: SweepSpec, out: Path) -> list[int]:
