@@ -78,6 +78,29 @@ def test_a_validated_shard_is_read_again_once_rewritten(tmp_path):
     assert not shard_is_complete(tmp_path, spec, 0, chunk)
 
 
+def test_finite_runs_equals_checking_every_entry():
+    """The sum-first check against its definition: NaN, +-inf, inf and -inf in one run (a NaN sum), finite entries
+    whose sum overflows, and a run whose entries are all at the edge of the range."""
+    from theory_sim.cnn.model import finite_runs
+
+    for dtype in (torch.float32, torch.float64):
+        big = torch.finfo(dtype).max
+        t = torch.randn(9, 3, 4, dtype=dtype)
+        t[1, 0, 0] = float("nan")
+        t[2, 1, 2] = float("inf")
+        t[3, 2, 3] = -float("inf")
+        t[4, 0, 0], t[4, 0, 1] = float("inf"), -float("inf")
+        t[5] = big                                     # every entry finite, the sum overflows
+        t[6] = -big
+        t[7, 0, 0] = big                               # one entry at the edge, the sum finite
+        u = torch.randn(9, 2, dtype=dtype)
+        u[8, 1] = float("nan")
+        definition = torch.isfinite(t).flatten(1).all(1) & torch.isfinite(u).all(1)
+        assert torch.equal(finite_runs(t, None, u), definition)
+        assert torch.equal(finite_runs(t[:1]), torch.tensor([True]))
+        assert torch.equal(finite_runs(torch.empty(3, 0, dtype=dtype)), torch.ones(3, dtype=torch.bool))
+
+
 def test_a_kept_shard_is_the_table_on_disk_and_handed_over_once(tmp_path):
     """The aggregation takes the table read back when the chunk finished: the same frame as reading the file now;
     a file rewritten after it was kept is read again, and a kept table is handed over only once."""

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from theory_sim.cnn.data import LABELS
 from theory_sim.seeding import generate_state, pcg64_states, run_generators, seed_words
 
 
@@ -46,6 +47,8 @@ def test_pcg64_states_and_generators_draw_what_default_rng_draws():
         ref = np.random.default_rng(np.random.SeedSequence([seed, 3]))
         # every kind of draw the package makes, interleaved as in data.generate
         assert (gen.choice([-1.0, 1.0], size=7) == ref.choice([-1.0, 1.0], size=7)).all()
+        # data.generate draws the labels as LABELS[integers(0, 2)]: what choice(LABELS) draws, state included
+        assert (LABELS[gen.integers(0, 2, size=20)] == ref.choice([-1.0, 1.0], size=20)).all()
         assert (gen.random(5) == ref.random(5)).all()
         assert (gen.integers(0, 3, size=9) == ref.integers(0, 3, size=9)).all()
         assert (gen.standard_normal((2, 3)) == ref.standard_normal((2, 3))).all()

@@ -107,8 +107,11 @@ def keep_freed_memory() -> None:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
         libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)   # the largest glibc accepts on 64-bit (HEAP_MAX_SIZE / 2)
+        # and no mmap at all: a chunk's largest tensors (the data basis, W: ~50 MB at d = 1000) exceed any threshold,
+        # so each chunk would map them afresh and fault every page in again
+        libc.mallopt(M_MMAP_MAX, 0)
         libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
         libc.mallopt(M_TOP_PAD, 64 << 20)          # grow the heap in large steps: fewer page faults
     except (OSError, AttributeError):
