@@ -1,7 +1,9 @@
 """verify's vectorised seed bootstrap (crossings, resampled_boundaries, resampled_slopes and the closed-form fits)
 against the per-resample implementation it replaced, kept here as the reference: a Python loop over cells calling
 np.nanmean and a scalar crossing, and np.polyfit per group of a pandas groupby, once per resample."""
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -186,3 +188,48 @@ def test_verify_table_intervals_are_the_per_resample_reference():
         np.testing.assert_allclose([c["slope"], c["ci_low"], c["ci_high"]], [row.slope, lo, hi], rtol=1e-9,
                                    atol=1e-12)
     assert sum(c["boot_valid"] >= 10 for c in report["slopes"]) > 10
+
+
+def ref_cell_arrays(df, dims=DIMS):
+    """cell_arrays as it was: one pivot_table per cell."""
+    df = df.assign(_err=verify.scored_error(df))
+    out = {}
+    for key, g in df.groupby(["label", *dims], sort=True):
+        table = g.pivot_table(index="mu_norm", columns="seed", values="_err", aggfunc="first").sort_index()
+        out[key] = (table.index.to_numpy(dtype=float), table.to_numpy(dtype=float))
+    return out
+
+
+def _same_cells(a, b):
+    assert list(a) == list(b)
+    for key in a:
+        assert a[key][0].dtype == b[key][0].dtype and np.array_equal(a[key][0], b[key][0]), key
+        assert a[key][1].shape == b[key][1].shape and np.array_equal(a[key][1], b[key][1], equal_nan=True), key
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "figures" / "results"
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in RESULTS.glob("*/results.parquet")))
+def test_cell_arrays_equal_a_pivot_per_cell_on_every_committed_table(name):
+    spec = SweepSpec.from_dict(json.loads((RESULTS / name / "results.json").read_text())["spec"], expand=False)
+    root = RESULTS / name
+    df = pd.read_parquet(root / "results.parquet")
+    _same_cells(cell_arrays(df, spec.cell_dims), ref_cell_arrays(df, spec.cell_dims))
+
+
+def test_cell_arrays_equal_a_pivot_per_cell_with_gaps_duplicates_and_nan():
+    """A seed missing from one cell, a ||mu|| whose every error is NaN, a duplicated (||mu||, seed) whose first
+    error is NaN, diverged runs, and a cell with a single dimension value."""
+    rng = np.random.default_rng(0)
+    rows = [dict(label=lab, d=d, n=20, P=2, sigma_p=1.0, mu_norm=mu, seed=s, test_error=rng.random(),
+                 diverged=bool(rng.random() < 0.1), flip_p=0.1)
+            for lab in ("sam", "sgd") for d in (50, 100) for mu in (0.5, 1.0, 2.0) for s in range(4)]
+    df = pd.DataFrame(rows)
+    df = df[~((df.label == "sgd") & (df.d == 100) & (df.seed == 2))]            # a seed this cell lacks
+    df.loc[(df.label == "sam") & (df.d == 50) & (df.mu_norm == 1.0), "test_error"] = np.nan
+    df.loc[(df.label == "sam") & (df.d == 50) & (df.mu_norm == 1.0), "diverged"] = False   # NaN, not diverged
+    dup = df.iloc[[0]].assign(test_error=0.25)
+    df = pd.concat([df.iloc[[0]].assign(test_error=np.nan, diverged=False), df.iloc[1:], dup], ignore_index=True)
+    for dims in (DIMS, ("d",)):
+        _same_cells(cell_arrays(df, dims), ref_cell_arrays(df, dims))

@@ -9,6 +9,7 @@ process pool), ``submitit`` (Slurm job arrays, or submitit's local executor with
 from __future__ import annotations
 
 import argparse
+import atexit
 import concurrent.futures as cf
 import contextlib
 import json
@@ -194,6 +195,16 @@ def _worker_init(parent_pid: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    # a worker's clean exit skips the interpreter's teardown (freeing every object of torch and a chunk's heap took
+    # ~0.3 s per worker, at the end of a sweep: while the parent waits for it). Registered last, it runs first among
+    # the exit handlers; a worker has no children to join and its results went out synchronously (SimpleQueue).
+    atexit.register(_exit_now)
+
+
+def _exit_now() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _end_pool(pool) -> None:
