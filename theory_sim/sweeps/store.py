@@ -164,9 +164,10 @@ def _valid_trajectories(df: pd.DataFrame, chunk, key: tuple) -> bool:
 # shard before, between and after its rounds of work, and reading 100 shards back costs about a second each time;
 # a rewritten file (new mtime or size) is read again
 _VALID_SHARDS: set[tuple] = set()
-# results shards read back with ``keep``, until ``read_results_shard`` takes them: a sweep checks each chunk's shard
-# as the chunk finishes (while the other chunks compute) and aggregates the tables it read, not a second read
-_KEPT_RESULTS: dict[tuple, pd.DataFrame] = {}
+# results shards read back with ``keep``, by path (with the identity of the file they were read from), until
+# ``read_results_shard`` takes them: a sweep checks each chunk's shard as the chunk finishes (while the other chunks
+# compute) and aggregates the tables it read, not a second read
+_KEPT_RESULTS: dict[str, tuple[tuple, pd.DataFrame]] = {}
 
 
 def _shard_identity(out: Path, spec: SweepSpec, chunk_id: int, n_runs: int, kind: str) -> tuple | None:
@@ -199,7 +200,7 @@ def shard_is_complete(out: Path, spec: SweepSpec, chunk_id: int, chunk=None, kee
             return False
         _VALID_SHARDS.add(ident)
         if keep and kind == "results":
-            _KEPT_RESULTS[ident] = df
+            _KEPT_RESULTS[ident[0]] = (ident, df)
     return True
 
 
@@ -207,8 +208,8 @@ def read_results_shard(out: Path, spec: SweepSpec, chunk_id: int) -> pd.DataFram
     """The chunk's results shard: the table ``shard_is_complete(..., keep=True)`` read from this very file, if it
     did (handed over once), else read now."""
     ident = _shard_identity(out, spec, chunk_id, len(spec.chunks()[chunk_id]), "results")
-    kept = _KEPT_RESULTS.pop(ident, None)
-    return kept if kept is not None else pd.read_parquet(shard_path(out, chunk_id))
+    kept = _KEPT_RESULTS.pop(str(shard_path(out, chunk_id).resolve()), None)
+    return kept[1] if kept is not None and kept[0] == ident else pd.read_parquet(shard_path(out, chunk_id))
 
 
 def missing_chunks(spec: SweepSpec, out: Path) -> list[int]:
