@@ -114,6 +114,11 @@ def main() -> None:
                          "tables)")
     ap.add_argument("--keep", type=Path, default=None, help="also write each re-run table to KEEP/NAME.parquet")
     args = ap.parse_args()
+    not_sweeps = [n for n in args.presets if not (ROOT / "figures" / "results" / n / "results.json").exists()]
+    if not_sweeps:   # before any work: a study's folder without a sweep table (e.g. digits_sam_family)
+        sweeps = sorted(p.parent.name for p in (ROOT / "figures" / "results").glob("*/results.json"))
+        ap.error(f"presets must be committed sweeps (figures/results/NAME/results.json): {', '.join(not_sweeps)} "
+                 f"is not; the sweeps are {', '.join(sweeps)}")
     failed = []
     with contextlib.ExitStack() as stack:
         reference = stack.enter_context(checkout(args.against)) if args.against else None
