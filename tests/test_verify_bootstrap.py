@@ -233,3 +233,34 @@ def test_cell_arrays_equal_a_pivot_per_cell_with_gaps_duplicates_and_nan():
     df = pd.concat([df.iloc[[0]].assign(test_error=np.nan, diverged=False), df.iloc[1:], dup], ignore_index=True)
     for dims in (DIMS, ("d",)):
         _same_cells(cell_arrays(df, dims), ref_cell_arrays(df, dims))
+
+
+def test_report_slope_table_equals_fitting_resample_by_resample():
+    """reports.sam_questions.slope_table (every resample at once) against the loop it replaced: boundaries and
+    fit_slopes per resample, on the committed lr_schedules table."""
+    from theory_sim.reports.sam_questions import SCHEDULES, slope_table
+
+    root = RESULTS / "lr_schedules"
+    spec = SweepSpec.from_dict(json.loads((root / "results.json").read_text())["spec"], expand=False)
+    r = pd.read_parquet(root / "results.parquet")
+    labels = [o.label for o in spec.optimizers]
+    against = {f"{rule}{s}": rule for rule in ("sgd", "sam") for s in SCHEDULES if s}
+    table, bnd = slope_table(r, spec, labels, against, n_boot=20, seed=3)
+    dims, cells = spec.cell_dims, cell_arrays(r, spec.cell_dims)
+    threshold = spec.benign_threshold(float(r.flip_p.mean()))
+
+    def slopes(idx):
+        f = fit_slopes(boundaries(cells, threshold, idx, dims), dims)
+        f = f[f.dim == "d"].set_index("label").slope
+        return {lab: float(f.get(lab, np.nan)) for lab in labels}
+
+    rng = np.random.default_rng(3)
+    boot = pd.DataFrame([slopes(rng.integers(0, r.seed.nunique(), r.seed.nunique())) for _ in range(20)])
+    point = slopes(None)
+    for row in table.itertuples():
+        assert row.slope == point[row.label] or (np.isnan(row.slope) and np.isnan(point[row.label]))
+        assert (row.ci_low, row.ci_high) == tuple(np.nanpercentile(boot[row.label], [2.5, 97.5]))
+        if isinstance(row.reference, str):
+            d = np.nanpercentile(boot[row.label] - boot[row.reference], [2.5, 97.5])
+            assert (row.delta_low, row.delta_high) == tuple(d)
+    pd.testing.assert_frame_equal(bnd, boundaries(cells, threshold, None, dims))

@@ -145,22 +145,22 @@ def with_run_values(results: pd.DataFrame, key, **series) -> pd.DataFrame:
 def slope_table(r: pd.DataFrame, spec, labels: list[str], against: dict[str, str], n_boot: int = 200, seed: int = 0):
     """Boundary slope in d of every label (verify's boundaries and fits) with a bootstrap over seeds, and the
     paired bootstrap of each label's slope minus its reference's (``against``: label -> reference label), the same
-    seed resamples for every label (verify resamples seeds jointly)."""
-    from theory_sim.sweeps.verify import boundaries, cell_arrays, fit_slopes
+    seed resamples for every label (verify resamples seeds jointly). Every resample at once (verify's
+    ``resampled_boundaries`` / ``resampled_slopes``: the same numbers as fitting resample by resample)."""
+    from theory_sim.sweeps.cells import seed_resamples
+    from theory_sim.sweeps.verify import boundaries, cell_arrays, fit_slopes, resampled_boundaries, resampled_slopes
 
     dims = spec.cell_dims
     cells = cell_arrays(r, dims)
     threshold = spec.benign_threshold(float(r.flip_p.mean()))
-
-    def slopes(idx):
-        f = fit_slopes(boundaries(cells, threshold, idx, dims), dims)
-        f = f[f.dim == "d"].set_index("label").slope
-        return {lab: float(f.get(lab, np.nan)) for lab in labels}
-
-    point = slopes(None)
-    seeds = int(r.seed.nunique())
-    rng = np.random.default_rng(seed)
-    boot = pd.DataFrame([slopes(rng.integers(0, seeds, seeds)) for _ in range(n_boot)])
+    bnd = boundaries(cells, threshold, None, dims)
+    fits = fit_slopes(bnd, dims).reset_index(drop=True)
+    draws = seed_resamples(int(r.seed.nunique()), n_boot, seed)
+    per_fit = resampled_slopes(bnd, resampled_boundaries(cells, threshold, draws), dims)   # (fits, n_boot)
+    in_d = fits.index[fits.dim == "d"]
+    row_of = dict(zip(fits.label[in_d], in_d))
+    point = {lab: float(fits.slope[row_of[lab]]) if lab in row_of else np.nan for lab in labels}
+    boot = pd.DataFrame({lab: per_fit[row_of[lab]] if lab in row_of else np.full(n_boot, np.nan) for lab in labels})
     rows = []
     for lab in labels:
         lo, hi = np.nanpercentile(boot[lab], [2.5, 97.5])
@@ -172,7 +172,7 @@ def slope_table(r: pd.DataFrame, spec, labels: list[str], against: dict[str, str
             dlo, dhi = np.nanpercentile(d, [2.5, 97.5])
         rows.append(dict(label=lab, slope=point[lab], ci_low=lo, ci_high=hi, reference=ref, delta=diff,
                          delta_low=dlo, delta_high=dhi))
-    return pd.DataFrame(rows), boundaries(cells, threshold, None, dims)
+    return pd.DataFrame(rows), bnd
 
 
 SCHEDULES = {"": "constant", "_cosine": "cosine", "_step": "step", "_warmup_cosine": "linear_warmup_cosine"}
