@@ -37,7 +37,11 @@ CASES = {
 SEEDS = 4
 
 MEASURE = textwrap.dedent("""
-    import gc, json, sys
+    import ctypes, gc, json, sys
+    # every allocation above 128 kB mapped on its own and unmapped when freed: glibc's default threshold rises as
+    # large blocks are freed, after which a case re-used the heap an earlier case left resident, and its measured
+    # peak came out at half its size in some runs (the estimate then looked 2x too large)
+    ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)   # M_MMAP_THRESHOLD, fixed
     from theory_sim.cnn.train import train_ensemble
     from theory_sim.config import SimConfig
 
