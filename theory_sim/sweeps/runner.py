@@ -259,8 +259,9 @@ def _execute(spec: SweepSpec, out: Path, ids: list[int], executor: str, workers:
     done = []
     if executor == "inline":
         for i in ids:
-            if run_chunk(str(out), i, spec=spec, chunk=spec.chunks()[i]) is not None:
-                shard_is_complete(out, spec, i, spec.chunks()[i], keep=True)   # read back once (see below)
+            chunk = spec.chunks()[i]
+            if run_chunk(str(out), i, spec=spec, chunk=chunk) is not None:
+                shard_is_complete(out, spec, i, chunk, keep=True)   # read back once (see below)
                 done.append(i)
                 bar.update(1)
         return done

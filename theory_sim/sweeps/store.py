@@ -208,7 +208,7 @@ def read_results_shard(out: Path, spec: SweepSpec, chunk_id: int) -> pd.DataFram
     """The chunk's results shard: the table ``shard_is_complete(..., keep=True)`` read from this very file, if it
     did (handed over once), else read now."""
     ident = _shard_identity(out, spec, chunk_id, len(spec.chunks()[chunk_id]), "results")
-    kept = _KEPT_RESULTS.pop(str(shard_path(out, chunk_id).resolve()), None)
+    kept = _KEPT_RESULTS.pop(ident[0], None) if ident is not None else None
     return kept[1] if kept is not None and kept[0] == ident else pd.read_parquet(shard_path(out, chunk_id))
 
 
