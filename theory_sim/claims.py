@@ -233,6 +233,12 @@ def verdict(interval: Interval, region: tuple[float, float] | None) -> tuple[str
     return "inconclusive", seeds_to_decide(interval, region)
 
 
+def predicted_slope(optimizer: str, dim: str) -> float | None:
+    """The boundary slope a theorem predicts for an optimizer along a dimension (None: no theorem predicts one)."""
+    claim = {"sgd": CLAIMS["sgd_boundary_slope"], "sam": CLAIMS["sam_boundary_slope"]}.get(optimizer)
+    return None if claim is None else claim.extra["slopes"].get(dim)
+
+
 def claim_row(claim: Claim, variant: str, interval: Interval, region, scope: str = "in domain", **info) -> dict:
     """One line of a report: a claim (or an exploratory estimate: region None) for one variant and slice, with
     its interval and verdict."""

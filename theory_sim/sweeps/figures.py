@@ -30,8 +30,8 @@ from theory_sim.cnn.plotting import plain_log_ticks  # noqa: E402
 from theory_sim.io import save_figure  # noqa: E402
 from theory_sim.sweeps.cells import HARMFUL_MARGIN, harmful_threshold  # noqa: E402
 from theory_sim.sweeps.spec import log_spaced  # noqa: E402
+from theory_sim.claims import predicted_slope  # noqa: E402
 from theory_sim.sweeps.verify import (  # noqa: E402
-    PREDICTED,
     boundaries,
     cell_arrays,
     fit_slopes,
@@ -266,7 +266,7 @@ def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path, dims, fmt: str
             names = [dim] + (["P-1"] if dim == "P" else [])
             for name in names:
                 f = fits[(fits.label == lab) & (fits.dim == name)] if not fits.empty else fits
-                pred = PREDICTED.get(optimizer_of[lab], {}).get(name)
+                pred = predicted_slope(optimizer_of[lab], name)
                 if len(f):
                     notes.append(f"{lab}: slope in {name} {np.nanmedian(f.slope):.2f} (median over lines)"
                                  + (f", theory {pred:g}" if pred is not None else ""))
