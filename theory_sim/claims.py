@@ -35,6 +35,12 @@ C_TAU_RANGE = (0.1, 10.0)  # the radius scale tau = c_tau m sqrt(B) / (P sigma_p
 EARLY_GAMMA = 0.25         # the early-phase window of the ratio law (docs/science.md §6.1)
 
 
+# the run parameters the domain predicates and the variant filters read
+CELL_PARAMETERS = ("d", "n", "P", "sigma_p", "m", "sigma_0", "eta", "batch_size", "c_tau", "tau")
+VARIANT_PARAMETERS = ("optimizer", "model", "depth", "lr_schedule", "ascent_steps", "m_sharpness", "norm",
+                      "sam_steps")
+
+
 def _col(cells: pd.DataFrame, name: str, default=np.nan) -> pd.Series:
     return cells[name].astype(float) if name in cells else pd.Series(default, index=cells.index, dtype=float)
 
@@ -113,6 +119,18 @@ class Claim:
 
     def domain_text(self) -> str:
         return "; ".join(DOMAIN[n].text for n in self.domain) or "every cell"
+
+
+def cell_parameters(df: pd.DataFrame, dims) -> pd.DataFrame:
+    """One row per (label, *dims) cell with the run parameters the claims' domains read (first run of the cell)."""
+    cols = [c for c in CELL_PARAMETERS if c in df.columns and c not in dims]
+    return df.groupby(["label", *dims], sort=True)[cols].first().reset_index()
+
+
+def variant_parameters(df: pd.DataFrame) -> dict[str, dict]:
+    """label -> the parameters that say which claims cover the variant (its first run's)."""
+    cols = [c for c in VARIANT_PARAMETERS if c in df.columns]
+    return {lab: g.iloc[0].to_dict() for lab, g in df.groupby("label", sort=True)[cols]}
 
 
 def _get(v, key, default=None):

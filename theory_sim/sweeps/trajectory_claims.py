@@ -405,8 +405,7 @@ def late_phase(traj: pd.DataFrame, label: str, seeds: list, cell=CELL, key=RUN_K
 def trajectory_claims(traj: pd.DataFrame, results: pd.DataFrame, spec, seed: int = 0) -> dict:
     """Every trajectory claim for every plain-SGD variant (and every SAM-family variant against it): ``claims``
     (claim lines as in verify.json) and per-cell ``tables`` for the figures."""
-    from theory_sim.claims import is_sam, is_sgd
-    from theory_sim.sweeps.verify import variant_parameters
+    from theory_sim.claims import is_sam, is_sgd, variant_parameters
 
     key, cell = spec.run_key, spec.cell_key
     results = with_flip_fraction(results)

@@ -24,18 +24,15 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from theory_sim.claims import CLAIMS, DOMAIN, VERDICTS, claim_row, init_scale, is_sam, is_sgd, slope_tolerance, \
-    step_memorisation
+from theory_sim.claims import CLAIMS, DOMAIN, VERDICTS, cell_parameters, claim_row, init_scale, is_sam, is_sgd, \
+    slope_tolerance, step_memorisation, variant_parameters
 from theory_sim.intervals import NAN_INTERVAL, jackknife_interval, leave_one_out
 from theory_sim.io import atomic_write_bytes, write_json
 from theory_sim.sweeps.cells import DIMS, scored_error
 from theory_sim.sweeps.paired import paired_differences
+from theory_sim.sweeps.verify_report import markdown, summary_sentence
 
 SLICE = DIMS[1:]   # a slice of the grid: a cell's dimensions besides d
-# the run parameters a claim's domain predicates and variant filters read (theory_sim.claims)
-CELL_PARAMETERS = ("d", "n", "P", "sigma_p", "m", "sigma_0", "eta", "batch_size", "c_tau", "tau")
-VARIANT_PARAMETERS = ("optimizer", "model", "depth", "lr_schedule", "ascent_steps", "m_sharpness", "norm",
-                      "sam_steps")
 
 
 STATUS = ("ok", "benign_everywhere", "never_benign")   # the status codes of ``crossings``
@@ -210,18 +207,6 @@ def verify(out: str | Path, seed: int = 0) -> dict:
     return verify_table(read_results(out), spec, out, seed=seed, traj=read_trajectories(out))
 
 
-def cell_parameters(df: pd.DataFrame, dims) -> pd.DataFrame:
-    """One row per (label, *dims) cell with the run parameters the claims' domains read (first run of the cell)."""
-    cols = [c for c in CELL_PARAMETERS if c in df.columns and c not in dims]
-    return df.groupby(["label", *dims], sort=True)[cols].first().reset_index()
-
-
-def variant_parameters(df: pd.DataFrame) -> dict[str, dict]:
-    """label -> the parameters that say which claims cover the variant (its first run's)."""
-    cols = [c for c in VARIANT_PARAMETERS if c in df.columns]
-    return {lab: g.iloc[0].to_dict() for lab, g in df.groupby("label", sort=True)[cols]}
-
-
 def boundary_claims(df: pd.DataFrame, spec, threshold: float, bnd: pd.DataFrame, cells: dict) -> list[dict]:
     """The boundary claims of theory_sim.claims (slopes, SAM below SGD) on the in-domain cells, each with the same
     fit over every located cell beside it (exploratory). Intervals: the seed jackknife (theory_sim.intervals)."""
@@ -353,7 +338,6 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, seed: int = 0,
                  traj: pd.DataFrame | None = None) -> dict:
     """Every claim of theory_sim.claims that the tables allow: the boundary claims from the results table and,
     given the trajectory table, the trajectory claims; exploratory estimates beside them."""
-    from theory_sim.sweeps.verify_report import markdown
 
     p = float(df.flip_p.iloc[0]) if df.flip_p.nunique() == 1 else float(df.flip_p.mean())
     threshold = spec.benign_threshold(p)
@@ -394,20 +378,6 @@ def summarize(report: dict) -> dict:
                   verdict=c["verdict"]) for c in report["claims"] if c["verdict"] != "exploratory"]
     counts = {v: sum(x["verdict"] == v for x in lines) for v in VERDICTS}
     return {"counts": counts, "lines": lines, "not_run": [n["why"] for n in report.get("not_run", [])]}
-
-
-def summary_sentence(summary: dict) -> str:
-    """'verdicts: 2 consistent, 1 inconclusive, ...; contradicted: X (variant); not run: ...' (one line)."""
-    counts = summary["counts"]
-    head = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts.get(v))
-    bad = [f"{x['claim']} ({x['variant']}" + (f", {x['dim']}" if x.get("dim") else "") + ")"
-           for x in summary["lines"] if x["verdict"] == "contradicted"]
-    text = f"claims: {head or 'none evaluated'}"
-    if bad:
-        text += f"; contradicted: {', '.join(dict.fromkeys(bad))}"
-    if summary.get("not_run"):
-        text += "; trajectory claims not run (no trajectories.parquet)"
-    return text + "."
 
 
 def stored_summary(out: str | Path) -> str:

@@ -7,7 +7,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from theory_sim.claims import CLAIMS, DOMAIN
+from theory_sim.claims import CLAIMS, DOMAIN, VERDICTS
+
+
+def summary_sentence(summary: dict) -> str:
+    """'verdicts: 2 consistent, 1 inconclusive, ...; contradicted: X (variant); not run: ...' (one line)."""
+    counts = summary["counts"]
+    head = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts.get(v))
+    bad = [f"{x['claim']} ({x['variant']}" + (f", {x['dim']}" if x.get("dim") else "") + ")"
+           for x in summary["lines"] if x["verdict"] == "contradicted"]
+    text = f"claims: {head or 'none evaluated'}"
+    if bad:
+        text += f"; contradicted: {', '.join(dict.fromkeys(bad))}"
+    if summary.get("not_run"):
+        text += "; trajectory claims not run (no trajectories.parquet)"
+    return text + "."
 
 
 def fmt(x, nd=3) -> str:
@@ -71,8 +85,6 @@ def claim_table(claims: list[dict]) -> list[str]:
 
 
 def markdown(report: dict, spec) -> str:
-    from theory_sim.sweeps.verify import summary_sentence
-
     claims = report["claims"]
     lines = [f"# verify: {spec.name}", "", f"**Verdicts:** {summary_sentence(report['summary'])}", "",
              f"Benign rule: {report['benign_rule']}; {report['seeds']} seeds per cell; intervals: "
