@@ -26,6 +26,8 @@ AMPLIFICATION = 2.0
 COLLAPSE_MAX = 0.7
 LATE_UNDER = 0.5
 LATE_EXPONENT = CLAIMS["late_log_growth"].extra["tolerance"]
+LATE_LOSS = 0.1      # the late phase: training loss this small, so |l'_i| ~ exp(-y_i f_i) (docs/science.md §6.6)
+LATE_POINTS = 6      # logged steps a run needs in that window for its growth exponent
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -362,19 +364,21 @@ def boxcox_exponent(t: np.ndarray, y: np.ndarray) -> float:
 def late_phase(traj: pd.DataFrame, label: str, seeds: list, cell=CELL, key=RUN_KEY):
     """Runs that fit every training label: the growth of rhobar_max after fitting, and |rhounder| / rhobar."""
     t = traj[(traj.label == label) & (traj.final_train_acc >= 1)].sort_values([*key, "step"])
-    window = "logged steps from the first one with every training label fitted"
+    window = (f"logged steps with every training label fitted and training loss <= {LATE_LOSS} (|l'| ~ exp(-y f), "
+              f"the late phase of §6.6), >= {LATE_POINTS} of them")
     rows = []
     for run_key, g in t.groupby(list(key), sort=False):
-        fitted = g.step[g.train_acc >= 1]
-        after = g[g.step >= fitted.iloc[0]] if len(fitted) else g.iloc[:0]
-        if len(after) < 4 or after.rhobar_max.var() == 0:
+        after = g[(g.train_acc >= 1) & (g.train_loss <= LATE_LOSS)]
+        if len(after) < LATE_POINTS or after.rhobar_max.var() == 0:
             continue
         last = g.iloc[-1]
         rows.append(dict(zip(key, run_key), exponent=boxcox_exponent(after.step.to_numpy(dtype=float),
                                                                      after.rhobar_max.to_numpy(dtype=float)),
                          under=-last.rhounder_min / last.rhobar_max if last.rhobar_max > 0 else np.nan))
     if not rows:
-        return [], pd.DataFrame()
+        why = f"no run has {LATE_POINTS} logged steps in the window"
+        return [_not_applicable(c, label, 0, window, why) for c in ("late_log_growth", "late_rhounder_small")] \
+            if len(traj[traj.label == label]) else [], pd.DataFrame()
     runs = pd.DataFrame(rows)
     cells, U = cell_seed_array(runs, "under", seeds, cell)
     _, K = cell_seed_array(runs, "exponent", seeds, cell)
