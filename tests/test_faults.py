@@ -301,7 +301,8 @@ def test_options_of_a_variant_may_be_shared_through_base_or_the_grid():
 
     sam = '[[optimizers]]\nlabel = "sam"\noptimizer = "sam"\ntau = 0.05\nsam_steps = 2\n'
     in_base = SWEEP_TOML.replace("epochs = 2", "epochs = 2\nc_tau = 2.0\nlog_every = 2") + sam
-    on_axis = SWEEP_TOML.replace("[[optimizers]]", "[grid.c_tau]\nvalues = [1.0, 3.0]\n[[optimizers]]")
+    on_axis = SWEEP_TOML.replace("[[optimizers]]", "[grid.c_tau]\nvalues = [1.0, 3.0]\n[[optimizers]]") \
+        + sam.replace("tau = 0.05\n", "")
     for text in (in_base, on_axis):
         spec = SweepSpec.from_dict({**tomllib.loads(text), "trajectories": False})
         assert "sgd" in {cfg.optimizer for _, cfg in spec.runs}

@@ -56,11 +56,11 @@ def config_defaults(verb: str) -> tuple[dict, str]:
     """The values that a verb's options left at None take from its config dataclass (shown in --help), and how to
     name them there."""
     if verb == "simulate":
-        from theory_sim.cnn.simulate import FIELD_FLAGS
+        from theory_sim.cnn.simulate import flag_fields
         from theory_sim.config import SimConfig
 
         cfg = SimConfig.preset("c23")
-        return {dest: getattr(cfg, field) for dest, field in FIELD_FLAGS.items()}, "default with --preset c23"
+        return {f.name: getattr(cfg, f.name) for f in flag_fields()}, "default with --preset c23"
     if verb == "cifar":
         from dataclasses import asdict
 

@@ -67,7 +67,8 @@ from theory_sim.config import (
     check_float,
     check_int,
     ignored_parameters,
-    inapplicable,
+    no_effect,
+    no_effect_text,
     overridden,
 )
 from theory_sim.seeding import seed_words
@@ -126,20 +127,30 @@ class SweepSpec:
             object.__setattr__(self, "_configs", self._expand())
 
     def _check_effective(self, axes: list[str]) -> None:
-        """Refuse a setting that has no effect. A variant's key its optimizer ignores (``optimizers[i].tau`` for
-        sgd) is refused; a [base] value or a grid axis is not (it is shared by every variant: an sgd variant
-        across a c_tau axis is a plain SGD run in every cell). An option another one switches off (log_every under
-        log_points > 0, c_tau under tau) is refused when the one switching it off is set at the same or a broader
-        level (base < a variant < the grid; ``trajectories = true`` sets log_points = 30 below them all): a variant
-        may override a [base] value."""
+        """Refuse a setting that has no effect (``theory_sim.config.no_effect``, the rules simulate applies). A
+        variant's key that acts in none of its cells (``optimizers[i].tau`` for sgd, ``lr_warmup`` under a constant
+        schedule) is refused; a [base] value or a grid axis only when it acts for no variant (it is shared by every
+        variant: an sgd variant across a c_tau axis is a plain SGD run in every cell, but a ``[grid.depth]`` over
+        the c23 model trains identical runs). An option another one switches off (log_every under log_points > 0,
+        c_tau under tau) is refused when the one switching it off is set at the same or a broader level (base < a
+        variant < the grid; ``trajectories = true`` sets log_points = 30 below them all): a variant may override a
+        [base] value."""
         base = dict(self.base)
+        grid = {a.name: a.values for a in self.axes}
+        defaults = SimConfig.preset(self.preset)
+
+        def reason(o: OptimizerSpec, key: str, value) -> tuple | None:   # why key = value acts in none of o's cells
+            settings = {**base, **o.overrides}
+            return no_effect(key, value, lambda other: grid.get(other, [settings.get(other, getattr(defaults, other))]))
+
         for i, o in enumerate(self.optimizers):
             for key, value in o.settings:
-                applies = inapplicable(key, value, o.optimizer)
-                if applies:
-                    raise ConfigError(f"optimizers[{i}].{key} (label {o.label!r}) has no effect: {key} only applies "
-                                      f"to optimizer {' / '.join(applies)}, not {o.optimizer}; drop it (a [base] "
-                                      f"value shared by every variant is allowed)")
+                why = reason(o, key, value)
+                if why:
+                    raise ConfigError(f"optimizers[{i}].{key} (label {o.label!r}) has no effect: "
+                                      f"{no_effect_text(key, why)}; drop it (a [base] value shared by every variant "
+                                      f"is allowed)")
+        for i, o in enumerate(self.optimizers):
             level, where = {}, {}
             if self.trajectories:
                 level["log_points"], where["log_points"] = -1, f"trajectories = true (log_points = {TRAJECTORY_POINTS})"
@@ -154,6 +165,13 @@ class SweepSpec:
                 if level[name] >= level[other]:
                     raise ConfigError(f"{where[name]} has no effect with {where[other]} (it decides alone); drop "
                                       f"one of them")
+        shared = [(f"base.{key}", key, value) for key, value in self.base]
+        shared += [(f"grid.{a.name}", a.name, a.values) for a in self.axes]   # values: never "the default"
+        for path, key, value in shared:
+            why = [reason(o, key, value) for o in self.optimizers if key not in o.overrides]
+            if why and all(why):
+                raise ConfigError(f"{path} has no effect in any optimizer variant: {no_effect_text(key, why[0])}; "
+                                  f"drop it")
 
     def check_resources(self, force_memory: bool = False, force_steps: bool = False,
                         available: tuple[int, str] | None = None, workers: int = 1) -> None:
