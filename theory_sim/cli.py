@@ -4,7 +4,8 @@ Each verb lives in its own module exposing ``add_arguments(parser)`` and ``run(a
 dispatches. Every failure is one line on stderr: parameter errors raised as ``ConfigError`` before any work starts
 (``error: ...``, exit 2); a result that could not be written, ``ResultWriteError`` or any other ``OSError`` (``error:
 could not write PATH: REASON``, exit 1); running out of memory anyway, past the estimate of
-``theory_sim.resources`` (``error: out of memory ...``, exit 1); Ctrl-C (``interrupted``, exit 130).
+``theory_sim.resources`` (``error: out of memory ...``, exit 1); Ctrl-C (``interrupted``, exit 130); SIGTERM
+during a sweep (``terminated: ...``, exit 143).
 """
 from __future__ import annotations
 
@@ -142,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: out of memory (numpy/torch could not allocate an array); lower the sizes, or see "
               "README 'What happens when things go wrong' for the memory estimate", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: finished results are on disk (every write is atomic)
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C (or a verb's SIGTERM): finished results are on disk (atomic writes)
+        print(_one_line(exc) if str(exc) else "interrupted", file=sys.stderr)
+        return getattr(exc, "exit_status", 130)   # 130 = 128 + SIGINT; a SIGTERM's 143
 
 
 def _one_line(exc: BaseException) -> str:

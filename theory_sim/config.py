@@ -44,6 +44,12 @@ def check_float(name: str, value: Any, lo: float | None = None, hi: float | None
                           f"{hi if hi is not None else 'inf'}{right}, got {value}")
 
 
+def check_dpi(dpi: Any) -> None:
+    """A figure resolution (``figures``/``sweep --dpi``), None for the default: checked before any work."""
+    if dpi is not None and not (isinstance(dpi, int) and not isinstance(dpi, bool) and 10 <= dpi <= 2000):
+        raise ConfigError(f"dpi must be an integer in [10, 2000], got {dpi!r}")
+
+
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = tuple(choices)
     if value not in choices:

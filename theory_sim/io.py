@@ -37,6 +37,11 @@ class ResultWriteError(OSError):
     def __str__(self) -> str:
         return f"could not write {self.path}: {self.strerror}"
 
+    def __reduce__(self):
+        # rebuilt from (path, cause), not OSError's (errno, strerror): a pool worker's error reaches the sweep's
+        # process as itself (one line), not as a BrokenProcessPool
+        return type(self), (self.path, self.cause)
+
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write ``payload`` to ``path`` atomically: a temp file in the same directory, fsync, chmod, rename. Any

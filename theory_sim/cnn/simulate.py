@@ -157,6 +157,12 @@ def check_out(text: str, overwrite: bool) -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         where = "" if ancestor == out else f" (it would be created in {ancestor})"
         raise ConfigError(f"out must be a writable directory, but {ancestor} is not writable{where}")
+    from theory_sim.sweeps.store import sweep_files
+
+    sweep = sweep_files(out)
+    if sweep:
+        raise ConfigError(f"out must be a simulate run directory, but {out} holds a sweep ({', '.join(sweep)}); "
+                          f"pass a new --out directory")
     previous = [name for name in OUTPUT_FILES if (out / name).exists()]
     if previous and not overwrite:
         what = ("a finished simulate run" if "config.json" in previous

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import operator
 import re
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ from theory_sim.sweeps.spec_toml import Axis, OptimizerSpec, check_settings, par
 TRAJECTORY_POINTS = 30
 _EXPAND_ON_DEMAND = object()   # SweepSpec(_configs=_EXPAND_ON_DEMAND): validate the spec, expand its runs when asked
 CELL_SEEDING = ("shared", "independent")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,12 @@ class SweepSpec:
     _chunks: list = field(default=None, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
-        from theory_sim.resources import MAX_SEEDS
+        from theory_sim.resources import MAX_RUNS, MAX_SEEDS
 
+        # the name becomes file names (figures --gallery G writes G/<name>_*.png): a plain stem, never a path
+        if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
+            raise ConfigError(f"name must be a plain file-name stem (letters, digits, '.', '_' and '-', starting with "
+                              f"a letter or digit, at most 100 characters), got {self.name!r}")
         check_int("seeds", self.seeds, 1, MAX_SEEDS)
         check_int("chunk_runs", self.chunk_runs, 1)
         check_int("seed_offset", self.seed_offset, 0, INT64_MAX - self.seeds + 1)   # every seed an int64
@@ -119,6 +125,10 @@ class SweepSpec:
         labels = [o.label for o in self.optimizers]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"optimizers labels must be distinct, got {labels}")
+        runs = math.prod(len(a.values) for a in self.axes) * self.seeds * len(self.optimizers)
+        if runs > MAX_RUNS:   # before anything is expanded
+            raise ConfigError(f"a sweep must hold at most {MAX_RUNS:,} runs (cells x seeds x optimizer variants), this "
+                              f"spec holds {runs:,}: lower the grid's num or values, seeds or variants")
         check_settings(self.base, self.optimizers, names)
         self._check_effective(names)
         if self._configs is _EXPAND_ON_DEMAND:   # a stored spec, validated run by run when it was written

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from theory_sim.config import ConfigError, SimConfig, check_choice, check_float, check_int
+from theory_sim.resources import MAX_RUNS
 from theory_sim.sam import registry
 from theory_sim.sweeps.cells import AXES, FIELD_KINDS, INTEGER_AXES
 
@@ -103,7 +104,7 @@ class Axis:
             start = _check_number(f"{where}.start", spec["start"])
             stop = _check_number(f"{where}.stop", spec["stop"])
             num = spec["num"]
-            check_int(f"{where}.num", num, 1)
+            check_int(f"{where}.num", num, 1, MAX_RUNS)   # before the values are made (10^9 of them: 8 GB)
             spacing = spec.get("spacing", "linear")
             _check_string(f"{where}.spacing", spacing)
             check_choice(f"{where}.spacing", spacing, ("log", "linear"))
