@@ -81,16 +81,10 @@ def show_config_defaults(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 def version() -> str:
-    """The installed distribution's version (the package's own when run from a checkout that is not installed)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
+    """The installed distribution's version (``theory_sim.config.package_version``)."""
+    from theory_sim.config import package_version
 
-    from theory_sim import __version__
-
-    try:
-        return dist_version("theory_sim")
-    except PackageNotFoundError:
-        return __version__
+    return package_version()
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:

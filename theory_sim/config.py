@@ -56,6 +56,20 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
         raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def package_version() -> str:
+    """theory_sim's version from the installed distribution's metadata, not by importing ``theory_sim``: run from a
+    folder that holds a checkout named theory_sim, that import finds the folder (a namespace package without
+    ``__version__``). A checkout that is not installed: its ``__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("theory_sim")
+    except PackageNotFoundError:
+        from theory_sim import __version__
+
+        return __version__
+
+
 # Renamed parameters (docs/architecture.md "Vocabulary"): an old spelling is accepted for one release, with one
 # FutureWarning line naming the old and the new name (shown by default, on stderr).
 def warn_renamed(old: str, new: str, where: str) -> None:
@@ -479,18 +493,25 @@ def check_device(name: str) -> None:
         device_of(name)
 
 
-def device_of(name: str):
-    """Resolve ``device='auto'`` to cuda when present, else cpu."""
+def device_of(name: str, kinds: tuple[str, ...] = ("cpu", "cuda")):
+    """Resolve ``device='auto'`` to cuda when present, else cpu; any other name must be a device of ``kinds``
+    (the CNN trainer: cpu and cuda; the CIFAR pipeline also mps) that this machine has."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    forms = "'auto', 'cpu', 'cuda' or 'cuda:N'" + (" or 'mps'" if "mps" in kinds else "")
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from exc
+        raise ConfigError(f"device must be {forms}, got {name!r}") from exc
+    if dev.type not in kinds:
+        raise ConfigError(f"device must be {forms}, got {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device must be 'auto' or 'cpu' here: {name!r} requested but CUDA is not available")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"device index must be in [0, {torch.cuda.device_count() - 1}], got {name!r}")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ConfigError(f"device must be 'auto' or 'cpu' here: {name!r} requested but MPS is not available")
     return dev

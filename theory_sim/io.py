@@ -150,13 +150,13 @@ def _torch_version() -> str:
 def provenance() -> dict[str, Any]:
     import numpy as np
 
-    import theory_sim
+    from theory_sim.config import package_version
 
     return {
         "git_commit": git_commit(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
         "argv": sys.argv,
-        "versions": {"python": platform.python_version(), "theory_sim": theory_sim.__version__,
+        "versions": {"python": platform.python_version(), "theory_sim": package_version(),
                      "torch": _torch_version(), "numpy": np.__version__, "pandas": pd.__version__},
     }

@@ -470,6 +470,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"resume: config from {Path(args.out) / 'config.json'}")
     else:
         cfg = config_from_args(args)
+    if not args.slurm:   # a device this machine lacks, before any work (a Slurm node's are checked there)
+        pick_device(cfg.device)
     # before any work; the memory of this machine says nothing about a Slurm node's, so --slurm checks steps only
     check_cifar_resources(cfg, force_memory=args.force_memory or args.slurm, force_steps=args.force_steps)
     if args.slurm:

@@ -422,7 +422,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
                    help="submitit backend (default: slurm when available)")
     p.add_argument("--partition", help="submitit: Slurm partition")
-    p.add_argument("--timeout-min", type=int, default=None, help="submitit: time limit per chunk job (default 60)")
+    p.add_argument("--timeout-min", type=int, default=None, help="submitit: Slurm time limit per chunk job (default 60)")
     p.add_argument("--cpus-per-task", type=int, default=None, help="submitit: CPUs per chunk job (default 2)")
     p.add_argument("--gpus-per-node", type=int, default=None, help="submitit: GPUs per chunk job (default 0)")
     p.add_argument("--array-parallelism", type=int, default=None,

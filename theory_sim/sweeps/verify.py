@@ -506,7 +506,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from theory_sim.config import check_int
 
-    check_int("bootstrap", args.bootstrap, 10)
+    check_int("bootstrap", args.bootstrap, 10, 100000)   # resamples x cells x seeds: memory
     report = verify(args.dir, n_boot=args.bootstrap)
     print(f"{args.dir}: {summary_sentence(report['summary'])} ({args.dir / 'verify.md'})" if args.quiet
           else report["markdown"])
