@@ -92,12 +92,22 @@ def renamed_keys(values: dict, renames: dict[str, str], where: str) -> dict:
 
 
 def deprecated_flag(new: str) -> type[argparse.Action]:
-    """An argparse action for an old flag spelling: warns (naming ``new``) and stores into the new flag's dest."""
+    """An argparse action for an old flag spelling: warns (naming ``new``) and stores into the new flag's dest,
+    noting what it did for ``check_renamed_flags``."""
     class Deprecated(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
             warn_renamed(option_string, new, parser.prog)
+            note = (option_string, new, self.dest, getattr(namespace, self.dest, None), values)
+            setattr(namespace, "_renamed_flags", [*getattr(namespace, "_renamed_flags", []), note])
             setattr(namespace, self.dest, values)
     return Deprecated
+
+
+def check_renamed_flags(args: argparse.Namespace) -> None:
+    """Refuse an old flag spelling given together with its new one (the last of them would silently win)."""
+    for old, new, dest, before, value in getattr(args, "_renamed_flags", []):
+        if before is not None or getattr(args, dest) != value:
+            raise ConfigError(f"both {old} (deprecated) and {new} given; give {new} only")
 
 
 def check_shared(configs, names: Iterable[str], what: str, hint: str = "") -> None:
