@@ -129,6 +129,9 @@ class CifarConfig:
         if self.ascent_step != 1.0 and not self.multi_step:
             raise ConfigError(f"ascent_step is for optimizer 'msam' (the length of its ascent steps), got "
                               f"optimizer={self.optimizer!r}")
+        if self.ascent_step != 1.0 and self.ascent_steps == 1:
+            raise ConfigError("ascent_step only applies to ascent_steps >= 2, not 1 (it is the length of the steps "
+                              "after the first); drop it")
         check_int("m_sharpness", self.m_sharpness, lo=0, hi=self.batch_size if isinstance(self.batch_size, int)
                   else None)
         if self.m_sharpness and self.optimizer == "sgd":
