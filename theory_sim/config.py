@@ -143,8 +143,8 @@ LR_SCHEDULES = ("constant", "cosine", "step", "linear_warmup_cosine")
 # Options that only do something for some optimizers: field -> the optimizers it has an effect for (read off each
 # rule's ``options`` in theory_sim.sam.registry, in SimConfig's field order). An option set explicitly for another
 # optimizer (a ``simulate`` flag, a sweep variant's key) is refused by ``no_effect``; a sweep's [base] value
-# shared by all its variants, or a grid axis, is not (the runs it does not affect are plain runs of their
-# optimizer, trained once for all the cells they serve: ``ignored_parameters``).
+# shared by all its variants, or a grid axis, only when no variant reads it (the runs it does not affect are plain
+# runs of their optimizer, trained once for all the cells they serve: ``ignored_parameters``).
 SAM_FAMILY = OPTIMIZERS[1:]
 
 
