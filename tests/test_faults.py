@@ -284,7 +284,7 @@ def test_threads_apply_where_the_verb_runs_torch(verb, tmp_path):
                     '[grid.d]\nvalues = [20]\n[grid.mu_norm]\nvalues = [1.0]\n'
                     '[[optimizers]]\nlabel = "sgd"\noptimizer = "sgd"\n')
     args = [*TINY, "--out", str(tmp_path / "x")] if verb == "simulate" else \
-        [str(spec), "--out", str(tmp_path / "x"), "--executor", "inline", "--no-figures", "--quiet"]
+        [str(spec), "--out", str(tmp_path / "x"), "--executor", "inline", "--no-figures"]
     try:
         assert main(["--threads", "2", verb, *args]) == 0
         assert torch.get_num_threads() == 2
