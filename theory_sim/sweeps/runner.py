@@ -42,6 +42,7 @@ from theory_sim.sweeps.store import (
 )
 
 EXECUTORS = ("inline", "process", "submitit")
+MAX_WORKERS = 4 * (os.cpu_count() or 1)   # as --threads: more than 4 processes per CPU only oversubscribes
 
 
 def run_chunk(out: str, chunk_id: int, threads: int | None = None, claim: bool = True,
@@ -240,7 +241,7 @@ def start_pool(workers: int) -> cf.ProcessPoolExecutor:
     """A local process pool whose ``workers`` processes start now and load torch and the trainer (about 2 s each)
     while the caller goes on, e.g. expanding the spec: the pool spawns a worker per pending task, so one warm-up
     task per worker starts them all."""
-    check_int("workers", workers, 1)
+    check_int("workers", workers, 1, MAX_WORKERS)
     # after an interrupt the workers are killed; multiprocessing's resource tracker then unlinks the pool's
     # semaphores itself and would print a warning about them: the clean-up is right, the warning is noise
     quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
@@ -325,7 +326,7 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
     from tqdm.auto import tqdm
 
     check_choice("executor", executor, EXECUTORS)
-    check_int("workers", workers, 1)
+    check_int("workers", workers, 1, MAX_WORKERS)
     out = Path(out)
     prepare(spec, out)
     todo = missing_chunks(spec, out)
@@ -450,7 +451,6 @@ SUBMITIT_OPTIONS = ("cluster", "partition", "timeout_min", "cpus_per_task", "gpu
 SUBMITIT_DEFAULTS = dict(timeout_min=60, cpus_per_task=2, gpus_per_node=0, array_parallelism=64, wait=True,
                          resubmit=False)
 FIGURE_OPTIONS = ("fmt", "dpi", "quiet")
-MAX_WORKERS = 4 * (os.cpu_count() or 1)   # as --threads: more than 4 processes per CPU only oversubscribes
 
 
 def check_options(args: argparse.Namespace) -> None:
