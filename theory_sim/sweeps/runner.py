@@ -457,7 +457,9 @@ def submit_chunks(out: Path, chunk_ids: list[int], cluster: str | None = None, p
     ex = submitit.AutoExecutor(folder=str(Path(out) / "submitit"), cluster=cluster)
     params = dict(timeout_min=timeout_min, cpus_per_task=cpus_per_task)
     if ex.cluster == "slurm":
-        params.update(slurm_array_parallelism=array_parallelism, gpus_per_node=gpus_per_node)
+        params["slurm_array_parallelism"] = array_parallelism
+        if gpus_per_node:  # asked only when wanted: a CPU partition may refuse any GPU request
+            params["gpus_per_node"] = gpus_per_node
         if partition:
             params["slurm_partition"] = partition
     ex.update_parameters(name=f"theory_sim-{Path(out).name}", **params, **extra)

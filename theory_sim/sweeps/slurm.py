@@ -77,10 +77,10 @@ def log_file(out: Path, job_id: str) -> Path:
 
 
 def failure_line(out: Path, chunk_id: int, job_id: str, state: str | None, timeout_min: int | None = None) -> str:
-    """One line naming the chunk, its job, how it ended, its log, and what to do next."""
-    state = state or "ENDED"
-    advice = _ADVICE.get(state, _DEFAULT_ADVICE)
+    """One line naming the chunk, its job, how it ended, its log, and what to do next. ``state`` None: Slurm lists
+    the job no more (a task cancelled before it started leaves no record on a cluster without accounting)."""
+    how = f"ended {state}" if state else "is no longer listed by Slurm (cancelled before it started, or long over)"
+    advice = _ADVICE.get(state, _DEFAULT_ADVICE if state else _ADVICE["CANCELLED"])
     if state == "TIMEOUT" and timeout_min:
         advice = advice.replace("--timeout-min", f"--timeout-min (was {timeout_min})", 1)
-    return (f"chunk {chunk_id} (job {job_id}) ended {state} without writing its shard; log: "
-            f"{log_file(out, job_id)}; {advice}")
+    return f"chunk {chunk_id} (job {job_id}) {how} without writing its shard; log: {log_file(out, job_id)}; {advice}"
