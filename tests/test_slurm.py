@@ -222,9 +222,11 @@ def test_a_chunk_past_its_time_limit_is_named_in_one_line(sweep, tmp_path):
         folder = str(out / "submitit")
 
         def chunk_process():
-            found = subprocess.run(["pgrep", "-f", f"submitit.core._submit {folder}"], capture_output=True,
-                                   text=True).stdout.split()
-            for pid in found:  # the python of array task 1 (its environment names the task)
+            # the python of array task 1 (anchored: srun's own command line holds the same words); its environment
+            # names the task
+            found = subprocess.run(["pgrep", "-f", f"^[^ ]*python[^ ]* -u -m submitit.core._submit {folder}$"],
+                                   capture_output=True, text=True).stdout.split()
+            for pid in found:
                 try:
                     env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 except OSError:

@@ -458,6 +458,10 @@ def submit_chunks(out: Path, chunk_ids: list[int], cluster: str | None = None, p
     params = dict(timeout_min=timeout_min, cpus_per_task=cpus_per_task)
     if ex.cluster == "slurm":
         params["slurm_array_parallelism"] = array_parallelism
+        # no warning signal before the time limit (submitit asks for USR2 90 s before it, for a checkpoint): a chunk
+        # has nothing to save, and submitit's handler would end it at the warning as FAILED (at once when the limit
+        # is under 90 s). Without it the chunk may still finish in time; else Slurm ends it, state TIMEOUT.
+        params["slurm_signal_delay_s"] = 0
         if gpus_per_node:  # asked only when wanted: a CPU partition may refuse any GPU request
             params["gpus_per_node"] = gpus_per_node
         if partition:
