@@ -22,7 +22,8 @@ WAIT="${SLURM_CLUSTER_WAIT:-90}"
 die() { echo "slurm_cluster: cannot start the cluster: $*" >&2; exit 1; }
 say() { echo "slurm_cluster: $*"; }
 
-node_state() { SLURM_CONF="$CONF" sinfo -h -N -o '%T' 2>/dev/null | head -1; }
+# without a config file sinfo would spend a minute looking for a controller in DNS
+node_state() { [ -f "$CONF" ] && SLURM_CONF="$CONF" timeout 20 sinfo -h -N -o '%T' 2>/dev/null | head -1; }
 
 install_packages() {
     command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \
@@ -108,8 +109,13 @@ start() {
     write_conf
     export SLURM_CONF="$CONF"
     pgrep -F "$DIR/slurmctld.pid" >/dev/null 2>&1 || slurmctld -i || die "slurmctld did not start (log: $DIR/log/slurmctld.log)"
-    pgrep -F "$DIR/slurmd.pid" >/dev/null 2>&1 || slurmd || die "slurmd did not start (log: $DIR/log/slurmd.log)"
     local t=0 state=""
+    # slurmd registers once at start: with no controller listening yet it would retry only a minute later
+    until scontrol ping 2>/dev/null | grep -q "is UP"; do
+        [ "$t" -lt "$((WAIT * 4))" ] || die "slurmctld does not answer after ${WAIT} s (log: $DIR/log/slurmctld.log)"
+        sleep 0.25; t=$((t + 1))
+    done
+    pgrep -F "$DIR/slurmd.pid" >/dev/null 2>&1 || slurmd || die "slurmd did not start (log: $DIR/log/slurmd.log)"
     while [ "$t" -lt "$((WAIT * 4))" ]; do
         state="$(node_state)"
         case "$state" in idle*) say "up: node $(hostname -s) idle, config $CONF (linked from $SYSCONF)"; return 0;; esac
