@@ -82,10 +82,23 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
 
 
-def _sweep_cmd(spec_path: Path, out: Path, *extra: str) -> list[str]:
+def _sweep_cmd(spec_path: Path, out: Path, *extra: str, timeout_min: int = 5) -> list[str]:
     return [sys.executable, "-m", "theory_sim", "sweep", str(spec_path), "--out", str(out), "--executor", "submitit",
-            "--cluster", "slurm", "--partition", "debug", "--cpus-per-task", "1", "--timeout-min", "5",
+            "--cluster", "slurm", "--partition", "debug", "--cpus-per-task", "1", "--timeout-min", str(timeout_min),
             "--no-figures", *extra]
+
+
+def _sweep_while(cmd: list[str], during, seconds: float) -> tuple[int, list[str], str]:
+    """Run the sweep command, call ``during()`` while it waits for its jobs; its exit status, its ``error:`` lines
+    and its whole stderr."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        during()
+        _, stderr = proc.communicate(timeout=seconds)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, [line for line in stderr.splitlines() if line.startswith("error:")], stderr
 
 
 def _sweep(spec_path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -156,20 +169,17 @@ def test_cancelled_array_tasks_are_recomputed_alone(sweep, tmp_path):
     submits those chunks only, and the table equals the process pool's."""
     path, spec, pool = sweep
     out = tmp_path / "cancel"
-    proc = subprocess.Popen(_sweep_cmd(path, out, "--array-parallelism", "1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
-    try:
+    cancelled = []
+
+    def cancel_two():
         _wait_until(lambda: shard_path(out, 0).exists(), 120, "the first chunk's shard")
-        first = _submitted(out)
-        cancelled = [i for i in range(4) if not shard_path(out, i).exists()][-2:]
+        cancelled.extend([i for i in range(4) if not shard_path(out, i).exists()][-2:])
         assert len(cancelled) == 2
-        subprocess.run(["scancel", *(first[str(i)]["job_id"] for i in cancelled)], check=True)
-        stdout, stderr = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        subprocess.run(["scancel", *(_submitted(out)[str(i)]["job_id"] for i in cancelled)], check=True)
+
+    first_rc, errors, stderr = _sweep_while(_sweep_cmd(path, out, "--array-parallelism", "1"), cancel_two, 180)
+    first = _submitted(out)
+    assert first_rc == 1, stderr
     assert [int(line.split()[2]) for line in errors] == cancelled, stderr
     # squeue lists a cancelled task that had not started no more; sacct, where there is accounting, says CANCELLED
     assert all(("CANCELLED" in line or "no longer listed" in line) and "_log.err" in line
@@ -214,11 +224,9 @@ def test_a_chunk_past_its_time_limit_is_named_in_one_line(sweep, tmp_path):
     short = SPEC.replace("chunk_runs = 4", "chunk_runs = 8")   # 2 chunks
     spec_path = tmp_path / "two.toml"
     spec_path.write_text(short)
-    cmd = [c if c != "5" else "1" for c in _sweep_cmd(spec_path, out, "--array-parallelism", "2")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    try:
+
+    def stop_chunk_1():
         _wait_until(lambda: (out / "submitted.json").exists(), 60, "the submission")
-        job = _submitted(out)["1"]["job_id"]
         folder = str(out / "submitit")
 
         def chunk_process():
@@ -237,13 +245,11 @@ def test_a_chunk_past_its_time_limit_is_named_in_one_line(sweep, tmp_path):
 
         _wait_until(lambda: chunk_process() is not None, 60, "chunk 1's job to start")
         os.kill(chunk_process(), signal.SIGSTOP)
-        stdout, stderr = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, stderr
+
+    cmd = _sweep_cmd(spec_path, out, "--array-parallelism", "2", timeout_min=1)
+    rc, errors, stderr = _sweep_while(cmd, stop_chunk_1, 240)
+    job = _submitted(out)["1"]["job_id"]
+    assert rc == 1 and len(errors) == 1, stderr
     assert errors[0].startswith(f"error: chunk 1 (job {job}) ended TIMEOUT") and "--timeout-min (was 1)" in errors[0]
     assert shard_path(out, 0).exists() and not shard_path(out, 1).exists()
     # the line for a chunk that failed otherwise says so, without the time-limit advice
