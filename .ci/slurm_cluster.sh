@@ -28,7 +28,8 @@ node_state() { [ -f "$CONF" ] && SLURM_CONF="$CONF" timeout 20 sinfo -h -N -o '%
 install_packages() {
     command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \
         && command -v sbatch >/dev/null && return 0
-    [ "$(id -u)" -eq 0 ] || die "slurm-wlm and munge are not installed and this is not root (apt-get install -y slurm-wlm munge)"
+    [ "$(id -u)" -eq 0 ] \
+        || die "slurm-wlm and munge are not installed and this is not root (apt-get install -y slurm-wlm munge)"
     command -v apt-get >/dev/null || die "slurm-wlm and munge are not installed and there is no apt-get"
     say "installing slurm-wlm and munge"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; } \
@@ -38,7 +39,9 @@ install_packages() {
 
 start_munge() {
     if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi
-    [ -s /etc/munge/munge.key ] || { mungekey --create >/dev/null 2>&1 || dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 2>/dev/null; }
+    if [ ! -s /etc/munge/munge.key ]; then
+        mungekey --create >/dev/null 2>&1 || dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 2>/dev/null
+    fi
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     if id munge >/dev/null 2>&1; then
         chown munge:munge /etc/munge/munge.key /run/munge /var/log/munge /var/lib/munge
@@ -108,7 +111,8 @@ start() {
     start_munge
     write_conf
     export SLURM_CONF="$CONF"
-    pgrep -F "$DIR/slurmctld.pid" >/dev/null 2>&1 || slurmctld -i || die "slurmctld did not start (log: $DIR/log/slurmctld.log)"
+    pgrep -F "$DIR/slurmctld.pid" >/dev/null 2>&1 || slurmctld -i \
+        || die "slurmctld did not start (log: $DIR/log/slurmctld.log)"
     local t=0 state=""
     # slurmd registers once at start: with no controller listening yet it would retry only a minute later
     until scontrol ping 2>/dev/null | grep -q "is UP"; do
@@ -135,7 +139,9 @@ stop() {
             kill -9 "$pid" 2>/dev/null
         done
     fi
-    if [ -f "$DIR/munged.ours" ] && [ -f /run/munge/munged.pid ]; then kill "$(cat /run/munge/munged.pid)" 2>/dev/null; fi
+    if [ -f "$DIR/munged.ours" ] && [ -f /run/munge/munged.pid ]; then
+        kill "$(cat /run/munge/munged.pid)" 2>/dev/null
+    fi
     if [ -L "$SYSCONF" ] && [ "$(readlink "$SYSCONF")" = "$CONF" ]; then rm -f "$SYSCONF"; fi
     rm -rf "$DIR"
     say "stopped"

@@ -11,9 +11,10 @@ from theory_sim.sweeps.slurm import failure_line, job_states
 from theory_sim.sweeps.spec import SweepSpec
 from theory_sim.sweeps.store import pending_chunks
 
-SPEC = {"name": "jobs", "seeds": 1, "chunk_runs": 1, "base": {"n": 8, "batch_size": 4, "epochs": 1, "n_test": 0,
-                                                             "n_mc": 100},
-        "grid": {"d": {"values": [20, 30, 40]}, "mu_norm": {"values": [1.0]}}, "optimizers": [{"label": "sgd", "optimizer": "sgd"}]}
+SPEC = {"name": "jobs", "seeds": 1, "chunk_runs": 1,
+        "base": {"n": 8, "batch_size": 4, "epochs": 1, "n_test": 0, "n_mc": 100},
+        "grid": {"d": {"values": [20, 30, 40]}, "mu_norm": {"values": [1.0]}},
+        "optimizers": [{"label": "sgd", "optimizer": "sgd"}]}
 
 
 @pytest.fixture
@@ -84,8 +85,9 @@ def test_pending_chunks_ask_slurm_and_fall_back_to_the_time_limit(slurm_answers,
 
 def test_failure_lines_name_the_chunk_state_log_and_remedy(tmp_path):
     line = failure_line(tmp_path, 3, "8_3", "TIMEOUT", 30)
-    assert line == (f"chunk 3 (job 8_3) ended TIMEOUT without writing its shard; log: {tmp_path}/submitit/8_3_0_log.err;"
-                    f" it ran past --timeout-min (was 30): re-run the same command with a larger --timeout-min")
+    assert line == (f"chunk 3 (job 8_3) ended TIMEOUT without writing its shard; "
+                    f"log: {tmp_path}/submitit/8_3_0_log.err; it ran past --timeout-min (was 30): "
+                    f"re-run the same command with a larger --timeout-min")
     assert "\n" not in failure_line(tmp_path, 3, "8_3", "FAILED", 30)
     assert "--timeout-min" not in failure_line(tmp_path, 3, "8_3", "FAILED", 30)
     assert "no longer listed by Slurm" in failure_line(tmp_path, 3, "8_3", None)
@@ -117,8 +119,9 @@ def test_waiting_reports_each_chunk_whose_job_ended_without_a_shard(tmp_path):
 
 def test_bad_job_array_options_are_refused_before_any_work(tmp_path, capsys):
     path = tmp_path / "s.toml"
-    path.write_text('name = "x"\nseeds = 1\n[base]\nn = 8\nbatch_size = 4\nepochs = 1\nn_test = 0\nn_mc = 100\n'
-                    '[grid.d]\nvalues = [20]\n[grid.mu_norm]\nvalues = [1.0]\n[[optimizers]]\nlabel = "sgd"\noptimizer = "sgd"\n')
+    path.write_text('name = "x"\nseeds = 1\n[base]\nn = 8\nbatch_size = 4\nepochs = 1\nn_test = 0\n'
+                    'n_mc = 100\n[grid.d]\nvalues = [20]\n[grid.mu_norm]\nvalues = [1.0]\n'
+                    '[[optimizers]]\nlabel = "sgd"\noptimizer = "sgd"\n')
     for flag, name in (("--timeout-min", "timeout_min"), ("--array-parallelism", "array_parallelism"),
                        ("--cpus-per-task", "cpus_per_task")):
         out = tmp_path / name
