@@ -96,3 +96,24 @@ def test_gallery_checks_fill_the_readme_from_verify_summaries(tmp_path):
     text = readme.read_text()
     assert "old text" not in text
     assert "3 of 4 checks hold; failing: sgd boundary slope in d [n=20].<!-- /checks -->" in text
+
+
+def test_exact_maximiser_verdict_follows_the_numbers():
+    """issue 24 item 8: msam_ascent's verdict on "a more exact maximiser generalises worse" states the correlation
+    with its interval and share of variance (r^2, by hand) and counts the rules that contradict it; a positive
+    interval alone no longer makes it "true"."""
+    from theory_sim.reports.sam_questions import exact_maximiser_verdict, variance_share
+
+    assert variance_share(0.086, 0.234) == (0.086 ** 2, 0.234 ** 2)
+    assert variance_share(-0.3, 0.1) == (0.0, 0.09)          # an interval through 0: r^2 from 0
+    assert np.allclose(variance_share(-0.4, -0.2), (0.04, 0.16))
+    weak = " ".join(exact_maximiser_verdict(0.159, 0.086, 0.234, ["msam2_tau2", "msam3_tau"], 11))
+    assert "is not supported as stated on this model" in weak and "is supported on this model" not in weak
+    assert "r = +0.159 [+0.086, +0.234] explains r^2 = 2.5% of the within-cell variance of test error [0.7%, 5.5%]" \
+        in weak
+    assert "2 of 11 multi-step rules reach a higher perturbed-loss gain than SAM" in weak
+    assert "(msam2_tau2, msam3_tau)" in weak
+    clean = " ".join(exact_maximiser_verdict(0.8, 0.7, 0.9, [], 11))       # no rule contradicts it: supported
+    assert "is supported on this model" in clean and "0 of 11" in clean and "(none)" in clean
+    assert "is false on this model" in " ".join(exact_maximiser_verdict(-0.5, -0.6, -0.4, [], 11))
+    assert "is not shown on this model" in " ".join(exact_maximiser_verdict(0.05, -0.02, 0.12, [], 11))
