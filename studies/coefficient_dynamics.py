@@ -17,6 +17,7 @@ from theory_sim.sweeps.cells import benign_threshold
 
 COLUMNS = ["gamma_max", "rhobar_clean_mean", "rhobar_flipped_mean", "rhobar_max", "noise_active_frac",
            "update_noise_active_frac", "train_loss", "test_error"]
+RATIO = ["gamma_mean", "rhobar_mean", "update_noise_active_frac"]  # Gamma / Rho of docs/science.md §4.5, §6.4
 BENIGN_MARGIN = 0.1  # the sweeps' benign rule (docs/science.md §5.4): 0.14 at p = 0.1
 
 
@@ -58,6 +59,19 @@ def verdict(early, err, flip_p, early_step) -> list[str]:
     return lines + ["", f"Claim {'HOLDS' if all(checks.values()) else 'DOES NOT HOLD'} in this setting."]
 
 
+def early_ranges(t, early_step: int) -> list[str]:
+    """Range over the logged steps 1..``early_step`` of Gamma / Rho (ratio of seed means) and of the update-point
+    noise-active fraction (seed mean), per optimizer: the reference table of docs/science.md §6.4."""
+    m = t[(t.step > 0) & (t.step <= early_step)].groupby(["optimizer", "step"])[RATIO].mean()
+    m = m.assign(ratio=m.gamma_mean / m.rhobar_mean)
+    steps = sorted(m.index.get_level_values("step").unique())
+    lines = [f"Logged steps {steps[0]}-{steps[-1]} (seed means at each step, min-max over the steps):", ""]
+    for opt, g in m.groupby(level="optimizer"):
+        lines.append(f"- {opt}: Gamma/Rho {g.ratio.min():.3g}-{g.ratio.max():.3g}, update-point noise-active "
+                     f"fraction {g.update_noise_active_frac.min():.3g}-{g.update_noise_active_frac.max():.3g}")
+    return lines + [""]
+
+
 def section(t, summary, base: SimConfig, sam_steps: int, early_step: int) -> list[str]:
     """The report of one init scale: its trajectory table ``t`` and summary rows."""
     early = t[t.step == early_step].groupby("optimizer")[COLUMNS].mean()
@@ -66,6 +80,7 @@ def section(t, summary, base: SimConfig, sam_steps: int, early_step: int) -> lis
     err = summary.groupby("optimizer").test_error.mean()
     return [f"## sigma_0 = {base.sigma_0:g} (init scale sigma_0 P sigma_p sqrt(d) = {init_scale(base):.3g})", "",
             f"Early phase, step {early_step} (mean over seeds):", "", *text_table(early), "",
+            *early_ranges(t, early_step),
             f"Step {sam_steps} (end of SAM's phase):", "", *text_table(at_switch), "", "Final (100 epochs):", "",
             *text_table(final), "", *verdict(early, err, base.flip_p, early_step), ""]
 
