@@ -74,8 +74,8 @@ def main() -> None:
     report = ["# Ratio-law constant at depth 2: the seeds, not the network", "",
               f"Setting of studies/deep_phase.toml and studies/phase_diagram_c23.toml (float32) at ||mu|| = "
               f"{BASE.mu_norm}, SGD, step n/B = 4; constant = measured / predicted Gamma/Rho computed by verify's "
-              "ratio_law with each run's realised flip fraction (docs/science.md §6.7), 95% jackknife-t interval over the seeds
-(§5.6); in_band: the whole interval "
+              "ratio_law with each run's realised flip fraction p-hat (docs/science.md §6.7), 95% jackknife-t interval "
+              "over the seeds (§5.6); in_band: the whole interval "
               f"inside [{CONSTANT_BAND[0]}, {CONSTANT_BAND[1]}].", "", *lines, "",
               markdown_table(table.set_index(["d", "model", "seeds"]), "{:.3g}")]
     print("\n".join(report))
