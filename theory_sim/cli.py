@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, MemoryError) and "allocate" not in str(exc) and "out of memory" not in str(exc):
             raise
         print("error: out of memory (numpy/torch could not allocate an array); lower the sizes, or see "
-              "README 'What happens when things go wrong' for the memory estimate", file=sys.stderr)
+              "docs/usage.md 'What happens when things go wrong' for the memory estimate", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: finished results are on disk (every write is atomic)
         print("interrupted", file=sys.stderr)
