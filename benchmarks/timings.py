@@ -77,7 +77,7 @@ def record(jobs: list[str], out: Path) -> dict:
         print(f"{name}: {timings[name]['wall_s']} s wall, {timings[name]['cpu_s']} s CPU, exit "
               f"{timings[name]['exit_status']}, load {timings[name]['loadavg_before']} on {timings[name]['nproc']} "
               f"CPUs")
-    write_json(out, timings)
+        write_json(out, timings)   # after every job: a long run's first results are kept if a later job is stopped
     return timings
 
 

