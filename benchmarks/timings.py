@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# the jobs run this checkout's code (PYTHONPATH below); so does this script, whose git_commit names the checkout
+sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "timings.json"
 
 # job -> (what it measures, command with "{tmp}" a fresh temporary directory, the output line worth keeping)
