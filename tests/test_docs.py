@@ -101,10 +101,13 @@ def off_grid_cells(text: str) -> list[str]:
     from theory_sim.sweeps.trajectory_figures import parse_cell, select_cell
 
     found = []
+    # a run directory is the preset of the same name, or the one a shown sweep command writes into it
+    written = {words[words.index("--out") + 1]: ROOT / words[1] for words in commands(text)
+               if words[:1] == ["sweep"] and "--out" in words and words[1].startswith("studies/")}
     for words in commands(text):
         if words[:1] != ["figures"] or "--cell" not in words:
             continue
-        spec_file = ROOT / "studies" / f"{Path(words[1]).name}.toml"
+        spec_file = written.get(words[1], ROOT / "studies" / f"{Path(words[1]).name}.toml")
         if not spec_file.exists():
             continue
         spec = SweepSpec.from_toml(spec_file)
@@ -121,6 +124,9 @@ def test_every_documented_cell_is_on_its_presets_grid():
     # the example the quick start's grid refused (issue 27), and a value of another grid
     assert len(off_grid_cells("`python -m theory_sim figures runs/phase_diagram_quick --cell d=3200,mu_norm=2`")) == 1
     assert off_grid_cells("`python -m theory_sim figures runs/phase_diagram_c23 --cell d=3200,mu_norm=2`") == []
+    quick = "    python -m theory_sim sweep studies/phase_diagram_quick.toml --out runs/q\n"
+    assert len(off_grid_cells(quick + "`python -m theory_sim figures runs/q --cell d=3200,mu_norm=2`")) == 1
+    assert off_grid_cells(quick + "`python -m theory_sim figures runs/q --cell d=3200,mu_norm=2.13648`") == []
 
 
 def load_timings_script():
