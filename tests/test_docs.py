@@ -129,6 +129,19 @@ def test_every_documented_cell_is_on_its_presets_grid():
     assert off_grid_cells(quick + "`python -m theory_sim figures runs/q --cell d=3200,mu_norm=2.13648`") == []
 
 
+def broken_links(doc: Path, text: str) -> list[str]:
+    """Relative markdown link targets (figures, files, folders; the #anchor dropped) that do not exist."""
+    targets = re.findall(r"\]\((?!https?:|#)([^)#\s]+)", text)
+    return [target for target in targets if not (doc.parent / target).exists()]
+
+
+def test_every_relative_link_resolves():
+    assert {name(doc): broken_links(doc, doc.read_text()) for doc in DOCS} == {name(doc): [] for doc in DOCS}
+    readme = ROOT / "README.md"
+    assert broken_links(readme, "![f](figures/nope.png) [u](docs/usage.md#installing) [w](https://x.org/a)") == [
+        "figures/nope.png"]
+
+
 def load_timings_script():
     spec = importlib.util.spec_from_file_location("timings", ROOT / "benchmarks" / "timings.py")
     module = importlib.util.module_from_spec(spec)
