@@ -42,6 +42,9 @@ JOBS: dict[str, tuple[str, list[str], str]] = {
 def measure(command: list[str], what: str = "", summary: str = "$") -> dict:
     """Run ``command`` once from the repository root (``python`` = this interpreter) and return its entry, with the
     last output line that matches the regex ``summary``."""
+    from theory_sim.io import git_commit
+
+    commit = git_commit()   # before the job: what it measured, not the timings file a previous job just wrote
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = os.getloadavg()
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
@@ -51,7 +54,6 @@ def measure(command: list[str], what: str = "", summary: str = "$") -> dict:
         proc = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    from theory_sim.io import git_commit
 
     return {
         "what": what,
@@ -64,7 +66,7 @@ def measure(command: list[str], what: str = "", summary: str = "$") -> dict:
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "nproc": os.cpu_count(),
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
+        "git_commit": commit,
     }
 
 
