@@ -6,7 +6,8 @@ benchmarks/timings.json: the one place every timing in README.md and docs/ comes
 Each named job runs once as a subprocess from the repository root with ``PYTHONPATH`` = this checkout; its entry
 records the command, wall time, CPU time of the job's processes (those its processes waited for), exit status, the
 line of its output that sums it up, ``os.getloadavg()`` before and after, the number of CPUs, the time and the git
-commit, replacing that job's previous entry (the others are kept). The machine is often shared: read a wall time
+commit (read before the job; "-dirty" on a later job of one call, whose earlier job wrote the timings file),
+replacing that job's previous entry (the others are kept). The machine is often shared: read a wall time
 together with its load average.
 """
 from __future__ import annotations
