@@ -136,8 +136,7 @@ def broken_links(doc: Path, text: str) -> list[str]:
 
 
 def test_every_relative_link_resolves():
-    # docs/science.md is left out until docs/papers.md, which it links, is merged (issue 24)
-    docs = [doc for doc in DOCS if name(doc) != "docs/science.md"]
+    docs = DOCS
     assert {name(doc): broken_links(doc, doc.read_text()) for doc in docs} == {name(doc): [] for doc in docs}
     readme = ROOT / "README.md"
     assert broken_links(readme, "![f](figures/nope.png) [u](docs/usage.md#installing) [w](https://x.org/a)") == [
