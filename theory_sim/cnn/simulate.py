@@ -67,6 +67,7 @@ FIELD_FLAGS = {
     "norm": "norm", "asam_eta": "asam_eta", "lr_schedule": "lr_schedule", "lr_warmup": "lr_warmup",
     "lr_step_gamma": "lr_step_gamma", "lr_step_every": "lr_step_every",
     "depth": "depth", "width": "width",
+    "dimension_free": "dimension_free", "init_scale": "init_scale", "noise_step": "noise_step",
 }
 
 # Rule options (theory_sim.config.inapplicable, read off the rule registry theory_sim.sam.registry): a flag given
@@ -187,6 +188,16 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "switch and the last step); 0 = every --log-every steps (default)")
     p.add_argument("--trajectory-mc", dest="trajectory_mc", type=int,
                    help="Gaussian draws per logged test error (default 2000; 0 = none, NaN in the trajectory)")
+    p.add_argument("--dimension-free", dest="dimension_free", action=argparse.BooleanOptionalAction, default=None,
+                   help="sample the noise vectors and the initial filters through their Gram matrix (Bartlett), "
+                        "exact in distribution at a cost independent of d (docs/science.md §2.6; not with model "
+                        "kou2023, asam or --norm inf)")
+    p.add_argument("--init-scale", dest="init_scale", type=float,
+                   help="set sigma_0 = INIT_SCALE / (P sigma_p sqrt(d)): a fixed init scale across d (docs/science.md "
+                        "§5.6)")
+    p.add_argument("--noise-step", dest="noise_step", type=float,
+                   help="set eta = NOISE_STEP 2 B m / ((P - 1) sigma_p^2 d): a fixed per-step noise memorisation "
+                        "across d (docs/science.md §5.6)")
     p.add_argument("--dtype", choices=("float64", "float32"), help="training precision")
     p.add_argument("--device", help="auto (cuda if present), cpu, cuda, cuda:N")
 
