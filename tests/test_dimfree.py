@@ -237,3 +237,25 @@ def test_regime_fields_set_sigma_0_and_eta():
     for bad in ({"init_scale": 0.0}, {"noise_step": -1.0}):
         with pytest.raises(ConfigError, match=list(bad)[0]):
             SimConfig(**bad)
+
+
+def test_a_sweep_holds_the_regime_fixed_across_d_in_the_dimension_free_mode(tmp_path):
+    """[base] dimension_free, init_scale and noise_step: sigma_0 and eta follow d (docs/science.md §5.6) in the
+    results table, the init scale and per-step memorisation they give stay fixed, and d = 10^8 runs."""
+    from theory_sim.sweeps.runner import run_sweep
+    from theory_sim.sweeps.spec import SweepSpec
+    spec = SweepSpec.from_dict({
+        "name": "regime", "seeds": 2, "trajectories": False,
+        "base": {"n": 8, "batch_size": 4, "epochs": 3, "n_test": 0, "n_mc": 200, "dimension_free": True,
+                 "init_scale": 0.1, "noise_step": 0.2},
+        "grid": {"d": {"values": [100, 10 ** 8]}, "mu_norm": {"values": [1.0, 30.0]}},
+        "optimizers": [{"label": "sgd", "optimizer": "sgd"}, {"label": "sam", "optimizer": "sam"}]})
+    df = run_sweep(spec, tmp_path / "sweep", executor="inline", progress=False)
+    assert len(df) == 16 and df.dimension_free.all() and df.test_error.notna().all()
+    s0 = df.sigma_0 * df.P * df.sigma_p * np.sqrt(df.d)
+    nu = df.eta * (df.P - 1) * df.sigma_p ** 2 * df.d / (2 * df.batch_size * df.m)
+    assert np.allclose(s0, 0.1) and np.allclose(nu, 0.2)
+    assert df.groupby("d").eta.first().iloc[0] == pytest.approx(df.groupby("d").eta.first().iloc[1] * 10 ** 6)
+    with pytest.raises(ConfigError, match="dimension_free must be false with the rule asam"):
+        SweepSpec.from_dict({"name": "x", "base": {"dimension_free": True}, "grid": {"mu_norm": [1.0], "d": [100]},
+                             "optimizers": [{"label": "asam", "optimizer": "asam"}]})
