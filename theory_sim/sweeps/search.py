@@ -195,9 +195,15 @@ def plan(spec: SweepSpec, search: SearchSpec, table: pd.DataFrame | None, thresh
 # Training a round
 # ----------------------------------------------------------------------------------------------------------------
 def train_chunk(chunk: list[tuple[tuple, object]]) -> pd.DataFrame:
-    """One chunk's results rows (label, the summary of ``train_ensemble``): what a grid sweep's shard holds."""
-    from theory_sim.cnn.train import train_ensemble
+    """One chunk's results rows (label, the summary of ``train_ensemble``): what a grid sweep's shard holds. One
+    torch thread, as the sweep's workers (parallelism comes from the processes)."""
+    import torch
 
+    from theory_sim.cnn.train import train_ensemble
+    from theory_sim.sweeps.runner import keep_freed_memory
+
+    torch.set_num_threads(1)
+    keep_freed_memory()
     configs = [cfg for _, cfg in chunk]
     df = train_ensemble(configs, track=False, log=False, progress=False, heldout=configs[0].n_test > 0,
                         reconstruct=False).summary

@@ -1,0 +1,53 @@
+"""Boundary search against the dense grid on the [K23] protocol (docs/science.md §5.7): the boundary slope in d and
+its 95% interval from ``studies/kou2023_search.toml`` (bisection in log ||mu||) against those of the dense grid
+``studies/kou2023.toml`` (100,000 runs; its committed table ``figures/results/kou2023`` is re-verified, not re-run).
+Targets: an interval no wider than the dense grid's, from at most a tenth of its runs.
+
+    python benchmarks/bench_search.py [--out DIR] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from theory_sim.sweeps.search import load, run_search
+from theory_sim.sweeps.verify import verify
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def slope_row(report: dict) -> dict:
+    return next(s for s in report["slopes"] if s["dim"] == "d")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None, help="the search's directory (default: a temporary one)")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench_search_")) / "kou2023_search"
+    spec, search = load(ROOT / "studies" / "kou2023_search.toml")
+    t0 = time.perf_counter()
+    res = run_search(spec, search, out, executor="process", workers=args.workers)
+    seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:   # verify writes its report next to the table: not into figures/
+        dense_dir = Path(tmp) / "kou2023"
+        dense_dir.mkdir()
+        for name in ("results.parquet", "results.json"):
+            (dense_dir / name).write_bytes((ROOT / "figures" / "results" / "kou2023" / name).read_bytes())
+        dense = slope_row(verify(dense_dir))
+    found, runs = slope_row(res["verify"]), len(res["results"])
+    width = lambda r: r["ci_high"] - r["ci_low"]  # noqa: E731
+    print(f"dense grid: slope {dense['slope']:.3f} [{dense['ci_low']:.3f}, {dense['ci_high']:.3f}] (width "
+          f"{width(dense):.3f}) from 100000 runs")
+    print(f"search:     slope {found['slope']:.3f} [{found['ci_low']:.3f}, {found['ci_high']:.3f}] (width "
+          f"{width(found):.3f}) from {runs} runs in {res['rounds']} rounds, {seconds:.0f} s")
+    print(f"runs {runs / 100000:.3f} of the grid's (target <= 0.1): {'OK' if runs <= 10000 else 'MISSED'}; interval "
+          f"width {width(found) / width(dense):.2f} of the grid's (target <= 1): "
+          f"{'OK' if width(found) <= width(dense) else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
