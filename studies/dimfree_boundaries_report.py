@@ -1,6 +1,5 @@
-"""Do SGD's boundary slope settle at 1/4 and SAM's at 0 inside the theorems' domain, from d = 10^2 to 10^8, under
-the fixed and the regime protocol (docs/science.md §5.6, §5.8)? The verdicts of studies/dimfree_boundaries.toml's
-boundary search by theory_sim.reports.dimfree_boundaries (figures/dimfree_boundaries.md and .png).
+"""Do SGD's boundary slope settle at 1/4 and SAM's at 0 inside the theorems' domain, d = 10^2..10^8, under the
+fixed and the regime protocol (docs/science.md §5.6, §5.8)? theory_sim.reports.dimfree_boundaries's verdicts.
 
     python -m theory_sim search studies/dimfree_boundaries.toml --out runs/dimfree_boundaries
     python studies/dimfree_boundaries_report.py runs/dimfree_boundaries [--gallery figures]
