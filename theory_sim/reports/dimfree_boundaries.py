@@ -4,8 +4,9 @@ SAM -> SGD's boundaries under the two protocols of §5.6, from a boundary search
 ``resampled_boundaries``, ``fit_slopes``, ``resampled_slopes``) and the theorems' domain marked.
 
 The domain, with every unknown constant set to 1 (a convention, stated in the report): d >= n^2 log(n m / delta)
-(delta = 0.1), an init scale sigma_0 P sigma_p sqrt(d) <= 0.1 and a per-step noise memorisation
-eta (P - 1) sigma_p^2 d / (2 B m) <= 1 (docs/science.md §5.3, §5.6).
+(delta = 0.1), an init scale sigma_0 P sigma_p sqrt(d) <= 0.1, a per-step noise memorisation
+eta (P - 1) sigma_p^2 d / (2 B m) <= 1 and a stable signal step eta ||mu*||^2 <= 1 at the boundary
+(docs/science.md §5.3, §5.6).
 """
 from __future__ import annotations
 
@@ -26,6 +27,23 @@ DELTA = 0.1
 INIT_MAX, STEP_MAX = 0.1, 1.0
 PREDICTED = {"sgd": 0.25, "sam": 0.0}
 N_BOOT = 400
+# What the numbers above say, and the arithmetic that may explain them (hypotheses: not tested by this study)
+READING = [
+    "**Reading.** The fixed protocol is never inside the domain: its eta = 0.1 breaks eta ||mu*||^2 <= 1 already "
+    "at d = 100 (||mu*|| > 3.2 at most d), its per-step memorisation d / 1000 exceeds 1 above d = 1000, and above "
+    "d ~ 10^5 its boundaries become erratic or are never reached; SAM's flat boundary there (local slopes "
+    "0.0-0.11 up to d ~ 3 x 10^4 at n = 20, 40) is a property of that protocol, not a test of [C23]. Under the regime protocol "
+    "SGD's local slope sits at 0.22-0.25 (1/4 inside its intervals in many windows) from the domain's start up to "
+    "d ~ 10^6, then rises towards 0.45 at 10^8, later for larger n: the slope does not settle at 1/4 as d grows "
+    "at a fixed init scale. One candidate (arithmetic, untested): a fresh noise vector's pre-activation has a "
+    "learned part ~ rho sqrt(n / d), which falls below the init's fixed part sigma_0 sigma_p sqrt(d) = s0 / P once "
+    "d ~ n rho^2 P^2 / s0^2 (about 10^6 here), after which benign overfitting needs the signal gamma ~ n ||mu||^2 / d "
+    "to beat a constant: slope 1/2. SAM -> SGD is not flat under the regime protocol: its boundary runs parallel to "
+    "SGD's, below it, at n = 20 and 40 (slope ~ 1/2 at n = 10). A candidate: with eta ~ 1/d, its fixed 200 SAM "
+    "steps learn a signal ~ eta ||mu||^2 x 200 ~ ||mu||^2 / d, so the SAM phase would have to last ~ d steps for "
+    "[C23]'s d-free boundary; [C23]'s theorem lets the training time grow with 1/eta. So the asymptotic slopes are "
+    "NOT what the theorems predict for either optimizer under either protocol as run here.",
+]
 
 
 def in_domain(df: pd.DataFrame) -> pd.Series:
@@ -42,8 +60,10 @@ def slopes(results: pd.DataFrame, spec: SweepSpec, seed: int = 0) -> tuple[pd.Da
     cells = cell_arrays(results, dims)
     bnd = boundaries(cells, threshold, dims=dims)
     boot = resampled_boundaries(cells, threshold, seed_resamples(int(results.seed.nunique()), N_BOOT, seed))
-    flags = results.assign(_in=in_domain(results)).groupby(["label", *dims])._in.all()
-    bnd["in_domain"] = [bool(flags[k]) for k in bnd[["label", *dims]].itertuples(index=False, name=None)]
+    by_cell = results.assign(_in=in_domain(results)).groupby(["label", *dims])
+    keys = list(bnd[["label", *dims]].itertuples(index=False, name=None))
+    eta = by_cell.eta.max()
+    bnd["in_domain"] = [bool(by_cell._in.all()[k]) and eta[k] * mu ** 2 <= 1 for k, mu in zip(keys, bnd.mu_star)]
     optimizer = {o.label: o.optimizer for o in spec.optimizers}
     local, tail = [], []
     for (label, n), g in bnd.groupby(["label", "n"]):
@@ -75,8 +95,12 @@ def _slope_row(bnd, boot, idx, dims, label, n, opt) -> dict:
 
 
 def verdict(row) -> str:
-    """consistent / contradicted / inconclusive: the interval contains the prediction / excludes it / is missing."""
-    if not np.isfinite(row.ci_low):
+    """consistent / contradicted / inconclusive: the interval contains the prediction / excludes it / is missing
+    (fewer than 3 located boundaries, or too few valid resamples); "outside the domain" where some cell
+    of the window is (the theorems say nothing there)."""
+    if not row.in_domain:
+        return "outside the domain"
+    if not (np.isfinite(row.slope) and np.isfinite(row.ci_low)) or row.located < 3:
         return "inconclusive"
     return "consistent" if row.ci_low <= row.predicted <= row.ci_high else "contradicted"
 
@@ -142,11 +166,34 @@ def markdown(bnd, local, tail, results, meta) -> str:
              "bootstrap intervals from verify's `fit_slopes` / `resampled_boundaries`. Protocols (docs/science.md "
              "§5.6): *fixed* sigma_0 = 0.001, eta = 0.1; *regime* init scale 0.02 and per-step noise memorisation "
              "0.1 at every d (equal to fixed at d = 100). Domain (constants set to 1): d >= n^2 log(10 n m), init "
-             f"scale <= {INIT_MAX}, per-step memorisation <= {STEP_MAX}. Verdict: consistent when the interval "
-             "contains the prediction (SGD 1/4, SAM 0), contradicted when it excludes it.", "",
+             f"scale <= {INIT_MAX}, per-step memorisation <= {STEP_MAX}, eta ||mu*||^2 <= 1. Verdict: consistent when the interval "
+             "contains the prediction (SGD 1/4, SAM 0), contradicted when it excludes it, and no verdict outside the "
+             "domain.", "",
+             "## Findings", "", *findings(bnd, local, tail), "", *READING, "",
              f"## Asymptotic slopes (every d >= {TAIL_FROM:.0e})", "", markdown_table(tail[cols], "{:.3g}", False),
              "", "## Local slopes (windows of one decade)", "", markdown_table(local[cols], "{:.3g}", False), "",
              "## Boundaries", "",
              markdown_table(bnd[["label", "n", "d", "mu_star", "status", "relapse_mu", "in_domain"]], "{:.4g}",
                             False)]
     return "\n".join(lines)
+
+
+def findings(bnd: pd.DataFrame, local: pd.DataFrame, tail: pd.DataFrame) -> list[str]:
+    """One line per variant and n: where it is in the domain, its local slopes there, its tail slope and verdicts."""
+    out = []
+    for (label, n), g in local.groupby(["label", "n"]):
+        cells = bnd[(bnd.label == label) & (bnd.n == n)]
+        dom = cells[cells.in_domain]
+        where = (f"in the domain for d = {int(dom.d.min())}..{int(dom.d.max())}" if len(dom)
+                 else "never in the domain")
+        censored = int((~np.isfinite(cells.mu_star)).sum())
+        inside = g[g.in_domain & np.isfinite(g.slope)]
+        verdicts = pd.Series([verdict(r) for r in g[g.in_domain].itertuples()], dtype=object).value_counts()
+        slopes_text = (f"local slopes {inside.slope.min():.2f}..{inside.slope.max():.2f} there "
+                       f"({', '.join(f'{v} {k}' for k, v in verdicts.items())})" if len(inside)
+                       else "no local slope inside it")
+        t = tail[(tail.label == label) & (tail.n == n)].iloc[0]
+        out.append(f"- **{label}, n = {n}**: {where}; {censored} of {len(cells)} cells never benign up to "
+                   f"||mu|| = 10^5; {slopes_text}; slope over d >= {TAIL_FROM:.0e}: {t.slope:.3f} "
+                   f"[{t.ci_low:.3f}, {t.ci_high:.3f}] ({verdict(t)}, prediction {t.predicted:g}).")
+    return out
