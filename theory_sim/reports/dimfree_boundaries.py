@@ -32,8 +32,8 @@ READING = [
     "**Reading.** The fixed protocol is never inside the domain: its eta = 0.1 breaks eta ||mu*||^2 <= 1 already "
     "at d = 100 (||mu*|| > 3.2 at most d), its per-step memorisation d / 1000 exceeds 1 above d = 1000, and above "
     "d ~ 10^5 its boundaries become erratic or are never reached; SAM's flat boundary there (local slopes "
-    "0.0-0.11 up to d ~ 3 x 10^4 at n = 20, 40) is a property of that protocol, not a test of [C23]. Under the regime protocol "
-    "SGD's local slope sits at 0.22-0.25 (1/4 inside its intervals in many windows) from the domain's start up to "
+    "0.0-0.11 up to d ~ 3 x 10^4 at n = 20, 40) is a property of that protocol, not a test of [C23]. Under the "
+    "regime protocol SGD's local slope sits at 0.22-0.25 (1/4 inside its intervals in many windows) from the domain's start up to "
     "d ~ 10^6, then rises towards 0.45 at 10^8, later for larger n: the slope does not settle at 1/4 as d grows "
     "at a fixed init scale. One candidate (arithmetic, untested): a fresh noise vector's pre-activation has a "
     "learned part ~ rho sqrt(n / d), which falls below the init's fixed part sigma_0 sigma_p sqrt(d) = s0 / P once "
@@ -166,9 +166,9 @@ def markdown(bnd, local, tail, results, meta) -> str:
              "bootstrap intervals from verify's `fit_slopes` / `resampled_boundaries`. Protocols (docs/science.md "
              "§5.6): *fixed* sigma_0 = 0.001, eta = 0.1; *regime* init scale 0.02 and per-step noise memorisation "
              "0.1 at every d (equal to fixed at d = 100). Domain (constants set to 1): d >= n^2 log(10 n m), init "
-             f"scale <= {INIT_MAX}, per-step memorisation <= {STEP_MAX}, eta ||mu*||^2 <= 1. Verdict: consistent when the interval "
-             "contains the prediction (SGD 1/4, SAM 0), contradicted when it excludes it, and no verdict outside the "
-             "domain.", "",
+             f"scale <= {INIT_MAX}, per-step memorisation <= {STEP_MAX}, eta ||mu*||^2 <= 1. Verdict: consistent "
+             "when the interval contains the prediction (SGD 1/4, SAM 0), contradicted when it excludes it, and no "
+             "verdict outside the domain.", "",
              "## Findings", "", *findings(bnd, local, tail), "", *READING, "",
              f"## Asymptotic slopes (every d >= {TAIL_FROM:.0e})", "", markdown_table(tail[cols], "{:.3g}", False),
              "", "## Local slopes (windows of one decade)", "", markdown_table(local[cols], "{:.3g}", False), "",
