@@ -19,7 +19,8 @@ import pandas as pd
 from theory_sim.study import Study, markdown_table
 from theory_sim.sweeps.cells import seed_resamples
 from theory_sim.sweeps.spec import SweepSpec
-from theory_sim.sweeps.verify import boundaries, cell_arrays, fit_slopes, resampled_boundaries, resampled_slopes
+from theory_sim.sweeps.search import slopes_with_intervals
+from theory_sim.sweeps.verify import boundaries, cell_arrays, resampled_boundaries
 
 WINDOW = 3          # consecutive d values per local slope: one decade at half-decade spacing
 TAIL_FROM = 1e5     # the asymptotic slope: every d >= this (three decades up to 10^8)
@@ -78,15 +79,9 @@ def slopes(results: pd.DataFrame, spec: SweepSpec, seed: int = 0) -> tuple[pd.Da
 
 def _slope_row(bnd, boot, idx, dims, label, n, opt) -> dict:
     sub = bnd.loc[idx]
-    fits = fit_slopes(sub.reset_index(drop=True), dims)
+    fits = slopes_with_intervals(sub, boot[bnd.index.get_indexer(idx)], dims)
     row = fits[fits.dim == "d"] if len(fits) else fits
-    slope = float(row.slope.iloc[0]) if len(row) else float("nan")
-    lo = hi = float("nan")
-    if len(row):
-        s = resampled_slopes(sub.reset_index(drop=True), boot[bnd.index.get_indexer(idx)], dims)[row.index[0]]
-        s = s[np.isfinite(s)]
-        if len(s) >= 10:
-            lo, hi = np.percentile(s, [2.5, 97.5])
+    slope, lo, hi = (float(row[k].iloc[0]) if len(row) else float("nan") for k in ("slope", "ci_low", "ci_high"))
     return {"label": label, "optimizer": opt, "protocol": label.split("_")[-1], "n": int(n),
             "d_low": int(sub.d.min()), "d_high": int(sub.d.max()),
             "d_center": float(np.exp(np.log(sub.d.astype(float)).mean())), "slope": slope, "ci_low": float(lo),

@@ -41,7 +41,15 @@ from theory_sim.io import provenance, save_table, write_json, write_parquet
 from theory_sim.sweeps.cells import seed_resamples
 from theory_sim.sweeps.spec import SweepSpec, make_chunks
 from theory_sim.sweeps.spec_toml import Axis, read_toml
-from theory_sim.sweeps.verify import boundaries, cell_arrays, crossing, resampled_boundaries, verify_table
+from theory_sim.sweeps.verify import (
+    boundaries,
+    cell_arrays,
+    crossing,
+    fit_slopes,
+    resampled_boundaries,
+    resampled_slopes,
+    verify_table,
+)
 
 STATES = ("extending", "bisecting", "adding seeds", "done", "censored", "unfinished")
 
@@ -280,11 +288,39 @@ def run_search(spec: SweepSpec, search: SearchSpec, out: str | Path, executor: s
     save_table(table, out / "results.parquet", {**sidecar, "rows": len(table)})
     bnd = boundary_table(table, spec, search, threshold, states)
     save_table(bnd, out / "boundaries.parquet", {**sidecar, "rows": len(bnd)})
-    report = verify_table(table, spec, out, n_boot=search.n_boot)
+    fits = table_slopes(table, spec, search.n_boot)
+    save_table(fits, out / "slopes.parquet", {**sidecar, "rows": len(fits)})
+    verify_table(table, spec, out)   # verify.md / verify.json: the claims, as for a grid
     seconds = time.perf_counter() - t0
     log(f"{spec.name}: {len(table)} runs in {r} rounds ({computed} computed by this command, {seconds:.1f} s); "
-        f"boundaries in {out / 'boundaries.parquet'}, slopes in {out / 'verify.md'}")
-    return {"results": table, "boundaries": bnd, "verify": report, "rounds": r, "seconds": seconds}
+        f"boundaries in {out / 'boundaries.parquet'}, slopes in {out / 'slopes.parquet'} and {out / 'verify.md'}")
+    return {"results": table, "boundaries": bnd, "slopes": fits, "rounds": r, "seconds": seconds}
+
+
+def table_slopes(table: pd.DataFrame, spec: SweepSpec, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """The boundary slopes of a results table (a search's or a grid's) with their seed-bootstrap intervals, as
+    verify computes them (``boundaries``, ``resampled_boundaries`` on ``seed_resamples``, ``fit_slopes``)."""
+    threshold = spec.benign_threshold(float(table.flip_p.iloc[0]))
+    cells = cell_arrays(table, spec.cell_dims)
+    bnd = boundaries(cells, threshold, dims=spec.cell_dims)
+    boot = resampled_boundaries(cells, threshold, seed_resamples(int(table.seed.nunique()), n_boot, seed))
+    return slopes_with_intervals(bnd, boot, spec.cell_dims)
+
+
+def slopes_with_intervals(bnd: pd.DataFrame, boot: np.ndarray, dims) -> pd.DataFrame:
+    """verify's ``fit_slopes`` of the boundaries ``bnd`` with the 2.5-97.5% percentiles of the same fits on every
+    resample (``boot``: ``resampled_boundaries`` of bnd's cells, rows aligned); NaN with fewer than 10 valid."""
+    bnd = bnd.reset_index(drop=True)
+    fits = fit_slopes(bnd, dims)
+    if fits.empty:
+        return fits.assign(ci_low=[], ci_high=[])
+    lows, highs = [], []
+    for s in resampled_slopes(bnd, boot, dims):
+        s = s[np.isfinite(s)]
+        lo, hi = np.percentile(s, [2.5, 97.5]) if len(s) >= 10 else (np.nan, np.nan)
+        lows.append(float(lo))
+        highs.append(float(hi))
+    return fits.assign(ci_low=lows, ci_high=highs)
 
 
 def boundary_table(table: pd.DataFrame, spec: SweepSpec, search: SearchSpec, threshold: float,
