@@ -19,8 +19,9 @@ is trained as chunks (``theory_sim.sweeps.spec.make_chunks``) and written atomic
 exactly the runs planned for it) and goes on from the first missing one. The outputs: ``results.parquet`` (one row
 per run, the grid sweep's columns, ``chunk`` = the round; ``results.json`` holds the spec, so ``verify DIR`` fits
 the boundaries exactly as a grid's), ``boundaries.parquet`` (per variant and cell: ``mu_star``, ``status``,
-``relapse_mu``, the bootstrap interval of ||mu||*, runs, seeds, the search's ``state``), ``search.json`` (the
-spec, the search settings and their digest), ``verify.md``/``verify.json`` (slopes with intervals).
+``relapse_mu``, the bootstrap interval of ||mu||*, runs, seeds, the search's ``state``), ``slopes.parquet``
+(verify's ``fit_slopes`` with seed-bootstrap intervals: ``table_slopes``), ``search.json`` (the spec, the search
+settings and their digest), ``verify.md``/``verify.json`` (verify's report of the table).
 """
 from __future__ import annotations
 
