@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -135,3 +136,34 @@ def test_deep_phase_depth2_note_reads_the_largest_d():
     assert "At d = 6400, depth 2's ratio-law constant is 1.24-1.27 over its 2 early-phase cells" in text
     assert "(intervals within [1.09, 1.48]" in text and "python studies/ratio_law_seeds.py" in text
     assert depth2_ratio_note([row(6400, 3, 0.25, 1.19, 1.02, 1.34)]) == []
+@pytest.mark.slow
+def test_dimfree_boundaries_recovers_known_local_slopes():
+    """A synthetic table whose boundary is 2 (d/100)^(1/4) for SGD and flat at 3 for SAM: the tail slopes' intervals
+    contain 1/4 and 0 (consistent); swapping the laws makes both contradicted. The domain flag follows d >= n^2
+    log(10 n m), the init scale and the per-step memorisation."""
+    from theory_sim.reports.dimfree_boundaries import slopes, verdict
+    from theory_sim.sweeps.spec import SweepSpec
+
+    def table(sgd_slope, sam_slope):
+        spec = SweepSpec.from_dict({
+            "name": "t", "seeds": 6, "trajectories": False,
+            "base": {"n": 10, "dimension_free": True, "init_scale": 0.02, "noise_step": 0.1},
+            "grid": {"d": {"values": [int(10 ** e) for e in np.arange(2, 8.01, 1.0)]},
+                     "mu_norm": {"start": 0.5, "stop": 200, "num": 60, "spacing": "log"}},
+            "optimizers": [{"label": "sgd_regime", "optimizer": "sgd"}, {"label": "sam_regime", "optimizer": "sam"}]})
+        rows = []
+        for key, cfg in spec.runs:
+            star = (2.0 * (cfg.d / 100) ** sgd_slope if key[0].startswith("sgd") else 3.0 * (cfg.d / 100) ** sam_slope)
+            rng = np.random.default_rng([cfg.seed, cfg.d, int(cfg.mu_norm * 1e6)])
+            err = 0.1 + 0.35 / (1 + np.exp((np.log(cfg.mu_norm) - np.log(star)) / 0.1)) + 0.02 * rng.standard_normal()
+            rows.append({"label": key[0], **cfg.to_dict(), "test_error": err, "diverged": False})
+        return spec, pd.DataFrame(rows)
+
+    spec, df = table(0.25, 0.0)
+    bnd, local, tail = slopes(df, spec)
+    assert [verdict(r) for r in tail.itertuples()] == ["consistent", "consistent"]
+    assert bnd[bnd.d == 100].in_domain.eq(False).all() and bnd[bnd.d >= 1000].in_domain.all()   # 100 < 100 log 1000
+    assert np.allclose(local[local.optimizer == "sgd"].slope, 0.25, atol=0.03)
+    spec, df = table(0.0, 0.25)
+    _, _, tail = slopes(df, spec)
+    assert [verdict(r) for r in tail.itertuples()] == ["contradicted", "contradicted"]

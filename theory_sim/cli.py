@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "simulate": ("theory_sim.cnn.simulate", "train SGD/SAM two-layer CNN runs at one setting, track gamma/rho"),
     "sweep": ("theory_sim.sweeps.runner", "run (or resume) a phase-diagram sweep from a TOML spec"),
     "sweep-status": ("theory_sim.sweeps.status", "chunks done / total and ETA of a sweep directory"),
+    "search": ("theory_sim.sweeps.search", "locate the benign boundary per cell by bisection in ||mu|| (resumable)"),
     "figures": ("theory_sim.sweeps.figures", "regenerate every figure of a sweep from its stored results"),
     "sharpness": ("theory_sim.cnn.run_sharpness", "Hessian spectrum, trace and R_Max/R_Asc/R_Avg of a simulate run"),
     "verify": ("theory_sim.sweeps.verify", "fit the benign/harmful boundary's shape and compare it with the theorems"),

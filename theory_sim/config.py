@@ -168,6 +168,9 @@ def ignored_parameters(optimizer: str) -> tuple[str, ...]:
 OVERRIDDEN_BY: dict[str, tuple[str, Any]] = {
     "log_every": ("log_points", lambda v: v > 0),    # log_points > 0 picks the logged steps itself
     "c_tau": ("tau", lambda v: v is not None),        # an absolute radius replaces the theory scale
+    # the regime protocol (docs/science.md §5.7): a fixed init scale or per-step noise memorisation sets sigma_0 / eta
+    "sigma_0": ("init_scale", lambda v: v is not None),
+    "eta": ("noise_step", lambda v: v is not None),
 }
 # Patches per sample: a shared noise vector counts P - 1 times in the output, an exact float32 integer up to 2^24
 MAX_P = 2**24
@@ -178,7 +181,8 @@ MAX_P = 2**24
 # rule options ascent_steps, ascent_step, m_sharpness, norm, asam_eta) may differ from run to run inside one
 # ensemble: the trainer applies each run's own rule, and an SGD run is a run of radius 0 (eps = 0 under every rule).
 STRUCTURAL_FIELDS = ("d", "n", "P", "m", "model", "noise_patches", "project_noise", "batch_size", "epochs",
-                     "dtype", "device", "log_every", "n_test", "n_mc", "trajectory_mc", "depth", "width")
+                     "dtype", "device", "log_every", "n_test", "n_mc", "trajectory_mc", "depth", "width",
+                     "dimension_free")
 
 
 def _option(default: Any, help: str, **meta: Any):
@@ -276,6 +280,16 @@ class SimConfig:
     # model "deep": layers L (2 = the c23 network), and units of each hidden layer
     depth: int = _option(2, "model deep: layers L in [2, 8] (2 is the c23 network)")
     width: int = _option(10, "model deep with --depth >= 3: units of each hidden layer, in [1, 1024]")
+    # docs/science.md §2.6: data and init sampled through their Gram matrix (Bartlett), at a cost independent of d
+    dimension_free: bool = _option(False, "sample the noise vectors and the initial filters through their Gram "
+                                   "matrix (Bartlett), exact in distribution at a cost independent of d "
+                                   "(docs/science.md §2.6; not with model kou2023, asam or --norm inf)")
+    # docs/science.md §5.7, the regime protocol: when given, sigma_0 = init_scale / (P sigma_p sqrt(d)) and
+    # eta = noise_step 2 B m / ((P - 1) sigma_p^2 d) (the fields sigma_0 and eta then hold these values)
+    init_scale: float | None = _option(None, "set sigma_0 = INIT_SCALE / (P sigma_p sqrt(d)): a fixed init scale "
+                                       "across d (docs/science.md §5.7)", group="init")
+    noise_step: float | None = _option(None, "set eta = NOISE_STEP 2 B m / ((P - 1) sigma_p^2 d): a fixed per-step "
+                                       "noise memorisation across d (docs/science.md §5.7)", group="step")
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, registry.optimizers("cnn"))
@@ -331,6 +345,8 @@ class SimConfig:
         check_float("asam_eta", self.asam_eta, 0.0)
         check_int("depth", self.depth, 2, 8)
         check_int("width", self.width, 1, 1024)
+        self._check_regime()            # sets sigma_0 and eta from the regime's scales: before the range check
+        self._check_dimension_free()
         self._check_dtype_range()
 
     def _check_dtype_range(self) -> None:
@@ -352,6 +368,40 @@ class SimConfig:
             raise ConfigError(f"{name} must give a SAM radius (tau, or c_tau m sqrt(B) / (P sigma_p sqrt(d))) of at "
                               f"most {top:.4g} (the square root of the largest {self.dtype}: its square must be "
                               f"finite) with dtype {self.dtype}, got {self.sam_radius:g}")
+
+    def _check_regime(self) -> None:
+        """Derive sigma_0 and eta from the regime protocol's scales (docs/science.md §5.7) when they are given."""
+        if self.init_scale is not None:
+            check_float("init_scale", self.init_scale, 0.0, lo_open=True)
+            object.__setattr__(self, "sigma_0", self.init_scale / (self.P * self.sigma_p * math.sqrt(self.d)))
+            check_float("sigma_0 (from init_scale)", self.sigma_0, 0.0, lo_open=True)
+        if self.noise_step is not None:
+            check_float("noise_step", self.noise_step, 0.0, lo_open=True)
+            eta = self.noise_step * 2 * self.batch_size * self.m / ((self.P - 1) * self.sigma_p ** 2 * self.d)
+            object.__setattr__(self, "eta", eta)
+            check_float("eta (from noise_step)", self.eta, 0.0, lo_open=True)
+
+    def _check_dimension_free(self) -> None:
+        """The dimension-free sampler is exact only where everything is rotation invariant (docs/science.md §2.6)."""
+        check_choice("dimension_free", self.dimension_free, (True, False))
+        if not self.dimension_free:
+            return
+        if self.model == "kou2023":
+            raise ConfigError("dimension_free must be false with model kou2023: its uniform init "
+                              "U(-1/sqrt(d), 1/sqrt(d)) is not rotation invariant (docs/science.md §2.6)")
+        rule = self.rule
+        if rule is not None and not registry.RULES[rule].in_span:
+            raise ConfigError(f"dimension_free must be false with the rule {rule}: its perturbation acts on W "
+                              f"coordinate by coordinate, not rotation invariant (docs/science.md §2.6)")
+
+    @property
+    def frame_dim(self) -> int:
+        """The dimension the run's vectors are stored in: d, or with ``dimension_free`` the k = 1 + min(n K + 2m,
+        d - 1) of the frame spanned by e_1, the noise vectors and the initial filters (docs/science.md §2.6)."""
+        if not self.dimension_free:
+            return self.d
+        K = 1 if self.noise_patches == "shared" else self.P - 1
+        return 1 + min(self.n * K + 2 * self.m, self.d - 1)
 
     @property
     def rule(self) -> str | None:

@@ -94,7 +94,7 @@ def estimate_memory_bytes(configs: list[SimConfig], representation: str = "auto"
     G = group_size([(c.rng_seed, c.sigma_p, c.flip_p) for c in configs])
     U = R // G
     K = 1 if c0.noise_patches == "shared" else c0.P - 1
-    c, M, d = 1 + c0.n * K, 2 * c0.m, c0.d
+    c, M, d = 1 + c0.n * K, 2 * c0.m, c0.frame_dim   # d, or a dimension-free run's frame (docs/science.md §2.6)
     weights = choose_state(configs, representation) == "weights"
     # chunks per batch depend on (optimizer, m_sharpness, batch_size) alone: one config of each is enough
     rules = {(cfg.optimizer, cfg.m_sharpness, cfg.batch_size): cfg for cfg in configs}.values()

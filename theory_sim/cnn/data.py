@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from theory_sim.cnn.labels import LABELS, draw_labels  # noqa: F401  (LABELS: the clean labels, re-exported)
+from theory_sim.cnn.dimfree import frame_coordinates
 from theory_sim.cnn.layout import group_size
 from theory_sim.seeding import run_generators
 
@@ -48,6 +49,8 @@ class Batch:
     K: int                    # stored noise vectors per sample
     P: int
     shared: bool              # True: one xi fills all P-1 noise patches
+    init_frame: torch.Tensor | None = None   # (U, 2m, k) float64 standard initial filters in the data's frame
+                                             # (dimension-free data, docs/science.md §2.6), else None
 
     @property
     def R(self) -> int:
@@ -132,9 +135,14 @@ class Batch:
 
 def generate(seeds, mu_norms, sigma_ps, flip_ps, *, d: int, n: int, P: int, noise_patches: str = "shared",
              project_noise: bool = True, stream: int = STREAM_TRAIN, dtype=torch.float64,
-             device="cpu") -> Batch:
+             device="cpu", frame_filters: int = 0) -> Batch:
     """Draw the data of every run (``seeds``, ``mu_norms``, ``sigma_ps``, ``flip_ps``: one entry per run). Runs in
-    consecutive blocks with the same (seed, sigma_p, flip_p) share one draw."""
+    consecutive blocks with the same (seed, sigma_p, flip_p) share one draw.
+
+    ``frame_filters = 2m > 0``: dimension-free (docs/science.md §2.6): the same labels, but the noise vectors and
+    2m standard initial filters drawn jointly in a frame of dimension k = 1 + min(n K + 2m, d - 1) whose first
+    axis is e_1 (``theory_sim.cnn.dimfree``); the basis is then (U, 1 + n K, k) and ``init_frame`` holds the
+    filters."""
     R = len(seeds)
     K = 1 if noise_patches == "shared" else P - 1
     keys = [(int(s), float(sp), float(fp)) for s, sp, fp in zip(seeds, sigma_ps, flip_ps)]
@@ -143,17 +151,24 @@ def generate(seeds, mu_norms, sigma_ps, flip_ps, *, d: int, n: int, P: int, nois
     yhat = np.empty((U, n))
     y = np.empty((U, n))
     pos = np.empty((U, n), dtype=np.int64)
+    width = 1 + min(n * K + frame_filters, d - 1) if frame_filters else d
     # filled run by run in the target dtype (each run's float64 draws cast as a whole array would be): no
     # float64 copy of every run's noise at once
-    basis = torch.zeros(U, 1 + n * K, d, dtype=dtype)
+    basis = torch.zeros(U, 1 + n * K, width, dtype=dtype)
     basis[:, 0, 0] = 1.0  # the signal direction e_1
-    noise = np.empty((n, K, d))
+    noise = np.empty((n, K, d)) if not frame_filters else None
+    init_frame = torch.empty(U, frame_filters, width, dtype=torch.float64) if frame_filters else None
     group_keys = keys[::G]
     for u, rng in enumerate(run_generators([k[0] for k in group_keys], stream)):  # = run_rng(seed, stream)
         _, sigma_p, flip_p = group_keys[u]
         yhat[u], flips = draw_labels(rng, n, flip_p)
         y[u] = np.where(flips, -yhat[u], yhat[u])
         pos[u] = rng.integers(0, P, size=n)
+        if frame_filters:
+            coords = frame_coordinates(rng, d, n * K + frame_filters)
+            basis[u, 1:] = torch.from_numpy(coords[:n * K] * sigma_p)
+            init_frame[u] = torch.from_numpy(coords[n * K:])
+            continue
         rng.standard_normal((n, K, d), out=noise)
         if sigma_p != 1.0:  # x * 1.0 == x: a pass over n K d values saved for the [K23] sigma_p = 1
             noise *= sigma_p
@@ -163,13 +178,17 @@ def generate(seeds, mu_norms, sigma_ps, flip_ps, *, d: int, n: int, P: int, nois
     as_t = lambda a, dt=dtype: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
     per_run = lambda a, dt=dtype: as_t(a, dt).repeat_interleave(G, 0)  # noqa: E731
     return Batch(as_t(basis), as_t(np.asarray(mu_norms, dtype=float)), per_run(yhat), per_run(y),
-                 per_run(pos, torch.long), K, P, noise_patches == "shared")
+                 per_run(pos, torch.long), K, P, noise_patches == "shared", init_frame)
 
 
-def generate_for(configs, stream: int = STREAM_TRAIN, n: int | None = None, dtype=None, device="cpu") -> Batch:
-    """Data for an ensemble of SimConfigs (which agree on the structural fields)."""
+def generate_for(configs, stream: int = STREAM_TRAIN, n: int | None = None, dtype=None, device="cpu",
+                 d: int | None = None) -> Batch:
+    """Data for an ensemble of SimConfigs (which agree on the structural fields): dimension-free for the training
+    data of a ``dimension_free`` config; ``d`` draws explicitly in that dimension instead (the held-out points of a
+    dimension-free run, in its frame: docs/science.md §2.6)."""
     c0 = configs[0]
+    frame = 2 * c0.m if c0.dimension_free and d is None and stream == STREAM_TRAIN else 0
     return generate([c.rng_seed for c in configs], [c.mu_norm for c in configs], [c.sigma_p for c in configs],
-                    [c.flip_p for c in configs], d=c0.d, n=c0.n if n is None else n, P=c0.P,
+                    [c.flip_p for c in configs], d=c0.d if d is None else d, n=c0.n if n is None else n, P=c0.P,
                     noise_patches=c0.noise_patches, project_noise=c0.project_noise, stream=stream,
-                    dtype=dtype or getattr(torch, c0.dtype), device=device)
+                    dtype=dtype or getattr(torch, c0.dtype), device=device, frame_filters=frame)

@@ -54,8 +54,8 @@ class DeepCNN(TwoLayerCNN):
         self.shapes = [(self.width, m if l == 0 else self.width) for l in range(depth - 2)]
         self.n_hidden = sum(o * i for o, i in self.shapes)
 
-    def init(self, seeds, sigma_0s, d: int, dtype=torch.float64, device="cpu") -> Params:
-        first = super().init(seeds, sigma_0s, d, dtype, device)
+    def init(self, seeds, sigma_0s, d: int, dtype=torch.float64, device="cpu", standard=None) -> Params:
+        first = super().init(seeds, sigma_0s, d, dtype, device, standard)
         if self.depth == 2:
             return first
         V = np.empty((len(seeds), 2, self.n_hidden))

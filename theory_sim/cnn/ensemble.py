@@ -125,8 +125,10 @@ class Ensemble:
         self.R, self.n, self.B, self.m = len(configs), c0.n, c0.batch_size, c0.m
         self.net = network_for(c0)
         self.data = data = generate_for(configs, dtype=self.dtype, device=self.device)
+        frame = None if data.init_frame is None else \
+            data.init_frame.reshape(data.U, 2, c0.m, -1).repeat_interleave(data.G, 0)
         self.init = self.net.init([c.rng_seed for c in configs], [c.sigma_0 for c in configs], c0.d, self.dtype,
-                                  self.device)
+                                  self.device, standard=frame)
         self.U, self.G, self.K, self.mult = data.U, data.G, data.K, data.noise_multiplicity
         self.eta = self.vector([c.eta for c in configs])
         # eta(t) / eta per run and step (None: every run constant, the step is eta exactly)
@@ -297,6 +299,9 @@ class WeightEnsemble(Ensemble):
     leaves_span = True    # every rule, also those whose eps depends on W coordinate-wise
 
     def _init_state(self) -> None:
+        if self.draws is not None and self.init.W.shape[-1] < self.c0.d:
+            raise ConfigError(f"state must be 'coefficients' (or 'auto') for randsam with dimension_free data: its "
+                              f"z ~ N(0, I_d) leaves the frame of dimension {self.init.W.shape[-1]} < d = {self.c0.d}")
         self.W = self.init.W.clone()
 
     def _dense(self, coefs: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:

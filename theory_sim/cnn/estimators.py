@@ -155,8 +155,9 @@ def heldout_test_error(net: TwoLayerCNN, params: Params, configs, n_test: int, c
     out = []
     for lo in range(0, len(configs), chunk):
         hi = min(len(configs), lo + chunk)
+        # in W's dimension: a dimension-free run's frame, where fresh noise's projection is all the network sees
         data = generate_for(configs[lo:hi], stream=STREAM_TEST, n=n_test, dtype=params.W.dtype,
-                            device=params.W.device)
+                            device=params.W.device, d=params.W.shape[-1])
         sub = _normalised(Params.from_tensors([t[lo:hi] for t in params.tensors()]))
         f = net.output(sub, data)
         err = (data.y * f <= 0).to(params.W.dtype).mean(1)

@@ -116,9 +116,15 @@ class TwoLayerCNN:
         return cls(cfg.model, cfg.m, cfg.P)
 
     # ---------------------------------------------------------------------------------------------------------
-    def init(self, seeds, sigma_0s, d: int, dtype=torch.float64, device="cpu") -> Params:
-        """Per-run initialisation from the run's own generator (so a run does not depend on its ensemble)."""
+    def init(self, seeds, sigma_0s, d: int, dtype=torch.float64, device="cpu",
+             standard: torch.Tensor | None = None) -> Params:
+        """Per-run initialisation from the run's own generator (so a run does not depend on its ensemble).
+        ``standard`` (R, 2, m, k): the runs' standard normal filters already drawn in their data's frame
+        (dimension-free data, docs/science.md §2.6), scaled here by sigma_0."""
         R, m = len(seeds), self.m
+        if standard is not None:
+            scale = torch.as_tensor(np.asarray(sigma_0s, dtype=float))[:, None, None, None]
+            return Params((standard * scale).to(dtype=dtype, device=device), None)
         # run by run in the target dtype (each run's float64 draws cast as a whole array would be)
         W = torch.empty(R, 2, m, d, dtype=dtype)
         b = torch.empty(R, 2, m, dtype=dtype) if self.bias else None

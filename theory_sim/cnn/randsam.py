@@ -70,7 +70,7 @@ class RandSamDraws:
     def dense_draws(self, step: int):
         """z (R, 2, m, d) and z_b (R, 2, m) or None, one step's worth from every Rand-SAM run's generator."""
         ens = self.ens
-        z = torch.zeros(ens.R, 2, ens.m, ens.c0.d, dtype=ens.dtype)
+        z = torch.zeros(ens.R, 2, ens.m, ens.init.W.shape[-1], dtype=ens.dtype)   # d, or a full frame (§2.6)
         zb = torch.zeros(ens.R, *self.extra_shape, dtype=ens.dtype) if self.bias else None
         for r in self.runs:
             torch.randn(z.shape[1:], generator=self.normal[r], dtype=ens.dtype, out=z[r])

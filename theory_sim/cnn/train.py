@@ -330,7 +330,7 @@ def evaluate(ens: Ensemble, track: bool, heldout: bool,
     test_err, test_se = gaussian_test_error(net, params, configs, ens.c0.n_mc)
     # column by column (the same table as from one to_dict per run, built faster)
     summary = pd.DataFrame({name: [getattr(c, name) for c in configs] for name in SimConfig.field_names()})
-    for col in ("tau", "sam_steps", "data_seed"):  # optional fields: None -> NaN, one dtype per column
+    for col in ("tau", "sam_steps", "data_seed", "init_scale", "noise_step"):  # optional: None -> NaN, one dtype
         summary[col] = pd.to_numeric(summary[col], errors="coerce").astype("float64")
     summary["tau_effective"] = ens.tau.cpu().numpy()
     summary["train_loss"] = logistic_loss(data.y * f).mean(1).cpu().numpy()

@@ -259,7 +259,7 @@ def start_pool(workers: int) -> cf.ProcessPoolExecutor:
 def _chunk_cost(chunk: list) -> int:
     """A chunk's rough cost: runs x (d, for data and evaluation, + steps x n, for training)."""
     cfg = chunk[0][1]
-    return len(chunk) * (cfg.d + cfg.total_steps * cfg.n)
+    return len(chunk) * (cfg.frame_dim + cfg.total_steps * cfg.n)
 
 
 def _execute(spec: SweepSpec, out: Path, ids: list[int], executor: str, workers: int, bar,

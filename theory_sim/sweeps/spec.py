@@ -338,24 +338,7 @@ class SweepSpec:
         return self._chunks
 
     def _make_chunks(self) -> list[list[tuple[tuple, SimConfig]]]:
-        groups: dict[tuple, list] = {}
-        structural = operator.attrgetter(*STRUCTURAL_FIELDS)
-        for key, cfg in self.trained_runs:
-            groups.setdefault(structural(cfg), []).append((key, cfg))
-        out = []
-        for runs in groups.values():
-            data_keys = [(cfg.rng_seed, cfg.sigma_p, cfg.flip_p) for _, cfg in runs]
-            order = sorted(range(len(runs)), key=data_keys.__getitem__)   # stable: spec order kept
-            runs = [runs[i] for i in order]
-            sizes: dict[tuple, int] = {}
-            for i in order:
-                k = data_keys[i]
-                sizes[k] = sizes.get(k, 0) + 1
-            g = next(iter(sizes.values())) if len(set(sizes.values())) == 1 else 1
-            size = (self.chunk_runs // g) * g if self.chunk_runs >= g else self.chunk_runs
-            for lo in range(0, len(runs), size):
-                out.append(runs[lo:lo + size])
-        return out
+        return make_chunks(self.trained_runs, self.chunk_runs)
 
     @property
     def flip_p(self) -> float:
@@ -390,6 +373,28 @@ class SweepSpec:
     @classmethod
     def from_toml(cls, path: str | Path) -> "SweepSpec":
         return cls.from_dict(read_toml(path), name=Path(path).stem)
+
+
+def make_chunks(trained: list[tuple[tuple, SimConfig]], chunk_runs: int) -> list[list[tuple[tuple, SimConfig]]]:
+    """``SweepSpec.chunks`` of the runs ``trained`` (also the rounds of a boundary search, theory_sim.sweeps.search)."""
+    groups: dict[tuple, list] = {}
+    structural = operator.attrgetter(*STRUCTURAL_FIELDS)
+    for key, cfg in trained:
+        groups.setdefault(structural(cfg), []).append((key, cfg))
+    out = []
+    for runs in groups.values():
+        data_keys = [(cfg.rng_seed, cfg.sigma_p, cfg.flip_p) for _, cfg in runs]
+        order = sorted(range(len(runs)), key=data_keys.__getitem__)   # stable: spec order kept
+        runs = [runs[i] for i in order]
+        sizes: dict[tuple, int] = {}
+        for i in order:
+            k = data_keys[i]
+            sizes[k] = sizes.get(k, 0) + 1
+        g = next(iter(sizes.values())) if len(set(sizes.values())) == 1 else 1
+        size = (chunk_runs // g) * g if chunk_runs >= g else chunk_runs
+        for lo in range(0, len(runs), size):
+            out.append(runs[lo:lo + size])
+    return out
 
 
 def _cell_words(cell: dict) -> list[int]:

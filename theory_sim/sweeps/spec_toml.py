@@ -187,7 +187,8 @@ def parse_spec(d: dict, name: str | None = None) -> dict:
     d = dict(d)
     unknown = set(d) - set(SPEC_KEYS)
     if unknown:
-        raise ConfigError(f"unknown sweep spec keys {sorted(unknown)}")
+        hint = "; a [search] table is run by `python -m theory_sim search`" if "search" in unknown else ""
+        raise ConfigError(f"unknown sweep spec keys {sorted(unknown)}{hint}")
     spec_name = d.get("name", name or "sweep")
     if not isinstance(spec_name, str) or not spec_name.strip():
         raise ConfigError(f"name must be a non-empty string, got {spec_name!r}")

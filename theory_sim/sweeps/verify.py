@@ -111,7 +111,10 @@ def resampled_boundaries(cells: dict, threshold: float, draws: np.ndarray) -> np
         step = max(1, BLOCK // max(1, length * len(draws)))
         for start in range(0, len(rows), step):
             part = rows[start:start + step]
-            means = _seed_means(np.stack([arrays[i][1] for i in part]), draws)
+            errs = np.stack([arrays[i][1] for i in part])
+            if errs.shape[2] < draws.shape[1]:   # cells with fewer seeds (a boundary search's): the others missing
+                errs = np.concatenate([errs, np.full((*errs.shape[:2], draws.shape[1] - errs.shape[2]), np.nan)], 2)
+            means = _seed_means(errs, draws)
             mu_star[part] = crossings(np.stack([arrays[i][0] for i in part]), means, threshold)[0]
     return mu_star
 
