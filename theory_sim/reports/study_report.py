@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 
 from theory_sim.intervals import Interval, jackknife
 from theory_sim.io import atomic_write_bytes
@@ -125,9 +126,9 @@ NO_TRAJECTORIES = ("not computed: the sweep directory has no trajectories.parque
 
 
 # correlation over seeds ---------------------------------------------------------------------------------------------
-def correlation(x: np.ndarray, y: np.ndarray, seeds: np.ndarray) -> Interval:
-    """Pearson correlation of x and y with its jackknife-t interval over seeds (a seed's runs left out together:
-    runs of one seed share its data draws)."""
+def correlation(x: np.ndarray, y: np.ndarray, seeds: np.ndarray, rank: bool = False) -> Interval:
+    """Pearson correlation of x and y (with ``rank``: Spearman's, the ranks taken among the runs kept) with its
+    jackknife-t interval over seeds (a seed's runs left out together: runs of one seed share its data draws)."""
     ok = np.isfinite(x) & np.isfinite(y)
     x, y, seeds = np.asarray(x, float)[ok], np.asarray(y, float)[ok], np.asarray(seeds)[ok]
     units = np.unique(seeds)
@@ -135,7 +136,8 @@ def correlation(x: np.ndarray, y: np.ndarray, seeds: np.ndarray) -> Interval:
 
     def stat(idx):
         keep = np.isin(unit_of, idx)
-        return {"r": float(np.corrcoef(x[keep], y[keep])[0, 1])}
+        a, b = (rankdata(x[keep]), rankdata(y[keep])) if rank else (x[keep], y[keep])
+        return {"r": float(np.corrcoef(a, b)[0, 1])}
 
     return jackknife(stat, len(units))["r"]
 
