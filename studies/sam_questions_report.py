@@ -1,8 +1,7 @@
 """Reports of the issue-15 SAM-family studies (msam_step_size, lr_schedules, msam_ascent, randsam_radius;
-docs/science.md §8, §3.5): each opens with its sweep's claim lines, then paired effect sizes over seeds, by
-theory_sim.reports.<study>.
+docs/science.md §8, §3.5) by theory_sim.reports.<study>: the claim lines of the sweep's verify.json (run
+`python -m theory_sim verify runs/STUDY` first), then paired effect sizes over seeds.
 
-    python -m theory_sim verify runs/STUDY
     python studies/sam_questions_report.py STUDY runs/STUDY
 """
 from __future__ import annotations
