@@ -28,7 +28,7 @@ from theory_sim.sweeps.store import load_spec, read_results  # noqa: E402
 
 def best_tau_points(r, seeds, censor: bool = True) -> tuple[list, int]:
     """(d, tau*) of every cell where the radius matters (the smallest c_tau is > 0.02 worse than the best), from the
-    runs of the given seeds (a list that may repeat seeds: a bootstrap resample); tau* is the centre (in log c_tau)
+    runs of the given seeds (a jackknife replicate leaves one out); tau* is the centre (in log c_tau)
     of the c_tau range within 0.02 of the cell's lowest seed-mean error. A cell whose range reaches the largest
     c_tau of the grid is censored (a wider grid would move its tau* up): with ``censor`` it is left out. Returns the
     points and the censored cells (d, ||mu||)."""
