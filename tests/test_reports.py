@@ -131,10 +131,10 @@ def test_msam_ascent_sentence_claims_no_more_than_the_numbers():
     without counterexamples supports it. r^2 and the count are stated either way."""
     from theory_sim.reports import msam_ascent as report
 
-    weak = report.maximiser_sentence(Interval(0.159, 0.05, 0.27, 0.05, 4), [f"m{i}" for i in range(8)], 11)
+    weak = report.maximiser_sentence(Interval(0.159, 0.05, 0.27, 0.05, 4), [f"m{i}" for i in range(8)], 11, 9)
     assert "r = +0.159 [+0.050, +0.270]" in weak and "r^2 = 0.025" in weak and "3% of the test error" in weak
     assert "8 of 11 multi-step rules reach a higher gain than SAM and still err less" in weak
-    assert "do not support" in weak and "goes with a higher test error" not in weak
+    assert "do not support" in weak and "goes with a higher test error" not in weak and "9 of 11 by the point" in weak
     strong = report.maximiser_sentence(Interval(0.8, 0.7, 0.9, 0.05, 4), [], 11)
     assert "0 of 11" in strong and "goes with a higher test error" in strong and "do not support" not in strong
     assert "no relation" in report.maximiser_sentence(Interval(0.1, -0.1, 0.3, 0.1, 4), [], 11)
@@ -151,6 +151,8 @@ def test_msam_ascent_counts_rules_that_reach_more_and_err_less():
     errors = paired_differences(df, baselines=("sam",))
     gains = paired_on(df, "gain", ("sam",), ["d", "mu_norm", "n", "P", "sigma_p"])
     assert report.higher_gain_lower_error(errors, gains, ["msam2", "msam5", "msam10"]) == ["msam2"]
+    points = report.higher_gain_lower_error(errors, gains, ["msam2", "msam5", "msam10"], clear=False)
+    assert points[0] == "msam2" and "msam5" not in points
 
 
 # randsam_radius -----------------------------------------------------------------------------------------------------
@@ -183,8 +185,9 @@ def test_deep_phase_sentence_follows_the_intervals():
 def test_lr_schedule_slope_sentence_follows_the_interval():
     from theory_sim.reports import lr_schedules as report
 
-    row = lambda lo, hi: pd.Series(dict(slope=0.3, ci_low=0.2, ci_high=0.4, delta=(lo + hi) / 2, delta_low=lo,  # noqa: E731
-                                        delta_high=hi))
+    def row(lo, hi):
+        return pd.Series(dict(slope=0.3, ci_low=0.2, ci_high=0.4, delta=(lo + hi) / 2, delta_low=lo, delta_high=hi))
+
     assert report.slope_sentence(row(0.05, 0.1)).endswith("interval above 0 (steeper)")
     assert report.slope_sentence(row(-0.05, 0.1)).endswith("interval covers 0")
 

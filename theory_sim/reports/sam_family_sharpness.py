@@ -30,7 +30,8 @@ from theory_sim.cnn.run_sharpness import run_objective  # noqa: E402
 from theory_sim.cnn.train import train_ensemble  # noqa: E402
 from theory_sim.config import SimConfig  # noqa: E402
 from theory_sim.io import atomic_write_bytes, save_figure  # noqa: E402
-from theory_sim.reports.study_report import EXPLORATORY, correlation, effect, interval_text, paired_on, where  # noqa: E402
+from theory_sim.reports.study_report import (EXPLORATORY, correlation, effect, interval_text, paired_on,  # noqa: E402
+                                             where)
 from theory_sim.sharpness import hutchinson_trace, top_eigenvalues  # noqa: E402
 from theory_sim.sweeps.paired import pooled  # noqa: E402
 
@@ -73,8 +74,8 @@ def sharpness_sentence(diffs: pd.DataFrame) -> str:
     if side and len(sharper) == len(side):
         return text + "Every multi-step rule ends sharper than SAM here."
     if sharper:
-        return text + f"Only {', '.join(sharper)} ends sharper than SAM: a more exact ascent does not reliably find a " \
-                      "sharper (or flatter) solution here."
+        return text + (f"Only {', '.join(sharper)} ends sharper than SAM: a more exact ascent does not reliably "
+                       "find a sharper (or flatter) solution here.")
     return text + "No multi-step rule ends sharper than SAM here."
 
 
