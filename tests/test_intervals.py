@@ -43,7 +43,8 @@ def test_one_verdict_rule_is_symmetric():
     assert verdict(iv(0.1, 0.4), (0.15, 0.35))[0] == "inconclusive"
     assert verdict(iv(0.2, 0.3), None)[0] == "exploratory"
     nan = Interval(float("nan"), float("nan"), float("nan"), float("nan"), 0)
-    assert verdict(nan, (0, 1))[0] == "not applicable"
+    assert verdict(nan, (0, 1))[0] == "inconclusive"   # no estimate in the domain: undecided, not a failure
+    assert claim_row(CLAIMS["collapse"], "sgd", nan, None, applicable=False)["verdict"] == "not applicable"
     assert verdict(iv(2.5, 3.5), (2.0, np.inf))[0] == "consistent"   # one-sided regions
     assert verdict(iv(-0.3, -0.1), (-np.inf, 0.0))[0] == "consistent"
 

@@ -9,7 +9,7 @@ mixed into its estimate. The verdict rule is the same for every claim (``verdict
 - consistent: the interval lies inside the predicted region (prediction +- tolerance, or a one-sided region);
 - contradicted: the interval lies outside it;
 - inconclusive: it straddles an edge (``seeds_to_decide`` says how many seeds would decide it);
-- not applicable: no cell (or too few) inside the domain, or no estimate.
+- not applicable: no cell (or too few) inside the domain.
 
 Adding a claim is one ``Claim`` entry in ``CLAIMS`` plus the code that computes its estimand.
 """
@@ -241,8 +241,8 @@ def verdict(interval: Interval, region: tuple[float, float] | None) -> tuple[str
     one-sided (+-inf); None is an exploratory estimate (verdict 'exploratory')."""
     if region is None:
         return "exploratory", None
-    if not interval.finite:
-        return ("not applicable" if not np.isfinite(interval.estimate) else "inconclusive"), None
+    if not interval.finite:   # no estimate, or no interval (undefined without one of the seeds)
+        return "inconclusive", None
     lo, hi = region
     if lo <= interval.low and interval.high <= hi:
         return "consistent", None
@@ -257,10 +257,11 @@ def predicted_slope(optimizer: str, dim: str) -> float | None:
     return None if claim is None else claim.extra["slopes"].get(dim)
 
 
-def claim_row(claim: Claim, variant: str, interval: Interval, region, scope: str = "in domain", **info) -> dict:
+def claim_row(claim: Claim, variant: str, interval: Interval, region, scope: str = "in domain",
+              applicable: bool = True, **info) -> dict:
     """One line of a report: a claim (or an exploratory estimate: region None) for one variant and slice, with
-    its interval and verdict."""
-    word, more = verdict(interval, region)
+    its interval and verdict; ``applicable`` False: no cell (or too few) inside the claim's domain."""
+    word, more = verdict(interval, region) if applicable else ("not applicable", None)
     return dict(claim=claim.name, source=claim.source, kind=claim.kind, variant=variant, scope=scope,
                 estimate=float(interval.estimate), ci_low=float(interval.low), ci_high=float(interval.high),
                 se=float(interval.se), seeds=int(interval.units),

@@ -98,7 +98,7 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
     the other swept axes) and, when the sweep kept them, the trajectory figures (trajectories.parquet; ``cell`` picks
     the cell of the per-cell trajectory plot). ``fmt``: png, pdf or svg; ``dpi``: default 100 (110 for the
     per-cell trajectory figure)."""
-    from theory_sim.config import ConfigError
+    from theory_sim.config import ConfigError, check_dpi
     from theory_sim.sweeps.store import load_spec, read_results, read_trajectories
     from theory_sim.sweeps.trajectory_figures import draw_trajectory_figures, select_cell
 
@@ -112,8 +112,7 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
         raise ConfigError(f"x and y must be two different axes, got {x!r} twice")
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if dpi is not None and not (isinstance(dpi, int) and 10 <= dpi <= 2000):
-        raise ConfigError(f"dpi must be an integer in [10, 2000], got {dpi!r}")
+    check_dpi(dpi)
     df = read_results(out)
     traj = read_trajectories(out)
     if traj is not None:  # an off-grid --cell is refused before any figure is drawn
@@ -304,11 +303,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
-    from theory_sim.config import ConfigError
+    from theory_sim.config import ConfigError, check_dpi
     from theory_sim.sweeps.store import load_spec
     from theory_sim.sweeps.trajectory_figures import parse_cell
 
     cell = parse_cell(args.cell)
+    check_dpi(args.dpi)   # (draw_figures checks it too, for the Python API)
+    if args.gallery is not None:
+        check_gallery(args.gallery)
     if not (args.dir / "results.parquet").exists():
         raise ConfigError(f"DIR must hold results.parquet (run or finish the sweep first): {args.dir}")
     name = load_spec(args.dir).name
@@ -316,12 +318,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"figure: {path}")
         if args.gallery is not None:
             args.gallery.mkdir(parents=True, exist_ok=True)
-            target = args.gallery / path.name.replace("phase_diagram", name).replace("boundary_scaling",
-                                                                                      f"{name}_boundary")
-            if target.name == path.name:
-                target = args.gallery / f"{name}_{path.name}"
+            target = path.name.replace("phase_diagram", name).replace("boundary_scaling", f"{name}_boundary")
+            target = gallery_path(args.gallery, target if target != path.name else f"{name}_{path.name}")
             shutil.copy(path, target)
             print(f"  -> {target}")
     if args.gallery is not None and (args.dir / "verify.md").exists():
-        shutil.copy(args.dir / "verify.md", args.gallery / f"{name}_verify.md")
+        shutil.copy(args.dir / "verify.md", gallery_path(args.gallery, f"{name}_verify.md"))
     return 0
+
+
+def check_gallery(gallery: Path) -> None:
+    """``--gallery``: a directory (new or existing), checked before any figure is drawn."""
+    from theory_sim.config import ConfigError
+
+    if gallery.exists() and not gallery.is_dir():
+        raise ConfigError(f"gallery must be a directory (new or existing), but {gallery} is an existing file")
+
+
+def gallery_path(gallery: Path, name: str) -> Path:
+    """``gallery / name``, refused unless it stays inside ``gallery`` (the name comes from the spec's name)."""
+    from theory_sim.config import ConfigError
+
+    target = gallery / name
+    if Path(name).name != name or target.resolve().parent != gallery.resolve():
+        raise ConfigError(f"gallery file names must stay inside {gallery}, got {name!r}")
+    return target

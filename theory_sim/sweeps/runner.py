@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from theory_sim.config import ConfigError, check_choice, check_int
+from theory_sim.config import ConfigError, check_choice, check_dpi, check_int
 from theory_sim.io import provenance, save_table, write_json, write_parquet
 from theory_sim.resources import add_force_arguments
 from theory_sim.sweeps.spec import SweepSpec
@@ -42,6 +42,7 @@ from theory_sim.sweeps.store import (
 )
 
 EXECUTORS = ("inline", "process", "submitit")
+MAX_WORKERS = 4 * (os.cpu_count() or 1)   # as --threads: more than 4 processes per CPU only oversubscribes
 
 
 def run_chunk(out: str, chunk_id: int, threads: int | None = None, claim: bool = True,
@@ -151,7 +152,14 @@ def aggregate(spec: SweepSpec, out: Path) -> pd.DataFrame:
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: the sweep stopped; the message says how far it got and how to resume."""
+    """Ctrl-C or SIGTERM: the sweep stopped; the message says how far it got and how to resume. The command exits
+    with ``exit_status``: 130 after Ctrl-C, 143 (128 + SIGTERM) after SIGTERM, as a shell reports them."""
+    exit_status = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, Slurm), raised like Ctrl-C's KeyboardInterrupt; the command exits with 143."""
+    exit_status = 143
 
 
 @contextlib.contextmanager
@@ -162,7 +170,7 @@ def _sigterm_as_interrupt():
         return
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated("terminated: the finished chunks are kept; run the same command to resume")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -233,7 +241,7 @@ def start_pool(workers: int) -> cf.ProcessPoolExecutor:
     """A local process pool whose ``workers`` processes start now and load torch and the trainer (about 2 s each)
     while the caller goes on, e.g. expanding the spec: the pool spawns a worker per pending task, so one warm-up
     task per worker starts them all."""
-    check_int("workers", workers, 1)
+    check_int("workers", workers, 1, MAX_WORKERS)
     # after an interrupt the workers are killed; multiprocessing's resource tracker then unlinks the pool's
     # semaphores itself and would print a warning about them: the clean-up is right, the warning is noise
     quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
@@ -318,7 +326,7 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
     from tqdm.auto import tqdm
 
     check_choice("executor", executor, EXECUTORS)
-    check_int("workers", workers, 1)
+    check_int("workers", workers, 1, MAX_WORKERS)
     out = Path(out)
     prepare(spec, out)
     todo = missing_chunks(spec, out)
@@ -334,11 +342,14 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
                     return None
             else:
                 computed = _run_local(spec, out, executor, workers, bar, pool)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         with _ignoring_sigint():  # a second Ctrl-C while we count what is done is dropped, not a traceback
             left = len(missing_chunks(spec, out))
-        raise SweepInterrupted(f"interrupted: {len(spec.chunks()) - left} of {len(spec.chunks())} chunks are done "
-                               f"and kept in {out}; re-run the same command to compute the other {left}") from None
+        stop = SweepInterrupted(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: "
+                                f"{len(spec.chunks()) - left} of {len(spec.chunks())} chunks are done and kept in "
+                                f"{out}; re-run the same command to compute the other {left}")
+        stop.exit_status = getattr(exc, "exit_status", 130)
+        raise stop from None
     finally:
         bar.close()
     still = missing_chunks(spec, out)
@@ -406,20 +417,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="sweep directory (created, or resumed)")
     p.add_argument("--executor", choices=EXECUTORS, default="process",
                    help="process (default: a local pool, one torch thread per worker), inline, or submitit")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    # the executor's own options: None = not given (refused with another executor: it would have no effect)
+    p.add_argument("--workers", type=int, default=None,
                    help="processes for --executor process (default: the number of cores)")
     p.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
                    help="submitit backend (default: slurm when available)")
-    p.add_argument("--partition", help="Slurm partition")
-    p.add_argument("--timeout-min", type=int, default=60, help="Slurm time limit per chunk job")
-    p.add_argument("--cpus-per-task", type=int, default=2, help="submitit: CPUs per chunk job")
-    p.add_argument("--gpus-per-node", type=int, default=0, help="submitit: GPUs per chunk job")
-    p.add_argument("--array-parallelism", type=int, default=64,
-                   help="submitit: chunk jobs of the Slurm array running at once")
-    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
-                   help="wait for submitit jobs and aggregate (--no-wait: submit and return)")
-    p.add_argument("--resubmit", action="store_true",
-                   help="submit missing chunks even if earlier jobs for them may still be running")
+    p.add_argument("--partition", help="submitit: Slurm partition")
+    p.add_argument("--timeout-min", type=int, default=None, help="submitit: Slurm time limit per chunk job (default 60)")
+    p.add_argument("--cpus-per-task", type=int, default=None, help="submitit: CPUs per chunk job (default 2)")
+    p.add_argument("--gpus-per-node", type=int, default=None, help="submitit: GPUs per chunk job (default 0)")
+    p.add_argument("--array-parallelism", type=int, default=None,
+                   help="submitit: chunk jobs of the Slurm array running at once (default 64)")
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                   help="submitit: wait for the jobs and aggregate (default; --no-wait: submit and return)")
+    p.add_argument("--resubmit", action="store_true", default=None,
+                   help="submitit: submit missing chunks even if earlier jobs for them may still be running")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                    help="draw the figures and run verify once the results are complete")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -427,14 +439,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
                    help="after the sweep print verify's one-line summary, not the whole report (it is in "
                         "DIR/verify.md)")
-    p.add_argument("--format", dest="fmt", choices=("png", "pdf", "svg"), default="png",
-                   help="file format of the figures")
+    p.add_argument("--format", dest="fmt", choices=("png", "pdf", "svg"), default=None,
+                   help="file format of the figures (default png)")
     p.add_argument("--dpi", type=int, default=None, help="resolution of the figures (default 100)")
     add_force_arguments(p)
 
 
+# options that only act with one executor, or with the figures: option -> (the setting they need, how to say it)
+SUBMITIT_OPTIONS = ("cluster", "partition", "timeout_min", "cpus_per_task", "gpus_per_node", "array_parallelism",
+                    "wait", "resubmit")
+SUBMITIT_DEFAULTS = dict(timeout_min=60, cpus_per_task=2, gpus_per_node=0, array_parallelism=64, wait=True,
+                         resubmit=False)
+FIGURE_OPTIONS = ("fmt", "dpi", "quiet")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an option that would have no effect (a submitit option with another executor,
+    --workers without the process pool, a figure option with --no-figures) or a value out of range; fill in the
+    defaults of the others."""
+    def flag(name: str) -> str:
+        return "--" + {"fmt": "format"}.get(name, name).replace("_", "-")
+
+    given = [name for name in SUBMITIT_OPTIONS if getattr(args, name) is not None]
+    if given and args.executor != "submitit":
+        raise ConfigError(f"{flag(given[0])} has no effect with --executor {args.executor} (it is a submitit option); "
+                          f"drop it or use --executor submitit")
+    if args.workers is not None and args.executor != "process":
+        raise ConfigError(f"--workers has no effect with --executor {args.executor} (it sizes the process pool); "
+                          f"drop it or use --executor process")
+    given = [name for name in FIGURE_OPTIONS if getattr(args, name) not in (None, False)]
+    if given and not args.figures:
+        raise ConfigError(f"{flag(given[0])} has no effect with --no-figures (no figure is drawn); drop one of them")
+    for name, value in SUBMITIT_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.workers = (os.cpu_count() or 1) if args.workers is None else args.workers
+    args.fmt = args.fmt or "png"
+    check_int("workers", args.workers, 1, MAX_WORKERS)
+    check_dpi(args.dpi)
+
+
 def run(args: argparse.Namespace) -> int:
-    check_int("workers", args.workers, 1)
+    check_options(args)
     if args.executor == "inline" and getattr(args, "threads", None) is not None:   # the chunks train right here
         import torch
 
@@ -442,7 +488,8 @@ def run(args: argparse.Namespace) -> int:
     # the workers start (and load torch) while this process expands and checks the spec
     pool = start_pool(args.workers) if args.executor == "process" else None
     try:
-        return _run_command(args, pool)
+        with _sigterm_as_interrupt():   # also while verify and the figures run (Terminated: exit 143, cli.main)
+            return _run_command(args, pool)
     except BaseException:
         if pool is not None:
             _end_pool(pool)
@@ -469,7 +516,7 @@ def _run_command(args: argparse.Namespace, pool) -> int:
         # the command is ending: a further Ctrl-C (people press it twice) must not turn the exit into a traceback
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(exc, file=sys.stderr)
-        return 130
+        return exc.exit_status
     if pool is not None:  # the workers' memory back before verify and the figures
         pool.shutdown(wait=True)
     if df is None:

@@ -90,12 +90,27 @@ def _load_spec_file(path_text: str, mtime_ns: int, size: int) -> SweepSpec:
         raise ConfigError(f"{path} holds an invalid spec: {exc}") from None
 
 
+# what marks a directory as a sweep's (simulate refuses to write into one), and as a simulate run's (its
+# theory_sim.cnn.simulate.OUTPUT_FILES that a sweep never writes: a sweep refuses to write into one)
+SWEEP_FILES = ("spec.json", "results.json", "results.parquet", "shards")
+SIMULATE_FILES = ("summary.parquet", "final_state.pt", "coefficients.npz")
+
+
+def sweep_files(out: Path) -> list[str]:
+    """The files of ``SWEEP_FILES`` in ``out``."""
+    return [name for name in SWEEP_FILES if (Path(out) / name).exists()]
+
+
 def prepare(spec: SweepSpec, out: Path) -> None:
     """Create DIR with spec.json, or check that DIR's results came from this very spec (whatever file records it),
     with the same chunking; remove temp files that killed writers left behind."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out must be a directory, but {out} is a file")
+    simulate = [name for name in SIMULATE_FILES if (out / name).exists()]
+    if simulate:
+        raise ConfigError(f"out must be a sweep directory (new or resumed), but {out} holds a simulate run "
+                          f"({', '.join(simulate)}); use a new --out directory")
     path = out / "spec.json"
     if path.exists():
         stored = _read_json(path)
@@ -110,8 +125,7 @@ def prepare(spec: SweepSpec, out: Path) -> None:
             raise ConfigError(f"chunk_runs changed from {chunking} to {spec.chunk_runs}, but the shards in {out} "
                               f"are chunked by {chunking}: set chunk_runs = {chunking} to resume, or use a new --out")
     else:
-        found = [p.name for p in (out / "results.parquet", out / "results.json", out / "trajectories.parquet",
-                                  out / "shards") if p.exists()]
+        found = sweep_files(out) + [name for name in ("trajectories.parquet",) if (out / name).exists()]
         if (out / "results.json").exists():
             _check_same_spec(_read_json(out / "results.json"), spec, out / "results.json")
         elif found:

@@ -108,8 +108,8 @@ def _row(claim: str, variant: str, interval: Interval, region, cells_in_domain: 
 
 
 def _not_applicable(claim: str, variant: str, cells: int, window: str, why: str) -> dict:
-    return _row(claim, variant, Interval(float("nan"), float("nan"), float("nan"), float("nan"), 0), (0.0, 0.0), 0,
-                cells, window, note=why)
+    return _row(claim, variant, Interval(float("nan"), float("nan"), float("nan"), float("nan"), 0), None, 0,
+                cells, window, applicable=False, note=why)
 
 
 def _cell_name(row, cell=CELL) -> str:

@@ -268,7 +268,7 @@ def boundary_claims(df: pd.DataFrame, spec, threshold: float, bnd: pd.DataFrame,
             if claim.covers(v) and not any(r["variant"] == lab and r["scope"] == "in domain" and r["claim"] ==
                                            claim_name for r in rows):
                 n_in = int(sum(index[k] for k in key_of if k[0] == lab))
-                rows.append(claim_row(claim, lab, NAN_INTERVAL, (0.0, 0.0), dim="d", fixed={},
+                rows.append(claim_row(claim, lab, NAN_INTERVAL, None, applicable=False, dim="d", fixed={},
                                        predicted=claim.extra["slopes"]["d"], tolerance=None, cells_in_domain=n_in,
                                        cells=int(sum(k[0] == lab for k in key_of)), located=0,
                                        note=f"{n_in} in-domain cells: a slope needs 3 distinct values of a "
