@@ -132,12 +132,21 @@ def test_msam_ascent_sentence_claims_no_more_than_the_numbers():
     from theory_sim.reports import msam_ascent as report
 
     weak = report.maximiser_sentence(Interval(0.159, 0.05, 0.27, 0.05, 4), [f"m{i}" for i in range(8)], 11, 9)
-    assert "r = +0.159 [+0.050, +0.270]" in weak and "r^2 = 0.025" in weak and "3% of the test error" in weak
+    assert "r = +0.159 [+0.050, +0.270]" in weak and "r^2 = 0.025 [0.003, 0.073]" in weak
+    assert "3% of the test error" in weak
     assert "8 of 11 multi-step rules reach a higher gain than SAM and still err less" in weak
     assert "do not support" in weak and "goes with a higher test error" not in weak and "9 of 11 by the point" in weak
     strong = report.maximiser_sentence(Interval(0.8, 0.7, 0.9, 0.05, 4), [], 11)
     assert "0 of 11" in strong and "goes with a higher test error" in strong and "do not support" not in strong
     assert "no relation" in report.maximiser_sentence(Interval(0.1, -0.1, 0.3, 0.1, 4), [], 11)
+
+
+def test_variance_share_is_the_interval_of_r_squared():
+    from theory_sim.reports.msam_ascent import variance_share
+
+    assert variance_share(0.086, 0.234) == (0.086 ** 2, 0.234 ** 2)
+    assert variance_share(-0.3, 0.1) == (0.0, 0.09)          # an interval through 0: r^2 from 0
+    assert np.allclose(variance_share(-0.4, -0.2), (0.04, 0.16))
 
 
 def test_msam_ascent_counts_rules_that_reach_more_and_err_less():
@@ -179,6 +188,20 @@ def test_deep_phase_sentence_follows_the_intervals():
     assert "above 0 at depth 4." in text
     text = report.depth_sentence({2.0: row(-0.1, -0.02), 3.0: row(-0.1, -0.01), 4.0: row(-0.2, -0.1)})
     assert "at depth 2, 3, 4;" in text and "covering 0 at depth none" in text
+
+
+def test_deep_phase_depth2_note_reads_the_ratio_law_claim():
+    """issue 24 item 10: the report states depth 2's pooled ratio-law constant from verify's claim line and points to
+    the seed-set reproduction; without that claim (no trajectories), no note."""
+    from theory_sim.reports.deep_phase import depth2_ratio_note
+
+    claim = dict(claim="ratio_law_constant", scope="in domain", variant="sgd", estimate=1.21, ci_low=1.05,
+                 ci_high=1.37, cells_in_domain=9, heterogeneity="per-group constants 1.1-1.3")
+    text = " ".join(depth2_ratio_note([claim, dict(claim, claim="collapse", estimate=9.0)], 4))
+    assert "constant is 1.21 [1.05, 1.37] over 9 in-domain cells" in text and "seeds 0-3 here" in text
+    assert "python studies/ratio_law_seeds.py" in text
+    assert depth2_ratio_note([dict(claim, estimate=float("nan"))], 4) == []
+    assert depth2_ratio_note([dict(claim, claim="collapse")], 4) == []
 
 
 # lr_schedules -------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from theory_sim.reports.study_report import (EXPLORATORY, NO_TRAJECTORIES, claim_lines, effect, load_claims,
@@ -31,6 +32,23 @@ def depth_sentence(errors: dict) -> str:
     pick = lambda s: ", ".join(f"{d:g}" for d, v in side.items() if v == s) or "none"  # noqa: E731
     return (f"SAM - SGD test error at d >= {LARGE_D}: interval below 0 (SAM errs less) at depth {pick('below 0')}; "
             f"covering 0 at depth {pick('covers 0')}; above 0 at depth {pick('above 0')}.")
+
+
+def depth2_ratio_note(claims: list[dict], seeds: int) -> list[str]:
+    """Depth 2's pooled ratio-law constant (verify's trajectory claim: only depth 2 is in its domain) and where a
+    difference from phase_diagram_c23's comes from (issue 24 item 10); nothing without the claim."""
+    rows = [c for c in claims if c["claim"] == "ratio_law_constant" and c["scope"] == "in domain"
+            and c["estimate"] is not None and np.isfinite(c["estimate"])]
+    if not rows:
+        return []
+    c = rows[0]
+    return ["## Ratio-law constant at depth 2 against phase_diagram_c23", "",
+            f"Depth 2's pooled ratio-law constant is {estimate_text(c)} over {c['cells_in_domain']} in-domain cells "
+            f"(the claim line above; {c.get('heterogeneity', '')}). Depth 2 is the c23 network run for run (Gamma "
+            "and Rho equal to float32 round-off on the same seeds), so a difference from phase_diagram_c23's "
+            f"constant comes from the seed set (seeds 0-{seeds - 1} here): `python studies/ratio_law_seeds.py` "
+            "recomputes both networks on both seed sets and on 64 seeds (`figures/ratio_law_seeds.md`, "
+            "docs/science.md §2.5).", ""]
 
 
 def write_report(d: Path, out: Path = Path("figures/deep_phase.md")) -> str:
@@ -70,4 +88,5 @@ def write_report(d: Path, out: Path = Path("figures/deep_phase.md")) -> str:
     lines += ["", f"- {depth_sentence(errors)}"]
     if traj is None:
         lines.append(f"- The update-point noise-active fraction during SAM's phase: {NO_TRAJECTORIES}.")
+    lines += [""] + depth2_ratio_note(report["claims"], int(res.seed.nunique()))
     return write(Path(out).stem, lines, Path(out).parent)

@@ -1,6 +1,6 @@
-"""Write each preset's claim verdicts next to its README gallery headline, computed from its verify report.
+"""Write each preset's claim verdicts next to its gallery entry in figures/README.md, computed from its verify report.
 
-README marks the place with ``<!-- checks:NAME -->...<!-- /checks -->``; this replaces the text between the marks
+figures/README.md marks the place with ``<!-- checks:NAME -->...<!-- /checks -->``; this replaces the text between the marks
 with verify's one-line summary of figures/NAME_verify.md ("claims: 2 consistent, 1 inconclusive; ...",
 theory_sim.sweeps.verify_report.summary_sentence). A verify.md from before the declared claims (docs/science.md
 §5.6) has no such line: the claims are then re-judged from figures/results/NAME (results alone, no trajectories),

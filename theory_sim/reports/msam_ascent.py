@@ -31,6 +31,13 @@ from theory_sim.sweeps.store import load_spec, read_results, read_trajectories  
 WEAK_R2 = 0.25   # below this share of variance a correlation is called weak in the text
 
 
+def variance_share(lo: float, hi: float) -> tuple[float, float]:
+    """The interval of r^2 (the share of variance a correlation explains) from r's interval [lo, hi]."""
+    if lo <= 0 <= hi:
+        return 0.0, max(lo * lo, hi * hi)
+    return min(lo * lo, hi * hi), max(lo * lo, hi * hi)
+
+
 def higher_gain_lower_error(errors: pd.DataFrame, gains: pd.DataFrame, labels, clear: bool = True) -> list[str]:
     """The rules that reach a higher perturbed-loss gain than SAM and still err less: with ``clear``, their paired
     gain interval lies above 0 and their paired test-error interval below 0; without, the point estimates do."""
@@ -46,10 +53,11 @@ def higher_gain_lower_error(errors: pd.DataFrame, gains: pd.DataFrame, labels, c
 def maximiser_sentence(r: Interval, counter: list[str], others: int, by_point: int | None = None) -> str:
     """What the numbers say about "a more exact maximiser (a higher reached perturbed loss) generalises worse"."""
     r2 = r.estimate ** 2
+    s_lo, s_hi = variance_share(r.low, r.high)
     text = (f"Across the rules on the same data (within each cell and seed), the reached perturbed-loss gain "
             f"correlates with the test error at r = {interval_text(r.estimate, r.low, r.high)} (jackknife over "
-            f"{r.units} seeds), r^2 = {r2:.3f}: the gain accounts for {100 * r2:.0f}% of the test error's variance "
-            f"across rules. {len(counter)} of {others} multi-step rules reach a higher gain than SAM and still err "
+            f"{r.units} seeds), r^2 = {r2:.3f} [{s_lo:.3f}, {s_hi:.3f}]: the gain accounts for {100 * r2:.0f}% of the "
+            f"test error's variance across rules. {len(counter)} of {others} multi-step rules reach a higher gain than SAM and still err "
             f"less than SAM (both paired intervals clear of 0" + (f": {', '.join(counter)}" if counter else "")
             + (f"; {by_point} of {others} by the point estimates alone" if by_point is not None else "") + "). ")
     side = where(r.low, r.high)

@@ -39,7 +39,9 @@ from theory_sim.sweeps.store import (
     remove_stale_temp_files,
     shard_is_complete,
     shard_path,
+    submitted_jobs,
 )
+from theory_sim.sweeps.slurm import failure_line, is_active, job_states
 
 EXECUTORS = ("inline", "process", "submitit")
 MAX_WORKERS = 4 * (os.cpu_count() or 1)   # as --threads: more than 4 processes per CPU only oversubscribes
@@ -327,6 +329,8 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
 
     check_choice("executor", executor, EXECUTORS)
     check_int("workers", workers, 1, MAX_WORKERS)
+    if executor == "submitit":
+        check_submitit_options(**(submitit_options or {}))
     out = Path(out)
     prepare(spec, out)
     todo = missing_chunks(spec, out)
@@ -338,7 +342,7 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
     try:
         with _sigterm_as_interrupt():
             if executor == "submitit":
-                if not _run_submitit(out, todo, bar, dict(submitit_options or {})):
+                if not _run_submitit(spec, out, todo, bar, dict(submitit_options or {})):
                     return None
             else:
                 computed = _run_local(spec, out, executor, workers, bar, pool)
@@ -361,27 +365,102 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
     return df
 
 
-def _run_submitit(out: Path, todo: list[int], bar, opts: dict) -> bool:
-    """Submit the missing chunks as a job array; True once they all finished (False: left queued)."""
-    in_flight = [] if opts.pop("resubmit", False) else pending_chunks(out, todo)
-    if in_flight:  # submitted earlier and still within their time limit: do not queue them twice
-        print(f"{len(in_flight)} chunks were submitted earlier and may still be running; not resubmitting them "
-              f"(--resubmit to force)")
-        todo = [i for i in todo if i not in set(in_flight)]
-    jobs = submit_chunks(out, todo, **opts)
-    if not opts.get("wait", True) or in_flight:
-        print(f"submitted {len(jobs)} chunk jobs; re-run the same command (or `sweep-status {out}`) later")
+class ChunksFailed(RuntimeError):
+    """Chunk jobs ended without writing their shards; ``lines``: one per chunk, naming it and what to do next."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+MAX_FAILURE_LINES = 20  # a sweep of thousands of chunks whose jobs all failed must not flood the terminal
+
+
+def _run_submitit(spec: SweepSpec, out: Path, todo: list[int], bar, opts: dict) -> bool:
+    """Submit the missing chunks as a job array and wait for them and for the chunks submitted earlier that are
+    still queued or running; True once every chunk has its shard, False when left queued (``wait=False``, or jobs
+    this process cannot watch). Raises ``ChunksFailed`` for chunks whose jobs ended without their shard."""
+    wait = opts.pop("wait", True)
+    in_flight = set() if opts.pop("resubmit", False) else set(pending_chunks(out, todo))
+    if in_flight:
+        print(f"{len(in_flight)} chunks were submitted earlier and are still queued or running; not resubmitting "
+              f"them (--resubmit to force)")
+    new = [i for i in todo if i not in in_flight]
+    jobs = submit_chunks(out, new, **opts)
+    if jobs:
+        print(f"submitted {len(jobs)} chunk jobs (job {jobs[0].job_id.split('_')[0]}; logs in {out / 'submitit'})")
+    if not todo:
+        return True
+    states = _state_reader(out, todo, jobs)
+    if not wait or states is None:
+        print(f"re-run the same command (or `sweep-status {out}`) later to aggregate")
         return False
-    for job in jobs:
-        job.result()
-        bar.update(1)
+    _wait_for_chunks(spec, out, todo, states, bar)
     return True
+
+
+def _state_reader(out: Path, todo: list[int], jobs: list):
+    """A function job ids -> states (None: Slurm cannot be asked) for the chunks' jobs; None when this process
+    cannot watch them (submitit's local jobs of an earlier command)."""
+    submitted = submitted_jobs(out)
+    if all(submitted[i].get("cluster") == "slurm" for i in todo):
+        return job_states
+    mine = {job.job_id: job for job in jobs}
+    if any(str(submitted[i]["job_id"]) not in mine for i in todo):
+        return None
+    return lambda ids: {j: mine[j].state if mine[j].done() else "RUNNING" for j in ids}
+
+
+def _wait_for_chunks(spec: SweepSpec, out: Path, todo: list[int], states_of, bar) -> None:
+    """Poll until each chunk has its shard or its job has ended; one ``ChunksFailed`` line per chunk without one.
+    One squeue call per poll for all the jobs, polls spaced out to 30 s (the controller serves a whole cluster)."""
+    chunks = spec.chunks()
+    submitted = submitted_jobs(out)
+    left = {i: submitted[i] for i in todo}
+    failed: dict[int, str | None] = {}
+    delay = 1.0
+    while left:
+        states = states_of([str(job["job_id"]) for job in left.values()])
+        for i, job in list(left.items()):
+            if states is not None:
+                state = states.get(str(job["job_id"]))
+                ended = not is_active(state)
+            else:  # Slurm did not answer: a job is over once past its time limit
+                state, ended = None, job["deadline"] < time.time()
+            # the shard is checked after the state, so a job that wrote it and then ended counts as done
+            if shard_is_complete(out, spec, i, chunks[i], keep=True):
+                bar.update(1)
+            elif ended:
+                failed[i] = state
+            else:
+                continue
+            del left[i]
+        if left:
+            time.sleep(delay)
+            delay = min(1.5 * delay, 30.0)
+    if failed:
+        lines = [failure_line(out, i, str(submitted[i]["job_id"]), state, submitted[i].get("timeout_min"))
+                 for i, state in sorted(failed.items())]
+        if len(lines) > MAX_FAILURE_LINES:
+            rest = sorted(failed)[MAX_FAILURE_LINES:]
+            lines = lines[:MAX_FAILURE_LINES] + [f"... and {len(rest)} more chunks without a shard: {rest}"]
+        raise ChunksFailed(lines)
+
+
+def check_submitit_options(timeout_min: int = 60, cpus_per_task: int = 2, gpus_per_node: int = 0,
+                           array_parallelism: int = 64, **_) -> None:
+    """The job-array options, before anything is submitted (ConfigError naming the option)."""
+    check_int("timeout_min", timeout_min, 1)
+    check_int("cpus_per_task", cpus_per_task, 1)
+    check_int("gpus_per_node", gpus_per_node, 0)
+    check_int("array_parallelism", array_parallelism, 1)
 
 
 def submit_chunks(out: Path, chunk_ids: list[int], cluster: str | None = None, partition: str | None = None,
                   timeout_min: int = 60, cpus_per_task: int = 2, gpus_per_node: int = 0, array_parallelism: int = 64,
-                  wait: bool = True, **extra):
-    """One job-array task per chunk through submitit (Slurm; ``cluster='local'`` runs them as local processes)."""
+                  **extra):
+    """One job-array task per chunk through submitit (Slurm; ``cluster='local'`` runs them as local processes), at
+    most ``array_parallelism`` running at once; logs in DIR/submitit/, job ids in DIR/submitted.json."""
     try:
         import submitit
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -389,24 +468,29 @@ def submit_chunks(out: Path, chunk_ids: list[int], cluster: str | None = None, p
     ex = submitit.AutoExecutor(folder=str(Path(out) / "submitit"), cluster=cluster)
     params = dict(timeout_min=timeout_min, cpus_per_task=cpus_per_task)
     if ex.cluster == "slurm":
-        params.update(slurm_array_parallelism=array_parallelism, gpus_per_node=gpus_per_node)
+        params["slurm_array_parallelism"] = array_parallelism
+        # no warning signal before the time limit (submitit asks for USR2 90 s before it, for a checkpoint): a chunk
+        # has nothing to save, and submitit's handler would end it at the warning as FAILED (at once when the limit
+        # is under 90 s). Without it the chunk may still finish in time; else Slurm ends it, state TIMEOUT.
+        params["slurm_signal_delay_s"] = 0
+        if gpus_per_node:  # asked only when wanted: a CPU partition may refuse any GPU request
+            params["gpus_per_node"] = gpus_per_node
         if partition:
             params["slurm_partition"] = partition
     ex.update_parameters(name=f"theory_sim-{Path(out).name}", **params, **extra)
     if not chunk_ids:
         return []
-    # cluster jobs take no lock files (their pids cannot be checked across nodes): submitted.json's deadlines
-    # keep a chunk from being queued twice
+    # cluster jobs take no lock files (their pids cannot be checked across nodes): submitted.json keeps a chunk
+    # from being queued twice while its job is active (theory_sim.sweeps.store.pending_chunks)
     n = len(chunk_ids)
     jobs = ex.map_array(run_chunk, [str(out)] * n, chunk_ids, [cpus_per_task] * n, [False] * n)
     record = Path(out) / "submitted.json"
     submitted = json.loads(record.read_text()) if record.exists() else {}
     deadline = time.time() + 60 * timeout_min
-    submitted.update({str(i): {"job_id": job.job_id, "deadline": deadline} for i, job in zip(chunk_ids, jobs)})
+    submitted.update({str(i): {"job_id": job.job_id, "cluster": ex.cluster, "deadline": deadline,
+                               "timeout_min": timeout_min} for i, job in zip(chunk_ids, jobs)})
     write_json(record, submitted)
     return jobs
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -512,6 +596,10 @@ def _run_command(args: argparse.Namespace, pool) -> int:
     t0 = time.perf_counter()
     try:
         df = run_sweep(spec, args.out, args.executor, args.workers, args.progress, opts, pool)
+    except ChunksFailed as exc:  # one line per chunk: which, how its job ended, its log, what to do
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return 1
     except SweepInterrupted as exc:
         # the command is ending: a further Ctrl-C (people press it twice) must not turn the exit into a traceback
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -28,6 +28,7 @@ import pandas as pd
 from theory_sim.config import ConfigError, SimConfig
 from theory_sim.io import provenance, write_json
 from theory_sim.sweeps.cells import RUN_KEY
+from theory_sim.sweeps.slurm import is_active, job_states
 from theory_sim.sweeps.spec import SweepSpec
 
 # columns every results row carries besides the SimConfig fields (theory_sim.cnn.train.evaluate writes them)
@@ -308,14 +309,24 @@ def remove_stale_temp_files(out: Path) -> list[Path]:
     return removed
 
 
-def pending_chunks(out: Path, chunk_ids: list[int]) -> list[int]:
-    """Chunks submitted through submitit whose jobs may still be queued or running (before their time limit)."""
+def submitted_jobs(out: Path) -> dict[int, dict]:
+    """DIR/submitted.json: per chunk its latest submitit job (``job_id``, ``cluster``, ``deadline``)."""
     record = Path(out) / "submitted.json"
-    if not record.exists():
-        return []
-    submitted = _read_json(record)
+    return {int(k): v for k, v in _read_json(record).items()} if record.exists() else {}
+
+
+def pending_chunks(out: Path, chunk_ids: list[int]) -> list[int]:
+    """Chunks submitted through submitit whose jobs may still be queued or running. A Slurm job counts while Slurm
+    says it is active (so a cancelled or failed chunk is resubmitted at once); when Slurm cannot be asked, and for
+    submitit's local jobs, while it is within its time limit."""
+    submitted = submitted_jobs(out)
     now = time.time()
-    return [i for i in chunk_ids if str(i) in submitted and submitted[str(i)].get("deadline", 0) > now]
+    mine = {i: submitted[i] for i in chunk_ids if i in submitted}
+    on_slurm = [str(job["job_id"]) for job in mine.values() if job.get("cluster") == "slurm"]
+    states = job_states(on_slurm) if on_slurm else None
+    return [i for i, job in mine.items()
+            if (is_active(states.get(str(job["job_id"])))
+                if states is not None and job.get("cluster") == "slurm" else job.get("deadline", 0) > now)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
