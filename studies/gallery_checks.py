@@ -1,6 +1,5 @@
-"""Write each preset's failing checks (verify's "N of M checks hold; failing: ..." of docs/science.md §5.4) next to
-its gallery entry in figures/README.md, by theory_sim.reports.gallery. Run after
-`python -m theory_sim figures DIR --gallery`.
+"""Write each preset's claim verdicts (verify's one-line summary, docs/science.md §5.6) next to its gallery entry in
+figures/README.md, by theory_sim.reports.gallery. Run after `python -m theory_sim figures DIR --gallery`.
 
     python studies/gallery_checks.py [--readme figures/README.md] [--figures figures]
 """

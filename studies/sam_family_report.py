@@ -1,5 +1,5 @@
-"""Does Rand-SAM match SAM, and is a more exact ascent worse ([T24], arXiv 2411.01714; docs/science.md §8)? Paired
-verdicts of studies/sam_family_phase.toml's sweep by theory_sim.reports.sam_family (figures/sam_family_phase.md).
+"""Does Rand-SAM match SAM, and is a more exact ascent worse ([T24], arXiv 2411.01714; docs/science.md §8)? Claim
+lines and paired effect sizes of studies/sam_family_phase.toml's sweep by theory_sim.reports.sam_family.
 
     python -m theory_sim sweep studies/sam_family_phase.toml --out runs/sam_family_phase
     python studies/sam_family_report.py runs/sam_family_phase [--gallery figures]

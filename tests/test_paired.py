@@ -2,6 +2,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from theory_sim.config import ConfigError
 from theory_sim.sweeps.paired import baseline_labels, paired_differences
@@ -31,13 +32,13 @@ def table(shift: dict, seed_sd=0.08, run_sd=0.005, seed=0) -> pd.DataFrame:
 
 
 def test_a_known_difference_is_found_per_cell_and_pooled():
-    t = paired_differences(table({"sgd": 0.0, "sam": -0.05, "randsam": 0.0}), n_boot=500)
+    t = paired_differences(table({"sgd": 0.0, "sam": -0.05, "randsam": 0.0}))
     assert list(t.columns) == ["label", "baseline", "d", "n", "P", "sigma_p", "mu_norm", "scope", "mean_diff",
-                               "ci_low", "ci_high", "n_pairs", "verdict"]
+                               "ci_low", "ci_high", "seeds", "n_pairs", "verdict"]
     pooled = t[t.scope == "pooled"].set_index(["label", "baseline"])
     sam = pooled.loc[("sam", "sgd")]
     assert sam.mean_diff == pytest.approx(-0.05, abs=0.003) and sam.ci_high < 0 and sam.verdict == "better"
-    assert sam.n_pairs == len(DS) * len(MUS) * SEEDS
+    assert sam.n_pairs == len(DS) * len(MUS) * SEEDS and sam.seeds == SEEDS
     assert pooled.loc[("sgd", "sam")].verdict == "worse"
     assert pooled.loc[("randsam", "sam")].verdict == "worse"
     cells = t[(t.scope == "cell") & (t.label == "sam") & (t.baseline == "sgd")]
@@ -46,7 +47,7 @@ def test_a_known_difference_is_found_per_cell_and_pooled():
 
 
 def test_zero_difference_interval_contains_zero():
-    t = paired_differences(table({"sgd": 0.0, "randsam": 0.0}), n_boot=1000)
+    t = paired_differences(table({"sgd": 0.0, "randsam": 0.0}))
     row = t[(t.scope == "pooled") & (t.label == "randsam")].iloc[0]
     assert row.ci_low < 0 < row.ci_high and row.verdict == "indistinguishable"
     assert abs(row.mean_diff) < 0.002
@@ -56,16 +57,18 @@ def test_zero_difference_interval_contains_zero():
 
 def test_pairing_matters_with_correlated_seeds():
     """The seed effect (sd 0.08) is shared by both rules: the paired interval of a 0.01 shift is much narrower
-    than an unpaired bootstrap (resampling each rule's seeds on its own), which cannot even see the shift."""
+    than an unpaired (Welch) t-interval of the two rules' seed means, which cannot even see the shift. The paired
+    interval is scipy's one-sample t-interval of the per-seed mean differences (cells of a seed are one unit)."""
     df = table({"sgd": 0.0, "usam": 0.01})
-    row = paired_differences(df, baselines=("sgd",), n_boot=1000).query("scope == 'pooled'").iloc[0]
-    assert row.verdict == "worse" and row.ci_low > 0
-    rng = np.random.default_rng(1)
-    a = df[df.label == "usam"].pivot_table(index=["d", "mu_norm"], columns="seed", values="test_error").to_numpy()
-    b = df[df.label == "sgd"].pivot_table(index=["d", "mu_norm"], columns="seed", values="test_error").to_numpy()
-    boot = [a[:, rng.integers(0, SEEDS, SEEDS)].mean() - b[:, rng.integers(0, SEEDS, SEEDS)].mean()
-            for _ in range(1000)]
-    lo, hi = np.percentile(boot, [2.5, 97.5])
+    row = paired_differences(df, baselines=("sgd",)).query("scope == 'pooled'").iloc[0]
+    assert row.verdict == "worse" and row.ci_low > 0 and row.seeds == SEEDS
+    a = df[df.label == "usam"].groupby("seed").test_error.mean().to_numpy()
+    b = df[df.label == "sgd"].groupby("seed").test_error.mean().to_numpy()
+    want = stats.t.interval(0.95, SEEDS - 1, loc=(a - b).mean(), scale=stats.sem(a - b))
+    np.testing.assert_allclose([row.ci_low, row.ci_high], want, rtol=1e-10)
+    se = np.sqrt(a.var(ddof=1) / SEEDS + b.var(ddof=1) / SEEDS)
+    dof = se ** 4 / ((a.var(ddof=1) / SEEDS) ** 2 / (SEEDS - 1) + (b.var(ddof=1) / SEEDS) ** 2 / (SEEDS - 1))
+    lo, hi = a.mean() - b.mean() + np.array([-1, 1]) * stats.t.ppf(0.975, dof) * se
     assert lo < 0 < hi                                       # unpaired: indistinguishable
     assert (row.ci_high - row.ci_low) < 0.2 * (hi - lo)      # paired: over 5x narrower
 
@@ -73,14 +76,12 @@ def test_pairing_matters_with_correlated_seeds():
 def test_diverged_runs_score_chance_and_baselines_by_label_or_optimizer():
     df = table({"sgd": 0.0, "sam": 0.0, "sam_big": 0.0}, seed_sd=0.0, run_sd=0.0)
     df.loc[(df.label == "sam_big") & (df.seed == 0), ["diverged", "test_error"]] = [True, np.nan]
-    t = paired_differences(df, baselines=("sgd",), n_boot=200)
+    t = paired_differences(df, baselines=("sgd",))
     row = t[(t.scope == "pooled") & (t.label == "sam_big")].iloc[0]
     assert row.mean_diff == pytest.approx((0.5 - 0.3) / SEEDS) and row.n_pairs == len(DS) * len(MUS) * SEEDS
     assert baseline_labels(df, ("sgd", "sam")) == ["sgd", "sam"]        # labels first
     assert baseline_labels(df.replace({"label": {"sam": "sam_small"}}), ("sam",)) == ["sam_small", "sam_big"]
     assert baseline_labels(df, ("msam",)) == []
-    with pytest.raises(ConfigError, match="n_boot"):
-        paired_differences(df, n_boot=3)
     with pytest.raises(ConfigError, match="several runs"):
         paired_differences(df, cell_columns=["d"])
 
@@ -90,7 +91,7 @@ def test_verify_reports_paired_differences():
     spec = SweepSpec.from_dict({"name": "synthetic", "seeds": SEEDS, "grid": {"d": list(DS), "mu_norm": list(MUS)},
                                 "optimizers": [{"label": "sgd"}, {"label": "sam", "optimizer": "sam"}],
                                 "base": {"epochs": 1}})
-    report = verify_table(df, spec, n_boot=20)
+    report = verify_table(df, spec)
     rows = pd.DataFrame(report["paired_differences"])
     pooled = rows[(rows.scope == "pooled") & (rows.label == "sam") & (rows.baseline == "sgd")].iloc[0]
     assert pooled.verdict == "better"

@@ -1,11 +1,11 @@
-"""Write each preset's failing checks next to its gallery entry in figures/README.md, computed from its verify
-tables.
+"""Write each preset's claim verdicts next to its gallery entry in figures/README.md, computed from its verify report.
 
-figures/README.md marks the place with ``<!-- checks:NAME -->...<!-- /checks -->``; this replaces the text between
-the marks with verify's one-line summary ("N of M checks hold; failing: ...",
-theory_sim.sweeps.verify.summary_sentence) of figures/NAME_verify.md. A verify.md from before verify wrote summaries
-has none: the boundary checks are then re-judged from figures/results/NAME (results alone, no trajectories), and the
-text says the trajectory claims were not re-judged. Run after `python -m theory_sim figures DIR --gallery figures` (CONTRIBUTING.md).
+figures/README.md marks the place with ``<!-- checks:NAME -->...<!-- /checks -->``; this replaces the text between the marks
+with verify's one-line summary of figures/NAME_verify.md ("claims: 2 consistent, 1 inconclusive; ...",
+theory_sim.sweeps.verify_report.summary_sentence). A verify.md from before the declared claims (docs/science.md
+§5.6) has no such line: the claims are then re-judged from figures/results/NAME (results alone, no trajectories),
+and the summary says the trajectory claims were not run. Run after `python -m theory_sim figures DIR --gallery
+figures` (CONTRIBUTING.md).
 
 The logic behind ``studies/gallery_checks.py``."""
 from __future__ import annotations
@@ -16,22 +16,21 @@ from pathlib import Path
 from theory_sim.io import atomic_write_bytes
 
 MARK = re.compile(r"<!-- checks:(?P<name>[\w-]+) -->(?P<text>.*?)<!-- /checks -->", re.S)
-SUMMARY = re.compile(r"^\*\*Summary:\*\* (?P<text>.*?checks hold; (?:none fails\.|failing: .*?\.)) \(Every row", re.M)
+VERDICTS = re.compile(r"^\*\*Verdicts:\*\* (?P<text>claims: .*)$", re.M)
 
 
 def checks_text(name: str, figures: Path) -> str:
     md = figures / f"{name}_verify.md"
-    found = SUMMARY.search(md.read_text()) if md.exists() else None
+    found = VERDICTS.search(md.read_text()) if md.exists() else None
     if found:
         return f"verify (`{md.as_posix()}`): {found['text']}"
     from theory_sim.sweeps.store import load_spec, read_results
-    from theory_sim.sweeps.verify import summary_sentence, verify_table
+    from theory_sim.sweeps.verify import verify_table
+    from theory_sim.sweeps.verify_report import summary_sentence
 
     results = figures / "results" / name
     report = verify_table(read_results(results), load_spec(results))
-    return (f"verify, boundary checks re-judged from `{results.as_posix()}`: {summary_sentence(report['summary'])} "
-            f"Its trajectory claims were not re-judged under the current rules (they need the sweep's "
-            f"trajectories: `python -m theory_sim sweep studies/{name}.toml --out runs/{name}`)")
+    return f"verify, re-judged from `{results.as_posix()}`: {summary_sentence(report['summary'])}"
 
 
 def fill_readme(readme: Path, figures: Path) -> None:
@@ -47,4 +46,3 @@ def fill_readme(readme: Path, figures: Path) -> None:
         return f"<!-- checks:{name} -->{cache[name]}<!-- /checks -->"
 
     atomic_write_bytes(readme, MARK.sub(fill, text).encode())
-

@@ -1,148 +1,99 @@
-"""The verdict of studies/sam_family_phase.toml: does Rand-SAM match SAM, and is a more exact (multi-step) ascent
-worse? [T24] (arXiv 2411.01714) asks both for WideResNets; this reads the theory model's answer from the sweep.
+"""Does Rand-SAM match SAM, and is a more exact (multi-step) ascent worse? studies/sam_family_phase.toml's report:
+[T24] (arXiv 2411.01714) asks both for WideResNets; this reads the theory model's answer from the sweep.
 
-Every verdict sentence is computed from the results table: a paired test-error difference of two rules on the same
-seeds, with its 95% seed-bootstrap interval (theory_sim.sweeps.paired; "better" / "worse" when the interval
-excludes 0, else "indistinguishable"), over the cells with d >= --large-d (default 3200). Each sentence then says
-whether that agrees with what [T24] reports for WRN-28-10 on CIFAR (docs/science.md §8: Rand-SAM comparable to
-SAM and both better than SGD; more precise ascents generalise worse); where the theory model disagrees, it says so.
-
-The table gives, per rule (each X for the first 200 steps, then SGD): the boundary's log-log slope in d with its
-seed-bootstrap interval (verify.json), the located boundary ||mu||* at the largest d, the mean test error over the
-large-d cells, the Gamma/Rho amplification over SGD during the rule's phase and the update-point noise-active
-fraction (the trajectory claims, with intervals). Writes figures/sam_family_phase.md.
+Opens with the sweep's claim lines (verify.json). Then, exploratory: paired test-error differences of every rule
+against SGD and SAM on the same seeds (theory_sim.sweeps.paired, t-intervals over seeds) over the cells with
+d >= --large-d (default 3200). Each sentence (``sentences``) is computed from those intervals and says whether the
+direction matches what [T24] reports for WRN-28-10 on CIFAR (docs/science.md §8: Rand-SAM comparable to SAM and
+both better than SGD; more precise ascents generalise worse). The per-rule table adds the boundary slope in d (the
+sweep's verify.json, jackknife-t), the located ||mu||* at the largest d and the mean test error at large d.
 
 The report behind ``studies/sam_family_report.py`` (docs/science.md §8)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from theory_sim.io import atomic_write_bytes
+from theory_sim.reports.study_report import EXPLORATORY, claim_lines, effect, fmt, load_claims, where, write
 from theory_sim.sweeps.cells import scored_error
-from theory_sim.sweeps.paired import describe, paired_differences, pooled
+from theory_sim.sweeps.paired import paired_differences, pooled
 from theory_sim.sweeps.store import load_spec, read_results
-from theory_sim.sweeps.verify import stored_summary
+from theory_sim.sweeps.verify_report import estimate_text
 
 LARGE_D = 3200
-NO_TRAJECTORIES = (" The mechanism (Gamma/Rho amplification, noise-active fraction) needs the sweep's trajectory "
-                   "claims, which this verify.json lacks (no trajectories.parquet: re-run the sweep).")
 
 
-def _fmt(x) -> str:
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return "n/a"
-    return ("inf" if x > 0 else "-inf") if np.isinf(x) else f"{x:.3g}"
-
-
-def _interval(c: dict | None) -> str:
-    if not c:
-        return "n/a"
-    return f"{_fmt(c.get('measured'))} [{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]"
-
-
-def _relation(verdict: str | None, other: str) -> str:
-    return {"better": f"better than {other}", "worse": f"worse than {other}",
-            "indistinguishable": f"indistinguishable from {other}"}.get(verdict, f"not compared with {other}")
-
-
-def comparisons(results: pd.DataFrame, large_d: float = LARGE_D, n_boot: int = 2000, spec=None) -> pd.DataFrame:
+def comparisons(results: pd.DataFrame, large_d: float = LARGE_D, spec=None) -> pd.DataFrame:
     """Pooled paired differences of every rule against sgd and sam over the cells with d >= large_d."""
-    big = results[results.d >= large_d]
-    table = paired_differences(big, baselines=("sgd", "sam"), n_boot=n_boot, spec=spec)
+    table = paired_differences(results[results.d >= large_d], baselines=("sgd", "sam"), spec=spec)
     return table[table.scope == "pooled"].reset_index(drop=True)
 
 
-def verdicts(table: pd.DataFrame, claims: list[dict] | None = None, large_d: float = LARGE_D) -> list[str]:
-    """The verdict sentences, every one from ``table`` (``comparisons``) and the trajectory ``claims``."""
-    claims = claims or []
-    amp = {c["variant"].split(" vs ")[0]: c for c in claims
-           if c["claim"] == "sam_amplification" and c["dimension"] == "median over cells"}
-    noise = {c["variant"]: c for c in claims if c["claim"] == "update_noise_active_frac"}
-    row = lambda a, b: pooled(table, a, b)  # noqa: E731
-    verdict = lambda a, b: (row(a, b) or {}).get("verdict")  # noqa: E731
-    where = f"at d >= {large_d:g}"
+def _side(table, a, b) -> str:
+    row = pooled(table, a, b)
+    return where(row["ci_low"], row["ci_high"]) if row else "not compared"
+
+
+def sentences(table: pd.DataFrame, large_d: float = LARGE_D) -> list[str]:
+    """The report's sentences, every one from ``table`` (``comparisons``)."""
+    at = f"at d >= {large_d:g}"
     out = []
-    if row("randsam", "sam"):
-        agrees = verdict("randsam", "sam") == "indistinguishable" and verdict("randsam", "sgd") == "better"
-        a = amp.get("randsam") or {}
-        level = ("below SGD's (1)" if a.get("ci_high", np.nan) < 1 else "above SGD's (1)" if a.get("ci_low", np.nan) > 1
-                 else "not distinguishable from SGD's (1)" if a else "not measured")
-        out.append(
-            f"- Rand-SAM vs SAM {where}: {describe(row('randsam', 'sam'))}; vs SGD: {describe(row('randsam', 'sgd'))}. "
-            + ("This agrees with [T24], which reports Rand-SAM comparable to SAM and both better than SGD on "
-               "WRN-28-10 / CIFAR." if agrees else
-               "The theory model disagrees with [T24]'s real-network finding (Rand-SAM comparable to SAM, both "
-               f"better than SGD on WRN-28-10 / CIFAR): here Rand-SAM is {_relation(verdict('randsam', 'sam'), 'SAM')}"
-               f" and {_relation(verdict('randsam', 'sgd'), 'SGD')}.")
-            + (f" Mechanism (trajectory claims, during the rule's phase): Rand-SAM's Gamma/Rho amplification over SGD "
-               f"is {_interval(a)}, {level} (SAM {_interval(amp.get('sam'))}); update-point noise-active fraction "
-               f"{_interval(noise.get('randsam'))} vs SGD's {_interval(noise.get('sgd'))} and SAM's "
-               f"{_interval(noise.get('sam'))}." if a or noise else NO_TRAJECTORIES))
-    if row("msam5", "sam") or row("msam2", "sam"):
-        k5, k2 = verdict("msam5", "sam"), verdict("msam2", "sam")
-        out.append(
-            f"- Multi-step SAM (each ascent step of size tau) vs SAM {where}: K = 2 {describe(row('msam2', 'sam'))}, "
-            f"K = 5 {describe(row('msam5', 'sam'))}. [T24] finds that more precise approximations of the SAM "
-            f"objective degrade generalization; here that "
-            + {("worse", "worse"): "holds at K = 2 and K = 5",
-               ("worse", "better"): "holds at K = 5 but not at K = 2, which is better than SAM",
-               ("worse", "indistinguishable"): "holds at K = 5; K = 2 is indistinguishable from SAM"}
-            .get((k5, k2), f"does not hold as stated (K = 5 is {k5}, K = 2 {k2} against SAM)")
-            + ". Every ascent step has size tau; this sweep does not vary the step.")
-    if row("1-sam", "sam"):
-        mech = (f"; amplification {_interval(amp.get('1-sam'))}, noise-active fraction "
-                f"{_interval(noise.get('1-sam'))}" if amp.get("1-sam") or noise.get("1-sam") else "")
-        out.append(f"- 1-SAM (per-sample perturbations) vs SAM {where}: {describe(row('1-sam', 'sam'))}; vs SGD: "
-                   f"{describe(row('1-sam', 'sgd'))}{mech}.")
-    if row("usam", "sam"):
-        out.append(f"- USAM (eps = tau g) vs SAM {where}: {describe(row('usam', 'sam'))}; vs SGD: "
-                   f"{describe(row('usam', 'sgd'))}.")
+    if pooled(table, "randsam", "sam"):
+        vs_sam, vs_sgd = _side(table, "randsam", "sam"), _side(table, "randsam", "sgd")
+        same = vs_sam == "covers 0" and vs_sgd == "below 0"
+        out.append(f"- Rand-SAM minus SAM {at}: {effect(pooled(table, 'randsam', 'sam'))}, interval {vs_sam}; minus "
+                   f"SGD: {effect(pooled(table, 'randsam', 'sgd'))}, interval {vs_sgd}. "
+                   + ("The direction matches [T24]'s WRN-28-10 / CIFAR finding (Rand-SAM comparable to SAM, both "
+                      "better than SGD)." if same else
+                      "The theory model does not show [T24]'s WRN-28-10 / CIFAR pattern (Rand-SAM comparable to SAM, "
+                      "both better than SGD): that needs the interval against SAM to cover 0 and the one against "
+                      "SGD to lie below 0."))
+    multi = [k for k in ("msam2", "msam5") if pooled(table, k, "sam")]
+    if multi:
+        above = [k for k in multi if _side(table, k, "sam") == "above 0"]
+        out.append(f"- Multi-step SAM (each ascent step of size tau) minus SAM {at}: "
+                   + "; ".join(f"K = {k[4:]} {effect(pooled(table, k, 'sam'))}, interval {_side(table, k, 'sam')}"
+                               for k in multi)
+                   + ". [T24] finds that more precise ascents generalise worse; here the interval lies above 0 (errs "
+                   f"more than SAM) at {', '.join('K = ' + k[4:] for k in above) or 'no K'}. Every ascent step has "
+                   "size tau; this sweep does not vary the step (studies/msam_step_size.toml does).")
+    for lab, name in (("1-sam", "1-SAM (per-sample perturbations)"), ("usam", "USAM (eps = tau g)")):
+        if pooled(table, lab, "sam"):
+            out.append(f"- {name} minus SAM {at}: {effect(pooled(table, lab, 'sam'))}; minus SGD: "
+                       f"{effect(pooled(table, lab, 'sgd'))}.")
     return out
 
 
-def write_report(run: Path, gallery: Path, large_d: float = LARGE_D) -> None:
-    """The verdicts of the sweep in ``run`` as ``gallery``/sam_family_phase.md (the text printed)."""
+def write_report(run: Path, gallery: Path, large_d: float = LARGE_D) -> str:
+    """The report of the sweep in ``run`` as ``gallery``/sam_family_phase.md (the text printed)."""
     spec, results = load_spec(run), read_results(run)
-    report = json.loads((run / "verify.json").read_text())
-    slope = {c["label"]: c for c in report["slopes"] if c["dim"] == "d"}
-    claims = report["trajectory_claims"]
-    amp = {c["variant"].split(" vs ")[0]: c for c in claims
-           if c["claim"] == "sam_amplification" and c["dimension"] == "median over cells"}
-    noise = {c["variant"]: c for c in claims if c["claim"] == "update_noise_active_frac"}
-    d_max = max(b["d"] for b in report["boundaries"])
+    report = load_claims(run) or {"claims": [], "boundaries": []}
+    slope = {c["variant"]: c for c in report["claims"] if c.get("dim") == "d" and c["scope"] == "all cells"
+             and c["claim"] in ("sgd_boundary_slope", "sam_boundary_slope", "slope_outside_domain")}
+    d_max = max((b["d"] for b in report["boundaries"]), default=np.nan)
     mu_star = {b["label"]: b for b in report["boundaries"] if b["d"] == d_max}
     large = results.assign(err=scored_error(results))[results.d >= large_d].groupby("label").err.mean()
     rows = []
     for lab in [o.label for o in spec.optimizers]:
-        s, b = slope.get(lab, {}), mu_star.get(lab, {})
+        b = mu_star.get(lab, {})
         mu = b.get("mu_star") if b.get("status") == "ok" else {"never_benign": np.inf,
                                                                  "benign_everywhere": -np.inf}.get(b.get("status"))
-        rows.append(f"| {lab} | {_fmt(s.get('slope'))} [{_fmt(s.get('ci_low'))}, {_fmt(s.get('ci_high'))}] | "
-                    f"{_fmt(mu)} | {large.get(lab, float('nan')):.3f} | {_interval(amp.get(lab))} | "
-                    f"{_interval(noise.get(lab))} |")
+        s = slope.get(lab)
+        rows.append(f"| {lab} | {estimate_text(s) if s else 'n/a'} | {fmt(mu)} | "
+                    f"{large.get(lab, float('nan')):.3f} |")
     table = comparisons(results, large_d, spec=spec)
     paired_rows = [f"| {r.label} | {r.baseline} | {r.mean_diff:+.4f} | [{r.ci_low:+.4f}, {r.ci_high:+.4f}] | "
-                   f"{r.n_pairs} | {r.verdict} |" for r in table.itertuples()]
+                   f"{r.seeds} | {r.n_pairs} |" for r in table.itertuples()]
     lines = [f"# The SAM family on the two-layer CNN ({spec.name}, {results.seed.nunique()} seeds per cell, each rule "
-             f"for 200 steps then SGD)", "",
-             *verdicts(table, claims, large_d),
-             f"- Checks of this preset (verify): {stored_summary(run)}", "",
-             "| rule | boundary slope in d [95% CI] | mu* at d = " + str(d_max) + f" | mean test error, d >= "
-             f"{large_d:g} | Gamma/Rho amplification over SGD (median over cells) [95% CI] | update-point "
-             "noise-active fraction [95% CI] |",
-             "| --- | --- | --- | --- | --- | --- |", *rows, "",
-             f"Paired test-error differences (rule - baseline, same seeds) over the cells with d >= {large_d:g}, "
-             "95% intervals from 2000 resamples of the seeds (theory_sim.sweeps.paired):", "",
-             "| rule | baseline | mean difference | 95% CI | pairs | verdict |",
-             "| --- | --- | --- | --- | --- | --- |",
+             f"for 200 steps then SGD)", "", *claim_lines(run), "## Exploratory: the rules against SGD and SAM", "",
+             EXPLORATORY, "", *sentences(table, large_d), "",
+             f"| rule | boundary slope in d, all located cells [95% CI] | mu* at d = {fmt(d_max)} | mean test error, "
+             f"d >= {large_d:g} |", "| --- | --- | --- | --- |", *rows, "",
+             f"Paired test-error differences (rule - baseline, same seeds) over the cells with d >= {large_d:g}:", "",
+             "| rule | baseline | mean difference | 95% CI | seeds | pairs |", "| --- | --- | --- | --- | --- | --- |",
              *paired_rows, "",
-             "From the sweep's verify.json (boundaries, slopes, trajectory claims; its paired differences over all "
-             "cells) and results.parquet. What [T24] reports: docs/science.md §8."]
-    text = "\n".join(lines) + "\n"
-    atomic_write_bytes(gallery / "sam_family_phase.md", text.encode())
-    print(text)
-
+             f"From `{run}/results.parquet` and its verify.json by `python studies/sam_family_report.py {run}`. What "
+             "[T24] reports: docs/science.md §8."]
+    return write("sam_family_phase", lines, gallery)

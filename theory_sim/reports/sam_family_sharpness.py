@@ -9,7 +9,8 @@ Rand-SAM); this script asks whether sharpness tracks the test error. Here the sa
 of [C23] (n=20, m=10, P=2, sigma_p=1, p=0.1, B=5, eta=0.1, 100 epochs, each rule for the first 200 steps then
 SGD) at d=800 over a row of ||mu||; every final network gets lambda_1 and Tr(H) of its training loss
 (theory_sim.sharpness), and the script reports, per rule, the mean test error, train loss, lambda_1 and Tr(H),
-and the Spearman correlation of each sharpness with the test error.
+the Spearman correlation of each sharpness with the test error (jackknife-t over seeds) and the paired differences
+from SAM over seeds (t-intervals; no claim of theory_sim.claims covers sharpness, so no verdict).
 Writes figures/sam_family_sharpness.png and figures/sam_family_sharpness.md.
 
 The measurement and report behind ``studies/sam_family_sharpness.py`` (docs/science.md §8, §7.5)."""
@@ -23,14 +24,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
 
 from theory_sim.cnn.model import TwoLayerCNN  # noqa: E402
 from theory_sim.cnn.run_sharpness import run_objective  # noqa: E402
 from theory_sim.cnn.train import train_ensemble  # noqa: E402
 from theory_sim.config import SimConfig  # noqa: E402
 from theory_sim.io import atomic_write_bytes, save_figure  # noqa: E402
+from theory_sim.reports.study_report import (EXPLORATORY, correlation, effect, interval_text, paired_on,  # noqa: E402
+                                             where)
 from theory_sim.sharpness import hutchinson_trace, top_eigenvalues  # noqa: E402
+from theory_sim.sweeps.paired import pooled  # noqa: E402
 
 # label -> SimConfig overrides: every rule for the first 200 steps, then SGD
 RULES = {"sgd": dict(optimizer="sgd"), "sam": dict(optimizer="sam"), "usam": dict(optimizer="usam"),
@@ -58,30 +61,52 @@ def measure(d: int, seeds: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sharpness_sentence(diffs: pd.DataFrame) -> str:
+    """Where the paired lambda_1 differences of the multi-step rules from SAM lie (``diffs``: paired_on rows)."""
+    parts, side = [], {}
+    for rule in ("msam2", "msam5"):
+        row = pooled(diffs, rule, "sam")
+        if row:
+            side[rule] = where(row["ci_low"], row["ci_high"], "below 0 (flatter)", "above 0 (sharper)")
+            parts.append(f"{rule} {effect(row, 3)}, interval {side[rule]}")
+    sharper = [r for r, s in side.items() if s.startswith("above")]
+    text = "lambda_1 minus SAM's, paired over seeds (mean over ||mu||): " + "; ".join(parts) + ". "
+    if side and len(sharper) == len(side):
+        return text + "Every multi-step rule ends sharper than SAM here."
+    if sharper:
+        return text + (f"Only {', '.join(sharper)} ends sharper than SAM: a more exact ascent does not reliably "
+                       "find a sharper (or flatter) solution here.")
+    return text + "No multi-step rule ends sharper than SAM here."
+
+
 def write_report(df: pd.DataFrame, d: int, seeds: int, out: Path) -> None:
     """``out``/sam_family_sharpness.md and .png from ``measure``'s table (the text printed)."""
     order = list(RULES)
     means = df.groupby("rule")[["test_error", "train_loss", "lambda_1", "trace"]].mean().reindex(order)
-    cors = {rule: {k: spearmanr(g[k], g.test_error)[0] for k in ("lambda_1", "trace")}
-            for rule, g in df.groupby("rule")}
+    cors = {rule: {k: correlation(g[k].to_numpy(), g.test_error.to_numpy(), g.seed.to_numpy(), rank=True)
+                   for k in ("lambda_1", "trace")} for rule, g in df.groupby("rule")}
+    runs = df.rename(columns={"rule": "label"})
+    diffs = paired_on(runs, "lambda_1", ("sam",), ["mu_norm"])
+    errs = paired_on(runs, "test_error", ("sam",), ["mu_norm"])
     lines = [f"# Sharpness of the SAM family's solutions (d={d}, ||mu|| in {[float(m) for m in MUS]}, {seeds} seeds, "
-             f"each rule for 200 steps then SGD)", "", "Means over seeds and ||mu||:", "",
-             "| rule | test error | train loss | lambda_1 | Tr(H) | Spearman(lambda_1, err) | Spearman(Tr, err) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             f"each rule for 200 steps then SGD)", "",
+             "**Claims:** none of theory_sim.claims (docs/science.md §5.6) covers the sharpness of a solution; this "
+             "study is exploratory.", "", EXPLORATORY, "",
+             "Means over seeds and ||mu||; Spearman correlations over a rule's runs with their jackknife-t interval "
+             "over seeds:", "",
+             "| rule | test error | train loss | lambda_1 | Tr(H) | Spearman(lambda_1, err) [95% CI] | "
+             "Spearman(Tr, err) [95% CI] | test error minus SAM's [95% CI] |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for rule in order:
-        m = means.loc[rule]
+        m, c = means.loc[rule], cors[rule]
+        vs = "(reference)" if rule == "sam" else effect(pooled(errs, rule, "sam"))
         lines.append(f"| {rule} | {m.test_error:.3f} | {m.train_loss:.4f} | {m.lambda_1:.4g} | {m.trace:.4g} | "
-                     f"{cors[rule]['lambda_1']:+.2f} | {cors[rule]['trace']:+.2f} |")
-    sharper = [r for r in ("msam2", "msam5") if means.loc[r, "lambda_1"] > means.loc["sam", "lambda_1"]]
-    lam = ", ".join(f"{r} {means.loc[r, 'lambda_1']:.3g}" for r in ("sam", "msam2", "msam5"))
-    errs = ", ".join(f"{means.loc[r, 'test_error']:.3f}" for r in ("sam", "msam2", "msam5"))
-    flatter = [r for r in ("msam2", "msam5") if r not in sharper]
-    lines += ["", f"- More exact ascents against SAM in lambda_1 ({lam}; test errors {errs}): sharper: "
-              f"{', '.join(sharper) or 'none'}; not sharper: {', '.join(flatter) or 'none'}. A more exact ascent "
-              f"does not reliably find a sharper (or flatter) solution here.",
-              f"- Rand-SAM: test error {means.loc['randsam', 'test_error']:.3f} vs SAM "
-              f"{means.loc['sam', 'test_error']:.3f}"
-              f" and SGD {means.loc['sgd', 'test_error']:.3f}; lambda_1 {means.loc['randsam', 'lambda_1']:.3g}.",
+                     + " | ".join(interval_text(c[k].estimate, c[k].low, c[k].high, digits=2)
+                                  for k in ("lambda_1", "trace")) + f" | {vs} |")
+    lines += ["", f"- {sharpness_sentence(diffs)}",
+              f"- Rand-SAM: test error minus SAM's {effect(pooled(errs, 'randsam', 'sam'))}, minus SGD's "
+              f"{effect(pooled(paired_on(runs, 'test_error', ('sgd',), ['mu_norm']), 'randsam', 'sgd'))}; lambda_1 "
+              f"{means.loc['randsam', 'lambda_1']:.3g}.",
               "- Final-point sharpness is measured after the SGD phase that follows every rule: it reflects where "
               "each rule left the weights, not the rule's own perturbation."]
     text = "\n".join(lines) + "\n"
