@@ -100,8 +100,8 @@ def boundaries(cells: dict, threshold: float, seed_idx: np.ndarray | None = None
 
 
 def resampled_boundaries(cells: dict, threshold: float, draws: np.ndarray) -> np.ndarray:
-    """mu* of every cell (rows, in the order of ``cells``) on every resample of the seeds (columns; ``draws`` (B, S)
-    from seed_resamples): column b is the mu_star of ``boundaries(cells, threshold, draws[b])``, all at once."""
+    """mu* of every cell (rows, in the order of ``cells``) on every resample of the seeds (columns; ``draws`` (B, k)
+    seed indices, e.g. theory_sim.intervals.leave_one_out(S)): column b is the mu_star of ``boundaries(cells, threshold, draws[b])``, all at once."""
     mu_star = np.full((len(cells), len(draws)), np.nan)
     arrays = list(cells.values())
     by_shape: dict[tuple, list[int]] = {}   # cells stacked by shape: each has its own ||mu|| grid (and seeds)
@@ -112,8 +112,9 @@ def resampled_boundaries(cells: dict, threshold: float, draws: np.ndarray) -> np
         for start in range(0, len(rows), step):
             part = rows[start:start + step]
             errs = np.stack([arrays[i][1] for i in part])
-            if errs.shape[2] < draws.shape[1]:   # cells with fewer seeds (a boundary search's): the others missing
-                errs = np.concatenate([errs, np.full((*errs.shape[:2], draws.shape[1] - errs.shape[2]), np.nan)], 2)
+            seeds = int(draws.max()) + 1 if draws.size else errs.shape[2]
+            if errs.shape[2] < seeds:   # cells with fewer seeds (a boundary search's): the others missing
+                errs = np.concatenate([errs, np.full((*errs.shape[:2], seeds - errs.shape[2]), np.nan)], 2)
             means = _seed_means(errs, draws)
             mu_star[part] = crossings(np.stack([arrays[i][0] for i in part]), means, threshold)[0]
     return mu_star
