@@ -67,9 +67,10 @@ def main() -> None:
                         *verdict(early, err, base.flip_p, args.early_step)])
     print(report)
     study.write_markdown(report)
-    plot_trajectory(t, study.path(".png"), bayes_error=base.flip_p, markers={"SAM -> SGD": args.sam_steps},
-                    title=f"[C23] SGD vs SAM->SGD, d={args.d}, ||mu||={args.mu_norm:g}, n=20, P=2, p=0.1: "
-                          f"test error SGD {err['sgd']:.3f}, SAM->SGD {err['sam']:.3f}")
+    arrow = r"SAM $\to$ SGD"
+    plot_trajectory(t, study.path(".png"), bayes_error=base.flip_p, markers={arrow: args.sam_steps},
+                    title=fr"[C23] SGD vs {arrow}, $d={args.d}$, $\|\mu\|={args.mu_norm:g}$, $n=20$, $P=2$, $p=0.1$: "
+                          f"test error SGD {err['sgd']:.3f}, {arrow} {err['sam']:.3f}")
 
 
 if __name__ == "__main__":
