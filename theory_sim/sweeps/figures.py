@@ -151,11 +151,9 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
         fig = phase_diagram(grids, labels, (x, y), (dx, dy), (log_x, log_y), (thr_benign, thr_harmful),
                             (bnd, fits, cell_slice) if y == "mu_norm" else None)
         tag = assignments({k: v for k, v in sl.items() if k in varied or k in ("n", "P", "sigma_p")})
-        # grey cells are those where every run diverged (their mean is NaN): named only when there are some
-        diverged = "; grey: every run diverged" if any(np.isnan(g).any() for g in grids.values()) else ""
         titled_layout(fig, f"{spec.name}: {tag}, $p={p:g}$, {df.seed.nunique()} seeds/cell.\nBenign: mean test "
                            f"error $\\leq{thr_benign:.3f}$ $(p+{spec.benign_margin:g}(0.5-p))$; harmful: "
-                           f"$\\geq{thr_harmful:.3f}$ $(p+{HARMFUL_MARGIN:g})${diverged}")
+                           f"$\\geq{thr_harmful:.3f}$ $(p+{HARMFUL_MARGIN:g})${diverged_note(grids)}")
         stem = "phase_diagram" if (x, y) == ("d", "mu_norm") else f"phase_{y}_vs_{x}"
         # one file per slice: n, P, sigma_p always named (the file names of earlier sweeps), other axes when varied
         tags = [k for k in rest if k in ("n", "P", "sigma_p") or k in varied]
@@ -170,6 +168,11 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
     if traj is not None:
         paths += draw_trajectory_figures(traj, df, spec, figdir, cell, fmt, dpi)
     return paths
+
+
+def diverged_note(grids: dict) -> str:
+    """The title's note on grey cells, those where every run diverged (their mean is NaN): only when there are some."""
+    return "; grey: every run diverged" if any(np.isnan(g).any() for g in grids.values()) else ""
 
 
 def phase_diagram(grids: dict, labels: list[str], names: tuple, edges: tuple, logs: tuple, thresholds: tuple,

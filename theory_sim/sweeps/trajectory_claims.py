@@ -389,8 +389,8 @@ def late_phase(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: i
     if "d" in logs:
         out.append(_row("late_rhounder_ratio_slope", label, "d", point["slope:d"], ci["slope:d"], None, None,
                         len(cells), "last logged step"))
-    table = cells.assign(label=label, r2_log=np.nanmean(L, 1), r2_lin=np.nanmean(T, 1), under=np.nanmean(U, 1),
-                         exponent=np.nanmean(K, 1))
+    # _nanmean: a cell where no seed gives a value (a late window too short to fit) is NaN, without numpy's warning
+    table = cells.assign(label=label, r2_log=_nanmean(L), r2_lin=_nanmean(T), under=_nanmean(U), exponent=_nanmean(K))
     return out, table
 
 
