@@ -127,12 +127,13 @@ def amplification_figure(table: pd.DataFrame, name: str, figdir: Path, fmt: str 
     axes[0].set_ylabel(r"SAM's $\Gamma/\mathrm{Rho}$ over SGD's (SAM's phase)")
     axes[0].set_title("SAM amplification (dotted: the claim's 2x)", fontsize=10)
     axes[1].set_ylabel(r"update-point noise-active fraction (mean over $\|\mu\|$)")
-    axes[1].set_title("noise terms switched off at W + eps", fontsize=10)
+    axes[1].set_title(r"noise terms switched off at $W+\epsilon$", fontsize=10)
     axes[1].legend(fontsize=7)
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("$d$")
         ax.grid(alpha=0.3, which="both")
+    plain_log_ticks(axes[0].yaxis)  # an amplification of 2-20: plain numbers, not 2 x 10^0
     fig.suptitle(f"{name}: SAM vs SGD during SAM's phase", fontsize=10)
     return _save(fig, figdir / f"sam_amplification.{fmt}", dpi)
 
