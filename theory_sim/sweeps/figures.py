@@ -7,7 +7,9 @@ For each slice of the swept axes other than the two drawn (``--x``, default d; `
   row 2: the benign / intermediate / harmful map of every variant: benign if the mean test error is <= the benign
          threshold p + margin (0.5 - p), harmful if >= p + 0.1 (docs/science.md §5), stated on the figure.
 Every panel is a pcolormesh with correct cell edges (geometric midpoints on log-spaced axes, which are drawn log);
-the located boundaries ||mu||*(d) of every variant and their fitted power laws are overlaid.
+the located boundaries ||mu||*(d) of every variant and their fitted power laws are overlaid (the first variant's in
+black, the others' white outlined in black). Grey cells (every run diverged) are named in the title only when drawn.
+The whole slice is drawn by ``phase_diagram``, layer by layer.
 With more than three variants the panels wrap into rows of at most four (each variant's error above its map).
 With n, P or sigma_p swept, ``boundary_scaling.png`` plots ||mu||* against them on log-log axes with the fitted and
 the predicted slopes. ``--format pdf|svg|png`` and ``--dpi`` choose how every figure is written.
