@@ -505,21 +505,29 @@ def test_keyboard_interrupt_is_one_line(tmp_path, capsys, monkeypatch):
     assert one_line(capsys) == "interrupted"
 
 
-def test_a_figure_matplotlib_cannot_draw_is_skipped_with_one_line(tmp_path, capsys):
-    """No positive training loss for the log axis (a run whose loss is exactly 0 or NaN throughout): the figure is
-    skipped with a one-line warning, the tables are unaffected, nothing is left behind."""
+def test_a_figure_matplotlib_cannot_draw_is_skipped_with_one_line(tmp_path, capsys, monkeypatch):
+    """A run without a positive training loss (exactly 0 or NaN throughout) is drawn quietly on linear axes (a log
+    axis is only taken where every value is positive); a figure matplotlib cannot draw is skipped with a one-line
+    warning, the tables are unaffected, nothing is left behind."""
+    import theory_sim.cnn.plotting as plotting
     from theory_sim.cnn.simulate import write_trajectory_figure
     from theory_sim.config import SimConfig
 
     traj = pd.DataFrame({"step": [0, 1, 2] * 2, "seed": [0] * 3 + [1] * 3, "optimizer": "sgd",
                          "train_loss": [np.nan] * 6, "test_error": [0.3, np.inf, np.nan] * 2})
+    for loss in (np.nan, 0.0):
+        traj["train_loss"] = loss
+        assert write_trajectory_figure(traj, tmp_path / "trajectory.png", SimConfig(), [0, 1])
+        assert capsys.readouterr().err == "" and [p.name for p in tmp_path.iterdir()] == ["trajectory.png"]
+        (tmp_path / "trajectory.png").unlink()
+
+    def cannot_draw(*args, **kwargs):
+        raise ValueError("Axis limits cannot be\nNaN or Inf")
+
+    monkeypatch.setattr(plotting, "plot_trajectory", cannot_draw)
     assert not write_trajectory_figure(traj, tmp_path / "trajectory.png", SimConfig(), [0, 1])
-    line = one_line(capsys)
-    assert line.startswith("warning: trajectory.png not drawn")
+    assert one_line(capsys) == "warning: trajectory.png not drawn: Axis limits cannot be NaN or Inf"
     assert list(tmp_path.iterdir()) == []
-    traj["train_loss"] = 0.0   # drawable, but matplotlib warns (no positive value on a log axis): kept quiet
-    assert write_trajectory_figure(traj, tmp_path / "trajectory.png", SimConfig(), [0, 1])
-    assert capsys.readouterr().err == "" and [p.name for p in tmp_path.iterdir()] == ["trajectory.png"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
