@@ -294,10 +294,10 @@ def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path, dims, fmt: str
             for name in names:
                 f = fits[(fits.label == lab) & (fits.dim == name)] if not fits.empty else fits
                 pred = PREDICTED.get(optimizer_of[lab], {}).get(name)
-                if len(f):
+                if len(f):  # no line with 3 located boundaries: no slope to give
+                    slope = f"{np.nanmedian(f.slope):.2f}" if np.isfinite(f.slope).any() else "n/a"
                     notes.append(f"{lab}: slope in ${symbol(dim)}{'-1' if name == 'P-1' else ''}$ "
-                                 f"{np.nanmedian(f.slope):.2f} (median over lines)"
-                                 + (f", theory {pred:g}" if pred is not None else ""))
+                                 f"{slope} (median over lines)" + (f", theory {pred:g}" if pred is not None else ""))
         ax.set_title("\n".join(notes), fontsize=8, loc="left")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -306,7 +306,8 @@ def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path, dims, fmt: str
         ax.set_xlabel(f"${symbol(dim)}$")
         ax.set_ylabel(r"boundary $\|\mu\|^*$")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
+        if ax.get_legend_handles_labels()[0]:  # no located boundary at all: nothing to name
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     titled_layout(fig, f"{spec.name}: the benign/harmful boundary against the swept dimensions (log-log)")
     path = figdir / f"boundary_scaling.{fmt}"
     save_figure(fig, path, dpi=dpi or 100)
