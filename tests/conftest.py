@@ -48,6 +48,15 @@ def tiny_sweep():
     return make
 
 
+@pytest.fixture(scope="session")
+def faults_sweep(tiny_sweep):
+    """The tiny sweep, SGD only, one seed, 2 epochs, on d = 20, 40 and two ||mu||."""
+    return tiny_sweep(name="faults", seeds=1, chunk_runs=8, base={"epochs": 2},
+                      grid={"d": {"values": [20, 40]},
+                            "mu_norm": {"start": 0.5, "stop": 2.0, "num": 2, "spacing": "log"}},
+                      optimizers=[{"label": "sgd", "optimizer": "sgd"}])
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
     if not torch.cuda.is_available():

@@ -97,7 +97,7 @@ def test_every_option_of_every_verb_has_help():
 
 def test_help_shows_defaults(capsys):
     texts = {verb: " ".join(p.format_help().split()) for verb, p in verb_parsers()}
-    assert "--timeout-min TIMEOUT_MIN Slurm time limit per chunk job (default: 60)" in texts["sweep"]
+    assert "--timeout-min TIMEOUT_MIN submitit: Slurm time limit per chunk job (default 60)" in texts["sweep"]
     assert "(default: only on a terminal)" in texts["sweep"] and "(default: only on a terminal)" in texts["simulate"]
     # options left at None take their value from the config: shown from SimConfig / CifarConfig
     assert "--d D dimension of every patch (>= 1) (default with --preset c23: 800)" in texts["simulate"]

@@ -96,3 +96,42 @@ def test_gallery_checks_fill_the_readme_from_verify_summaries(tmp_path):
     text = readme.read_text()
     assert "old text" not in text
     assert "3 of 4 checks hold; failing: sgd boundary slope in d [n=20].<!-- /checks -->" in text
+
+
+def test_exact_maximiser_verdict_follows_the_numbers():
+    """issue 24 item 8: msam_ascent's verdict on "a more exact maximiser generalises worse" states the correlation
+    with its interval and share of variance (r^2, by hand) and counts the rules that contradict it; a positive
+    interval alone no longer makes it "true"."""
+    from theory_sim.reports.sam_questions import exact_maximiser_verdict, variance_share
+
+    assert variance_share(0.086, 0.234) == (0.086 ** 2, 0.234 ** 2)
+    assert variance_share(-0.3, 0.1) == (0.0, 0.09)          # an interval through 0: r^2 from 0
+    assert np.allclose(variance_share(-0.4, -0.2), (0.04, 0.16))
+    weak = " ".join(exact_maximiser_verdict(0.159, 0.086, 0.234, ["msam2_tau2", "msam3_tau"], 11))
+    assert "is not supported as stated on this model" in weak and "is supported on this model" not in weak
+    assert "r = +0.159 [+0.086, +0.234] explains r^2 = 2.5% of the within-cell variance of test error [0.7%, 5.5%]" \
+        in weak
+    assert "2 of 11 multi-step rules reach a higher perturbed-loss gain than SAM" in weak
+    assert "(msam2_tau2, msam3_tau)" in weak
+    clean = " ".join(exact_maximiser_verdict(0.8, 0.7, 0.9, [], 11))       # no rule contradicts it: supported
+    assert "is supported on this model" in clean and "0 of 11" in clean and "(none)" in clean
+    assert "is false on this model" in " ".join(exact_maximiser_verdict(-0.5, -0.6, -0.4, [], 11))
+    assert "is not shown on this model" in " ".join(exact_maximiser_verdict(0.05, -0.02, 0.12, [], 11))
+
+
+def test_deep_phase_depth2_note_reads_the_largest_d():
+    """issue 24 item 10: deep_phase's report states depth 2's ratio-law constants at its largest d (from verify's
+    claims, not other depths or smaller d) and points to the seed-set reproduction; no such claims, no note."""
+    from theory_sim.reports.deep_phase import depth2_ratio_note
+
+    def row(d, depth, mu, value, lo, hi, claim="ratio_law_constant"):
+        return dict(claim=claim, variant="sgd", measured=value, ci_low=lo, ci_high=hi,
+                    dimension=f"d={d}, n=20, P=2, sigma_p=1, depth={depth}, mu_norm={mu}")
+
+    claims = [row(6400, 2, 0.25, 1.27, 1.12, 1.48), row(6400, 2, 1.13, 1.24, 1.09, 1.44),
+              row(1600, 2, 0.25, 1.12, 0.95, 1.35), row(6400, 3, 0.25, 1.19, 1.02, 1.34),
+              row(6400, 2, 0.25, 9.0, 9.0, 9.0, claim="ratio_law_slope")]
+    text = " ".join(depth2_ratio_note(claims))
+    assert "At d = 6400, depth 2's ratio-law constant is 1.24-1.27 over its 2 early-phase cells" in text
+    assert "(intervals within [1.09, 1.48]" in text and "python studies/ratio_law_seeds.py" in text
+    assert depth2_ratio_note([row(6400, 3, 0.25, 1.19, 1.02, 1.34)]) == []

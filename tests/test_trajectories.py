@@ -43,7 +43,9 @@ def synthetic(exponents=(2.0, -1.0, 1.0, -2.0), constant=1.1, amp_slope=0.5, noi
         x = n * mu ** 4 / (d * sp ** 4)
         err = 0.1 + 0.4 / (1 + x) if label == "sgd" else 0.1
         results.append(dict(label=label, optimizer=label, d=d, mu_norm=mu, n=n, P=2, sigma_p=sp, seed=seed,
-                            flip_p=p, batch_size=B, sam_steps=40.0 if label == "sam" else np.nan, dtype="float64",
+                            flip_p=p, p_hat=p, batch_size=B, sam_steps=40.0 if label == "sam" else np.nan,
+                            dtype="float64", m=10, sigma_0=0.001, eta=0.01, c_tau=1.0, model="c23", depth=2,
+                            lr_schedule="constant", norm="2", m_sharpness=0,
                             test_error=err + 0.001 * rng.standard_normal(), diverged=False, train_acc=1.0))
         law = constant * (1 - 2 * p) * mu ** a_mu * d ** a_d * n ** a_n * sp ** a_s
         amp = 3.0 * (d / 200) ** amp_slope if label == "sam" else 1.0
@@ -52,7 +54,7 @@ def synthetic(exponents=(2.0, -1.0, 1.0, -2.0), constant=1.1, amp_slope=0.5, noi
             rho = 0.01 * step * (1 + noise * rng.standard_normal())
             rmax = 1.0 + scale * (np.log(max(step, 1)) if growth == 0 else max(step, 1) ** growth)
             traj.append(dict(label=label, d=d, mu_norm=mu, n=n, P=2, sigma_p=sp, seed=seed, step=step,
-                             epoch=step / H, run=0, optimizer=label, train_loss=0.5, train_acc=float(step >= 2 * H),
+                             epoch=step / H, run=0, optimizer=label, train_loss=0.5 if step < 2 * H else 0.05, train_acc=float(step >= 2 * H),
                              test_error=err, update_noise_active_frac=sam_noise_active if label == "sam" else 0.4,
                              gamma_mean=amp * law * rho * (1 + noise * rng.standard_normal()), rhobar_mean=rho,
                              gamma_max=1.0, rhobar_max=rmax, rhounder_min=-0.1 * rmax, rhobar_min=0.0,
@@ -62,77 +64,101 @@ def synthetic(exponents=(2.0, -1.0, 1.0, -2.0), constant=1.1, amp_slope=0.5, noi
     return spec, pd.DataFrame(results), traj
 
 
-def claims_of(spec, results, traj, **kw):
-    return pd.DataFrame(trajectory_claims(traj, results, spec, n_boot=kw.pop("n_boot", 40), **kw)["claims"])
+def claims_of(spec, results, traj):
+    return pd.DataFrame(trajectory_claims(traj, results, spec)["claims"])
+
+
+def line(c, claim, variant=None, dim=None):
+    """The one claim line of ``claim`` (for ``variant`` / ``dim`` when given)."""
+    sel = c[(c.claim == claim) & (c.verdict != "exploratory")]
+    if variant is not None:
+        sel = sel[sel.variant == variant]
+    if dim is not None:
+        sel = sel[sel.dim == dim]
+    assert len(sel) == 1, sel
+    return sel.iloc[0]
 
 
 def test_recovers_known_ratio_law_amplification_collapse_and_late_phase():
     spec, results, traj = synthetic()
     c = claims_of(spec, results, traj)
-    slopes = c[c.claim == "ratio_law_slope"].set_index("dimension")
     for dim, want in {"mu_norm": 2.0, "d": -1.0, "n": 1.0, "sigma_p": -2.0}.items():
-        assert slopes.measured[dim] == pytest.approx(want, abs=0.02)
-        assert slopes.ci_low[dim] <= slopes.measured[dim] <= slopes.ci_high[dim]
-        assert slopes.holds[dim]
+        s = line(c, "ratio_law_exponents", dim=dim)
+        assert s.estimate == pytest.approx(want, abs=0.02) and s.ci_low <= s.estimate <= s.ci_high
+        assert s.verdict == "consistent" and s.seeds == 4
     const = c[c.claim == "ratio_law_constant"]
-    assert len(const) == 3 * 3 * 2 * 2 and const.holds.all()
-    assert const.measured.to_numpy() == pytest.approx(1.1, rel=0.02)
-    amp = c[c.claim == "sam_amplification_slope"].set_index("dimension")
-    assert amp.measured["d"] == pytest.approx(0.5, abs=0.02)
-    low = c[(c.claim == "sam_amplification") & (c.dimension == "min over SGD-harmful cells")].iloc[0]
-    assert low.holds and low.measured == pytest.approx(3.0, rel=0.05)
-    collapse = c[c.claim == "collapse"].iloc[0]
-    assert collapse.holds and collapse.measured < 0.2
-    late = c[c.claim == "late_log_growth"]
-    assert late.measured.iloc[0] == pytest.approx(0.0, abs=1e-9) and late.holds.iloc[0]   # growth exponent
-    assert late.measured.iloc[1] == pytest.approx(1.0, abs=1e-6)                           # R^2 in log t
-    noise = c[(c.claim == "update_noise_active_frac") & (c.variant == "sam")].iloc[0]
-    assert noise.holds and "-0.2 [-0.2, -0.2]" in noise.dimension
-    assert c[c.claim == "late_rhounder_ratio"].measured.iloc[0] == pytest.approx(0.1)
+    assert len(const) == 1                        # one pooled estimate, not one check per cell
+    assert const.estimate.iloc[0] == pytest.approx(1.1, rel=0.02) and const.verdict.iloc[0] == "consistent"
+    assert "groups sharing data draws" in const.heterogeneity.iloc[0]
+    amp = c[(c.claim == "sam_amplification") & (c.dim == "log-log slope in d")].iloc[0]
+    assert amp.estimate == pytest.approx(0.5, abs=0.02) and amp.verdict == "exploratory"
+    low = line(c, "sam_amplification", "sam vs sgd")
+    assert low.verdict == "consistent" and low.estimate == pytest.approx(3.0, rel=0.05)
+    collapse = line(c, "collapse")
+    assert collapse.verdict == "consistent" and collapse.estimate < 0.2
+    late = line(c, "late_log_growth")
+    assert late.estimate == pytest.approx(0.0, abs=1e-9) and late.verdict == "consistent"
+    noise = line(c, "noise_switched_off")
+    assert noise.verdict == "consistent" and noise.estimate == pytest.approx(-0.2)
+    assert line(c, "late_rhounder_small").estimate == pytest.approx(0.1)
     inv = c[c.claim == "invariants"]
-    assert (inv.measured == 0).all() and inv.holds.all()
+    assert (inv.estimate == 0).all() and (inv.verdict == "consistent").all() and len(inv) == 2
 
 
-def test_wrong_exponent_and_wrong_constant_fail():
+def test_wrong_exponent_and_wrong_constant_are_contradicted():
     spec, results, traj = synthetic(exponents=(2.0, -0.5, 1.0, -2.0), constant=1.6)
     c = claims_of(spec, results, traj)
-    d = c[(c.claim == "ratio_law_slope") & (c.dimension == "d")].iloc[0]
-    assert d.measured == pytest.approx(-0.5, abs=0.02) and not d.holds
-    assert not c[c.claim == "ratio_law_constant"].holds.any()
+    d = line(c, "ratio_law_exponents", dim="d")
+    assert d.estimate == pytest.approx(-0.5, abs=0.02) and d.verdict == "contradicted"
+    assert line(c, "ratio_law_constant").verdict == "contradicted"
+
+
+def test_the_constant_uses_each_runs_realised_flip_fraction():
+    """The law's (1 - 2p) with p-hat: runs whose realised flip fraction is 0.2 instead of 0.1 have (1 - 2p) 0.6,
+    not 0.8; the constant stays 1 with p-hat and comes out 0.75 with the nominal p."""
+    spec, results, traj = synthetic(constant=0.75)
+    results["p_hat"] = 0.2
+    assert line(claims_of(spec, results, traj), "ratio_law_constant").estimate == pytest.approx(1.0, rel=0.02)
 
 
 @pytest.mark.parametrize("k", [0.1, 0.3, 0.5])
 def test_power_growth_is_told_apart_from_log_growth(k):
-    """rhobar_max ~ t^k after fitting: the R^2 in log t stays high for small k (the old rule passed t^0.1 and
-    t^0.3), the growth exponent recovers k and the claim fails."""
+    """rhobar_max ~ t^k after fitting: the Box-Cox exponent recovers k and the claim is contradicted."""
     spec, results, traj = synthetic(growth=k)
-    late = claims_of(spec, results, traj)
-    late = late[late.claim == "late_log_growth"]
-    assert late.measured.iloc[0] == pytest.approx(k, abs=0.01) and not late.holds.iloc[0]
-    if k < 0.5:
-        assert late.measured.iloc[1] >= 0.9                    # what the R^2 rule accepted
+    late = line(claims_of(spec, results, traj), "late_log_growth")
+    assert late.estimate == pytest.approx(k, abs=0.01) and late.verdict == "contradicted"
 
 
 def test_noise_active_fraction_and_ratio_constant_are_judged_on_their_intervals():
-    spec, results, traj = synthetic(sam_noise_active=0.4)      # SAM's fraction equal to SGD's: not below
-    c = claims_of(spec, results, traj)
-    assert not c[(c.claim == "update_noise_active_frac") & (c.variant == "sam")].iloc[0].holds
-    spec, results, traj = synthetic(constant=1.2, noise=0.3)    # point estimates near the band's edge, wide intervals
-    const = claims_of(spec, results, traj)
-    const = const[const.claim == "ratio_law_constant"]
-    inside = const.measured.between(0.8, 1.25)
-    assert inside.any() and not const[inside].holds.all()
-    assert (const.holds == ((const.ci_low >= 0.8) & (const.ci_high <= 1.25))).all()
+    spec, results, traj = synthetic(sam_noise_active=0.45)      # SAM's fraction above SGD's 0.4
+    assert line(claims_of(spec, results, traj), "noise_switched_off").verdict == "contradicted"
+    spec, results, traj = synthetic(constant=1.2, noise=0.3)    # a point estimate inside the band, a wide interval
+    const = line(claims_of(spec, results, traj), "ratio_law_constant")
+    assert 0.8 <= const.estimate <= 1.25
+    assert const.verdict == ("consistent" if 0.8 <= const.ci_low and const.ci_high <= 1.25 else "inconclusive")
 
 
-def test_weak_amplification_and_no_collapse_fail():
+def test_weak_amplification_and_no_collapse_are_contradicted():
     spec, results, traj = synthetic(amp_slope=0.0)
     traj.loc[traj.label == "sam", "gamma_mean"] /= 3.0 / 1.5   # SAM's ratio only 1.5x SGD's
     results.loc[results.label == "sgd", "test_error"] = 0.1 + 0.4 / (1 + results.mu_norm ** 4)  # ||mu|| alone
     c = claims_of(spec, results, traj)
-    low = c[(c.claim == "sam_amplification") & (c.dimension == "min over SGD-harmful cells")].iloc[0]
-    assert low.measured == pytest.approx(1.5, rel=0.05) and not low.holds
-    assert not c[c.claim == "collapse"].iloc[0].holds
+    low = line(c, "sam_amplification", "sam vs sgd")
+    assert low.estimate == pytest.approx(1.5, rel=0.05) and low.verdict == "contradicted"
+    assert line(c, "collapse").verdict == "contradicted"
+
+
+def test_cells_outside_the_domain_are_left_out_and_said_so():
+    spec, results, traj = synthetic()
+    results["sigma_0"] = 0.2                       # init scale 0.2 * 2 * sigma_p sqrt(d) >= 2.8: outside small_init
+    c = claims_of(spec, results, traj)
+    assert line(c, "ratio_law_constant").verdict == "not applicable"
+    assert line(c, "collapse").verdict == "not applicable"
+    results["sigma_0"] = 0.001
+    results.loc[results.d == 3200, "sigma_0"] = 0.2    # only d = 3200 outside: the exponents without it
+    c = claims_of(spec, results, traj)
+    s = line(c, "ratio_law_exponents", dim="d")
+    assert s.cells_in_domain == 2 * 3 * 2 * 2 and s.verdict == "consistent"
 
 
 @pytest.mark.parametrize("inject", ["decrease", "sign", "entry"])
@@ -145,9 +171,8 @@ def test_injected_invariant_violation_is_flagged(inject):
         traj.loc[row, "rhounder_max"] = 1e-3
     else:                      # the trainer counted an entry moving the wrong way
         traj.loc[row, "rho_monotone_violations"] = 1.0
-    inv = claims_of(spec, results, traj, n_boot=0).set_index("variant").loc["sgd"]
-    inv = inv[inv.claim == "invariants"].iloc[0]
-    assert inv.measured >= 1 and not inv.holds
+    inv = line(claims_of(spec, results, traj), "invariants", "sgd")
+    assert inv.estimate >= 1 and inv.verdict == "contradicted"
 
 
 def test_isotonic_fit_is_the_least_squares_decreasing_fit():
@@ -207,7 +232,8 @@ def test_sweep_verify_reports_every_trajectory_claim(traj_sweep, tmp_path):
     spec_path.write_text(traj_sweep.replace("values = [60]", "values = [40, 80]"))
     assert main(["sweep", str(spec_path), "--out", str(tmp_path / "s"), "--executor", "inline", "--no-progress"]) == 0
     report = (tmp_path / "s" / "verify.md").read_text()
-    for claim in ("ratio_law_slope", "sam_amplification", "collapse", "invariants", "late_"):
+    for claim in ("ratio_law_exponents", "ratio_law_constant", "sam_amplification", "collapse", "invariants",
+                  "late_"):
         assert claim in report
     figs = {p.name for p in (tmp_path / "s" / "figures").glob("*.png")}
     assert {"ratio_law.png", "sam_amplification.png", "collapse.png"} <= figs
@@ -222,9 +248,12 @@ def test_sweep_from_before_trajectories_still_verifies(tmp_path):
 
     src = ROOT / "figures" / "results" / "phase_diagram_quick"
     shutil.copytree(src, tmp_path / "old")
-    report = verify(tmp_path / "old", n_boot=20)
-    assert report["slopes"] and report["trajectory_claims"] == []
-    assert "need a re-run" in report["markdown"]
+    report = verify(tmp_path / "old")
+    assert {c["claim"] for c in report["claims"]} <= {"sgd_boundary_slope", "sam_boundary_slope", "sam_below_sgd",
+                                                       "slope_outside_domain"}
+    assert "trajectory claims not run" in report["summary_line"] if "summary_line" in report else True
+    assert "ratio_law_constant" in report["markdown"] and "re-run the sweep" in report["markdown"]
+    assert "not run" in report["markdown"].splitlines()[2]
 
 
 def _children(pid: int) -> list[int]:

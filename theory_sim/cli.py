@@ -4,7 +4,8 @@ Each verb lives in its own module exposing ``add_arguments(parser)`` and ``run(a
 dispatches. Every failure is one line on stderr: parameter errors raised as ``ConfigError`` before any work starts
 (``error: ...``, exit 2); a result that could not be written, ``ResultWriteError`` or any other ``OSError`` (``error:
 could not write PATH: REASON``, exit 1); running out of memory anyway, past the estimate of
-``theory_sim.resources`` (``error: out of memory ...``, exit 1); Ctrl-C (``interrupted``, exit 130).
+``theory_sim.resources`` (``error: out of memory ...``, exit 1); Ctrl-C (``interrupted``, exit 130); SIGTERM
+during a sweep (``terminated: ...``, exit 143).
 """
 from __future__ import annotations
 
@@ -56,11 +57,11 @@ def config_defaults(verb: str) -> tuple[dict, str]:
     """The values that a verb's options left at None take from its config dataclass (shown in --help), and how to
     name them there."""
     if verb == "simulate":
-        from theory_sim.cnn.simulate import FIELD_FLAGS
+        from theory_sim.cnn.simulate import flag_fields
         from theory_sim.config import SimConfig
 
         cfg = SimConfig.preset("c23")
-        return {dest: getattr(cfg, field) for dest, field in FIELD_FLAGS.items()}, "default with --preset c23"
+        return {f.name: getattr(cfg, f.name) for f in flag_fields()}, "default with --preset c23"
     if verb == "cifar":
         from dataclasses import asdict
 
@@ -80,16 +81,10 @@ def show_config_defaults(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 def version() -> str:
-    """The installed distribution's version (the package's own when run from a checkout that is not installed)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
+    """The installed distribution's version (``theory_sim.config.package_version``)."""
+    from theory_sim.config import package_version
 
-    from theory_sim import __version__
-
-    try:
-        return dist_version("theory_sim")
-    except PackageNotFoundError:
-        return __version__
+    return package_version()
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
@@ -142,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: out of memory (numpy/torch could not allocate an array); lower the sizes, or see "
               "README 'What happens when things go wrong' for the memory estimate", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: finished results are on disk (every write is atomic)
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C (or a verb's SIGTERM): finished results are on disk (atomic writes)
+        print(_one_line(exc) if str(exc) else "interrupted", file=sys.stderr)
+        return getattr(exc, "exit_status", 130)   # 130 = 128 + SIGINT; a SIGTERM's 143
 
 
 def _one_line(exc: BaseException) -> str:

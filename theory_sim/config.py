@@ -44,10 +44,30 @@ def check_float(name: str, value: Any, lo: float | None = None, hi: float | None
                           f"{hi if hi is not None else 'inf'}{right}, got {value}")
 
 
+def check_dpi(dpi: Any) -> None:
+    """A figure resolution (``figures``/``sweep --dpi``), None for the default: checked before any work."""
+    if dpi is not None and not (isinstance(dpi, int) and not isinstance(dpi, bool) and 10 <= dpi <= 2000):
+        raise ConfigError(f"dpi must be an integer in [10, 2000], got {dpi!r}")
+
+
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def package_version() -> str:
+    """theory_sim's version from the installed distribution's metadata, not by importing ``theory_sim``: run from a
+    folder that holds a checkout named theory_sim, that import finds the folder (a namespace package without
+    ``__version__``). A checkout that is not installed: its ``__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("theory_sim")
+    except PackageNotFoundError:
+        from theory_sim import __version__
+
+        return __version__
 
 
 # Renamed parameters (docs/architecture.md "Vocabulary"): an old spelling is accepted for one release, with one
@@ -72,12 +92,22 @@ def renamed_keys(values: dict, renames: dict[str, str], where: str) -> dict:
 
 
 def deprecated_flag(new: str) -> type[argparse.Action]:
-    """An argparse action for an old flag spelling: warns (naming ``new``) and stores into the new flag's dest."""
+    """An argparse action for an old flag spelling: warns (naming ``new``) and stores into the new flag's dest,
+    noting what it did for ``check_renamed_flags``."""
     class Deprecated(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
             warn_renamed(option_string, new, parser.prog)
+            note = (option_string, new, self.dest, getattr(namespace, self.dest, None), values)
+            setattr(namespace, "_renamed_flags", [*getattr(namespace, "_renamed_flags", []), note])
             setattr(namespace, self.dest, values)
     return Deprecated
+
+
+def check_renamed_flags(args: argparse.Namespace) -> None:
+    """Refuse an old flag spelling given together with its new one (the last of them would silently win)."""
+    for old, new, dest, before, value in getattr(args, "_renamed_flags", []):
+        if before is not None or getattr(args, dest) != value:
+            raise ConfigError(f"both {old} (deprecated) and {new} given; give {new} only")
 
 
 def check_shared(configs, names: Iterable[str], what: str, hint: str = "") -> None:
@@ -96,7 +126,7 @@ def check_shared(configs, names: Iterable[str], what: str, hint: str = "") -> No
 # --------------------------------------------------------------------------------------------------------------------
 # One simulated run of the two-layer CNN on sparse-coding data [C23 Def. 2.1-2.2, K23]
 # --------------------------------------------------------------------------------------------------------------------
-from dataclasses import dataclass, fields, replace  # noqa: E402
+from dataclasses import dataclass, field, fields, replace  # noqa: E402
 
 from theory_sim.sam import registry  # noqa: E402  (the SAM-family rules; imports nothing of the package)
 
@@ -112,9 +142,9 @@ LR_SCHEDULES = ("constant", "cosine", "step", "linear_warmup_cosine")
 
 # Options that only do something for some optimizers: field -> the optimizers it has an effect for (read off each
 # rule's ``options`` in theory_sim.sam.registry, in SimConfig's field order). An option set explicitly for another
-# optimizer (a ``simulate`` flag, a sweep variant's key) is refused by ``inapplicable``; a sweep's [base] value
-# shared by all its variants, or a grid axis, is not (the runs it does not affect are plain runs of their
-# optimizer, trained once for all the cells they serve: ``ignored_parameters``).
+# optimizer (a ``simulate`` flag, a sweep variant's key) is refused by ``no_effect``; a sweep's [base] value
+# shared by all its variants, or a grid axis, only when no variant reads it (the runs it does not affect are plain
+# runs of their optimizer, trained once for all the cells they serve: ``ignored_parameters``).
 SAM_FAMILY = OPTIMIZERS[1:]
 
 
@@ -151,6 +181,11 @@ STRUCTURAL_FIELDS = ("d", "n", "P", "m", "model", "noise_patches", "project_nois
                      "dtype", "device", "log_every", "n_test", "n_mc", "trajectory_mc", "depth", "width")
 
 
+def _option(default: Any, help: str, **meta: Any):
+    """A SimConfig field with a ``simulate`` flag: its help text (and choices, flag, group) in the metadata."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Configuration of one run. Defaults follow docs/science.md §1-3 ([C23] model, shared noise patches).
@@ -171,7 +206,7 @@ class SimConfig:
     (sam, usam, msam) perturbs every chunk of M samples of a batch with its own gradient and steps with the mean of
     the chunks' gradients at their perturbed points; 0 is the whole batch. Options that do not apply to the chosen
     optimizer are accepted here and ignored, like ``sam_steps`` for sgd (a sweep sets them once for all its
-    optimizers); ``simulate`` and a sweep variant refuse them (``OPTIMIZER_ONLY_FIELDS``, ``inapplicable``).
+    optimizers); ``simulate`` and a sweep variant refuse them (``no_effect``, ``check_effective``).
 
     ``lr_schedule`` (docs/science.md §3.5, ``theory_sim.cnn.schedule``): eta(t) over the planned steps T = epochs
     n / B, ``constant`` (eta), ``cosine`` (eta (1 + cos(pi t / T)) / 2), ``step`` (eta times ``lr_step_gamma`` every
@@ -179,45 +214,68 @@ class SimConfig:
     cosine over the rest). One clock per run: the SAM -> SGD switch does not restart it, early stopping ends it.
     """
 
-    optimizer: str = "sgd"
-    d: int = 800
-    mu_norm: float = 2.0
-    n: int = 20
-    P: int = 2
-    sigma_p: float = 1.0
-    flip_p: float = 0.1
-    m: int = 10
-    sigma_0: float = 0.01
-    eta: float = 0.1
-    lr_schedule: str = "constant"
-    lr_warmup: float = 0.05
-    lr_step_gamma: float = 0.1
-    lr_step_every: float = 0.5
-    batch_size: int = 5
-    epochs: int = 100
-    tau: float | None = None
-    c_tau: float = 1.0
-    sam_steps: int | None = None
-    loss_eps: float = 0.0
-    model: str = "c23"
-    noise_patches: str = "shared"
-    project_noise: bool = True
-    n_test: int = 1000
-    n_mc: int = 20000
-    log_every: int = 1
-    log_points: int = 0
-    trajectory_mc: int = 2000
-    seed: int = 0
+    # every field's metadata makes its ``simulate`` flag (theory_sim.cnn.simulate.add_training_arguments): "help"
+    # (a field without it has no flag), optionally "choices", "flag" (default --the-name) and "group" (flags of one
+    # group are mutually exclusive)
+    optimizer: str = _option("sgd", "sgd, or a SAM-family rule (docs/science.md §3.2): sam (tau g/||g||, or tau "
+                             "sign(g) with --norm inf), usam (tau g), randsam (tau z/||z||, z ~ N(0, I)), msam "
+                             "(--ascent-steps projected ascent steps), asam (tau T^2 g/||T g||, T = |w| + --asam-eta)",
+                             choices=registry.optimizers)   # called when the flags are made: rules added later
+    d: int = _option(800, "dimension of every patch (>= 1)")
+    mu_norm: float = _option(2.0, "signal strength ||mu|| (>= 0)")
+    n: int = _option(20, "training samples")
+    P: int = _option(2, "patches per sample (>= 2)", flag="--P")
+    sigma_p: float = _option(1.0, "noise level (> 0)")
+    flip_p: float = _option(0.1, "label-flip probability in [0, 0.5)")
+    m: int = _option(10, "filters per sign")
+    sigma_0: float = _option(0.01, "init std (c23 model)")
+    eta: float = _option(0.1, "learning rate (> 0)")
+    lr_schedule: str = _option("constant", "eta(t) over the planned epochs * n / B steps (docs/science.md §3.5): "
+                               "constant (default), cosine, step (times --lr-step-gamma every --lr-step-every of the "
+                               "steps), linear_warmup_cosine (linear warm-up over --lr-warmup of the steps, then "
+                               "cosine)", choices=LR_SCHEDULES)
+    lr_warmup: float = _option(0.05, "linear_warmup_cosine: the warm-up's fraction of the steps, in [0, 1) (default "
+                               "0.05)")
+    lr_step_gamma: float = _option(0.1, "step: the factor of each decay, in (0, 1] (default 0.1)")
+    lr_step_every: float = _option(0.5, "step: the fraction of the steps between two decays, in (0, 1] (default 0.5)")
+    batch_size: int = _option(5, "B, must divide n")
+    epochs: int = _option(100, "passes over the training set (>= 1)")
+    tau: float | None = _option(None, "absolute radius of every SAM-family rule (with --norm inf: per coordinate)",
+                                group="radius")
+    c_tau: float = _option(1.0, "SAM-family radius as c_tau * m sqrt(B) / (P sigma_p sqrt(d)) (default 1)",
+                           group="radius")
+    sam_steps: int | None = _option(None, "the SAM-family rule for the first K steps, then SGD; 'none' = throughout "
+                                    "(default)")
+    loss_eps: float = _option(0.0, "stop once the training loss is <= this")
+    model: str = _option("c23", "network variant: c23 (docs/science.md §2), kou2023 ([K23]) or deep (§2.5: "
+                         "--depth, --width)", choices=MODELS)
+    noise_patches: str = _option("shared", "the P-1 noise patches of a sample: one shared noise vector, or "
+                                 "independent ones", choices=NOISE_PATCHES)
+    project_noise: bool = _option(True, "project the noise off mu (c23 default) or not (kou2023)")
+    n_test: int = _option(1000, "held-out test points per seed (0: Gaussian only)")
+    n_mc: int = _option(20000, "Gaussian draws for the test-error estimator")
+    log_every: int = _option(1, "log every k steps")
+    log_points: int = _option(0, "log about N log-spaced steps instead (always step 0, the end of epoch 1, the SAM "
+                              "-> SGD switch and the last step); 0 = every --log-every steps (default)")
+    trajectory_mc: int = _option(2000, "Gaussian draws per logged test error (default 2000; 0 = none, NaN in the "
+                                 "trajectory)")
+    seed: int = 0            # no flag: simulate's --seeds
     data_seed: int | None = None
-    dtype: str = "float64"
-    device: str = "auto"
-    ascent_steps: int = 2
-    ascent_step: float = 1.0
-    m_sharpness: int = 0
-    norm: str = "2"
-    asam_eta: float = 0.01
-    depth: int = 2      # model "deep": layers L (2 = the c23 network), and units of each hidden layer
-    width: int = 10
+    dtype: str = _option("float64", "training precision", choices=DTYPES)
+    device: str = _option("auto", "auto (cuda if present), cpu, cuda, cuda:N")
+    ascent_steps: int = _option(2, "msam: K projected normalised-gradient ascent steps in the tau-ball (>= 1, "
+                                "default 2; 1 = SAM)")
+    ascent_step: float = _option(1.0, "msam: the length of every ascent step after the first, as a multiple of tau "
+                                 "(> 0, default 1; e.g. 0.2 with --ascent-steps 5; needs --ascent-steps >= 2)")
+    m_sharpness: int = _option(0, "sam/usam/msam: perturb every chunk of M samples of a batch with its own "
+                               "gradient and step with the chunks' mean gradient (M divides the batch size; 0 = the "
+                               "whole batch, default)")
+    norm: str = _option("2", "sam: the ball of the perturbation, 2 (tau g/||g||_2, default) or inf (tau sign(g))",
+                        choices=NORMS)
+    asam_eta: float = _option(0.01, "asam: the offset eta in T = |w| + eta on the weights (>= 0, default 0.01)")
+    # model "deep": layers L (2 = the c23 network), and units of each hidden layer
+    depth: int = _option(2, "model deep: layers L in [2, 8] (2 is the c23 network)")
+    width: int = _option(10, "model deep with --depth >= 3: units of each hidden layer, in [1, 1024]")
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, registry.optimizers("cnn"))
@@ -273,6 +331,27 @@ class SimConfig:
         check_float("asam_eta", self.asam_eta, 0.0)
         check_int("depth", self.depth, 2, 8)
         check_int("width", self.width, 1, 1024)
+        self._check_dtype_range()
+
+    def _check_dtype_range(self) -> None:
+        """Every real parameter (and the SAM radius they give) must be a finite number in the training dtype: 1e39
+        is a valid float64 but becomes inf in float32, which would silently turn the run into NaNs."""
+        import numpy as np   # not torch: a sweep's parent process validates every run without loading it
+
+        big = float(np.finfo(self.dtype).max)   # the same as torch.finfo's for float32 and float64
+        for name in _REAL_FIELDS:
+            value = getattr(self, name)
+            if value is not None and abs(value) > big:
+                raise ConfigError(f"{name} must be at most {big:.4g} (the largest {self.dtype}) with dtype "
+                                  f"{self.dtype}, got {value:g}")
+        # the rules take norms of eps (sums of squares): a radius whose square overflows turns them into inf, and the
+        # radius then no longer matters (1e30 and 1e36 gave bitwise the same float32 run)
+        top = math.sqrt(big)
+        if self.optimizer != "sgd" and not self.sam_radius <= top:
+            name = "tau" if self.tau is not None else "c_tau"
+            raise ConfigError(f"{name} must give a SAM radius (tau, or c_tau m sqrt(B) / (P sigma_p sqrt(d))) of at "
+                              f"most {top:.4g} (the square root of the largest {self.dtype}: its square must be "
+                              f"finite) with dtype {self.dtype}, got {self.sam_radius:g}")
 
     @property
     def rule(self) -> str | None:
@@ -346,18 +425,68 @@ class SimConfig:
         return cls(**base)
 
 
+# SimConfig field -> "int", "float", "bool" or "str" (its annotation; ``X | None`` counts as X)
+FIELD_KINDS = {f.name: (f.type if isinstance(f.type, str) else f.type.__name__).replace(" ", "").replace("|None", "")
+               for f in fields(SimConfig)}
+_REAL_FIELDS = tuple(name for name, kind in FIELD_KINDS.items() if kind == "float")
+
 # the table for the built-in rules (a snapshot: code that must see rules registered later calls the function)
 OPTIMIZER_ONLY_FIELDS: dict[str, tuple[str, ...]] = optimizer_only_fields()
 
 
-def inapplicable(name: str, value: Any, optimizer: str) -> tuple[str, ...] | None:
-    """The optimizers option ``name`` applies to, if ``name`` = ``value``, set explicitly, has no effect with
-    ``optimizer`` (None: it has one). A value equal to SimConfig's default is "no effect" either way and accepted
-    (e.g. ``--sam-steps none`` for sgd)."""
+# Options that act only when another field has some values: field -> [(the other field, whether its value lets the
+# option act, those values in words)]. With the optimizers' rule options (OPTIMIZER_ONLY_FIELDS, read off the
+# registry) this is the one table of "no effect" rules: ``no_effect`` reads it for simulate and for a sweep's [base],
+# variants and grid axes alike.
+EFFECTIVE_WHEN: dict[str, list[tuple[str, Any, str]]] = {
+    "lr_warmup": [("lr_schedule", lambda v: v == "linear_warmup_cosine", "linear_warmup_cosine")],
+    "lr_step_gamma": [("lr_schedule", lambda v: v == "step", "step")],
+    "lr_step_every": [("lr_schedule", lambda v: v == "step", "step")],
+    "ascent_step": [("ascent_steps", lambda v: v >= 2, ">= 2")],   # the steps after the first
+    "depth": [("model", lambda v: v == "deep", "deep")],
+    "width": [("model", lambda v: v == "deep", "deep"), ("depth", lambda v: v >= 3, ">= 3")],   # hidden layers
+}
+
+
+def effect_conditions(name: str) -> list[tuple[str, Any, str]]:
+    """Every condition under which option ``name`` has an effect (``EFFECTIVE_WHEN``, the optimizer's first)."""
     applies = optimizer_only_fields().get(name)
-    if applies is None or optimizer in applies or value == getattr(SimConfig, name, object()):
+    first = [("optimizer", applies.__contains__, " / ".join(applies))] if applies else []
+    return first + EFFECTIVE_WHEN.get(name, [])
+
+
+def no_effect(name: str, value: Any, values_of) -> tuple[str, str, Any] | None:
+    """Why option ``name`` = ``value``, set explicitly, has no effect: (the field that decides, the values it acts
+    for, that field's value here), or None if it acts. ``values_of(field)``: the values the field takes where the
+    option is set (one for a run; a sweep variant's grid values): the option acts if some value satisfies each of its
+    conditions. A value equal to SimConfig's default is "no effect" either way and accepted (``--sam-steps none``
+    for sgd)."""
+    if value == getattr(SimConfig, name, object()):
         return None
-    return applies
+    for other, acts, allowed in effect_conditions(name):
+        values = list(values_of(other))
+        if not any(acts(v) for v in values):
+            return other, allowed, values[0] if len(values) == 1 else values
+    return None
+
+
+def no_effect_text(name: str, reason: tuple[str, str, Any], flags: bool = False) -> str:
+    """``no_effect``'s reason in the words every caller uses (``flags``: the deciding field as a simulate flag)."""
+    other, allowed, actual = reason
+    shown = ", ".join(map(str, actual)) if isinstance(actual, list) else actual
+    return f"{name} only applies to {'--' + other.replace('_', '-') if flags else other} {allowed}, not {shown}"
+
+
+def check_effective(cfg: SimConfig, given: dict[str, Any], flags: bool = False) -> None:
+    """Refuse an option of ``given`` (field -> value, set explicitly) that has no effect in ``cfg``, or that
+    another one switches off: what ``simulate`` refuses, and what a caller of the Python API may check."""
+    for name, value in given.items():
+        reason = no_effect(name, value, lambda other: [getattr(cfg, other)])
+        if reason:
+            raise ConfigError(no_effect_text(name, reason, flags))
+    for pair in overridden(given):
+        name, other = ("--" + n.replace("_", "-") if flags else n for n in pair)
+        raise ConfigError(f"{name} has no effect with {other} {given[pair[1]]} (it decides alone); give one of them")
 
 
 def overridden(given: dict[str, Any]) -> list[tuple[str, str]]:
@@ -374,18 +503,25 @@ def check_device(name: str) -> None:
         device_of(name)
 
 
-def device_of(name: str):
-    """Resolve ``device='auto'`` to cuda when present, else cpu."""
+def device_of(name: str, kinds: tuple[str, ...] = ("cpu", "cuda")):
+    """Resolve ``device='auto'`` to cuda when present, else cpu; any other name must be a device of ``kinds``
+    (the CNN trainer: cpu and cuda; the CIFAR pipeline also mps) that this machine has."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    forms = "'auto', 'cpu', 'cuda' or 'cuda:N'" + (" or 'mps'" if "mps" in kinds else "")
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from exc
+        raise ConfigError(f"device must be {forms}, got {name!r}") from exc
+    if dev.type not in kinds:
+        raise ConfigError(f"device must be {forms}, got {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device must be 'auto' or 'cpu' here: {name!r} requested but CUDA is not available")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"device index must be in [0, {torch.cuda.device_count() - 1}], got {name!r}")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ConfigError(f"device must be 'auto' or 'cpu' here: {name!r} requested but MPS is not available")
     return dev

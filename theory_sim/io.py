@@ -37,6 +37,11 @@ class ResultWriteError(OSError):
     def __str__(self) -> str:
         return f"could not write {self.path}: {self.strerror}"
 
+    def __reduce__(self):
+        # rebuilt from (path, cause), not OSError's (errno, strerror): a pool worker's error reaches the sweep's
+        # process as itself (one line), not as a BrokenProcessPool
+        return type(self), (self.path, self.cause)
+
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write ``payload`` to ``path`` atomically: a temp file in the same directory, fsync, chmod, rename. Any
@@ -156,13 +161,13 @@ def _torch_version() -> str:
 def provenance() -> dict[str, Any]:
     import numpy as np
 
-    import theory_sim
+    from theory_sim.config import package_version
 
     return {
         "git_commit": git_commit(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
         "argv": sys.argv,
-        "versions": {"python": platform.python_version(), "theory_sim": theory_sim.__version__,
+        "versions": {"python": platform.python_version(), "theory_sim": package_version(),
                      "torch": _torch_version(), "numpy": np.__version__, "pandas": pd.__version__},
     }

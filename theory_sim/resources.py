@@ -42,6 +42,8 @@ from theory_sim.config import ConfigError, SimConfig
 
 MAX_TOTAL_STEPS = 10**7      # epochs x n / B beyond this is refused unless forced (hours at the fastest step)
 MAX_SEEDS = 10**5            # seeds of one simulate command or sweep (each is a run of one ensemble)
+MAX_RUNS = 10**6             # runs of one sweep (cells x seeds x variants; the [K23] grid has 10^5): checked before
+                             # its grid is expanded (a num = 10^9 axis alone would fill the memory)
 ESTIMATE_FACTOR = 2.0        # the measured peak lies within [estimate / 2, estimate * 2] (tests/test_resources.py)
 TABLE_COLUMNS = 30           # columns of a trajectory row, about
 

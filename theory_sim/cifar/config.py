@@ -98,7 +98,7 @@ class CifarConfig:
     n_train: int = 0
     n_test: int = 0
     eval_batch_size: int = 1000
-    sharpness: bool = True
+    sharpness: bool = False   # opt-in: the pass costs minutes on a CPU (many times a short run's training)
     sharpness_samples: int = 1024
     seed: int = 0
     device: str = "auto"
@@ -116,6 +116,12 @@ class CifarConfig:
                               f"optimizer={self.optimizer!r}")
         if self.rho is not None:  # an explicit radius is used as given
             check_float("rho", self.rho, lo=0.0)
+            if self.rho and self.optimizer == "sgd":   # a stored sgd config holds its resolved radius 0
+                raise ConfigError(f"rho only applies to a SAM-family optimizer, not sgd (got rho={self.rho:g}); drop "
+                                  f"it or pick a SAM-family optimizer")
+        if self.dataset == "digits" and self.data_dir != type(self).data_dir:
+            raise ConfigError(f"data_dir has no effect with dataset 'digits' (scikit-learn ships it), got "
+                              f"{self.data_dir!r}; drop it")
         if self.ascent_steps is None:
             object.__setattr__(self, "ascent_steps", 2 if self.multi_step else 1)
         check_int("ascent_steps", self.ascent_steps, lo=1, hi=100 if self.multi_step else 1)
@@ -123,14 +129,23 @@ class CifarConfig:
         if self.ascent_step != 1.0 and not self.multi_step:
             raise ConfigError(f"ascent_step is for optimizer 'msam' (the length of its ascent steps), got "
                               f"optimizer={self.optimizer!r}")
+        if self.ascent_step != 1.0 and self.ascent_steps == 1:
+            raise ConfigError("ascent_step only applies to ascent_steps >= 2, not 1 (it is the length of the steps "
+                              "after the first); drop it")
         check_int("m_sharpness", self.m_sharpness, lo=0, hi=self.batch_size if isinstance(self.batch_size, int)
                   else None)
         if self.m_sharpness and self.optimizer == "sgd":
             raise ConfigError("m_sharpness needs a SAM-family optimizer, got optimizer='sgd'")
+        if self.m_sharpness and isinstance(self.batch_size, int) and self.batch_size % self.m_sharpness:
+            raise ConfigError(f"m_sharpness must be 0 (the whole batch) or divide batch_size={self.batch_size} "
+                              f"(every chunk holds m_sharpness samples), got {self.m_sharpness}")
         check_choice("bn_update", self.bn_update, BN_UPDATES)
         if self.bn_update != "per_chunk" and not self.m_sharpness:
             raise ConfigError(f"bn_update={self.bn_update!r} needs m_sharpness > 0 (one chunk per step otherwise)")
         check_float("asam_eta", self.asam_eta, lo=0.0)
+        if self.asam_eta != type(self).asam_eta and self.optimizer != "asam":   # the class attribute: the default
+            raise ConfigError(f"asam_eta only applies to optimizer 'asam', not {self.optimizer!r} (got "
+                              f"asam_eta={self.asam_eta:g}); drop it")
         check_choice("asam_scope", self.asam_scope, ASAM_SCOPES)
         if self.asam_scope != "weights" and self.optimizer != "asam":
             raise ConfigError(f"asam_scope={self.asam_scope!r} is for optimizer 'asam', got "
@@ -219,8 +234,10 @@ def resumed_config(stored: CifarConfig, requested: dict, source: str) -> CifarCo
     """The config a resumed run continues with: ``stored`` with the ``requested`` values applied. Only the
     ``RUNTIME_FIELDS`` may differ; any other requested change raises ``ResumeMismatchError`` listing each changed
     field as ``name: old -> new`` (a resumed run must compute what the original run would have)."""
-    new = CifarConfig(**{**asdict(stored), **requested})
-    old_values, new_values = asdict(stored), asdict(new)
+    # compared before the new config is built: a change is reported as one (optimizer: sam -> sgd), not as the error
+    # the stored values would raise with it (the stored radius with sgd)
+    old_values = asdict(stored)
+    new_values = {**old_values, **requested}
     changed = [f"{k}: {old_values[k]} -> {new_values[k]}" for k in old_values
                if k not in RUNTIME_FIELDS and old_values[k] != new_values[k]]
     if changed:
@@ -228,4 +245,4 @@ def resumed_config(stored: CifarConfig, requested: dict, source: str) -> CifarCo
             f"--resume: the run in {source} was trained with other settings; changed: {'; '.join(changed)}. Drop "
             f"these flags to continue it unchanged, or use another --out for a new run (only "
             f"{', '.join('--' + k.replace('_', '-') for k in RUNTIME_FIELDS)} and --stop-after may change on --resume)")
-    return new
+    return CifarConfig(**new_values)

@@ -14,7 +14,7 @@ from torch import nn
 
 from theory_sim.cifar.config import CifarConfig
 from theory_sim.cifar.errors import writing
-from theory_sim.config import ConfigError, check_int
+from theory_sim.config import ConfigError, check_int, device_of
 
 
 def pick_device(name: str) -> torch.device:
@@ -24,10 +24,7 @@ def pick_device(name: str) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} requested but CUDA is not available (use device='auto' or 'cpu')")
-    return dev
+    return device_of(name, ("cpu", "cuda", "mps"))   # refused unless this machine has it
 
 
 @dataclass

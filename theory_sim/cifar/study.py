@@ -44,7 +44,7 @@ def study_arguments(description: str, default_out: str) -> argparse.Namespace:
 def base_config(args: argparse.Namespace, **overrides) -> dict:
     """The preset (f21, or the smoke one) plus the study's own settings, as CifarConfig keyword arguments."""
     kw = dict(SMOKE) if args.smoke else dict(PRESETS["f21"])
-    kw.update(dataset=args.dataset, data_dir=args.data_dir, device=args.device)
+    kw.update(dataset=args.dataset, data_dir=args.data_dir, device=args.device, sharpness=True)   # studies report it
     if args.epochs is not None:
         kw["epochs"] = args.epochs
     kw.update(overrides)

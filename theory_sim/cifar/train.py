@@ -71,7 +71,7 @@ from theory_sim.cifar.distributed import (
 )
 from theory_sim.cifar.errors import writing
 from theory_sim.cifar.wrn import WideResNet
-from theory_sim.config import ConfigError, check_int, deprecated_flag
+from theory_sim.config import ConfigError, check_int, check_renamed_flags, deprecated_flag
 from theory_sim.resources import add_force_arguments, check_cifar_resources
 from theory_sim.sam import registry
 from theory_sim.sam.optim import ASAM_SCOPES, BN_UPDATES, SAM
@@ -418,7 +418,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=None, help="use the first N training images (0 = all)")
     p.add_argument("--n-test", type=int, default=None, help="use the first N test images (0 = all)")
     p.add_argument("--sharpness", action=argparse.BooleanOptionalAction, default=None,
-                   help="measure lambda_1, trace, R_Max/R_Asc/R_Avg of the final model")
+                   help="measure lambda_1, trace, R_Max/R_Asc/R_Avg of the final model (opt-in: minutes on a CPU, "
+                        "longer than a short run's training)")
     p.add_argument("--seed", type=int, default=None, help="seed of the init, label noise and data order")
     p.add_argument("--device", default=None, help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
@@ -441,6 +442,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def requested_values(args: argparse.Namespace) -> dict:
     """The config fields this command line sets: the preset's, then every flag given explicitly."""
+    check_renamed_flags(args)
     names = {fl.name for fl in dataclasses.fields(CifarConfig)}
     values: dict = {}
     preset = args.preset or ("smoke" if args.smoke else None)
@@ -457,7 +459,7 @@ def config_from_args(args: argparse.Namespace) -> CifarConfig:
 
 def run(args: argparse.Namespace) -> int:
     main_process = is_main_process()  # under torchrun only rank 0 talks
-    if args.smoke and args.data_dir is None:
+    if args.smoke and args.data_dir is None and args.dataset != "digits":   # digits needs no files
         with writing(Path(args.out) / "synthetic_data"):
             args.data_dir = str(write_synthetic_cifar(Path(args.out) / "synthetic_data", args.dataset or "cifar10",
                                                       n_train=512, n_test=256, seed=0))
@@ -470,6 +472,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"resume: config from {Path(args.out) / 'config.json'}")
     else:
         cfg = config_from_args(args)
+    if not args.slurm:   # a device this machine lacks, before any work (a Slurm node's are checked there)
+        pick_device(cfg.device)
     # before any work; the memory of this machine says nothing about a Slurm node's, so --slurm checks steps only
     check_cifar_resources(cfg, force_memory=args.force_memory or args.slurm, force_steps=args.force_steps)
     if args.slurm:

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from theory_sim.cnn.labels import LABELS, draw_labels  # noqa: F401  (LABELS: the clean labels, re-exported)
 from theory_sim.cnn.layout import group_size
 from theory_sim.seeding import run_generators
 
 STREAM_TRAIN, STREAM_TEST, STREAM_INIT, STREAM_BATCHES, STREAM_MC, STREAM_RANDSAM = range(6)
-LABELS = np.array([-1.0, 1.0])   # the clean labels yhat, drawn uniformly
 
 
 def run_rng(seed: int, stream: int) -> np.random.Generator:
@@ -151,8 +151,7 @@ def generate(seeds, mu_norms, sigma_ps, flip_ps, *, d: int, n: int, P: int, nois
     group_keys = keys[::G]
     for u, rng in enumerate(run_generators([k[0] for k in group_keys], stream)):  # = run_rng(seed, stream)
         _, sigma_p, flip_p = group_keys[u]
-        yhat[u] = LABELS[rng.integers(0, 2, size=n)]   # = rng.choice(LABELS, size=n), without choice's overhead
-        flips = rng.random(n) < flip_p
+        yhat[u], flips = draw_labels(rng, n, flip_p)
         y[u] = np.where(flips, -yhat[u], yhat[u])
         pos[u] = rng.integers(0, P, size=n)
         rng.standard_normal((n, K, d), out=noise)

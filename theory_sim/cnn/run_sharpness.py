@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from theory_sim.cnn.data import Batch
+from theory_sim.cnn.deep import network_for
 from theory_sim.cnn.model import Params, TwoLayerCNN
 from theory_sim.config import ConfigError, check_float, check_int
 from theory_sim.io import write_json
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     check_int("max_steps", args.max_steps, 0)
     state = load_run(args.run_dir)
     configs, params, data = state["configs"], state["params"], state["data"]
-    net = TwoLayerCNN.for_config(configs[0])
+    net = network_for(configs[0])   # the deep model too (its hidden weights in params.b)
     rows = []
     for r, cfg in enumerate(configs):
         rho = args.rho if args.rho is not None else cfg.sam_radius

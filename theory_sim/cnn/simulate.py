@@ -22,28 +22,24 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import os
 import re
 import shutil
 import sys
 import tempfile
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from theory_sim.config import (
+    FIELD_KINDS,
     INT64_MAX,
-    LR_SCHEDULES,
-    MODELS,
-    NOISE_PATCHES,
-    NORMS,
     ConfigError,
     SimConfig,
-    inapplicable,
-    overridden,
+    check_effective,
 )
 from theory_sim.io import (
     ResultWriteError,
@@ -53,28 +49,6 @@ from theory_sim.io import (
     write_json,
 )
 from theory_sim.resources import add_force_arguments
-from theory_sim.sam import registry
-
-# CLI flag -> SimConfig field, for the options that map one to one
-FIELD_FLAGS = {
-    "optimizer": "optimizer", "d": "d", "mu_norm": "mu_norm", "n": "n", "P": "P", "sigma_p": "sigma_p",
-    "flip_p": "flip_p", "m": "m", "sigma_0": "sigma_0", "eta": "eta", "batch_size": "batch_size",
-    "epochs": "epochs", "tau": "tau", "c_tau": "c_tau", "sam_steps": "sam_steps", "loss_eps": "loss_eps",
-    "model": "model", "noise_patches": "noise_patches", "project_noise": "project_noise", "n_test": "n_test",
-    "n_mc": "n_mc", "log_every": "log_every", "log_points": "log_points", "trajectory_mc": "trajectory_mc",
-    "dtype": "dtype", "device": "device", "ascent_steps": "ascent_steps", "ascent_step": "ascent_step",
-    "m_sharpness": "m_sharpness",
-    "norm": "norm", "asam_eta": "asam_eta", "lr_schedule": "lr_schedule", "lr_warmup": "lr_warmup",
-    "lr_step_gamma": "lr_step_gamma", "lr_step_every": "lr_step_every",
-    "depth": "depth", "width": "width",
-}
-
-# Rule options (theory_sim.config.inapplicable, read off the rule registry theory_sim.sam.registry): a flag given
-# for an optimizer it does not apply to is refused unless its value is the field's default (which means "no
-# effect"); SimConfig itself accepts and ignores them, so a sweep can set one value for all its optimizer variants.
-
-# schedule options -> the lr schedules they apply to (refused for the others, like the rule options)
-SCHEDULE_OPTIONS = {"lr_warmup": ("linear_warmup_cosine",), "lr_step_gamma": ("step",), "lr_step_every": ("step",)}
 
 SEEDS_FORMS = "a count N >= 1 (seeds 0..N-1), a range A-B with 0 <= A <= B, or a list A,B,C of distinct integers >= 0"
 _SEEDS_RE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
@@ -122,116 +96,42 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
 
+def flag_fields() -> list:
+    """The SimConfig fields that are ``simulate`` flags: those with a help text in their metadata."""
+    return [f for f in fields(SimConfig) if "help" in f.metadata]
+
+
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
-    """The SimConfig options (shared by ``simulate`` and the studies). Defaults come from SimConfig / the preset."""
+    """The SimConfig options (shared by ``simulate`` and the studies), one flag per field, made from the field's
+    type and metadata (theory_sim.config.SimConfig): a new field is one edit. Defaults come from SimConfig / the
+    preset (None here: "not given")."""
     p.add_argument("--preset", choices=("c23", "kou2023"), default="c23",
                    help="defaults to start from: c23 (docs/science.md §1-3) or kou2023 (the [K23] public script)")
-    p.add_argument("--optimizer", choices=registry.optimizers("cnn"),
-                   help="sgd, or a SAM-family rule (docs/science.md §3.2): sam (tau g/||g||, or tau sign(g) with "
-                        "--norm inf), usam (tau g), randsam (tau z/||z||, z ~ N(0, I)), msam (--ascent-steps "
-                        "projected ascent steps), asam (tau T^2 g/||T g||, T = |w| + --asam-eta)"),
-    p.add_argument("--d", type=int, help="dimension of every patch (>= 1)")
-    p.add_argument("--mu-norm", dest="mu_norm", type=float, help="signal strength ||mu|| (>= 0)")
-    p.add_argument("--n", type=int, help="training samples")
-    p.add_argument("--P", type=int, help="patches per sample (>= 2)")
-    p.add_argument("--sigma-p", dest="sigma_p", type=float, help="noise level (> 0)")
-    p.add_argument("--flip-p", dest="flip_p", type=float, help="label-flip probability in [0, 0.5)")
-    p.add_argument("--m", type=int, help="filters per sign")
-    p.add_argument("--sigma-0", dest="sigma_0", type=float, help="init std (c23 model)")
-    p.add_argument("--eta", type=float, help="learning rate (> 0)")
-    p.add_argument("--lr-schedule", dest="lr_schedule", choices=LR_SCHEDULES,
-                   help="eta(t) over the planned epochs * n / B steps (docs/science.md §3.5): constant (default), "
-                        "cosine, step (times --lr-step-gamma every --lr-step-every of the steps), "
-                        "linear_warmup_cosine (linear warm-up over --lr-warmup of the steps, then cosine)")
-    p.add_argument("--lr-warmup", dest="lr_warmup", type=float,
-                   help="linear_warmup_cosine: the warm-up's fraction of the steps, in [0, 1) (default 0.05)")
-    p.add_argument("--lr-step-gamma", dest="lr_step_gamma", type=float,
-                   help="step: the factor of each decay, in (0, 1] (default 0.1)")
-    p.add_argument("--lr-step-every", dest="lr_step_every", type=float,
-                   help="step: the fraction of the steps between two decays, in (0, 1] (default 0.5)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="B, must divide n")
-    p.add_argument("--epochs", type=int, help="passes over the training set (>= 1)")
-    radius = p.add_mutually_exclusive_group()
-    radius.add_argument("--tau", type=float, help="absolute radius of every SAM-family rule (with --norm inf: per "
-                                                  "coordinate)")
-    radius.add_argument("--c-tau", dest="c_tau", type=float,
-                        help="SAM-family radius as c_tau * m sqrt(B) / (P sigma_p sqrt(d)) (default 1)")
-    p.add_argument("--sam-steps", dest="sam_steps", type=_optional_int,
-                   help="the SAM-family rule for the first K steps, then SGD; 'none' = throughout (default)")
-    p.add_argument("--ascent-steps", dest="ascent_steps", type=int,
-                   help="msam: K projected normalised-gradient ascent steps in the tau-ball (>= 1, default 2; 1 = "
-                        "SAM)")
-    p.add_argument("--ascent-step", dest="ascent_step", type=float,
-                   help="msam: the length of every ascent step after the first, as a multiple of tau (> 0, default "
-                        "1; e.g. 0.2 with --ascent-steps 5)")
-    p.add_argument("--m-sharpness", dest="m_sharpness", type=int,
-                   help="sam/usam/msam: perturb every chunk of M samples of a batch with its own gradient and step "
-                        "with the chunks' mean gradient (M divides the batch size; 0 = the whole batch, default)")
-    p.add_argument("--norm", choices=NORMS,
-                   help="sam: the ball of the perturbation, 2 (tau g/||g||_2, default) or inf (tau sign(g))")
-    p.add_argument("--asam-eta", dest="asam_eta", type=float,
-                   help="asam: the offset eta in T = |w| + eta on the weights (>= 0, default 0.01)")
-    p.add_argument("--loss-eps", dest="loss_eps", type=float, help="stop once the training loss is <= this")
-    p.add_argument("--model", choices=MODELS, help="network variant: c23 (docs/science.md §2) or kou2023 ([K23])")
-    p.add_argument("--depth", type=int, help="model deep: layers L in [2, 8] (2 is the c23 network)")
-    p.add_argument("--width", type=int, help="model deep: units of each hidden layer")
-    p.add_argument("--noise-patches", dest="noise_patches", choices=NOISE_PATCHES,
-                   help="the P-1 noise patches of a sample: one shared noise vector, or independent ones")
-    p.add_argument("--project-noise", dest="project_noise", action=argparse.BooleanOptionalAction, default=None,
-                   help="project the noise off mu (c23 default) or not (kou2023)")
-    p.add_argument("--n-test", dest="n_test", type=int, help="held-out test points per seed (0: Gaussian only)")
-    p.add_argument("--n-mc", dest="n_mc", type=int, help="Gaussian draws for the test-error estimator")
-    p.add_argument("--log-every", dest="log_every", type=int, help="log every k steps")
-    p.add_argument("--log-points", dest="log_points", type=int,
-                   help="log about N log-spaced steps instead (always step 0, the end of epoch 1, the SAM -> SGD "
-                        "switch and the last step); 0 = every --log-every steps (default)")
-    p.add_argument("--trajectory-mc", dest="trajectory_mc", type=int,
-                   help="Gaussian draws per logged test error (default 2000; 0 = none, NaN in the trajectory)")
-    p.add_argument("--dtype", choices=("float64", "float32"), help="training precision")
-    p.add_argument("--device", help="auto (cuda if present), cpu, cuda, cuda:N")
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for f in flag_fields():
+        meta, kind = f.metadata, FIELD_KINDS[f.name]
+        if "group" in meta and meta["group"] not in groups:
+            groups[meta["group"]] = p.add_mutually_exclusive_group()
+        where = groups[meta["group"]] if "group" in meta else p
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        options: dict = {"dest": f.name, "help": meta["help"]}
+        if kind == "bool":
+            options.update(action=argparse.BooleanOptionalAction, default=None)
+        elif "choices" in meta:
+            choices = meta["choices"]
+            options["choices"] = choices() if callable(choices) else choices
+        elif f.name == "sam_steps":   # "none": the rule throughout
+            options["type"] = _optional_int
+        else:
+            options["type"] = {"int": int, "float": float, "str": str}[kind]
+        where.add_argument(flag, **options)
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
-    given = {field: getattr(args, flag) for flag, field in FIELD_FLAGS.items()
-             if getattr(args, flag, None) is not None}
+    given = {f.name: getattr(args, f.name) for f in flag_fields() if getattr(args, f.name, None) is not None}
     cfg = SimConfig.preset(args.preset, **given)   # ranges first: "tau must be in [0, inf]" before applicability
-    optimizer = cfg.optimizer
-    for name, value in given.items():
-        applies = inapplicable(name, value, optimizer)
-        if applies:
-            raise ConfigError(f"{name} only applies to --optimizer {' / '.join(applies)}, not {optimizer}")
-    for pair in overridden(given):
-        flag, other = ("--" + name.replace("_", "-") for name in pair)
-        raise ConfigError(f"{flag} has no effect with {other} {given[pair[1]]} (it decides alone); give one of them")
-    schedule = cfg.lr_schedule
-    for name, schedules in SCHEDULE_OPTIONS.items():
-        if name in given and schedule not in schedules and given[name] != getattr(SimConfig, name):
-            raise ConfigError(f"{name} only applies to --lr-schedule {' / '.join(schedules)}, not {schedule}")
-    check_dtype_range(cfg)
+    check_effective(cfg, given, flags=True)
     return cfg
-
-
-REAL_FIELDS = ("mu_norm", "sigma_p", "sigma_0", "eta", "tau", "c_tau", "loss_eps", "asam_eta", "ascent_step",
-               "lr_warmup", "lr_step_gamma", "lr_step_every")
-
-
-def check_dtype_range(cfg: SimConfig) -> None:
-    """Every real parameter (and the SAM radius they give) must be a finite number in the training dtype: 1e39 is
-    a valid float64 but becomes inf in float32, which would silently turn the run into NaNs."""
-    big = torch.finfo(getattr(torch, cfg.dtype)).max
-    for name in REAL_FIELDS:
-        value = getattr(cfg, name)
-        if value is not None and abs(value) > big:
-            raise ConfigError(f"{name} must be at most {big:.4g} (the largest {cfg.dtype}) with dtype {cfg.dtype}, "
-                              f"got {value:g}")
-    # the rules take norms of eps (sums of squares): a radius whose square overflows turns them into inf, and the
-    # radius then no longer matters (1e30 and 1e36 gave bitwise the same float32 run)
-    top = math.sqrt(big)
-    if cfg.optimizer != "sgd" and not cfg.sam_radius <= top:
-        name = "tau" if cfg.tau is not None else "c_tau"
-        raise ConfigError(f"{name} must give a SAM radius (tau, or c_tau m sqrt(B) / (P sigma_p sqrt(d))) of at most "
-                          f"{top:.4g} (the square root of the largest {cfg.dtype}: its square must be finite) with "
-                          f"dtype {cfg.dtype}, got {cfg.sam_radius:g}")
 
 
 # the files a simulate run writes; config.json last, so its presence marks a complete run
@@ -257,6 +157,12 @@ def check_out(text: str, overwrite: bool) -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         where = "" if ancestor == out else f" (it would be created in {ancestor})"
         raise ConfigError(f"out must be a writable directory, but {ancestor} is not writable{where}")
+    from theory_sim.sweeps.store import sweep_files
+
+    sweep = sweep_files(out)
+    if sweep:
+        raise ConfigError(f"out must be a simulate run directory, but {out} holds a sweep ({', '.join(sweep)}); "
+                          f"pass a new --out directory")
     previous = [name for name in OUTPUT_FILES if (out / name).exists()]
     if previous and not overwrite:
         what = ("a finished simulate run" if "config.json" in previous

@@ -21,6 +21,25 @@ def paired(a: pd.Series, b: pd.Series, n_boot: int = 2000):
     return float(diff.mean()), *np.percentile(boot, [2.5, 97.5]).tolist()
 
 
+def depth2_ratio_note(claims: list[dict]) -> list[str]:
+    """The depth-2 ratio-law constants at the largest d (verify's trajectory claims) and where their difference from
+    phase_diagram_c23's comes from (issue 24 item 10)."""
+    rows = [c for c in claims if c["claim"] == "ratio_law_constant" and "depth=2," in c["dimension"]]
+    if not rows:
+        return []
+    d_of = {c["dimension"]: float(c["dimension"].split("d=")[1].split(",")[0]) for c in rows}
+    top = [c for c in rows if d_of[c["dimension"]] == max(d_of.values())]
+    values = [c["measured"] for c in top]
+    lo, hi = min(c["ci_low"] for c in top), max(c["ci_high"] for c in top)
+    return ["## Ratio-law constant at depth 2 against phase_diagram_c23", "",
+            f"At d = {max(d_of.values()):g}, depth 2's ratio-law constant is {min(values):.3g}-{max(values):.3g} over "
+            f"its {len(top)} early-phase cells (intervals within [{lo:.3g}, {hi:.3g}], verify.md), above "
+            "phase_diagram_c23's at the same d (figures/phase_diagram_c23_verify.md). Depth 2 is the c23 network run for run (Gamma and Rho equal to "
+            "float32 round-off on the same seeds); the difference is the seed set, 0-3 here against 0-7 there: "
+            "`python studies/ratio_law_seeds.py` recomputes both networks on both seed sets and on 64 seeds "
+            "(`figures/ratio_law_seeds.md`, docs/science.md §2.5).", ""]
+
+
 def write_report(d: Path, out: Path = Path("figures/deep_phase.md")) -> None:
     """Write the verdicts computed from the sweep in ``d`` to ``out`` and print them."""
     v = json.loads((d / "verify.json").read_text())
@@ -45,6 +64,7 @@ def write_report(d: Path, out: Path = Path("figures/deep_phase.md")) -> None:
             m, lo, hi = paired(g.loc["sam"], g.loc["sgd"])
             lines.append(f"| {depth} | {name} | {m:.3g} | [{lo:.3g}, {hi:.3g}] | {'yes' if hi < 0 else 'no'} |")
     lines += ["", "A row's 'SAM better' is yes when the whole interval is below 0.", ""]
+    lines += depth2_ratio_note(v["trajectory_claims"])
     atomic_write_bytes(out, "\n".join(lines).encode())
     print("\n".join(lines))
 

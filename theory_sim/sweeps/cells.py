@@ -11,12 +11,11 @@
 """
 from __future__ import annotations
 
-from dataclasses import fields
 
 import numpy as np
 import pandas as pd
 
-from theory_sim.config import SimConfig
+from theory_sim.config import FIELD_KINDS
 
 # the axes every sweep's tables carry (a run's key always has them, swept or not); any other numeric run parameter
 # may be swept too (an "extra" axis: c_tau, tau, eta, batch_size, sam_steps, flip_p, sigma_0, m, epochs, ...)
@@ -30,17 +29,6 @@ DIVERGED_ERROR = 0.5   # what a diverged run (or a missing test error) scores: c
 HARMFUL_MARGIN = 0.1   # harmful: seed-mean test error >= p + HARMFUL_MARGIN
 
 
-def _field_kinds() -> dict[str, str]:
-    """SimConfig field -> 'int', 'float', 'bool' or 'str' (from the annotations; ``X | None`` counts as X: TOML has
-    no null)."""
-    kinds = {}
-    for f in fields(SimConfig):
-        text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        kinds[f.name] = text.replace(" ", "").replace("|None", "")
-    return kinds
-
-
-FIELD_KINDS = _field_kinds()
 AXES = tuple(k for k, kind in FIELD_KINDS.items() if kind in ("int", "float") and k not in NOT_AXES)
 INTEGER_AXES = tuple(k for k in AXES if FIELD_KINDS[k] == "int")
 

@@ -33,8 +33,8 @@ from theory_sim.cnn.plotting import assignments, plain_log_ticks, symbol  # noqa
 from theory_sim.io import save_figure  # noqa: E402
 from theory_sim.sweeps.cells import HARMFUL_MARGIN, harmful_threshold  # noqa: E402
 from theory_sim.sweeps.spec import log_spaced  # noqa: E402
+from theory_sim.claims import predicted_slope  # noqa: E402
 from theory_sim.sweeps.verify import (  # noqa: E402
-    PREDICTED,
     boundaries,
     cell_arrays,
     fit_slopes,
@@ -106,7 +106,7 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
     the other swept axes) and, when the sweep kept them, the trajectory figures (trajectories.parquet; ``cell`` picks
     the cell of the per-cell trajectory plot). ``fmt``: png, pdf or svg; ``dpi``: default 100 (110 for the
     per-cell trajectory figure)."""
-    from theory_sim.config import ConfigError
+    from theory_sim.config import ConfigError, check_dpi
     from theory_sim.sweeps.store import load_spec, read_results, read_trajectories
     from theory_sim.sweeps.trajectory_figures import draw_trajectory_figures, select_cell
 
@@ -120,8 +120,7 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
         raise ConfigError(f"x and y must be two different axes, got {x!r} twice")
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if dpi is not None and not (isinstance(dpi, int) and 10 <= dpi <= 2000):
-        raise ConfigError(f"dpi must be an integer in [10, 2000], got {dpi!r}")
+    check_dpi(dpi)
     df = read_results(out)
     traj = read_trajectories(out)
     if traj is not None:  # an off-grid --cell is refused before any figure is drawn
@@ -293,7 +292,7 @@ def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path, dims, fmt: str
             names = [dim] + (["P-1"] if dim == "P" else [])
             for name in names:
                 f = fits[(fits.label == lab) & (fits.dim == name)] if not fits.empty else fits
-                pred = PREDICTED.get(optimizer_of[lab], {}).get(name)
+                pred = predicted_slope(optimizer_of[lab], name)
                 if len(f):  # no line with 3 located boundaries: no slope to give
                     slope = f"{np.nanmedian(f.slope):.2f}" if np.isfinite(f.slope).any() else "n/a"
                     notes.append(f"{lab}: slope in ${symbol(dim)}{'-1' if name == 'P-1' else ''}$ "
@@ -333,11 +332,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
-    from theory_sim.config import ConfigError
+    from theory_sim.config import ConfigError, check_dpi
     from theory_sim.sweeps.store import load_spec
     from theory_sim.sweeps.trajectory_figures import parse_cell
 
     cell = parse_cell(args.cell)
+    check_dpi(args.dpi)   # (draw_figures checks it too, for the Python API)
+    if args.gallery is not None:
+        check_gallery(args.gallery)
     if not (args.dir / "results.parquet").exists():
         raise ConfigError(f"DIR must hold results.parquet (run or finish the sweep first): {args.dir}")
     name = load_spec(args.dir).name
@@ -345,12 +347,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"figure: {path}")
         if args.gallery is not None:
             args.gallery.mkdir(parents=True, exist_ok=True)
-            target = args.gallery / path.name.replace("phase_diagram", name).replace("boundary_scaling",
-                                                                                      f"{name}_boundary")
-            if target.name == path.name:
-                target = args.gallery / f"{name}_{path.name}"
+            target = path.name.replace("phase_diagram", name).replace("boundary_scaling", f"{name}_boundary")
+            target = gallery_path(args.gallery, target if target != path.name else f"{name}_{path.name}")
             shutil.copy(path, target)
             print(f"  -> {target}")
     if args.gallery is not None and (args.dir / "verify.md").exists():
-        shutil.copy(args.dir / "verify.md", args.gallery / f"{name}_verify.md")
+        shutil.copy(args.dir / "verify.md", gallery_path(args.gallery, f"{name}_verify.md"))
     return 0
+
+
+def check_gallery(gallery: Path) -> None:
+    """``--gallery``: a directory (new or existing), checked before any figure is drawn."""
+    from theory_sim.config import ConfigError
+
+    if gallery.exists() and not gallery.is_dir():
+        raise ConfigError(f"gallery must be a directory (new or existing), but {gallery} is an existing file")
+
+
+def gallery_path(gallery: Path, name: str) -> Path:
+    """``gallery / name``, refused unless it stays inside ``gallery`` (the name comes from the spec's name)."""
+    from theory_sim.config import ConfigError
+
+    target = gallery / name
+    if Path(name).name != name or target.resolve().parent != gallery.resolve():
+        raise ConfigError(f"gallery file names must stay inside {gallery}, got {name!r}")
+    return target

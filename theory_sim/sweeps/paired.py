@@ -9,12 +9,13 @@ For every variant label against every baseline label, per cell and pooled over c
 
 - mean_diff: the mean over the pairs (cell, seed) of test_error(variant) - test_error(baseline); negative means
   the variant errs less;
-- ci_low, ci_high: a 95% percentile interval from a paired bootstrap over seeds. Pooled rows resample the seeds
-  jointly across cells (a cluster bootstrap by seed: seed s draws the same data in every cell under shared cell
-  seeding, so the cells of one seed are not independent); per-cell rows use the same resampled seeds. With few seeds
-  (4-8) a percentile interval is somewhat narrow: read it as a seed-noise interval, not an exact 95% coverage;
+- ci_low, ci_high: the 95% Student-t interval over seeds (theory_sim.intervals.mean_interval, coverage measured in
+  tests/test_intervals.py). Pooled rows take each seed's mean difference over the cells as one unit (seed s draws
+  the same data in every cell under shared cell seeding, so the cells of one seed are not independent);
+- seeds: the seeds the interval rests on;
 - n_pairs: the (cell, seed) pairs where both rules have a run;
-- verdict: "better" (the interval lies below 0), "worse" (above 0) or "indistinguishable" (it contains 0).
+- verdict: where the interval lies, an exploratory description with no prediction behind it: "better" (below 0),
+  "worse" (above 0) or "indistinguishable" (it contains 0).
 
 Diverged runs follow the sweeps' rule (theory_sim.sweeps.cells.scored_error): a diverged run, or one without a test
 error, scores chance error 0.5; a pair is never dropped for diverging.
@@ -29,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from theory_sim.config import ConfigError
-from theory_sim.sweeps.cells import cell_columns, resample_weights, scored_error, seed_resamples
+from theory_sim.intervals import mean_interval
+from theory_sim.sweeps.cells import cell_columns, scored_error
 
 VERDICTS = ("better", "worse", "indistinguishable")
 
@@ -54,20 +56,25 @@ def _verdict(lo: float, hi: float) -> str:
     return "better" if hi < 0 else ("worse" if lo > 0 else "indistinguishable")
 
 
-def paired_differences(results: pd.DataFrame, baselines=("sgd", "sam"), cell_columns=None, n_boot: int = 2000,
-                       seed: int = 0, spec=None) -> pd.DataFrame:
+def _summary(per_seed: np.ndarray, n_pairs: int) -> dict:
+    """The t-interval of a mean over seeds (theory_sim.intervals.mean_interval) as a row's columns."""
+    iv = mean_interval(per_seed)
+    return dict(mean_diff=iv.estimate, ci_low=iv.low, ci_high=iv.high, seeds=iv.units, n_pairs=n_pairs,
+                verdict=_verdict(iv.low, iv.high))
+
+
+def paired_differences(results: pd.DataFrame, baselines=("sgd", "sam"), cell_columns=None,
+                       spec=None) -> pd.DataFrame:
     """Paired differences of every variant against every baseline (module docstring), one row per (label,
     baseline, cell) with scope "cell" and one per (label, baseline) with scope "pooled" (NaN cell columns).
     Columns: label, baseline, <cell columns>, scope, mean_diff, ci_low, ci_high, n_pairs, verdict."""
     if isinstance(baselines, str):
         baselines = (baselines,)
-    if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 10:
-        raise ConfigError(f"n_boot must be an integer >= 10, got {n_boot!r}")
     cells = list(default_cell_columns(results, spec) if cell_columns is None else cell_columns)
     missing = [c for c in ("label", "seed", "test_error", "diverged", *cells) if c not in results.columns]
     if missing:
         raise ConfigError(f"results lack the columns {missing} that paired differences need")
-    columns = ["label", "baseline", *cells, "scope", "mean_diff", "ci_low", "ci_high", "n_pairs", "verdict"]
+    columns = ["label", "baseline", *cells, "scope", "mean_diff", "ci_low", "ci_high", "seeds", "n_pairs", "verdict"]
     df = results.assign(_err=scored_error(results))
     # (cell x seed) table per label; one run per (label, cell, seed) is the run key's promise
     if df.duplicated([*cells, "label", "seed"]).any():
@@ -76,10 +83,9 @@ def paired_differences(results: pd.DataFrame, baselines=("sgd", "sam"), cell_col
     wide = (df.set_index([*cells, "label", "seed"])._err.unstack(["label", "seed"]) if cells else
             df.set_index(["label", "seed"])._err.to_frame().T)
     seeds = np.sort(df.seed.unique())
-    # the bootstrap as weights: w[b, s] = how often resample b draws seed s (the same draws for every comparison)
-    weights = resample_weights(seed_resamples(len(seeds), n_boot, seed))
     rows = []
     labels = list(pd.unique(df.label))
+    index = wide.index.to_frame(index=False) if cells else pd.DataFrame(index=[0])
     for base in baseline_labels(df, baselines):
         for lab in labels:
             if lab == base:
@@ -91,24 +97,15 @@ def paired_differences(results: pd.DataFrame, baselines=("sgd", "sam"), cell_col
             have = np.isfinite(diff)
             if not have.any():
                 continue
-            d0 = np.where(have, diff, 0.0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cell_boot = (weights @ d0.T) / (weights @ have.T)              # (n_boot, cells)
-                pooled_boot = (weights @ d0.sum(0)) / (weights @ have.sum(0))  # (n_boot,)
-                cell_mean = d0.sum(1) / have.sum(1)
-            index = wide.index.to_frame(index=False) if cells else pd.DataFrame(index=[0])
             for c in range(len(wide)):
-                if not have[c].any():
-                    continue
-                b = cell_boot[:, c]
-                lo, hi = np.percentile(b[np.isfinite(b)], [2.5, 97.5])
-                rows.append(dict(label=lab, baseline=base, **index.iloc[c].to_dict(), scope="cell",
-                                 mean_diff=float(cell_mean[c]), ci_low=float(lo), ci_high=float(hi),
-                                 n_pairs=int(have[c].sum()), verdict=_verdict(lo, hi)))
-            lo, hi = np.percentile(pooled_boot[np.isfinite(pooled_boot)], [2.5, 97.5])
+                if have[c].any():
+                    rows.append(dict(label=lab, baseline=base, **index.iloc[c].to_dict(), scope="cell",
+                                     **_summary(diff[c], int(have[c].sum()))))
+            # pooled: each seed's mean difference over its cells is one unit (the cells of a seed share its draws)
+            with np.errstate(invalid="ignore"):
+                per_seed = np.where(have, diff, 0.0).sum(0) / have.sum(0)
             rows.append(dict(label=lab, baseline=base, **{k: np.nan for k in cells}, scope="pooled",
-                             mean_diff=float(d0.sum() / have.sum()), ci_low=float(lo), ci_high=float(hi),
-                             n_pairs=int(have.sum()), verdict=_verdict(lo, hi)))
+                             **_summary(per_seed, int(have.sum()))))
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from theory_sim.config import ConfigError, check_choice, check_int
+from theory_sim.config import ConfigError, check_choice, check_dpi, check_int
 from theory_sim.io import provenance, save_table, write_json, write_parquet
 from theory_sim.resources import add_force_arguments
 from theory_sim.sweeps.spec import SweepSpec
@@ -39,9 +39,12 @@ from theory_sim.sweeps.store import (
     remove_stale_temp_files,
     shard_is_complete,
     shard_path,
+    submitted_jobs,
 )
+from theory_sim.sweeps.slurm import failure_line, is_active, job_states
 
 EXECUTORS = ("inline", "process", "submitit")
+MAX_WORKERS = 4 * (os.cpu_count() or 1)   # as --threads: more than 4 processes per CPU only oversubscribes
 
 
 def run_chunk(out: str, chunk_id: int, threads: int | None = None, claim: bool = True,
@@ -151,7 +154,14 @@ def aggregate(spec: SweepSpec, out: Path) -> pd.DataFrame:
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: the sweep stopped; the message says how far it got and how to resume."""
+    """Ctrl-C or SIGTERM: the sweep stopped; the message says how far it got and how to resume. The command exits
+    with ``exit_status``: 130 after Ctrl-C, 143 (128 + SIGTERM) after SIGTERM, as a shell reports them."""
+    exit_status = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, Slurm), raised like Ctrl-C's KeyboardInterrupt; the command exits with 143."""
+    exit_status = 143
 
 
 @contextlib.contextmanager
@@ -162,7 +172,7 @@ def _sigterm_as_interrupt():
         return
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated("terminated: the finished chunks are kept; run the same command to resume")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -233,7 +243,7 @@ def start_pool(workers: int) -> cf.ProcessPoolExecutor:
     """A local process pool whose ``workers`` processes start now and load torch and the trainer (about 2 s each)
     while the caller goes on, e.g. expanding the spec: the pool spawns a worker per pending task, so one warm-up
     task per worker starts them all."""
-    check_int("workers", workers, 1)
+    check_int("workers", workers, 1, MAX_WORKERS)
     # after an interrupt the workers are killed; multiprocessing's resource tracker then unlinks the pool's
     # semaphores itself and would print a warning about them: the clean-up is right, the warning is noise
     quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
@@ -318,7 +328,9 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
     from tqdm.auto import tqdm
 
     check_choice("executor", executor, EXECUTORS)
-    check_int("workers", workers, 1)
+    check_int("workers", workers, 1, MAX_WORKERS)
+    if executor == "submitit":
+        check_submitit_options(**(submitit_options or {}))
     out = Path(out)
     prepare(spec, out)
     todo = missing_chunks(spec, out)
@@ -330,15 +342,18 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
     try:
         with _sigterm_as_interrupt():
             if executor == "submitit":
-                if not _run_submitit(out, todo, bar, dict(submitit_options or {})):
+                if not _run_submitit(spec, out, todo, bar, dict(submitit_options or {})):
                     return None
             else:
                 computed = _run_local(spec, out, executor, workers, bar, pool)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         with _ignoring_sigint():  # a second Ctrl-C while we count what is done is dropped, not a traceback
             left = len(missing_chunks(spec, out))
-        raise SweepInterrupted(f"interrupted: {len(spec.chunks()) - left} of {len(spec.chunks())} chunks are done "
-                               f"and kept in {out}; re-run the same command to compute the other {left}") from None
+        stop = SweepInterrupted(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: "
+                                f"{len(spec.chunks()) - left} of {len(spec.chunks())} chunks are done and kept in "
+                                f"{out}; re-run the same command to compute the other {left}")
+        stop.exit_status = getattr(exc, "exit_status", 130)
+        raise stop from None
     finally:
         bar.close()
     still = missing_chunks(spec, out)
@@ -350,27 +365,102 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "inline", workers: int
     return df
 
 
-def _run_submitit(out: Path, todo: list[int], bar, opts: dict) -> bool:
-    """Submit the missing chunks as a job array; True once they all finished (False: left queued)."""
-    in_flight = [] if opts.pop("resubmit", False) else pending_chunks(out, todo)
-    if in_flight:  # submitted earlier and still within their time limit: do not queue them twice
-        print(f"{len(in_flight)} chunks were submitted earlier and may still be running; not resubmitting them "
-              f"(--resubmit to force)")
-        todo = [i for i in todo if i not in set(in_flight)]
-    jobs = submit_chunks(out, todo, **opts)
-    if not opts.get("wait", True) or in_flight:
-        print(f"submitted {len(jobs)} chunk jobs; re-run the same command (or `sweep-status {out}`) later")
+class ChunksFailed(RuntimeError):
+    """Chunk jobs ended without writing their shards; ``lines``: one per chunk, naming it and what to do next."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+MAX_FAILURE_LINES = 20  # a sweep of thousands of chunks whose jobs all failed must not flood the terminal
+
+
+def _run_submitit(spec: SweepSpec, out: Path, todo: list[int], bar, opts: dict) -> bool:
+    """Submit the missing chunks as a job array and wait for them and for the chunks submitted earlier that are
+    still queued or running; True once every chunk has its shard, False when left queued (``wait=False``, or jobs
+    this process cannot watch). Raises ``ChunksFailed`` for chunks whose jobs ended without their shard."""
+    wait = opts.pop("wait", True)
+    in_flight = set() if opts.pop("resubmit", False) else set(pending_chunks(out, todo))
+    if in_flight:
+        print(f"{len(in_flight)} chunks were submitted earlier and are still queued or running; not resubmitting "
+              f"them (--resubmit to force)")
+    new = [i for i in todo if i not in in_flight]
+    jobs = submit_chunks(out, new, **opts)
+    if jobs:
+        print(f"submitted {len(jobs)} chunk jobs (job {jobs[0].job_id.split('_')[0]}; logs in {out / 'submitit'})")
+    if not todo:
+        return True
+    states = _state_reader(out, todo, jobs)
+    if not wait or states is None:
+        print(f"re-run the same command (or `sweep-status {out}`) later to aggregate")
         return False
-    for job in jobs:
-        job.result()
-        bar.update(1)
+    _wait_for_chunks(spec, out, todo, states, bar)
     return True
+
+
+def _state_reader(out: Path, todo: list[int], jobs: list):
+    """A function job ids -> states (None: Slurm cannot be asked) for the chunks' jobs; None when this process
+    cannot watch them (submitit's local jobs of an earlier command)."""
+    submitted = submitted_jobs(out)
+    if all(submitted[i].get("cluster") == "slurm" for i in todo):
+        return job_states
+    mine = {job.job_id: job for job in jobs}
+    if any(str(submitted[i]["job_id"]) not in mine for i in todo):
+        return None
+    return lambda ids: {j: mine[j].state if mine[j].done() else "RUNNING" for j in ids}
+
+
+def _wait_for_chunks(spec: SweepSpec, out: Path, todo: list[int], states_of, bar) -> None:
+    """Poll until each chunk has its shard or its job has ended; one ``ChunksFailed`` line per chunk without one.
+    One squeue call per poll for all the jobs, polls spaced out to 30 s (the controller serves a whole cluster)."""
+    chunks = spec.chunks()
+    submitted = submitted_jobs(out)
+    left = {i: submitted[i] for i in todo}
+    failed: dict[int, str | None] = {}
+    delay = 1.0
+    while left:
+        states = states_of([str(job["job_id"]) for job in left.values()])
+        for i, job in list(left.items()):
+            if states is not None:
+                state = states.get(str(job["job_id"]))
+                ended = not is_active(state)
+            else:  # Slurm did not answer: a job is over once past its time limit
+                state, ended = None, job["deadline"] < time.time()
+            # the shard is checked after the state, so a job that wrote it and then ended counts as done
+            if shard_is_complete(out, spec, i, chunks[i], keep=True):
+                bar.update(1)
+            elif ended:
+                failed[i] = state
+            else:
+                continue
+            del left[i]
+        if left:
+            time.sleep(delay)
+            delay = min(1.5 * delay, 30.0)
+    if failed:
+        lines = [failure_line(out, i, str(submitted[i]["job_id"]), state, submitted[i].get("timeout_min"))
+                 for i, state in sorted(failed.items())]
+        if len(lines) > MAX_FAILURE_LINES:
+            rest = sorted(failed)[MAX_FAILURE_LINES:]
+            lines = lines[:MAX_FAILURE_LINES] + [f"... and {len(rest)} more chunks without a shard: {rest}"]
+        raise ChunksFailed(lines)
+
+
+def check_submitit_options(timeout_min: int = 60, cpus_per_task: int = 2, gpus_per_node: int = 0,
+                           array_parallelism: int = 64, **_) -> None:
+    """The job-array options, before anything is submitted (ConfigError naming the option)."""
+    check_int("timeout_min", timeout_min, 1)
+    check_int("cpus_per_task", cpus_per_task, 1)
+    check_int("gpus_per_node", gpus_per_node, 0)
+    check_int("array_parallelism", array_parallelism, 1)
 
 
 def submit_chunks(out: Path, chunk_ids: list[int], cluster: str | None = None, partition: str | None = None,
                   timeout_min: int = 60, cpus_per_task: int = 2, gpus_per_node: int = 0, array_parallelism: int = 64,
-                  wait: bool = True, **extra):
-    """One job-array task per chunk through submitit (Slurm; ``cluster='local'`` runs them as local processes)."""
+                  **extra):
+    """One job-array task per chunk through submitit (Slurm; ``cluster='local'`` runs them as local processes), at
+    most ``array_parallelism`` running at once; logs in DIR/submitit/, job ids in DIR/submitted.json."""
     try:
         import submitit
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -378,24 +468,29 @@ def submit_chunks(out: Path, chunk_ids: list[int], cluster: str | None = None, p
     ex = submitit.AutoExecutor(folder=str(Path(out) / "submitit"), cluster=cluster)
     params = dict(timeout_min=timeout_min, cpus_per_task=cpus_per_task)
     if ex.cluster == "slurm":
-        params.update(slurm_array_parallelism=array_parallelism, gpus_per_node=gpus_per_node)
+        params["slurm_array_parallelism"] = array_parallelism
+        # no warning signal before the time limit (submitit asks for USR2 90 s before it, for a checkpoint): a chunk
+        # has nothing to save, and submitit's handler would end it at the warning as FAILED (at once when the limit
+        # is under 90 s). Without it the chunk may still finish in time; else Slurm ends it, state TIMEOUT.
+        params["slurm_signal_delay_s"] = 0
+        if gpus_per_node:  # asked only when wanted: a CPU partition may refuse any GPU request
+            params["gpus_per_node"] = gpus_per_node
         if partition:
             params["slurm_partition"] = partition
     ex.update_parameters(name=f"theory_sim-{Path(out).name}", **params, **extra)
     if not chunk_ids:
         return []
-    # cluster jobs take no lock files (their pids cannot be checked across nodes): submitted.json's deadlines
-    # keep a chunk from being queued twice
+    # cluster jobs take no lock files (their pids cannot be checked across nodes): submitted.json keeps a chunk
+    # from being queued twice while its job is active (theory_sim.sweeps.store.pending_chunks)
     n = len(chunk_ids)
     jobs = ex.map_array(run_chunk, [str(out)] * n, chunk_ids, [cpus_per_task] * n, [False] * n)
     record = Path(out) / "submitted.json"
     submitted = json.loads(record.read_text()) if record.exists() else {}
     deadline = time.time() + 60 * timeout_min
-    submitted.update({str(i): {"job_id": job.job_id, "deadline": deadline} for i, job in zip(chunk_ids, jobs)})
+    submitted.update({str(i): {"job_id": job.job_id, "cluster": ex.cluster, "deadline": deadline,
+                               "timeout_min": timeout_min} for i, job in zip(chunk_ids, jobs)})
     write_json(record, submitted)
     return jobs
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -406,20 +501,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="sweep directory (created, or resumed)")
     p.add_argument("--executor", choices=EXECUTORS, default="process",
                    help="process (default: a local pool, one torch thread per worker), inline, or submitit")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    # the executor's own options: None = not given (refused with another executor: it would have no effect)
+    p.add_argument("--workers", type=int, default=None,
                    help="processes for --executor process (default: the number of cores)")
     p.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
                    help="submitit backend (default: slurm when available)")
-    p.add_argument("--partition", help="Slurm partition")
-    p.add_argument("--timeout-min", type=int, default=60, help="Slurm time limit per chunk job")
-    p.add_argument("--cpus-per-task", type=int, default=2, help="submitit: CPUs per chunk job")
-    p.add_argument("--gpus-per-node", type=int, default=0, help="submitit: GPUs per chunk job")
-    p.add_argument("--array-parallelism", type=int, default=64,
-                   help="submitit: chunk jobs of the Slurm array running at once")
-    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
-                   help="wait for submitit jobs and aggregate (--no-wait: submit and return)")
-    p.add_argument("--resubmit", action="store_true",
-                   help="submit missing chunks even if earlier jobs for them may still be running")
+    p.add_argument("--partition", help="submitit: Slurm partition")
+    p.add_argument("--timeout-min", type=int, default=None, help="submitit: Slurm time limit per chunk job (default 60)")
+    p.add_argument("--cpus-per-task", type=int, default=None, help="submitit: CPUs per chunk job (default 2)")
+    p.add_argument("--gpus-per-node", type=int, default=None, help="submitit: GPUs per chunk job (default 0)")
+    p.add_argument("--array-parallelism", type=int, default=None,
+                   help="submitit: chunk jobs of the Slurm array running at once (default 64)")
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                   help="submitit: wait for the jobs and aggregate (default; --no-wait: submit and return)")
+    p.add_argument("--resubmit", action="store_true", default=None,
+                   help="submitit: submit missing chunks even if earlier jobs for them may still be running")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                    help="draw the figures and run verify once the results are complete")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -427,14 +523,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
                    help="after the sweep print verify's one-line summary, not the whole report (it is in "
                         "DIR/verify.md)")
-    p.add_argument("--format", dest="fmt", choices=("png", "pdf", "svg"), default="png",
-                   help="file format of the figures")
+    p.add_argument("--format", dest="fmt", choices=("png", "pdf", "svg"), default=None,
+                   help="file format of the figures (default png)")
     p.add_argument("--dpi", type=int, default=None, help="resolution of the figures (default 100)")
     add_force_arguments(p)
 
 
+# options that only act with one executor, or with the figures: option -> (the setting they need, how to say it)
+SUBMITIT_OPTIONS = ("cluster", "partition", "timeout_min", "cpus_per_task", "gpus_per_node", "array_parallelism",
+                    "wait", "resubmit")
+SUBMITIT_DEFAULTS = dict(timeout_min=60, cpus_per_task=2, gpus_per_node=0, array_parallelism=64, wait=True,
+                         resubmit=False)
+FIGURE_OPTIONS = ("fmt", "dpi", "quiet")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an option that would have no effect (a submitit option with another executor,
+    --workers without the process pool, a figure option with --no-figures) or a value out of range; fill in the
+    defaults of the others."""
+    def flag(name: str) -> str:
+        return "--" + {"fmt": "format"}.get(name, name).replace("_", "-")
+
+    given = [name for name in SUBMITIT_OPTIONS if getattr(args, name) is not None]
+    if given and args.executor != "submitit":
+        raise ConfigError(f"{flag(given[0])} has no effect with --executor {args.executor} (it is a submitit option); "
+                          f"drop it or use --executor submitit")
+    if args.workers is not None and args.executor != "process":
+        raise ConfigError(f"--workers has no effect with --executor {args.executor} (it sizes the process pool); "
+                          f"drop it or use --executor process")
+    given = [name for name in FIGURE_OPTIONS if getattr(args, name) not in (None, False)]
+    if given and not args.figures:
+        raise ConfigError(f"{flag(given[0])} has no effect with --no-figures (no figure is drawn); drop one of them")
+    for name, value in SUBMITIT_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.workers = (os.cpu_count() or 1) if args.workers is None else args.workers
+    args.fmt = args.fmt or "png"
+    check_int("workers", args.workers, 1, MAX_WORKERS)
+    check_dpi(args.dpi)
+
+
 def run(args: argparse.Namespace) -> int:
-    check_int("workers", args.workers, 1)
+    check_options(args)
     if args.executor == "inline" and getattr(args, "threads", None) is not None:   # the chunks train right here
         import torch
 
@@ -442,7 +572,8 @@ def run(args: argparse.Namespace) -> int:
     # the workers start (and load torch) while this process expands and checks the spec
     pool = start_pool(args.workers) if args.executor == "process" else None
     try:
-        return _run_command(args, pool)
+        with _sigterm_as_interrupt():   # also while verify and the figures run (Terminated: exit 143, cli.main)
+            return _run_command(args, pool)
     except BaseException:
         if pool is not None:
             _end_pool(pool)
@@ -465,11 +596,15 @@ def _run_command(args: argparse.Namespace, pool) -> int:
     t0 = time.perf_counter()
     try:
         df = run_sweep(spec, args.out, args.executor, args.workers, args.progress, opts, pool)
+    except ChunksFailed as exc:  # one line per chunk: which, how its job ended, its log, what to do
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return 1
     except SweepInterrupted as exc:
         # the command is ending: a further Ctrl-C (people press it twice) must not turn the exit into a traceback
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(exc, file=sys.stderr)
-        return 130
+        return exc.exit_status
     if pool is not None:  # the workers' memory back before verify and the figures
         pool.shutdown(wait=True)
     if df is None:

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import operator
 import re
 from dataclasses import dataclass, field
@@ -67,7 +68,8 @@ from theory_sim.config import (
     check_float,
     check_int,
     ignored_parameters,
-    inapplicable,
+    no_effect,
+    no_effect_text,
     overridden,
 )
 from theory_sim.seeding import seed_words
@@ -78,6 +80,7 @@ from theory_sim.sweeps.spec_toml import Axis, OptimizerSpec, check_settings, par
 TRAJECTORY_POINTS = 30
 _EXPAND_ON_DEMAND = object()   # SweepSpec(_configs=_EXPAND_ON_DEMAND): validate the spec, expand its runs when asked
 CELL_SEEDING = ("shared", "independent")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,12 @@ class SweepSpec:
     _chunks: list = field(default=None, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
-        from theory_sim.resources import MAX_SEEDS
+        from theory_sim.resources import MAX_RUNS, MAX_SEEDS
 
+        # the name becomes file names (figures --gallery G writes G/<name>_*.png): a plain stem, never a path
+        if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
+            raise ConfigError(f"name must be a plain file-name stem (letters, digits, '.', '_' and '-', starting with "
+                              f"a letter or digit, at most 100 characters), got {self.name!r}")
         check_int("seeds", self.seeds, 1, MAX_SEEDS)
         check_int("chunk_runs", self.chunk_runs, 1)
         check_int("seed_offset", self.seed_offset, 0, INT64_MAX - self.seeds + 1)   # every seed an int64
@@ -118,6 +125,10 @@ class SweepSpec:
         labels = [o.label for o in self.optimizers]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"optimizers labels must be distinct, got {labels}")
+        runs = math.prod(len(a.values) for a in self.axes) * self.seeds * len(self.optimizers)
+        if runs > MAX_RUNS:   # before anything is expanded
+            raise ConfigError(f"a sweep must hold at most {MAX_RUNS:,} runs (cells x seeds x optimizer variants), this "
+                              f"spec holds {runs:,}: lower the grid's num or values, seeds or variants")
         check_settings(self.base, self.optimizers, names)
         self._check_effective(names)
         if self._configs is _EXPAND_ON_DEMAND:   # a stored spec, validated run by run when it was written
@@ -126,20 +137,30 @@ class SweepSpec:
             object.__setattr__(self, "_configs", self._expand())
 
     def _check_effective(self, axes: list[str]) -> None:
-        """Refuse a setting that has no effect. A variant's key its optimizer ignores (``optimizers[i].tau`` for
-        sgd) is refused; a [base] value or a grid axis is not (it is shared by every variant: an sgd variant
-        across a c_tau axis is a plain SGD run in every cell). An option another one switches off (log_every under
-        log_points > 0, c_tau under tau) is refused when the one switching it off is set at the same or a broader
-        level (base < a variant < the grid; ``trajectories = true`` sets log_points = 30 below them all): a variant
-        may override a [base] value."""
+        """Refuse a setting that has no effect (``theory_sim.config.no_effect``, the rules simulate applies). A
+        variant's key that acts in none of its cells (``optimizers[i].tau`` for sgd, ``lr_warmup`` under a constant
+        schedule) is refused; a [base] value or a grid axis only when it acts for no variant (it is shared by every
+        variant: an sgd variant across a c_tau axis is a plain SGD run in every cell, but a ``[grid.depth]`` over
+        the c23 model trains identical runs). An option another one switches off (log_every under log_points > 0,
+        c_tau under tau) is refused when the one switching it off is set at the same or a broader level (base < a
+        variant < the grid; ``trajectories = true`` sets log_points = 30 below them all): a variant may override a
+        [base] value."""
         base = dict(self.base)
+        grid = {a.name: a.values for a in self.axes}
+        defaults = SimConfig.preset(self.preset)
+
+        def reason(o: OptimizerSpec, key: str, value) -> tuple | None:   # why key = value acts in none of o's cells
+            settings = {**base, **o.overrides}
+            return no_effect(key, value, lambda other: grid.get(other, [settings.get(other, getattr(defaults, other))]))
+
         for i, o in enumerate(self.optimizers):
             for key, value in o.settings:
-                applies = inapplicable(key, value, o.optimizer)
-                if applies:
-                    raise ConfigError(f"optimizers[{i}].{key} (label {o.label!r}) has no effect: {key} only applies "
-                                      f"to optimizer {' / '.join(applies)}, not {o.optimizer}; drop it (a [base] "
-                                      f"value shared by every variant is allowed)")
+                why = reason(o, key, value)
+                if why:
+                    raise ConfigError(f"optimizers[{i}].{key} (label {o.label!r}) has no effect: "
+                                      f"{no_effect_text(key, why)}; drop it (a [base] value shared by every variant "
+                                      f"is allowed)")
+        for i, o in enumerate(self.optimizers):
             level, where = {}, {}
             if self.trajectories:
                 level["log_points"], where["log_points"] = -1, f"trajectories = true (log_points = {TRAJECTORY_POINTS})"
@@ -154,6 +175,13 @@ class SweepSpec:
                 if level[name] >= level[other]:
                     raise ConfigError(f"{where[name]} has no effect with {where[other]} (it decides alone); drop "
                                       f"one of them")
+        shared = [(f"base.{key}", key, value) for key, value in self.base]
+        shared += [(f"grid.{a.name}", a.name, a.values) for a in self.axes]   # values: never "the default"
+        for path, key, value in shared:
+            why = [reason(o, key, value) for o in self.optimizers if key not in o.overrides]
+            if why and all(why):
+                raise ConfigError(f"{path} has no effect in any optimizer variant: {no_effect_text(key, why[0])}; "
+                                  f"drop it")
 
     def check_resources(self, force_memory: bool = False, force_steps: bool = False,
                         available: tuple[int, str] | None = None, workers: int = 1) -> None:

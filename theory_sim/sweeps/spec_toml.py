@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from theory_sim.config import ConfigError, SimConfig, check_choice, check_float, check_int
+from theory_sim.resources import MAX_RUNS
+from theory_sim.sam import registry
 from theory_sim.sweeps.cells import AXES, FIELD_KINDS, INTEGER_AXES
 
 _KINDS = FIELD_KINDS
@@ -102,7 +104,7 @@ class Axis:
             start = _check_number(f"{where}.start", spec["start"])
             stop = _check_number(f"{where}.stop", spec["stop"])
             num = spec["num"]
-            check_int(f"{where}.num", num, 1)
+            check_int(f"{where}.num", num, 1, MAX_RUNS)   # before the values are made (10^9 of them: 8 GB)
             spacing = spec.get("spacing", "linear")
             _check_string(f"{where}.spacing", spacing)
             check_choice(f"{where}.spacing", spacing, ("log", "linear"))
@@ -162,16 +164,22 @@ def check_settings(base: tuple, optimizers: tuple, names: list[str]) -> None:
     """Every [base] key and every variant's key is a SimConfig field it may set, of the right TOML type."""
     fields_ = set(SimConfig.field_names())
     for key, value in base:
-        if key not in fields_ or key in names or key == "seed" or key == "optimizer":
+        if key in names:
+            raise ConfigError(f"base.{key} is also the grid axis grid.{key}: set {key} in one of them")
+        if key not in fields_ or key == "seed" or key == "optimizer":
             raise ConfigError(f"base.{key} is not a SimConfig field that a sweep may fix "
-                              f"(grid axes, seed and optimizer are set by grid, seeds and optimizers)")
+                              f"(seed and optimizer are set by seeds and optimizers)")
         check_setting(f"base.{key}", key, value)
     for i, o in enumerate(optimizers):
         for key, value in o.settings:
-            if key not in fields_ or key in names or key == "seed":
+            if key in names:
+                raise ConfigError(f"optimizers[{i}].{key} (label {o.label!r}) is also the grid axis grid.{key}: "
+                                  f"set {key} in one of them")
+            if key not in fields_ or key == "seed":
                 raise ConfigError(f"optimizers[{i}].{key} (label {o.label!r}) is not a SimConfig field an "
                                   f"optimizer variant may set")
             check_setting(f"optimizers[{i}].{key}", key, value)
+        check_choice(f"optimizers[{i}].optimizer", o.optimizer, registry.optimizers("cnn"))
 
 
 def parse_spec(d: dict, name: str | None = None) -> dict:

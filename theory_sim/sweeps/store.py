@@ -28,6 +28,7 @@ import pandas as pd
 from theory_sim.config import ConfigError, SimConfig
 from theory_sim.io import provenance, write_json
 from theory_sim.sweeps.cells import RUN_KEY
+from theory_sim.sweeps.slurm import is_active, job_states
 from theory_sim.sweeps.spec import SweepSpec
 
 # columns every results row carries besides the SimConfig fields (theory_sim.cnn.train.evaluate writes them)
@@ -90,12 +91,27 @@ def _load_spec_file(path_text: str, mtime_ns: int, size: int) -> SweepSpec:
         raise ConfigError(f"{path} holds an invalid spec: {exc}") from None
 
 
+# what marks a directory as a sweep's (simulate refuses to write into one), and as a simulate run's (its
+# theory_sim.cnn.simulate.OUTPUT_FILES that a sweep never writes: a sweep refuses to write into one)
+SWEEP_FILES = ("spec.json", "results.json", "results.parquet", "shards")
+SIMULATE_FILES = ("summary.parquet", "final_state.pt", "coefficients.npz")
+
+
+def sweep_files(out: Path) -> list[str]:
+    """The files of ``SWEEP_FILES`` in ``out``."""
+    return [name for name in SWEEP_FILES if (Path(out) / name).exists()]
+
+
 def prepare(spec: SweepSpec, out: Path) -> None:
     """Create DIR with spec.json, or check that DIR's results came from this very spec (whatever file records it),
     with the same chunking; remove temp files that killed writers left behind."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out must be a directory, but {out} is a file")
+    simulate = [name for name in SIMULATE_FILES if (out / name).exists()]
+    if simulate:
+        raise ConfigError(f"out must be a sweep directory (new or resumed), but {out} holds a simulate run "
+                          f"({', '.join(simulate)}); use a new --out directory")
     path = out / "spec.json"
     if path.exists():
         stored = _read_json(path)
@@ -110,8 +126,7 @@ def prepare(spec: SweepSpec, out: Path) -> None:
             raise ConfigError(f"chunk_runs changed from {chunking} to {spec.chunk_runs}, but the shards in {out} "
                               f"are chunked by {chunking}: set chunk_runs = {chunking} to resume, or use a new --out")
     else:
-        found = [p.name for p in (out / "results.parquet", out / "results.json", out / "trajectories.parquet",
-                                  out / "shards") if p.exists()]
+        found = sweep_files(out) + [name for name in ("trajectories.parquet",) if (out / name).exists()]
         if (out / "results.json").exists():
             _check_same_spec(_read_json(out / "results.json"), spec, out / "results.json")
         elif found:
@@ -294,14 +309,24 @@ def remove_stale_temp_files(out: Path) -> list[Path]:
     return removed
 
 
-def pending_chunks(out: Path, chunk_ids: list[int]) -> list[int]:
-    """Chunks submitted through submitit whose jobs may still be queued or running (before their time limit)."""
+def submitted_jobs(out: Path) -> dict[int, dict]:
+    """DIR/submitted.json: per chunk its latest submitit job (``job_id``, ``cluster``, ``deadline``)."""
     record = Path(out) / "submitted.json"
-    if not record.exists():
-        return []
-    submitted = _read_json(record)
+    return {int(k): v for k, v in _read_json(record).items()} if record.exists() else {}
+
+
+def pending_chunks(out: Path, chunk_ids: list[int]) -> list[int]:
+    """Chunks submitted through submitit whose jobs may still be queued or running. A Slurm job counts while Slurm
+    says it is active (so a cancelled or failed chunk is resubmitted at once); when Slurm cannot be asked, and for
+    submitit's local jobs, while it is within its time limit."""
+    submitted = submitted_jobs(out)
     now = time.time()
-    return [i for i in chunk_ids if str(i) in submitted and submitted[str(i)].get("deadline", 0) > now]
+    mine = {i: submitted[i] for i in chunk_ids if i in submitted}
+    on_slurm = [str(job["job_id"]) for job in mine.values() if job.get("cluster") == "slurm"]
+    states = job_states(on_slurm) if on_slurm else None
+    return [i for i, job in mine.items()
+            if (is_active(states.get(str(job["job_id"])))
+                if states is not None and job.get("cluster") == "slurm" else job.get("deadline", 0) > now)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

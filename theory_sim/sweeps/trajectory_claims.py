@@ -1,34 +1,10 @@
-"""The lemma-level claims of docs/science.md §6, checked on the coefficient trajectories of a whole sweep.
+"""The trajectory claims of docs/science.md §6 (declared in theory_sim.claims), checked on a whole sweep.
 
 Input: ``trajectories.parquet`` (one row per logged step and run: Gamma = ``gamma_mean``, Rho = ``rhobar_mean``, the
-invariant columns, ...) and ``results.parquet`` (final test errors, the run's settings). Every interval is a 95%
-bootstrap over seeds: the seeds are resampled jointly across cells (every cell uses the same seeds), so the
-intervals carry the cells' correlation. The claims:
-
-- ratio law (SGD): Gamma / Rho ~= (1 - 2p) n ||mu||^2 / ((P - 1) sigma_p^2 d) early in training. Window: the end
-  of epoch 1 (step n / B), the first step at which every sample has been used once, in the cells still in the early
-  phase — seed-mean Gamma <= 0.25 there, so a clean sample's signal margin has moved its |l'| by at most about 12%
-  from 1/2 (a larger signal margin lowers the clean samples' |l'| but not the flipped ones', the (1 - 2p) of the law
-  drifts; docs/science.md §6.1). Joint log-log regression of the measured ratio on every swept dimension;
-  exponents +2 (||mu||), -1 (d), +1 (n), -2 (sigma_p), -1 (P - 1) hold when the interval comes within 0.1 of them
-  (the law is first order in |l'| - 1/2); the constant measured / predicted holds per cell within [0.8, 1.25].
-- SAM amplification: SAM's Gamma / Rho over SGD's at the same cell and logged step during SAM's phase (geometric
-  mean over the steps), and both update-point noise-active fractions. Holds when it is >= 2 in every cell where SGD
-  is harmful (seed-mean test error >= p + 0.1). Its slope in d is measured, not predicted.
-- collapse: SGD's seed-mean test error against x = n ||mu||^4 / (d (P-1)^4 sigma_p^4) (and with P^4). Quality: the
-  residual RMS around the best decreasing (isotonic) fit in x, divided by the same with ||mu|| alone; holds when
-  the whole interval is below 0.7 (x removes at least 30% of the spread ||mu|| leaves). Needs a swept dimension
-  besides ||mu||.
-- invariants: rhobar never decreases and stays >= 0, rhounder never increases and stays <= 0, on every logged step
-  of every run (the trainer counts entries that moved the wrong way between logged steps; here also the summaries'
-  signs and monotonicity). Beyond round-off, the count must be 0.
-- late phase (SGD, runs that fit every training label): after fitting, the growth exponent k of rhobar_max: the
-  log-log slope of its increments per unit log t against t (log growth: k = 0; t^k growth: k). Holds when the
-  interval of the median over cells lies within +-0.05 (so t^0.1 fails; the R^2 of a line in log t, reported for
-  comparison, cannot tell log t from t^0.1 or t^0.3). And max |rhounder| / max rhobar at the last step (holds
-  when its median over cells is <= 0.5); the slope of the latter in d is measured.
-- update_noise_active_frac: holds when the interval of SAM's fraction minus SGD's (same seeds) lies below 0; the
-  ratio-law constant holds when its whole interval lies in [0.8, 1.25] (not only its point estimate).
+invariant columns, ...) and ``results.parquet`` (final test errors, the run's settings). Each claim is estimated on
+the cells inside its domain (theory_sim.claims.DOMAIN) and judged by the one verdict rule; its interval is the
+jackknife-t over seeds (theory_sim.intervals: the seed is the unit, jointly across cells). Windows and estimands are
+in the claims' table of docs/science.md §5.6; the derivations in §6.
 """
 from __future__ import annotations
 
@@ -37,22 +13,21 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from theory_sim.sweeps.cells import CELL, CORE_AXES, RUN_KEY, harmful_threshold, scored_error, seed_resamples
+from theory_sim.claims import CLAIMS, EARLY_GAMMA, claim_row
+from theory_sim.cnn.labels import flip_fractions
+from theory_sim.intervals import Interval, jackknife
+from theory_sim.sweeps.cells import CELL, CORE_AXES, RUN_KEY, harmful_threshold, scored_error
 
 CORE = CORE_AXES   # CELL: a cell of a sweep without extra axes; with extra axes: spec.cell_key
-EARLY_GAMMA = 0.25
-CONSTANT_BAND = (0.8, 1.25)
-SLOPE_TOLERANCE = 0.1
-# the law's exponents; it does not depend on eta, B or m at all (docs/science.md §6.1)
-RATIO_SLOPES = {"mu_norm": 2.0, "d": -1.0, "n": 1.0, "sigma_p": -2.0, "P-1": -1.0, "eta": 0.0, "batch_size": 0.0,
-                "m": 0.0}
+CONSTANT_BAND = CLAIMS["ratio_law_constant"].extra["band"]
+SLOPE_TOLERANCE = CLAIMS["ratio_law_exponents"].extra["tolerance"]
+RATIO_SLOPES = CLAIMS["ratio_law_exponents"].extra["slopes"]   # no dependence on eta, B or m (§6.1)
 AMPLIFICATION = 2.0
 COLLAPSE_MAX = 0.7
-LATE_R2 = 0.9
 LATE_UNDER = 0.5
-# log growth has growth exponent k = 0 (d rhobar / d log t constant; t^k growth has k): holds when the whole
-# interval of k lies within +-LATE_EXPONENT, half the slowest power it must tell apart from log (t^0.1)
-LATE_EXPONENT = 0.05
+LATE_EXPONENT = CLAIMS["late_log_growth"].extra["tolerance"]
+LATE_LOSS = 0.1      # the late phase: training loss this small, so |l'_i| ~ exp(-y_i f_i) (docs/science.md §6.6)
+LATE_POINTS = 6      # logged steps a run needs in that window for its growth exponent
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -125,24 +100,16 @@ def residual_rms(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sqrt(np.mean((y[ok] - isotonic_decreasing(x[ok], y[ok])) ** 2)))
 
 
-def bootstrap(stat, n_seeds: int, n_boot: int, seed: int) -> tuple[dict, dict]:
-    """stat(seed_idx) -> {name: value}; returns (point estimates, {name: (lo, hi)}) over seed resamples."""
-    with warnings.catch_warnings(), np.errstate(all="ignore"):  # empty or all-NaN slices give NaN, silently
-        warnings.simplefilter("ignore", RuntimeWarning)
-        point = stat(np.arange(n_seeds))
-        draws = [stat(idx) for idx in seed_resamples(n_seeds, n_boot, seed)]
-    ci = {}
-    for k in point:
-        v = np.array([d[k] for d in draws], dtype=float)
-        v = v[np.isfinite(v)]
-        ci[k] = tuple(map(float, np.percentile(v, [2.5, 97.5]))) if len(v) >= 10 else (float("nan"),) * 2
-    return point, ci
+def _row(claim: str, variant: str, interval: Interval, region, cells_in_domain: int, cells: int, window: str,
+         dim: str | None = None, **info) -> dict:
+    """A claim line (theory_sim.claims.claim_row); ``region`` None for an exploratory estimate."""
+    return claim_row(CLAIMS[claim], variant, interval, region, dim=dim, fixed=info.pop("fixed", {}),
+                     cells_in_domain=int(cells_in_domain), cells=int(cells), window=window, **info)
 
 
-def _row(claim, variant, dimension, measured, ci, predicted, holds, cells_used, window) -> dict:
-    return dict(claim=claim, variant=variant, dimension=dimension, measured=float(measured),
-                ci_low=float(ci[0]), ci_high=float(ci[1]), predicted=predicted,
-                holds=None if holds is None else bool(holds), cells_used=int(cells_used), window=window)
+def _not_applicable(claim: str, variant: str, cells: int, window: str, why: str) -> dict:
+    return _row(claim, variant, Interval(float("nan"), float("nan"), float("nan"), float("nan"), 0), None, 0,
+                cells, window, applicable=False, note=why)
 
 
 def _cell_name(row, cell=CELL) -> str:
@@ -153,60 +120,91 @@ def _cell_name(row, cell=CELL) -> str:
 # The claims
 # ---------------------------------------------------------------------------------------------------------------------
 def with_settings(traj: pd.DataFrame, results: pd.DataFrame, key=RUN_KEY) -> pd.DataFrame:
-    """The trajectory rows with each run's flip_p, batch_size, sam_steps, optimizer and final test error."""
-    cols = [c for c in ("flip_p", "batch_size", "sam_steps", "test_error", "diverged", "train_acc", "dtype")
-            if c in results.columns]
-    info = results[list(key) + [c for c in cols if c not in key]].rename(
-        columns={"test_error": "final_test_error", "train_acc": "final_train_acc"})
+    """The trajectory rows with each run's flip_p, realised flip fraction p_hat, batch_size, sam_steps, final test
+    error and the parameters the claims' domains read."""
+    renamed = {"test_error": "final_test_error", "train_acc": "final_train_acc"}
+    cols = [c for c in ("flip_p", "p_hat", "batch_size", "sam_steps", "test_error", "diverged", "train_acc", "dtype",
+                        "m", "sigma_0", "eta", "c_tau", "tau")
+            if c in results.columns and c not in key and renamed.get(c, c) not in traj.columns]
+    info = results[list(key) + cols].rename(columns=renamed)
     return traj.merge(info, on=list(key), how="left", validate="many_to_one")
 
 
-def ratio_law(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: int, cell=CELL):
-    """Rows for the ratio law of one SGD variant, and the per-cell table (for figures)."""
+def with_flip_fraction(results: pd.DataFrame) -> pd.DataFrame:
+    """results with p_hat, the realised fraction of flipped training labels of every run (from its seed)."""
+    if "p_hat" in results.columns:
+        return results
+    seeds = results.data_seed.where(results.data_seed.notna(), results.seed) if "data_seed" in results else results.seed
+    p_hat = np.empty(len(results))
+    for (n, p), idx in results.groupby(["n", "flip_p"]).indices.items():
+        p_hat[idx] = flip_fractions(seeds.to_numpy()[idx].astype(np.int64), int(n), float(p))
+    return results.assign(p_hat=p_hat)
+
+
+def in_domain(claim: str, t: pd.DataFrame, cells: pd.DataFrame, cell=CELL) -> np.ndarray:
+    """The cells (rows of ``cells``) inside the claim's domain, from the runs' parameters in ``t``."""
+    params = t.groupby(list(cell), sort=False).first().reset_index()
+    params = cells[list(cell)].merge(params, on=list(cell), how="left")
+    return CLAIMS[claim].in_domain(params)
+
+
+def ratio_law(traj: pd.DataFrame, label: str, seeds: list, cell=CELL):
+    """Rows for the ratio law of one SGD variant (exponents, and one pooled constant), and the per-cell table."""
     t = traj[(traj.label == label) & (traj.step == traj.n // traj.batch_size)]
+    window = f"end of epoch 1 (step n/B), cells with seed-mean Gamma <= {EARLY_GAMMA} there"
     if t.empty:
         return [], pd.DataFrame()
     cells, G = cell_seed_array(t, "gamma_mean", seeds, cell)
     _, R = cell_seed_array(t, "rhobar_mean", seeds, cell)
-    p = t.groupby(list(cell)).flip_p.first().reindex(pd.MultiIndex.from_frame(cells)).to_numpy()
+    _, Q = cell_seed_array(t, "p_hat", seeds, cell)      # each run's realised flip fraction
     c = cells.astype(float)
-    predicted = (1 - 2 * p) * c.n * c.mu_norm ** 2 / ((c.P - 1) * c.sigma_p ** 2 * c.d)
+    law = c.n * c.mu_norm ** 2 / ((c.P - 1) * c.sigma_p ** 2 * c.d)   # the prediction without its (1 - 2p)
+    domain = in_domain("ratio_law_constant", t, cells, cell)
     early = (np.nanmean(G, 1) <= EARLY_GAMMA) & (np.nanmean(R, 1) > 0)
-    used = cells[early].reset_index(drop=True)
-    logs = swept_logs(used, ("mu_norm", "d", "n", "sigma_p", "P", *[c for c in cell if c not in CORE]))
-    pred_used = predicted.to_numpy()[early]
+    use = early & domain
+    used = cells[use].reset_index(drop=True)
+    logs = swept_logs(used, ("mu_norm", "d", "n", "sigma_p", "P", *[k for k in cell if k not in CORE]))
+    law_used = law.to_numpy()[use]
+    # cells that share the seeds' data draws (every ||mu|| of one (d, n, P, sigma_p, ...) row) are one measurement
+    draw_keys = [k for k in cell if k != "mu_norm"]
+    groups = pd.Categorical(used[draw_keys].apply(tuple, axis=1)).codes if len(used) else np.zeros(0, int)
 
     def stat(idx):
-        ratio = _nanmean(G[early], idx) / _nanmean(R[early], idx)
+        ratio = _nanmean(G[use], idx) / _nanmean(R[use], idx)
+        log_const = np.log(ratio / ((1 - 2 * _nanmean(Q[use], idx)) * law_used))
         out = {f"slope:{k}": v for k, v in regress(logs, np.log(ratio)).items()}
-        out.update({f"const:{i}": r / q for i, (r, q) in enumerate(zip(ratio, pred_used))})
+        per_group = np.bincount(groups, log_const) / np.bincount(groups)
+        out["const"] = float(np.exp(per_group.mean()))
+        out.update({f"group:{g}": float(np.exp(v)) for g, v in enumerate(per_group)})
         return out
 
-    window = "end of epoch 1 (step n/B), cells with seed-mean Gamma <= 0.25 there"
     rows = []
-    if early.any():
-        point, ci = bootstrap(stat, len(seeds), n_boot, seed)
-        for dim in logs:
-            pred = RATIO_SLOPES.get(dim)
-            lo, hi = ci[f"slope:{dim}"]
-            holds = (None if pred is None or not np.isfinite(lo)
-                     else lo <= pred + SLOPE_TOLERANCE and hi >= pred - SLOPE_TOLERANCE)
-            rows.append(_row("ratio_law_slope", label, dim, point[f"slope:{dim}"], ci[f"slope:{dim}"], pred, holds,
-                             len(used), window))
-        for i in range(len(used)):
-            v = point[f"const:{i}"]
-            lo, hi = ci[f"const:{i}"]   # holds when the whole interval lies in the band
-            rows.append(_row("ratio_law_constant", label, _cell_name(used.iloc[i], cell), v, (lo, hi), 1.0,
-                             None if not np.isfinite(lo) else CONSTANT_BAND[0] <= lo and hi <= CONSTANT_BAND[1], 1,
-                             window))
-    table = cells.assign(label=label, measured=np.nanmean(G, 1) / np.nanmean(R, 1), predicted=predicted,
-                         early=early)
+    if not use.any():
+        why = f"{int(domain.sum())} cells in the domain, {int(early.sum())} in the early-phase window, none in both"
+        rows += [_not_applicable("ratio_law_constant", label, len(cells), window, why)]
+        return rows, cells.assign(label=label, early=early, in_domain=domain)
+    iv = jackknife(stat, len(seeds))
+    for dim in logs:
+        pred = RATIO_SLOPES.get(dim)
+        region = None if pred is None else (pred - SLOPE_TOLERANCE, pred + SLOPE_TOLERANCE)
+        rows.append(_row("ratio_law_exponents", label, iv[f"slope:{dim}"], region, len(used), len(cells), window,
+                         dim=dim, predicted=pred))
+    spread = [iv[f"group:{g}"].estimate for g in range(groups.max() + 1)]
+    note = (f"one estimate from {len(used)} cells in {len(spread)} groups sharing data draws; per-group constants "
+            f"{min(spread):.3g}-{max(spread):.3g}")
+    rows.append(_row("ratio_law_constant", label, iv["const"], CONSTANT_BAND, len(used), len(cells), window,
+                     predicted=1.0, heterogeneity=note))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        measured = np.nanmean(G, 1) / np.nanmean(R, 1)
+        predicted = (1 - 2 * np.nanmean(Q, 1)) * law.to_numpy()
+    table = cells.assign(label=label, measured=measured, predicted=predicted, early=early, in_domain=domain)
     return rows, table
 
 
 def sam_amplification(traj: pd.DataFrame, sam: str, sgd: str, sam_steps, seeds: list, harmful_at: float,
-                      n_boot: int, seed: int, cell=CELL):
-    """SAM's Gamma/Rho over SGD's during SAM's phase, per cell; rows and the per-cell table."""
+                      cell=CELL, covered: bool = True):
+    """SAM's Gamma/Rho over SGD's during SAM's phase, per cell; rows and the per-cell table. ``covered``: whether
+    [C23]'s mechanism covers the SAM variant (else its numbers are exploratory)."""
     last = np.inf if sam_steps is None or not np.isfinite(sam_steps) else sam_steps
     phase = traj[(traj.step > 0) & (traj.step <= last)]
     a, b = phase[phase.label == sam], phase[phase.label == sgd]
@@ -225,8 +223,10 @@ def sam_amplification(traj: pd.DataFrame, sam: str, sgd: str, sam_steps, seeds: 
     cells = pd.DataFrame(list(dict.fromkeys(cell_id)), columns=list(cell))
     group = pd.Categorical(cell_id, categories=list(dict.fromkeys(cell_id))).codes
     sgd_err = (b.groupby(list(cell)).final_test_error.mean().reindex(pd.MultiIndex.from_frame(cells)).to_numpy())
-    harmful = sgd_err >= harmful_at
+    domain = in_domain("sam_amplification", a, cells, cell)
+    harmful = (sgd_err >= harmful_at) & domain
     logs = swept_logs(cells)
+    inside = domain[group]   # per (cell, step) row
 
     def per_cell(values: np.ndarray) -> np.ndarray:  # mean over a cell's steps, NaN steps left out
         # (+inf kept: SAM's Rho can be exactly 0 during its phase when every noise term is switched off, e.g. 1-SAM,
@@ -243,33 +243,38 @@ def sam_amplification(traj: pd.DataFrame, sam: str, sgd: str, sam_steps, seeds: 
         out = {"min_harmful": float(np.nanmin(amp[harmful])) if harmful.any() else float("nan"),
                "median": float(np.nanmedian(amp))}
         out.update({f"slope:{k}": v for k, v in regress(logs, np.log(amp)).items()})
-        out["noise_sam"] = float(np.nanmean(_nanmean(Ua, idx)))
-        out["noise_sgd"] = float(np.nanmean(_nanmean(Ub, idx)))
-        out["noise_diff"] = out["noise_sam"] - out["noise_sgd"]
+        diff = _nanmean(Ua, idx) - _nanmean(Ub, idx)
+        out["noise_diff"] = float(np.nanmean(diff[inside])) if inside.any() else float("nan")
         return out
 
-    point, ci = bootstrap(stat, len(seeds), n_boot, seed)
+    iv = jackknife(stat, len(seeds))
     window = f"logged steps 1..{int(last) if np.isfinite(last) else 'end'} (SAM's phase), both variants"
     variant = f"{sam} vs {sgd}"
-    rows = [_row("sam_amplification", variant, "min over SGD-harmful cells", point["min_harmful"],
-                 ci["min_harmful"], AMPLIFICATION, None if not harmful.any() else point["min_harmful"] >= AMPLIFICATION,
-                 int(harmful.sum()), window),
-            _row("sam_amplification", variant, "median over cells", point["median"], ci["median"], None, None,
-                 len(cells), window)]
+    rows = []
+    if not covered:
+        rows.append(_row("sam_amplification", variant, iv["min_harmful"], None, int(harmful.sum()), len(cells),
+                         window, note="a variant [C23]'s mechanism does not cover"))
+        rows.append(_row("noise_switched_off", variant, iv["noise_diff"], None, int(domain.sum()), len(cells),
+                         window))
+    elif harmful.any():
+        rows.append(_row("sam_amplification", variant, iv["min_harmful"], (AMPLIFICATION, np.inf),
+                         int(harmful.sum()), len(cells), window))
+    else:
+        rows.append(_not_applicable("sam_amplification", variant, len(cells), window,
+                                    "no in-domain cell where SGD is harmful"))
+    if covered:
+        rows.append(_row("noise_switched_off", variant, iv["noise_diff"], (-np.inf, 0.0), int(domain.sum()),
+                         len(cells), window) if domain.any() else
+                    _not_applicable("noise_switched_off", variant, len(cells), window, "no cell in the domain"))
+    rows.append(_row("sam_amplification", variant, iv["median"], None, len(cells), len(cells), window,
+                     dim="median over all cells"))
     for dim in logs:
-        rows.append(_row("sam_amplification_slope", variant, dim, point[f"slope:{dim}"], ci[f"slope:{dim}"], None,
-                         None, len(cells), window))
-    lo, hi = ci["noise_diff"]   # holds when the interval of SAM's fraction minus SGD's (same seeds) is below 0
-    rows.append(_row("update_noise_active_frac", f"{sam}",
-                     f"mean over cells and steps (minus {sgd}'s: {point['noise_diff']:+.3g} [{lo:+.3g}, {hi:+.3g}])",
-                     point["noise_sam"], ci["noise_sam"], None, None if not np.isfinite(hi) else hi < 0, len(cells),
-                     window))
-    rows.append(_row("update_noise_active_frac", f"{sgd}", "mean over cells and steps", point["noise_sgd"],
-                     ci["noise_sgd"], None, None, len(cells), window))
+        rows.append(_row("sam_amplification", variant, iv[f"slope:{dim}"], None, len(cells), len(cells), window,
+                         dim=f"log-log slope in {dim}"))
     with np.errstate(divide="ignore", invalid="ignore"):
         log_amp = np.log(_nanmean(Ga) / _nanmean(Ra)) - np.log(_nanmean(Gb) / _nanmean(Rb))
     table = cells.assign(label=variant, amplification=np.exp(per_cell(log_amp)), sgd_test_error=sgd_err,
-                         sgd_harmful=harmful, noise_active_sam=per_cell(_nanmean(Ua)),
+                         sgd_harmful=sgd_err >= harmful_at, in_domain=domain, noise_active_sam=per_cell(_nanmean(Ua)),
                          noise_active_sgd=per_cell(_nanmean(Ub)))
     return rows, table
 
@@ -279,31 +284,37 @@ def collapse_variable(c: pd.DataFrame, power_of: str = "P-1") -> np.ndarray:
     return (c.n * c.mu_norm ** 4 / (c.d * q ** 4 * c.sigma_p ** 4)).to_numpy(dtype=float)
 
 
-def collapse(results: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: int, cell=CELL):
-    """SGD's final test error against x = n ||mu||^4 / (d (P-1)^4 sigma_p^4): rows and the per-cell table."""
+def collapse(results: pd.DataFrame, label: str, seeds: list, cell=CELL):
+    """SGD's final test error against x = n ||mu||^4 / (d (P-1)^4 sigma_p^4) on the in-domain cells: rows and the
+    per-cell table."""
     r = results[results.label == label]
     r = r.assign(_err=scored_error(r))
     cells, E = cell_seed_array(r, "_err", seeds, cell)
-    others = [k for k in CORE if k != "mu_norm" and cells[k].nunique() >= 2]
+    domain = in_domain("collapse", r, cells, cell)
     table = cells.assign(label=label, test_error=np.nanmean(E, 1), x=collapse_variable(cells),
-                         x_P=collapse_variable(cells, "P"))
+                         x_P=collapse_variable(cells, "P"), in_domain=domain)
+    inside = cells[domain]
+    others = [k for k in CORE if k != "mu_norm" and inside[k].nunique() >= 2]
+    window = f"final test error; swept besides ||mu||: {', '.join(others) or 'nothing in the domain'}"
     if not others:
+        if any(cells[k].nunique() >= 2 for k in CORE if k != "mu_norm"):
+            return [_not_applicable("collapse", label, len(cells), window,
+                                    "fewer than 2 values of a dimension besides ||mu|| inside the domain")], table
         return [], table
-    x, xP, mu = table.x.to_numpy(), table.x_P.to_numpy(), cells.mu_norm.to_numpy(dtype=float)
+    x, xP = table.x.to_numpy()[domain], table.x_P.to_numpy()[domain]
+    mu, E_in = cells.mu_norm.to_numpy(dtype=float)[domain], E[domain]
 
     def stat(idx):
-        e = _nanmean(E, idx)
+        e = _nanmean(E_in, idx)
         base = residual_rms(mu, e)
         return {"x": residual_rms(x, e) / base, "x_P": residual_rms(xP, e) / base}
 
-    point, ci = bootstrap(stat, len(seeds), n_boot, seed)
-    window = f"final test error; swept besides ||mu||: {', '.join(others)}"
-    variables = [("x", "x = n mu^4 / (d (P-1)^4 sigma_p^4), RMS vs mu alone")]
-    if cells.P.nunique() > 1:  # with P fixed the two variables differ by a constant factor
-        variables.append(("x_P", "x = n mu^4 / (d P^4 sigma_p^4), RMS vs mu alone"))
-    rows = [_row("collapse", label, name, point[key], ci[key], None,
-                 None if not np.isfinite(ci[key][1]) else ci[key][1] < COLLAPSE_MAX, len(cells), window)
-            for key, name in variables]
+    iv = jackknife(stat, len(seeds))
+    rows = [_row("collapse", label, iv["x"], (0.0, COLLAPSE_MAX), int(domain.sum()), len(cells), window,
+                 dim="x with (P-1)^4")]
+    if inside.P.nunique() > 1:  # with P fixed the two variables differ by a constant factor
+        rows.append(_row("collapse", label, iv["x_P"], None, int(domain.sum()), len(cells), window,
+                         dim="x with P^4"))
     return rows, table
 
 
@@ -320,109 +331,114 @@ def invariants(traj: pd.DataFrame, label: str, key=RUN_KEY) -> list[dict]:
         change = direction * (t[col] - t[col].shift()).to_numpy()
         count += float(np.sum(same_run & (change < -scale.to_numpy())))
     runs = int(t.groupby(list(key)).ngroups) if len(t) else 0
-    return [_row("invariants", label, "violations beyond round-off (rhobar up and >= 0, rhounder down and <= 0)",
-                 count, (count, count), 0, count == 0, runs, f"every logged step of {runs} runs")]
+    exact = Interval(count, count, count, 0.0, runs)   # a count over every run, no sampling error
+    return [_row("invariants", label, exact, (0.0, 0.0), runs, runs, f"every logged step of {runs} runs")]
 
 
-def growth_exponent(t: np.ndarray, y: np.ndarray) -> float:
-    """The exponent k of y's growth: the log-log slope of its increments per unit log t, dy / dlog t, against t
-    (between consecutive logged steps, at their geometric mid-point). y = a + b log t gives k = 0, y = a + b t^k
-    gives k (dy / dlog t = b k t^k). NaN with fewer than 3 rising increments."""
-    ok = t > 0
+# The Box-Cox family a + b ((t + t0)^k - 1) / k (k = 0: a + b log(t + t0)) nests log growth with an offset t0, which
+# the late phase of docs/science.md §6.6 predicts, and power growth t^k: its exponent k tells them apart.
+BOXCOX_K = np.round(np.arange(-1.0, 1.5001, 0.01), 2)
+BOXCOX_T0 = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 61)])   # in units of the window's first step
+
+
+def boxcox_exponent(t: np.ndarray, y: np.ndarray) -> float:
+    """The exponent k of the least-squares fit y = a + b ((t + t0)^k - 1) / k over a grid of k (step 0.01) and
+    t0 >= 0 (log-spaced, relative to t's first value); NaN with fewer than 4 points or a flat y."""
+    ok = np.isfinite(t) & np.isfinite(y) & (t > 0)
     t, y = t[ok], y[ok]
-    dlog = np.diff(np.log(t))
-    rate = np.diff(y) / np.where(dlog > 0, dlog, np.nan)
-    mid = np.sqrt(t[1:] * t[:-1])
-    use = np.isfinite(rate) & (rate > 0)
-    if use.sum() < 3 or np.ptp(np.log(mid[use])) == 0:
+    if len(t) < 4 or np.ptp(y) == 0:
         return float("nan")
-    return float(np.polyfit(np.log(mid[use]), np.log(rate[use]), 1)[0])
+    base = np.log(t[None, :] + BOXCOX_T0[:, None] * t[0])            # (t0, points)
+    k = BOXCOX_K[:, None, None]
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.where(k == 0, base[None], np.expm1(k * base[None]) / np.where(k == 0, 1, k))   # (k, t0, points)
+    xc = x - x.mean(-1, keepdims=True)
+    yc = y - y.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rss = (yc ** 2).sum() - (xc * yc).sum(-1) ** 2 / (xc ** 2).sum(-1)
+    rss = np.where(np.isfinite(rss), rss, np.inf)
+    i, _ = np.unravel_index(np.argmin(rss), rss.shape)
+    return float(BOXCOX_K[i])
 
 
-def late_phase(traj: pd.DataFrame, label: str, seeds: list, n_boot: int, seed: int, cell=CELL, key=RUN_KEY):
-    """Runs that fit every training label: rhobar_max against log t after fitting, and |rhounder| / rhobar."""
+def late_phase(traj: pd.DataFrame, label: str, seeds: list, cell=CELL, key=RUN_KEY):
+    """Runs that fit every training label: the growth of rhobar_max after fitting, and |rhounder| / rhobar."""
     t = traj[(traj.label == label) & (traj.final_train_acc >= 1)].sort_values([*key, "step"])
+    window = (f"logged steps with every training label fitted and training loss <= {LATE_LOSS} (|l'| ~ exp(-y f), "
+              f"the late phase of §6.6), >= {LATE_POINTS} of them")
     rows = []
     for run_key, g in t.groupby(list(key), sort=False):
-        fitted = g.step[g.train_acc >= 1]
-        after = g[g.step >= fitted.iloc[0]] if len(fitted) else g.iloc[:0]
-        if len(after) < 4 or after.rhobar_max.var() == 0:
+        after = g[(g.train_acc >= 1) & (g.train_loss <= LATE_LOSS)]
+        if len(after) < LATE_POINTS or after.rhobar_max.var() == 0:
             continue
-        y = after.rhobar_max.to_numpy(dtype=float)
-        exponent = growth_exponent(after.step.to_numpy(dtype=float), y)
-        r2 = {}
-        for name, x in (("log", np.log(np.maximum(after.step.to_numpy(dtype=float), 1))),
-                        ("lin", after.step.to_numpy(dtype=float))):
-            res = y - np.polyval(np.polyfit(x, y, 1), x)
-            r2[name] = 1 - res.var() / y.var()
         last = g.iloc[-1]
-        rows.append(dict(zip(key, run_key), r2_log=r2["log"], r2_lin=r2["lin"], exponent=exponent,
+        rows.append(dict(zip(key, run_key), exponent=boxcox_exponent(after.step.to_numpy(dtype=float),
+                                                                     after.rhobar_max.to_numpy(dtype=float)),
                          under=-last.rhounder_min / last.rhobar_max if last.rhobar_max > 0 else np.nan))
     if not rows:
-        return [], pd.DataFrame()
+        why = f"no run has {LATE_POINTS} logged steps in the window"
+        return [_not_applicable(c, label, 0, window, why) for c in ("late_log_growth", "late_rhounder_small")] \
+            if len(traj[traj.label == label]) else [], pd.DataFrame()
     runs = pd.DataFrame(rows)
-    cells, L = cell_seed_array(runs, "r2_log", seeds, cell)
-    _, T = cell_seed_array(runs, "r2_lin", seeds, cell)
-    _, U = cell_seed_array(runs, "under", seeds, cell)
+    cells, U = cell_seed_array(runs, "under", seeds, cell)
     _, K = cell_seed_array(runs, "exponent", seeds, cell)
+    domain = in_domain("late_log_growth", t, cells, cell)
     logs = swept_logs(cells)
 
     def stat(idx):
         u = _nanmean(U, idx)
-        out = {"r2_log": float(np.nanmedian(_nanmean(L, idx))), "r2_lin": float(np.nanmedian(_nanmean(T, idx))),
-               "under": float(np.nanmedian(u)), "exponent": float(np.nanmedian(_nanmean(K, idx)))}
+        out = {"under": float(np.nanmean(u[domain])), "exponent": float(np.nanmean(_nanmean(K[domain], idx)))}
         out.update({f"slope:{k}": v for k, v in regress(logs, np.log(u)).items()})
         return out
 
-    point, ci = bootstrap(stat, len(seeds), n_boot, seed)
-    window = "logged steps from the first one with every training label fitted"
-    lo, hi = ci["exponent"]
-    out = [_row("late_log_growth", label, "median growth exponent k of rhobar_max (d rhobar / d log t ~ t^k; log "
-                "growth: k = 0)", point["exponent"], ci["exponent"], 0.0,
-                None if not np.isfinite(lo) else -LATE_EXPONENT <= lo and hi <= LATE_EXPONENT, len(cells), window),
-           _row("late_log_growth", label, "median R^2 of rhobar_max vs log t (comparison: t^0.1 and t^0.3 fit "
-                "as well)", point["r2_log"], ci["r2_log"], None, None, len(cells), window),
-           _row("late_log_growth", label, "median R^2 of rhobar_max vs t (comparison)", point["r2_lin"],
-                ci["r2_lin"], None, None, len(cells), window),
-           _row("late_rhounder_ratio", label, "median max|rhounder| / max rhobar at the last step", point["under"],
-                ci["under"], None, point["under"] <= LATE_UNDER, len(cells), "last logged step")]
-    if "d" in logs:
-        out.append(_row("late_rhounder_ratio_slope", label, "d", point["slope:d"], ci["slope:d"], None, None,
-                        len(cells), "last logged step"))
     # _nanmean: a cell where no seed gives a value (a late window too short to fit) is NaN, without numpy's warning
-    table = cells.assign(label=label, r2_log=_nanmean(L), r2_lin=_nanmean(T), under=_nanmean(U), exponent=_nanmean(K))
+    table = cells.assign(label=label, under=_nanmean(U), exponent=_nanmean(K), in_domain=domain)
+    if not domain.any():
+        return [_not_applicable(c, label, len(cells), window, "no cell in the domain")
+                for c in ("late_log_growth", "late_rhounder_small")], table
+    iv = jackknife(stat, len(seeds))
+    out = [_row("late_log_growth", label, iv["exponent"], (-LATE_EXPONENT, LATE_EXPONENT), int(domain.sum()),
+                len(cells), window, dim="Box-Cox exponent k of rhobar_max", predicted=0.0),
+           _row("late_rhounder_small", label, iv["under"], (0.0, LATE_UNDER), int(domain.sum()), len(cells),
+                "last logged step")]
+    if "d" in logs:
+        out.append(_row("late_rhounder_small", label, iv["slope:d"], None, len(cells), len(cells),
+                        "last logged step", dim="log-log slope in d"))
     return out, table
 
 
-def trajectory_claims(traj: pd.DataFrame, results: pd.DataFrame, spec, n_boot: int = 200, seed: int = 0) -> dict:
-    """Every claim for every SGD variant (and every SAM variant against every SGD variant): ``claims`` (rows as in
-    verify.json's ``trajectory_claims``) and per-cell ``tables`` for the figures."""
+def trajectory_claims(traj: pd.DataFrame, results: pd.DataFrame, spec, seed: int = 0) -> dict:
+    """Every trajectory claim for every plain-SGD variant (and every SAM-family variant against it): ``claims``
+    (claim lines as in verify.json) and per-cell ``tables`` for the figures."""
+    from theory_sim.claims import is_sam, is_sgd, variant_parameters
+
     key, cell = spec.run_key, spec.cell_key
+    results = with_flip_fraction(results)
     traj = with_settings(traj, results, key)
     seeds = sorted(results.seed.unique())
-    optimizer_of = {o.label: o.optimizer for o in spec.optimizers}
+    variants = variant_parameters(results)
     sam_steps_of = {o.label: o.overrides.get("sam_steps") for o in spec.optimizers}
-    sgd = [lab for lab, o in optimizer_of.items() if o == "sgd"]
-    sam = [lab for lab, o in optimizer_of.items() if o != "sgd"]   # every SAM-family rule against SGD
+    sgd = [lab for lab, v in variants.items() if is_sgd(v)]
+    sam = [lab for lab, v in variants.items() if v.get("optimizer") != "sgd"]   # every SAM-family rule against SGD
     p = float(results.flip_p.mean())
     claims: list[dict] = []
     tables: dict[str, list[pd.DataFrame]] = {"ratio_law": [], "amplification": [], "collapse": [], "late": []}
     for lab in sgd:
-        rows, table = ratio_law(traj, lab, seeds, n_boot, seed, cell)
+        rows, table = ratio_law(traj, lab, seeds, cell)
         claims += rows
         tables["ratio_law"].append(table)
         for s in sam:
-            rows, table = sam_amplification(traj, s, lab, sam_steps_of.get(s), seeds, harmful_threshold(p), n_boot,
-                                             seed, cell)
+            rows, table = sam_amplification(traj, s, lab, sam_steps_of.get(s), seeds, harmful_threshold(p), cell,
+                                             covered=is_sam(variants[s]))
             claims += rows
             tables["amplification"].append(table)
-        rows, table = collapse(results, lab, seeds, n_boot, seed, cell)
+        rows, table = collapse(results, lab, seeds, cell)
         claims += rows
         tables["collapse"].append(table)
-        rows, table = late_phase(traj, lab, seeds, n_boot, seed, cell, key)
+        rows, table = late_phase(traj, lab, seeds, cell, key)
         claims += rows
         tables["late"].append(table)
-    for lab in optimizer_of:
+    for lab in variants:
         claims += invariants(traj, lab, key)
     return {"claims": claims,
             "tables": {k: (pd.concat(v, ignore_index=True) if v else pd.DataFrame()) for k, v in tables.items()}}

@@ -180,7 +180,7 @@ def draw_trajectory_figures(traj: pd.DataFrame, results: pd.DataFrame, spec, fig
                             dpi: int | None = None) -> list[Path]:
     from theory_sim.sweeps.trajectory_claims import trajectory_claims
 
-    tables = trajectory_claims(traj, results, spec, n_boot=0)["tables"]
+    tables = trajectory_claims(traj, results, spec)["tables"]
     paths = []
     if not tables["ratio_law"].empty:
         paths.append(ratio_law_figure(tables["ratio_law"], spec.name, figdir, fmt, dpi))

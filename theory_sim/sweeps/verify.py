@@ -24,23 +24,15 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from theory_sim.claims import CLAIMS, DOMAIN, VERDICTS, cell_parameters, claim_row, init_scale, is_sam, is_sgd, \
+    slope_tolerance, step_memorisation, variant_parameters
+from theory_sim.intervals import NAN_INTERVAL, jackknife_interval, leave_one_out
 from theory_sim.io import atomic_write_bytes, write_json
-from theory_sim.sweeps.cells import DIMS, scored_error, seed_resamples
+from theory_sim.sweeps.cells import DIMS, scored_error
 from theory_sim.sweeps.paired import paired_differences
+from theory_sim.sweeps.verify_report import markdown, summary_sentence
 
 SLICE = DIMS[1:]   # a slice of the grid: a cell's dimensions besides d
-PREDICTED = {"sgd": {"d": 0.25, "n": -0.25, "P": 1.0, "P-1": 1.0, "sigma_p": 1.0}, "sam": {"d": 0.0}}
-# An exact exponent holds when the bootstrap interval contains it. SAM's "about 0" (Omega~ hides log factors) holds
-# when the whole interval lies within +-TOLERANCE, half of SGD's 1/4: flat compared with SGD's boundary.
-TOLERANCE = {"sgd": 0.0, "sam": 0.125}
-PAIRED_BOOT = 2000  # resamples of the paired differences (cheap: a matrix product per comparison)
-
-
-def prediction_holds(optimizer: str, predicted: float, lo: float, hi: float) -> bool:
-    tol = TOLERANCE.get(optimizer, 0.0)
-    if tol == 0.0:
-        return bool(lo <= predicted <= hi)
-    return bool(predicted - tol <= lo and hi <= predicted + tol)
 
 
 STATUS = ("ok", "benign_everywhere", "never_benign")   # the status codes of ``crossings``
@@ -206,129 +198,186 @@ def resampled_slopes(bnd: pd.DataFrame, mu_star: np.ndarray, dims=DIMS) -> np.nd
     return np.array([_fit(fit, mu_star)[0] for fit in _fits(bnd, dims)]).reshape(-1, mu_star.shape[1])
 
 
-def verify(out: str | Path, n_boot: int = 200, seed: int = 0) -> dict:
+def verify(out: str | Path, seed: int = 0) -> dict:
     """Write DIR/verify.json and DIR/verify.md; return the report (with its markdown under 'markdown')."""
     from theory_sim.sweeps.store import load_spec, read_results, read_trajectories
 
     out = Path(out)
     spec = load_spec(out)
-    return verify_table(read_results(out), spec, out, n_boot=n_boot, seed=seed, traj=read_trajectories(out))
+    return verify_table(read_results(out), spec, out, seed=seed, traj=read_trajectories(out))
 
 
-def verify_table(df: pd.DataFrame, spec, out: Path | None = None, n_boot: int = 200, seed: int = 0,
+def boundary_claims(df: pd.DataFrame, spec, threshold: float, bnd: pd.DataFrame, cells: dict) -> list[dict]:
+    """The boundary claims of theory_sim.claims (slopes, SAM below SGD) on the in-domain cells, each with the same
+    fit over every located cell beside it (exploratory). Intervals: the seed jackknife (theory_sim.intervals)."""
+    dims = spec.cell_dims
+    S = int(df.seed.nunique())
+    loo = leave_one_out(S)
+    params = cell_parameters(df, dims)
+    domain_of = {c.name: c.in_domain(params) for c in CLAIMS.values()}
+    key_of = list(params[["label", *dims]].itertuples(index=False, name=None))
+    variants = variant_parameters(df)
+    ignored = {o.label: spec.ignored_axes(o.label) for o in spec.optimizers}
+    first = {a.name: min(a.values) for a in spec.axes}
+    keys = list(cells)   # bnd's rows are cells' keys, in order
+    mus = np.array([_log_step(cells[k][0]) for k in keys])   # each cell's ||mu|| grid step, for the tolerance
+    loo_mu = resampled_boundaries(cells, threshold, loo)   # (cells, S): every leave-one-out boundary at once
+    rows = []
+    for claim_name in ("sgd_boundary_slope", "sam_boundary_slope"):
+        claim = CLAIMS[claim_name]
+        index = dict(zip(key_of, domain_of[claim.name]))
+        inside = np.array([index[k] for k in keys])
+        for scope, mask in (("in domain", inside), ("all cells", np.ones(len(keys), dtype=bool))):
+            labels = [lab for lab, v in variants.items() if claim.covers(v)] if scope == "in domain" else None
+            sub = bnd[mask & (bnd.label.isin(labels) if labels is not None else True)]
+            if scope == "all cells":   # the exploratory fit of every variant, also those no theorem covers
+                sub = bnd[mask & bnd.label.isin([lab for lab, v in variants.items()
+                                                 if claim.covers(v) or claim_name == "sgd_boundary_slope"])]
+            for fit in _fits(sub, dims):
+                f = fit.fields
+                skip = ignored.get(f["label"], ())
+                if f["dim"] in skip or any(f[a] != first[a] for a in skip if a in f):
+                    continue
+                covered = claim.covers(variants[f["label"]])
+                if scope == "all cells" and claim_name == "sam_boundary_slope" and not covered:
+                    continue
+                if scope == "all cells" and claim_name == "sgd_boundary_slope" and is_sam(variants[f["label"]]):
+                    continue   # SAM's exploratory fit is listed under its own claim
+                rows_idx = sub.index.to_numpy()[fit.rows]
+                fit = fit._replace(rows=rows_idx)   # rows of the whole boundary table
+                point = _fit(fit, bnd.mu_star.to_numpy(dtype=float)[:, None])[0][0]
+                reps = _fit(fit, loo_mu)[0]
+                interval = jackknife_interval(point, reps)
+                dim = f["dim"]
+                predicted = claim.extra["slopes"].get(dim) if covered and dim != "P-1" else None
+                region, tol = None, None
+                if predicted is not None and scope == "in domain":
+                    values = np.exp(fit.x) + (1 if dim == "P-1" else 0)
+                    tol = slope_tolerance(claim, float(np.nanmedian(mus[rows_idx])), values)
+                    region = (predicted - tol, predicted + tol)
+                fixed = {k: ("any" if k in skip else _int(f[k])) for k in dims
+                         if k != dim and not (dim == "P-1" and k == "P") and k in f}
+                used = int(np.isfinite(bnd.mu_star.to_numpy(dtype=float)[rows_idx]).sum())
+                rows.append(claim_row(claim if region is not None or scope == "in domain" else
+                                      CLAIMS["slope_outside_domain"], f["label"], interval, region, scope,
+                                       dim=dim, fixed=fixed, predicted=predicted, tolerance=tol,
+                                       cells_in_domain=int(inside[rows_idx].sum()), cells=int(len(rows_idx)),
+                                       located=used))
+        # a covered variant with no in-domain fit at all: the claim is not applicable, said once
+        for lab, v in variants.items():
+            if claim.covers(v) and not any(r["variant"] == lab and r["scope"] == "in domain" and r["claim"] ==
+                                           claim_name for r in rows):
+                n_in = int(sum(index[k] for k in key_of if k[0] == lab))
+                rows.append(claim_row(claim, lab, NAN_INTERVAL, None, applicable=False, dim="d", fixed={},
+                                       predicted=claim.extra["slopes"]["d"], tolerance=None, cells_in_domain=n_in,
+                                       cells=int(sum(k[0] == lab for k in key_of)), located=0,
+                                       note=f"{n_in} in-domain cells: a slope needs 3 distinct values of a "
+                                            "dimension with a located boundary"))
+    below = dict(zip(key_of, domain_of["sam_below_sgd"]))
+    rows += _sam_below_sgd(bnd, cells, loo_mu, variants, dims, np.array([below[k] for k in keys]))
+    return rows
+
+
+def _log_step(mus: np.ndarray) -> float:
+    """The median log-spacing of a cell's positive ||mu|| values (NaN with fewer than 2)."""
+    positive = np.log(mus[mus > 0])
+    return float(np.median(np.diff(positive))) if len(positive) > 1 else float("nan")
+
+
+def _censored(bnd: pd.DataFrame, cells: dict, mu: np.ndarray, low_side: bool) -> np.ndarray:
+    """log mu* with censored cells at the grid's end: for SGD (low_side False) a never-benign cell counts as the
+    grid's top (a lower bound of its boundary), for SAM a benign-everywhere cell as the grid's bottom (an upper
+    bound): SGD's minus SAM's is then a lower bound wherever a cell is censored."""
+    tops = np.array([cells[k][0].max() for k in cells])[:, None]
+    bottoms = np.array([cells[k][0].min() for k in cells])[:, None]
+    status = bnd.status.to_numpy()[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fill = bottoms if low_side else tops
+        censored = (status == "benign_everywhere") if low_side else (status == "never_benign")
+        out = np.where(np.isfinite(mu), mu, np.where(censored, fill, np.nan))
+        return np.log(out)
+
+
+def _sam_below_sgd(bnd: pd.DataFrame, cells: dict, loo_mu: np.ndarray, variants: dict, dims,
+                   inside: np.ndarray) -> list[dict]:
+    """[C23]'s SAM below plain SGD: the mean over in-domain d (per slice of the other dimensions) of
+    log(mu*_SGD / mu*_SAM), censored cells at the grid's ends (a lower bound), with the seed jackknife."""
+    claim = CLAIMS["sam_below_sgd"]
+    cells_of = {tuple(r): i for i, r in enumerate(bnd[["label", *dims]].itertuples(index=False, name=None))}
+    mu = np.column_stack([bnd.mu_star.to_numpy(dtype=float), loo_mu])   # column 0: all seeds; then leave-one-out
+    sam_side, sgd_side = _censored(bnd, cells, mu, low_side=True), _censored(bnd, cells, mu, low_side=False)
+    rows = []
+    for a in [lab for lab, v in variants.items() if is_sam(v)]:
+        for b in [lab for lab, v in variants.items() if is_sgd(v)]:
+            groups: dict[tuple, list[tuple[int, int]]] = {}
+            for key, i in cells_of.items():
+                j = cells_of.get((b, *key[1:]))
+                if key[0] == a and inside[i] and j is not None:
+                    groups.setdefault(key[2:], []).append((i, j))
+            for slice_key, pairs in sorted(groups.items()):
+                ia, ib = (np.array(x) for x in zip(*pairs))
+                with np.errstate(invalid="ignore"):
+                    gap = np.mean(sgd_side[ib] - sam_side[ia], axis=0)   # NaN if a cell has no boundary at all
+                interval = jackknife_interval(gap[0], gap[1:])
+                rows.append(claim_row(claim, f"{a} vs {b}", interval, (0.0, np.inf), dim="d",
+                                       fixed={k: _int(v) for k, v in zip(dims[1:], slice_key)}, predicted=None,
+                                       tolerance=None, cells_in_domain=len(pairs), cells=len(pairs),
+                                       located=int(np.isfinite(sgd_side[ib, 0] - sam_side[ia, 0]).sum()),
+                                       d=[_int(float(bnd.d.iloc[i])) for i in ia]))
+    return rows
+
+
+TRAJECTORY_NOTE = ("not run: this sweep directory has no trajectories.parquet (committed tables leave it out, or the "
+                   "sweep ran with trajectories = false); re-run the sweep into a new --out directory "
+                   "(`python -m theory_sim sweep SPEC --out DIR`, trajectories = true) and verify that")
+TRAJECTORY_CLAIMS = ("ratio_law_exponents", "ratio_law_constant", "sam_amplification", "noise_switched_off",
+                     "collapse", "invariants", "late_log_growth", "late_rhounder_small")
+
+
+def verify_table(df: pd.DataFrame, spec, out: Path | None = None, seed: int = 0,
                  traj: pd.DataFrame | None = None) -> dict:
-    """The boundary checks from the results table and, given the trajectory table, the trajectory claims."""
+    """Every claim of theory_sim.claims that the tables allow: the boundary claims from the results table and,
+    given the trajectory table, the trajectory claims; exploratory estimates beside them."""
+
     p = float(df.flip_p.iloc[0]) if df.flip_p.nunique() == 1 else float(df.flip_p.mean())
     threshold = spec.benign_threshold(p)
-    optimizer_of = {o.label: o.optimizer for o in spec.optimizers}
     dims = spec.cell_dims
     cells = cell_arrays(df, dims)
     bnd = boundaries(cells, threshold, dims=dims)
-    if "sigma_0" in df.columns:  # the theorems want sigma_0 <~ 1/(P sigma_p sqrt(d)): report where a cell stands
-        scale = (df.sigma_0 * df.P * df.sigma_p * np.sqrt(df.d)).groupby([df[k] for k in ("label", *dims)])
-        bnd["init_scale"] = [float(scale.get_group(tuple(k)).max()) for k in
-                             bnd[["label", *dims]].itertuples(index=False, name=None)]
-    fits = fit_slopes(bnd, dims)
+    params = cell_parameters(df, dims)
+    flags = {name: pred(params) for name, pred in DOMAIN.items()}
+    bnd = bnd.merge(params.assign(init_scale=init_scale(params), step_memorisation=step_memorisation(params),
+                                  **{f"in_{k}": v for k, v in flags.items()})[
+        ["label", *dims, "init_scale", "step_memorisation", *(f"in_{k}" for k in flags)]], on=["label", *dims],
+        how="left")
+    claims = boundary_claims(df, spec, threshold, bnd, cells)
     seeds = int(df.seed.nunique())
-    checks = []
-    # a variant's runs repeat along the axes its optimizer does not read (theory_sim.config.ignored_parameters):
-    # no slope along such an axis, and the slopes along the others once (at the axis's first value), not per value
-    ignored = {o.label: spec.ignored_axes(o.label) for o in spec.optimizers}
-    first = {a.name: min(a.values) for a in spec.axes}
-    if not fits.empty:
-        # every resample's boundaries and slopes at once; row r of boot is fits' row r over the resamples
-        boot = resampled_slopes(bnd, resampled_boundaries(cells, threshold, seed_resamples(seeds, n_boot, seed)),
-                                dims)
-        for r, row in fits.iterrows():
-            skip = ignored.get(row.label, ())
-            if row.dim in skip or any(row[a] != first[a] for a in skip if a in row):
-                continue
-            s = boot[r][~np.isnan(boot[r])]
-            lo, hi = (np.percentile(s, [2.5, 97.5]) if len(s) >= 10 else (float("nan"), float("nan")))
-            pred = PREDICTED.get(optimizer_of.get(row.label, ""), {}).get(row.dim)
-            fixed = {k: ("any" if k in skip else row[k]) for k in dims
-                     if k != row.dim and not (row.dim == "P-1" and k == "P")}
-            checks.append(dict(label=row.label, optimizer=optimizer_of.get(row.label), dim=row.dim, fixed=fixed,
-                               slope=row.slope, ci_low=float(lo), ci_high=float(hi), predicted=pred,
-                               points=row.points, cells=row.cells, boot_valid=int(len(s)),
-                               tolerance=TOLERANCE.get(optimizer_of.get(row.label, ""), 0.0),
-                               holds=(None if pred is None or not np.isfinite(lo)
-                                      else prediction_holds(optimizer_of.get(row.label), pred, lo, hi))))
-    comparisons = _sam_below_sgd(bnd, optimizer_of, dims[1:])
     report = {"threshold": threshold, "flip_p": p, "benign_rule": f"mean test error <= p + {spec.benign_margin} * "
-              f"(0.5 - p) = {threshold:.4f}", "seeds": seeds, "bootstrap": n_boot, "slopes": checks,
-              "sam_below_sgd": comparisons,
-              "paired_bootstrap": PAIRED_BOOT,
-              "paired_differences": paired_differences(df, spec=spec, n_boot=PAIRED_BOOT, seed=seed)
-              .replace({np.nan: None}).to_dict(orient="records"),
-              "boundaries": bnd.replace({np.nan: None}).to_dict(orient="records")}
+              f"(0.5 - p) = {threshold:.4f}", "seeds": seeds, "interval": "95% jackknife-t over seeds "
+              "(docs/science.md §5.6)", "claims": claims,
+              "paired_differences": paired_differences(df, spec=spec).replace({np.nan: None}).to_dict(orient="records"),
+              "boundaries": bnd.replace({np.nan: None}).to_dict(orient="records"), "not_run": []}
     if traj is not None:
         from theory_sim.sweeps.trajectory_claims import trajectory_claims
 
-        report["trajectory_claims"] = trajectory_claims(traj, df, spec, n_boot=n_boot, seed=seed)["claims"]
-        report["trajectory_note"] = None
+        report["claims"] += trajectory_claims(traj, df, spec, seed=seed)["claims"]
     else:
-        report["trajectory_claims"] = []
-        report["trajectory_note"] = ("this sweep directory has no trajectories.parquet (written before sweeps kept "
-                                     "coefficient trajectories, or with trajectories = false): the trajectory claims "
-                                     "need a re-run of the sweep into a new --out directory")
+        report["not_run"].append({"claims": list(TRAJECTORY_CLAIMS), "why": TRAJECTORY_NOTE})
     report["summary"] = summarize(report)
-    report["markdown"] = _markdown(report, spec)
+    report["markdown"] = markdown(report, spec)
     if out is not None:
         write_json(Path(out) / "verify.json", {k: v for k, v in report.items() if k != "markdown"})
         atomic_write_bytes(Path(out) / "verify.md", report["markdown"].encode())
     return report
 
 
-def _cell_text(values: dict) -> str:
-    return ", ".join(f"{k}={_fmt(_int(v))}" for k, v in values.items())
-
-
 def summarize(report: dict) -> dict:
-    """The verdict of a report: every check with a rule (holds True/False; a '-' row has none) counted, grouped by
-    check (the same claim for the same variant, over cells). Returns {checks, holding, failing: [names], groups:
-    [{check, holding, total, failing: [cells]}]}."""
-    groups: dict[str, dict] = {}
-
-    def add(check: str, cell: str, holds) -> None:
-        if holds is None:
-            return
-        g = groups.setdefault(check, {"check": check, "holding": 0, "total": 0, "failing": []})
-        g["total"] += 1
-        g["holding"] += bool(holds)
-        if not holds:
-            g["failing"].append(cell)
-
-    for c in report["slopes"]:
-        add(f"{c['label']} boundary slope in {c['dim']}", _cell_text(c["fixed"]), c["holds"])
-    for c in report["sam_below_sgd"]:
-        add(f"{c['sam']} boundary below {c['sgd']}'s at large d", _cell_text(c["slice"]), c["holds"])
-    for c in report.get("trajectory_claims") or []:
-        if c["claim"] == "ratio_law_constant":
-            add(f"ratio_law_constant ({c['variant']})", c["dimension"], c["holds"])
-        else:
-            add(f"{c['claim']} ({c['variant']}, {c['dimension']})", "", c["holds"])
-    total = sum(g["total"] for g in groups.values())
-    holding = sum(g["holding"] for g in groups.values())
-    failing = [f"{g['check']}" + (f" [{cell}]" if cell else "") for g in groups.values() for cell in g["failing"]]
-    return {"checks": total, "holding": holding, "failing": failing, "groups": list(groups.values())}
-
-
-def summary_sentence(summary: dict, max_cells: int = 3) -> str:
-    """'N of M checks hold; failing: X (in k of n cells: ...), ...' (one line, for verify.md and the gallery)."""
-    parts = []
-    for g in summary["groups"]:
-        bad = [c for c in g["failing"] if c]
-        if g["holding"] == g["total"]:
-            continue
-        if g["total"] == 1:
-            parts.append(g["check"])
-            continue
-        cells = "; ".join(bad[:max_cells]) + ("; ..." if len(bad) > max_cells else "")
-        parts.append(f"{g['check']} fails in {g['total'] - g['holding']} of {g['total']} cells"
-                     + (f" ({cells})" if cells else ""))
-    head = f"{summary['holding']} of {summary['checks']} checks hold"
-    return head + (f"; failing: {'; '.join(parts)}." if parts else "; none fails.")
+    """The verdicts of a report, one per claim line (a claim for one variant and slice; exploratory estimates are
+    not counted): {counts: {verdict: n}, lines: [{claim, variant, fixed, verdict}], not_run: [...]}."""
+    lines = [dict(claim=c["claim"], variant=c["variant"], dim=c.get("dim"), fixed=c.get("fixed") or {},
+                  verdict=c["verdict"]) for c in report["claims"] if c["verdict"] != "exploratory"]
+    counts = {v: sum(x["verdict"] == v for x in lines) for v in VERDICTS}
+    return {"counts": counts, "lines": lines, "not_run": [n["why"] for n in report.get("not_run", [])]}
 
 
 def stored_summary(out: str | Path) -> str:
@@ -337,177 +386,26 @@ def stored_summary(out: str | Path) -> str:
 
     path = Path(out) / "verify.json"
     report = json.loads(path.read_text()) if path.exists() else {}
-    if not report.get("summary"):
+    if not report.get("summary") or "counts" not in report["summary"]:
         return f"not computed (run `python -m theory_sim verify {out}`)"
-    from theory_sim.sweeps.store import load_spec
-
-    keeps = load_spec(out).trajectories   # a sweep with trajectories = false has no trajectory claims to miss
-    note = (" (boundary checks only: the trajectory claims need the sweep's trajectories.parquet)"
-            if report.get("trajectory_note") and keeps else "")
-    return summary_sentence(report["summary"], max_cells=8) + note
-
-
-def _sam_below_sgd(bnd: pd.DataFrame, optimizer_of: dict, slice_dims=SLICE) -> list[dict]:
-    """At every d in the upper half of the grid: is each SAM-family variant's boundary below each SGD variant's, in
-    every slice of the other dimensions? A never-benign SGD cell counts as +inf, a benign-everywhere SAM cell as
-    -inf."""
-    out = []
-    sgd_labels = [l for l, o in optimizer_of.items() if o == "sgd"]
-    sam_labels = [l for l, o in optimizer_of.items() if o != "sgd"]
-    ds = np.sort(bnd.d.unique())
-    large = ds[len(ds) // 2:]
-    value = lambda r: (r.mu_star if r.status == "ok" else  # noqa: E731
-                       (np.inf if r.status == "never_benign" else -np.inf))
-    for a in sam_labels:
-        for b in sgd_labels:
-            for key, g in bnd[bnd.d.isin(large)].groupby(list(slice_dims)):
-                ga = g[g.label == a].set_index("d")
-                gb = g[g.label == b].set_index("d")
-                per_d = {int(d): (value(ga.loc[d]), value(gb.loc[d])) for d in large if d in ga.index and d in gb.index}
-                below = all(x < y or (np.isinf(x) and x < 0 and not (np.isinf(y) and y < 0)) for x, y in per_d.values())
-                out.append(dict(sam=a, sgd=b, slice=dict(zip(slice_dims, key)), d=list(per_d),
-                                sam_mu_star=[v[0] for v in per_d.values()], sgd_mu_star=[v[1] for v in per_d.values()],
-                                holds=bool(below and per_d)))
-    return out
-
-
-def _fmt(x, nd=3):
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "n/a" if x is None or np.isnan(x) else ("inf" if x > 0 else "-inf")
-    return f"{x:.{nd}g}" if isinstance(x, float) else str(x)
-
-
-def _markdown(report: dict, spec) -> str:
-    lines = [f"# verify: {spec.name}", "", f"**Summary:** {summary_sentence(report['summary'], max_cells=8)} "
-             "(Every row below with a 'holds' column is a check; verify --strict exits 1 when any fails.)", "",
-             f"Benign rule: {report['benign_rule']}; {report['seeds']} seeds per cell; "
-             f"95% intervals from {report['bootstrap']} bootstrap resamples of the seeds.", "",
-             "## Boundary slopes (log ||mu||* against log of the dimension)", "",
-             "| variant | dimension | held fixed | measured slope | 95% CI | predicted | holds | cells used |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for c in report["slopes"]:
-        fixed = ", ".join(f"{k}={_fmt(v)}" for k, v in c["fixed"].items())
-        holds = {True: "yes", False: "NO", None: "-"}[c["holds"]]
-        pred = _fmt(c["predicted"]) + (f" +- {c['tolerance']:g}" if c["predicted"] is not None and c["tolerance"]
-                                       else "")
-        lines.append(f"| {c['label']} | {c['dim']} | {fixed} | {_fmt(c['slope'])} | "
-                     f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}] | {pred} | {holds} | "
-                     f"{c['points']}/{c['cells']} |")
-    if not report["slopes"]:
-        lines.append("| (no dimension has 3 or more values with a located boundary) | | | | | | | |")
-    if report["sam_below_sgd"]:
-        slice_names = ", ".join(spec.cell_dims[1:])
-        lines += ["", "## SAM's boundary below SGD's at every large d", "",
-                  f"| SAM | SGD | slice ({slice_names}) | d | SAM mu* | SGD mu* | holds |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        for c in report["sam_below_sgd"]:
-            values = ", ".join(_fmt(v) for v in c["slice"].values())
-            lines.append(f"| {c['sam']} | {c['sgd']} | {values} | {c['d']} | "
-                         f"{[_fmt(x) for x in c['sam_mu_star']]} | {[_fmt(x) for x in c['sgd_mu_star']]} | "
-                         f"{'yes' if c['holds'] else 'NO'} |")
-    lines += _paired_markdown(report, spec)
-    lines += _trajectory_markdown(report)
-    dims = spec.cell_dims
-    lines += ["", "## Boundary per cell", "", "init scale = sigma_0 P sigma_p sqrt(d): the theorems assume it small.", "",
-              f"| variant | {' | '.join(dims)} | mu* | status | harmful again at | init scale |",
-              "| --- | " + "--- | " * len(dims) + "--- | --- | --- | --- |"]
-    for b in report["boundaries"]:
-        lines.append(f"| {b['label']} | " + " | ".join(_fmt(b[k]) for k in dims) + f" | "
-                     f"{_fmt(b['mu_star'])} | {b['status']} | {_fmt(b['relapse_mu'])} | "
-                     f"{_fmt(b.get('init_scale'))} |")
-    lines += ["", "Censored cells (benign_everywhere: below the grid; never_benign: above it) are left out of the "
-              "fits. Theory (docs/science.md §5): SGD slope 1/4 in d, -1/4 in n, 1 in P and sigma_p (holds: the interval contains it; "
-              "'P-1' fits against the number of noise patches, which the shared-noise gradient actually counts); "
-              "SAM about 0 in d (holds: the whole interval within +-0.125, half of SGD's slope)."]
-    return "\n".join(lines) + "\n"
-
-
-def _int(v):
-    """An integral float (a cell value of an integer axis, e.g. d = 3200.0 next to NaN) as an int."""
-    return int(v) if isinstance(v, float) and v.is_integer() else v
-
-
-def _paired_markdown(report: dict, spec) -> list[str]:
-    """Pooled rows as a table; per-cell rows as one symbol per ||mu|| (- better, + worse, . indistinguishable)."""
-    rows = report.get("paired_differences") or []
-    lines = ["", "## Paired test-error differences (variant - baseline, same seeds; theory_sim.sweeps.paired)", ""]
-    if not rows:
-        return lines + ["Not computed: the sweep has no baseline (sgd or sam) next to another variant."]
-    pooled = [r for r in rows if r["scope"] == "pooled"]
-    lines += [f"Mean over the (cell, seed) pairs of test_error(variant) - test_error(baseline), a diverged run "
-              f"scoring 0.5; 95% interval from {report['paired_bootstrap']} resamples of the seeds (jointly across "
-              f"cells: a cluster bootstrap by seed). better / worse: the interval lies below / above 0.", "",
-              "| variant | baseline | mean difference, all cells | 95% CI | pairs | verdict |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['label']} | {r['baseline']} | {r['mean_diff']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] "
-              f"| {r['n_pairs']} | {r['verdict']} |" for r in pooled]
-    cells = [r for r in rows if r["scope"] == "cell"]
-    others = [k for k in spec.run_key if k not in ("label", "seed", "mu_norm")]
-    symbol = {"better": "-", "worse": "+", "indistinguishable": "."}
-    mus = sorted({r["mu_norm"] for r in cells})
-    lines += ["", f"Per cell, one symbol per ||mu|| in {[_fmt(float(m)) for m in mus]} "
-              "(- better, + worse, . indistinguishable, blank: no pairs):", "",
-              f"| variant | baseline | {' | '.join(others)} | per ||mu|| | better / worse / indist. |",
-              "| --- | --- | " + "--- | " * len(others) + "--- | --- |"]
-    groups: dict[tuple, dict] = {}
-    for r in cells:
-        groups.setdefault((r["label"], r["baseline"], *(r[k] for k in others)), {})[r["mu_norm"]] = r["verdict"]
-    for key, verdicts in groups.items():
-        counts = [sum(v == name for v in verdicts.values()) for name in ("better", "worse", "indistinguishable")]
-        marks = "".join(symbol.get(verdicts.get(m), " ") for m in mus)
-        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(_fmt(_int(v)) for v in key[2:]) +
-                     f" | `{marks}` | {counts[0]} / {counts[1]} / {counts[2]} |")
-    return lines
-
-
-def _trajectory_markdown(report: dict) -> list[str]:
-    lines = ["", "## Trajectory claims (docs/science.md §6)", ""]
-    if report.get("trajectory_note"):
-        return lines + [f"Not checked: {report['trajectory_note']}."]
-    claims = report["trajectory_claims"]
-    constants = [c for c in claims if c["claim"] == "ratio_law_constant"]
-    others = [c for c in claims if c["claim"] != "ratio_law_constant"]
-    holds = lambda c: {True: "yes", False: "NO", None: "-"}[c["holds"]]  # noqa: E731
-    lines += ["| claim | variant | dimension | measured | 95% CI | predicted | holds | cells used | window |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for c in others:
-        lines.append(f"| {c['claim']} | {c['variant']} | {c['dimension']} | {_fmt(c['measured'])} | "
-                     f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}] | {_fmt(c['predicted'])} | {holds(c)} | "
-                     f"{c['cells_used']} | {c['window']} |")
-    if constants:
-        values = np.array([c["measured"] for c in constants])
-        ok = sum(bool(c["holds"]) for c in constants)
-        lines += ["", f"Ratio-law constant (measured / predicted) per early-phase cell: {ok} of {len(constants)} "
-                  f"with the whole 95% interval within [0.8, 1.25]; min {values.min():.3g}, median "
-                  f"{np.median(values):.3g}, max "
-                  f"{values.max():.3g}.", "",
-                  "| variant | cell | measured / predicted | 95% CI | holds |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {c['variant']} | {c['dimension']} | {_fmt(c['measured'])} | [{_fmt(c['ci_low'])}, "
-                  f"{_fmt(c['ci_high'])}] | {holds(c)} |" for c in constants]
-    lines += ["", "Rules (theory_sim.sweeps.trajectory_claims): ratio-law exponents hold when the interval comes within "
-              "0.1 of the prediction, constants when the whole interval lies within [0.8, 1.25]; SAM amplification "
-              ">= 2 in every SGD-harmful cell (seed-mean test error >= p + 0.1); the update-point noise-active fraction "
-              "when the interval of SAM's minus SGD's lies below 0; collapse holds when x's residual spread around a "
-              "decreasing fit is below 0.7 of ||mu||'s (the whole interval); invariants need 0 violations; late "
-              "phase: the growth exponent k of rhobar_max (log growth: 0) when its whole interval lies within +-0.05, "
-              "median max|rhounder| / max rhobar <= 0.5."]
-    return lines
+    return summary_sentence(report["summary"])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, help="sweep directory with results.parquet")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals")
     p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=False,
-                   help="exit with status 1 when any check fails (for CI)")
+                   help="exit with status 1 when any claim is contradicted (for CI)")
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
                    help="print only the one-line summary (the full report is in DIR/verify.md)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from theory_sim.config import check_int
-
-    check_int("bootstrap", args.bootstrap, 10)
-    report = verify(args.dir, n_boot=args.bootstrap)
+    report = verify(args.dir)
     print(f"{args.dir}: {summary_sentence(report['summary'])} ({args.dir / 'verify.md'})" if args.quiet
           else report["markdown"])
-    return 1 if args.strict and report["summary"]["failing"] else 0
+    return 1 if args.strict and report["summary"]["counts"]["contradicted"] else 0
+
+
+def _int(v):
+    """An integral float (a cell value of an integer axis, e.g. d = 3200.0 next to NaN) as an int."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
