@@ -1,5 +1,5 @@
 """Load a run's tables and plot one trajectory: the training loss, Gamma (signal) and Rho (noise memorisation) of one
-seed over its logged steps (columns: README, "Outputs in DIR"; the quantities: docs/science.md §4).
+seed over its logged steps (columns: docs/usage.md, "Outputs in DIR"; the quantities: docs/science.md §4).
 
     python -m theory_sim simulate --optimizer sam --d 400 --epochs 20 --seeds 2 --out runs/sam_d400
     python examples/load_and_plot_trajectory.py runs/sam_d400 --seed 1 --out runs/sam_d400/seed1.png

@@ -1,5 +1,7 @@
-"""README's promises to a newcomer: its Python snippets run, the example script runs, and it names every preset,
-study script and output file that exists."""
+"""README's promises to a newcomer: a front door (about 2,000 words at most, no line over 300 characters, exactly
+two commands: install and run the main job, install and run the tests as CI does), its Python snippet and
+docs/usage.md's run, the example script runs, and the docs name every preset, study script and output file that
+exists."""
 import os
 import re
 import subprocess
@@ -12,6 +14,7 @@ from theory_sim.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+USAGE = (ROOT / "docs" / "usage.md").read_text()
 
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -23,9 +26,26 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
+def shell_commands(text: str) -> list[str]:
+    """The indented (code block) lines of ``text`` outside fenced blocks."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return [line.strip() for line in text.splitlines() if line.startswith("    ") and line.strip()]
+
+
+def test_readme_is_a_front_door():
+    assert len(README.split()) <= 2000
+    assert [n for n, line in enumerate(README.splitlines(), 1) if len(line) > 300] == []
+    install_and_run, tests = shell_commands(README)     # exactly two commands
+    assert install_and_run.startswith("pip install torch==2.13.0 ") and "&& pip install -e . &&" in install_and_run
+    assert install_and_run.endswith("python -m theory_sim sweep studies/phase_diagram_quick.toml --out runs/quick")
+    assert tests == 'pip install -e ".[dev]" && python -m pytest -q'
+    assert tests in (ROOT / ".ci" / "run").read_text().replace(" --durations=20", "")   # as CI runs them
+    assert shell_commands("text\n\n    one\n\n```python\n    not a command\n```\n    two\n") == ["one", "two"]
+
+
 def test_readme_python_blocks_run(tmp_path):
-    blocks = python_blocks(README)
-    assert len(blocks) >= 2 and "train_ensemble" in blocks[0] and "SweepSpec" in blocks[1]
+    blocks = python_blocks(README) + python_blocks(USAGE)
+    assert len(blocks) == 2 and "SweepSpec" in blocks[0] and "train_ensemble" in blocks[1]
     for code in blocks:
         proc = run_python(code, tmp_path)  # in a fresh directory: its runs/ go there
         assert proc.returncode == 0, proc.stderr
@@ -34,10 +54,12 @@ def test_readme_python_blocks_run(tmp_path):
     assert run_python(python_blocks("```python\nraise SystemExit(3)\n```\n")[0], tmp_path).returncode == 3
 
 
-def test_readme_lists_every_preset_and_study_script():
+def test_usage_lists_every_preset_and_study_script():
     files = sorted((ROOT / "studies").glob("*.toml")) + sorted((ROOT / "studies").glob("*.py"))
     assert len(files) >= 10
-    assert [f.name for f in files if f"`{f.name}`" not in README and f.name not in README] == []
+    assert [f.name for f in files if f"`{f.name}`" not in USAGE] == []
+    # and README's gallery has a line for every preset
+    assert [f.stem for f in files if f.suffix == ".toml" and f"[{f.stem}](figures/" not in README] == []
     assert "theory-sim" in README and 'theory-sim = "theory_sim.cli:main"' in (ROOT / "pyproject.toml").read_text()
 
 
@@ -59,12 +81,12 @@ def simulate_run(tmp_path_factory):
 
 
 def unnamed(names: list[str]) -> list[str]:
-    """The names README never mentions (a trajectory figure is named by its pattern)."""
-    return [n for n in names if n not in README and not (n.startswith("trajectories_") and
-                                                         "trajectories_<cell>.png" in README)]
+    """The names docs/usage.md never mentions (a trajectory figure is named by its pattern)."""
+    return [n for n in names if n not in USAGE and not (n.startswith("trajectories_") and
+                                                        "trajectories_<cell>.png" in USAGE)]
 
 
-def test_readme_names_every_output_file(readme_sweep, simulate_run, tmp_path):
+def test_usage_names_every_output_file(readme_sweep, simulate_run, tmp_path):
     assert unnamed(sorted(p.name for p in simulate_run.iterdir())) == []
     (tmp_path / "tiny.toml").write_text(readme_sweep)
     out = tmp_path / "sweep"

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, MemoryError) and "allocate" not in str(exc) and "out of memory" not in str(exc):
             raise
         print("error: out of memory (numpy/torch could not allocate an array); lower the sizes, or see "
-              "README 'What happens when things go wrong' for the memory estimate", file=sys.stderr)
+              "docs/usage.md 'What happens when things go wrong' for the memory estimate", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C (or a verb's SIGTERM): finished results are on disk (atomic writes)
         print(_one_line(exc) if str(exc) else "interrupted", file=sys.stderr)

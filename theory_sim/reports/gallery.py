@@ -1,10 +1,11 @@
-"""Write each preset's failing checks next to its README gallery headline, computed from its verify tables.
+"""Write each preset's failing checks next to its gallery entry in figures/README.md, computed from its verify
+tables.
 
-README marks the place with ``<!-- checks:NAME -->...<!-- /checks -->``; this replaces the text between the marks
-with verify's one-line summary ("N of M checks hold; failing: ...", theory_sim.sweeps.verify.summary_sentence) of
-figures/NAME_verify.md. A verify.md from before verify wrote summaries has none: the boundary checks are then
-re-judged from figures/results/NAME (results alone, no trajectories), and the text says the trajectory claims were
-not re-judged. Run after `python -m theory_sim figures DIR --gallery figures` (CONTRIBUTING.md).
+figures/README.md marks the place with ``<!-- checks:NAME -->...<!-- /checks -->``; this replaces the text between
+the marks with verify's one-line summary ("N of M checks hold; failing: ...",
+theory_sim.sweeps.verify.summary_sentence) of figures/NAME_verify.md. A verify.md from before verify wrote summaries
+has none: the boundary checks are then re-judged from figures/results/NAME (results alone, no trajectories), and the
+text says the trajectory claims were not re-judged. Run after `python -m theory_sim figures DIR --gallery figures` (CONTRIBUTING.md).
 
 The logic behind ``studies/gallery_checks.py``."""
 from __future__ import annotations
