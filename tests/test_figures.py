@@ -90,6 +90,7 @@ def synthetic_phase(nan_cell: bool = False):
     edges = (np.array([50.0, 200, 800, 3200]), np.array([0.35, 0.7, 1.4, 2.8, 5.6]))
     fig = phase_diagram(grids, ["sgd", "sam"], ("d", "mu_norm"), edges, (True, True), (0.14, 0.2),
                         (bnd, fits, {"n": 20, "P": 2, "sigma_p": 1.0}))
+    fig._bnd = (bnd, fits, {"n": 20, "P": 2, "sigma_p": 1.0})
     return fig, grids
 
 
@@ -109,6 +110,41 @@ def test_phase_diagram_legend_entries_show_and_titles_are_true():
     assert "grey: every run diverged" in diverged_note(grids)
     texts = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
     assert r"signal strength $\|\mu\|$" in texts and not any("||mu||" in t for t in texts)
+    plt.close(fig)
+
+
+def test_cells_outside_the_domain_are_hatched_and_the_fitted_law_has_its_band():
+    """issue 24: the phase diagram hatches each variant's cells outside its theorem's domain (here d = 100 for sgd,
+    nothing for sam; the difference panel: outside either's) and draws each claim's fitted law with the band of its
+    slope interval in the boundaries panel."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.patches import Rectangle
+
+    fig0, _ = synthetic_phase()
+    bnd, fits, sl = fig0._bnd
+    plt.close(fig0)
+    outside = {"sgd": np.zeros((4, 3), bool), "sam": np.zeros((4, 3), bool)}
+    outside["sgd"][:, 0] = True
+    law = dict(variant="sgd", scope="in domain", estimate=0.25, ci_low=0.2, ci_high=0.3, dim="d", fixed={},
+               law={"intercept": np.log(1 / 3), "log_x_mean": np.log(400.0), "log_x_min": np.log(100.0),
+                    "log_x_max": np.log(1600.0)})
+    grids = {"sgd": np.linspace(0.5, 0.05, 12).reshape(4, 3), "sam": np.linspace(0.4, 0.05, 12).reshape(4, 3)}
+    edges = (np.array([50.0, 200, 800, 3200]), np.array([0.35, 0.7, 1.4, 2.8, 5.6]))
+    fig = phase_diagram(grids, ["sgd", "sam"], ("d", "mu_norm"), edges, (True, True), (0.14, 0.2),
+                        (bnd, fits, sl, [law]), outside)
+    hatched = lambda ax: [p for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch()]  # noqa: E731
+    by_title = {ax.get_title(): ax for ax in fig.axes}
+    sgd_top, sam_top = by_title["sgd: mean test error"], by_title["sam: mean test error"]
+    diff_top = next(ax for title, ax in by_title.items() if title.startswith("sam - sgd"))
+    assert [(p.get_x(), p.get_x() + p.get_width()) for p in hatched(sgd_top)] == [(50.0, 200.0)]
+    assert hatched(sam_top) == [] and len(hatched(diff_top)) == 1
+    panel = next(ax for ax in fig.axes if ax.get_title().startswith("located boundaries"))
+    band = [c for c in panel.collections if isinstance(c, PolyCollection)]
+    assert len(band) == 1   # sgd's law has an interval; sam has no law row: no band
+    ys = band[0].get_paths()[0].vertices[:, 1]
+    assert ys.min() < 1 / 3 * 100 ** 0.25 < ys.max()
+    texts = [t.get_text() for t in panel.get_legend().get_texts()]
+    assert texts[0] == "sgd: slope 0.25 [0.20, 0.30] (in domain)" and "outside the theorem's domain" in texts[-1]
     plt.close(fig)
 
 

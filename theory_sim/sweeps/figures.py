@@ -28,17 +28,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from theory_sim.cnn.plotting import assignments, plain_log_ticks, symbol  # noqa: E402
 from theory_sim.io import save_figure  # noqa: E402
 from theory_sim.sweeps.cells import HARMFUL_MARGIN, harmful_threshold  # noqa: E402
 from theory_sim.sweeps.spec import log_spaced  # noqa: E402
-from theory_sim.claims import predicted_slope  # noqa: E402
-from theory_sim.sweeps.verify import (  # noqa: E402
-    boundaries,
-    cell_arrays,
-    fit_slopes,
-)
+from theory_sim.claims import CELL_PARAMETERS, CLAIMS, is_sam, is_sgd, predicted_slope, variant_parameters  # noqa: E402
+from theory_sim.sweeps.verify import boundary_claims, fit_slopes, located_boundaries  # noqa: E402
 
 LINESTYLES = ["-", "--", ":", "-."]
 FORMATS = ("png", "pdf", "svg")
@@ -131,8 +128,10 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
     thr_benign, thr_harmful = spec.benign_threshold(p), harmful_threshold(p)
     labels = [o.label for o in spec.optimizers]
     dims = spec.cell_dims
-    bnd = boundaries(cell_arrays(df, dims), thr_benign, dims=dims)
+    cells, bnd = located_boundaries(df, spec, thr_benign)
     fits = fit_slopes(bnd, dims)
+    claims = boundary_claims(df, spec, thr_benign, bnd, cells) if y == "mu_norm" else []
+    theorem_of = {lab: theorem_claim(v) for lab, v in variant_parameters(df).items()}
     log_x, log_y = log_axis(spec.axis(x)), log_axis(spec.axis(y))
     err = df.test_error.where(~df.diverged.astype(bool), np.nan)
     rest = [k for k in (*dims, "mu_norm") if k not in (x, y)]
@@ -149,12 +148,19 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
         grids = {lab: m[m.label == lab].pivot(index=y, columns=x, values="err")
                  .reindex(index=ys, columns=xs).to_numpy() for lab in labels}
         cell_slice = {k: v for k, v in sl.items() if k in dims}
+        rows = df
+        for key, val in sl.items():
+            rows = rows[rows[key] == val]
+        outside = {lab: ~domain_grid(rows[rows.label == lab], theorem_of[lab], x, y, xs, ys) for lab in labels}
+        laws = [c for c in claims if c.get("dim") == x and all(c["fixed"].get(k) in (v, "any")
+                                                               for k, v in cell_slice.items() if k in c["fixed"])]
         fig = phase_diagram(grids, labels, (x, y), (dx, dy), (log_x, log_y), (thr_benign, thr_harmful),
-                            (bnd, fits, cell_slice) if y == "mu_norm" else None)
+                            (bnd, fits, cell_slice, laws) if y == "mu_norm" else None, outside)
         tag = assignments({k: v for k, v in sl.items() if k in varied or k in ("n", "P", "sigma_p")})
         titled_layout(fig, f"{spec.name}: {tag}, $p={p:g}$, {df.seed.nunique()} seeds/cell.\nBenign: mean test "
                            f"error $\\leq{thr_benign:.3f}$ $(p+{spec.benign_margin:g}(0.5-p))$; harmful: "
-                           f"$\\geq{thr_harmful:.3f}$ $(p+{HARMFUL_MARGIN:g})${diverged_note(grids)}")
+                           f"$\\geq{thr_harmful:.3f}$ $(p+{HARMFUL_MARGIN:g})${diverged_note(grids)}"
+                           f"{domain_note(outside)}")
         stem = "phase_diagram" if (x, y) == ("d", "mu_norm") else f"phase_{y}_vs_{x}"
         # one file per slice: n, P, sigma_p always named (the file names of earlier sweeps), other axes when varied
         tags = [k for k in rest if k in ("n", "P", "sigma_p") or k in varied]
@@ -171,24 +177,52 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
     return paths
 
 
+def theorem_claim(variant: dict):
+    """The theorem whose domain a variant's panels shade: SAM's for [C23]'s SAM, SGD's for every other variant (no
+    theorem covers Rand-SAM, multi-step SAM, ...: SGD's assumptions on d, the init and the step still apply)."""
+    return CLAIMS["sam_boundary_slope"] if is_sam(variant) else CLAIMS["sgd_boundary_slope"]
+
+
+def domain_grid(rows: pd.DataFrame, claim, x: str, y: str, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """(len(ys), len(xs)) bool: the cells of one variant's panel inside ``claim``'s domain (theory_sim.claims)."""
+    cols = [c for c in CELL_PARAMETERS if c in rows.columns and c not in (x, y)]
+    params = rows.groupby([y, x], sort=True)[cols].first().reset_index()
+    inside = pd.Series(claim.in_domain(params), index=pd.MultiIndex.from_frame(params[[y, x]]))
+    return inside.reindex(pd.MultiIndex.from_product([ys, xs])).fillna(False).to_numpy(bool).reshape(len(ys), len(xs))
+
+
+def domain_note(outside: dict) -> str:
+    """The title's note on hatched cells, those outside a theorem's domain: only when there are some."""
+    return ("; hatched: outside the theorem's domain (docs/science.md §5.6)"
+            if any(o.any() for o in outside.values()) else "")
+
+
 def diverged_note(grids: dict) -> str:
     """The title's note on grey cells, those where every run diverged (their mean is NaN): only when there are some."""
     return "; grey: every run diverged" if any(np.isnan(g).any() for g in grids.values()) else ""
 
 
 def phase_diagram(grids: dict, labels: list[str], names: tuple, edges: tuple, logs: tuple, thresholds: tuple,
-                  boundary: tuple | None = None):
+                  boundary: tuple | None = None, outside: dict | None = None):
     """One slice's phase diagram (the figure, untitled), drawn layer by layer. ``grids``: each variant's seed-mean
     test error (y, x), NaN where every run diverged; ``names``, ``edges``, ``logs``: the (x, y) axes, their cell edges
-    and whether each is drawn log; ``thresholds``: (benign, harmful); ``boundary``: (boundaries, fits, slice) to
-    overlay, or None (y is not ||mu||). A further layer over the maps (e.g. the cells outside a theorem's domain)
-    goes after the maps and before the boundaries."""
+    and whether each is drawn log; ``thresholds``: (benign, harmful); ``boundary``: (boundaries, fits, slice, claim
+    lines) to overlay, or None (y is not ||mu||); ``outside``: per variant, (y, x) cells outside its theorem's domain,
+    hatched over the maps."""
     (x, y), (dx, dy), (log_x, log_y) = names, edges, logs
     # layer 1: the maps (error heatmaps, benign / between / harmful, the difference of the first two variants)
     fig, tops, bottoms = _phase_panels(grids, labels, dx, dy, *thresholds)
-    # layer 2: the located boundaries; all variants' together in the last panel
+    # layer 2: the cells outside each variant's theorem's domain (the difference panel: outside either's)
+    if outside:
+        for k, lab in enumerate(labels):
+            _hatch(tops[k], outside[lab], dx, dy)
+            _hatch(bottoms[k], outside[lab], dx, dy)
+        if len(labels) >= 2:
+            _hatch(tops[-1], outside[labels[0]] | outside[labels[1]], dx, dy)
+    # layer 3: the located boundaries; all variants' together in the last panel, with their fitted laws and bands
     if boundary is not None and len(labels) >= 2:
-        _boundaries_panel(bottoms[-1], boundary[0], labels, boundary[2], x, dx, dy)
+        _boundaries_panel(bottoms[-1], boundary[0], labels, boundary[2], x, dx, dy, boundary[3:][0] if
+                          len(boundary) > 3 else ())
     own = len(labels) > 3  # with many variants each panel shows its own boundary only (the last panel shows all)
     for k, ax in enumerate([*tops, *bottoms]):
         column = k % len(tops)
@@ -252,19 +286,56 @@ def _phase_panels(grids, labels, dx, dy, thr_benign, thr_harmful):
     return fig, tops, bottoms
 
 
-def _boundaries_panel(ax, bnd, labels, sl, x, dx, dy) -> None:
-    """All variants' located boundaries ||mu||*(x) together."""
+HATCH = dict(hatch="////", fill=False, edgecolor=(0.0, 0.0, 0.0, 0.35), linewidth=0.0)
+
+
+def _hatch(ax, outside: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> None:
+    """Hatch the cells outside a theorem's domain: a whole column at once where the domain does not depend on y."""
+    for j in range(outside.shape[1]):
+        if outside[:, j].all():
+            ax.add_patch(Rectangle((dx[j], dy[0]), dx[j + 1] - dx[j], dy[-1] - dy[0], **HATCH))
+            continue
+        for i in np.nonzero(outside[:, j])[0]:
+            ax.add_patch(Rectangle((dx[j], dy[i]), dx[j + 1] - dx[j], dy[i + 1] - dy[i], **HATCH))
+
+
+def _law_line(ax, law_row: dict, color: str) -> None:
+    """A fitted boundary law mu* = exp(a) x^s over the range it was fitted on, with the band of the slope's 95%
+    interval pivoting at the fit's centre (docs/science.md §5.6)."""
+    law = law_row["law"]
+    t = np.linspace(law["log_x_min"], law["log_x_max"], 50)
+    centre = law["intercept"] + law_row["estimate"] * law["log_x_mean"]
+    ax.plot(np.exp(t), np.exp(law["intercept"] + law_row["estimate"] * t), "-", color=color, lw=1.2)
+    if np.isfinite(law_row["ci_low"]):
+        ends = [centre + s * (t - law["log_x_mean"]) for s in (law_row["ci_low"], law_row["ci_high"])]
+        ax.fill_between(np.exp(t), np.exp(np.minimum(*ends)), np.exp(np.maximum(*ends)), color=color, alpha=0.2,
+                        lw=0)
+
+
+def _boundaries_panel(ax, bnd, labels, sl, x, dx, dy, laws=()) -> None:
+    """All variants' located boundaries ||mu||*(x) together, each with its fitted law and the band of its slope's
+    interval: the claim's fit over the in-domain cells where it has one, else the exploratory fit over every cell."""
     ax.axis("on")
     for k, lab in enumerate(labels):
         b = bnd[bnd.label == lab]
         for key, val in sl.items():
             b = b[b[key] == val]
         b = b[b.status == "ok"].sort_values(x)
-        ax.plot(b[x], b.mu_star, LINESTYLES[k % 4], marker="o", ms=3, color=f"C{k}", label=lab)
+        fit = [c for c in laws if c["variant"] == lab and c.get("law") and np.isfinite(c["estimate"])]
+        fit = sorted(fit, key=lambda c: c["scope"] != "in domain")[:1]
+        text = ""
+        if fit:
+            c = fit[0]
+            _law_line(ax, c, f"C{k}")
+            where = "in domain" if c["scope"] == "in domain" else "all cells"
+            text = f": slope {c['estimate']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}] ({where})"
+        ax.plot(b[x], b.mu_star, linestyle="none", marker="o", ms=3, color=f"C{k}", label=lab + text)
     ax.set_xlim(dx[0], dx[-1])
     ax.set_ylim(dy[0], dy[-1])
-    ax.set_title(f"located boundaries $\\|\\mu\\|^*({symbol(x)})$", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title(f"located boundaries $\\|\\mu\\|^*({symbol(x)})$, fits with 95% bands", fontsize=10)
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend([*handles, Patch(**HATCH)], [*names, "hatched: outside the theorem's domain (docs/science.md §5.6)"],
+              fontsize=7)
     ax.grid(alpha=0.3)
 
 

@@ -249,8 +249,10 @@ def boundary_claims(df: pd.DataFrame, spec, threshold: float, bnd: pd.DataFrame,
                     continue   # SAM's exploratory fit is listed under its own claim
                 rows_idx = sub.index.to_numpy()[fit.rows]
                 fit = fit._replace(rows=rows_idx)   # rows of the whole boundary table
-                point = _fit(fit, bnd.mu_star.to_numpy(dtype=float)[:, None])[0][0]
+                slope, intercept, _ = (v[0] for v in _fit(fit, bnd.mu_star.to_numpy(dtype=float)[:, None]))
+                point = slope
                 reps = _fit(fit, loo_mu)[0]
+                located_x = fit.x[np.isfinite(bnd.mu_star.to_numpy(dtype=float)[rows_idx])]
                 interval = jackknife_interval(point, reps)
                 dim = f["dim"]
                 predicted = claim.extra["slopes"].get(dim) if covered and dim != "P-1" else None
@@ -266,7 +268,7 @@ def boundary_claims(df: pd.DataFrame, spec, threshold: float, bnd: pd.DataFrame,
                                       CLAIMS["slope_outside_domain"], f["label"], interval, region, scope,
                                        dim=dim, fixed=fixed, predicted=predicted, tolerance=tol,
                                        cells_in_domain=int(inside[rows_idx].sum()), cells=int(len(rows_idx)),
-                                       located=used))
+                                       located=used, law=_law(intercept, located_x)))
         # a covered variant with no in-domain fit at all: the claim is not applicable, said once
         for lab, v in variants.items():
             if claim.covers(v) and not any(r["variant"] == lab and r["scope"] == "in domain" and r["claim"] ==
@@ -280,6 +282,15 @@ def boundary_claims(df: pd.DataFrame, spec, threshold: float, bnd: pd.DataFrame,
     below = dict(zip(key_of, domain_of["sam_below_sgd"]))
     rows += _sam_below_sgd(bnd, cells, loo_mu, variants, dims, np.array([below[k] for k in keys]))
     return rows
+
+
+def _law(intercept: float, log_x: np.ndarray) -> dict | None:
+    """The fitted boundary law log mu* = intercept + slope log x, for figures: its intercept and the range and
+    centre of the log dimension it was fitted on (the slope interval's band pivots at the centre)."""
+    if not len(log_x) or not np.isfinite(intercept):
+        return None
+    return {"intercept": float(intercept), "log_x_mean": float(log_x.mean()), "log_x_min": float(log_x.min()),
+            "log_x_max": float(log_x.max())}
 
 
 def _log_step(mus: np.ndarray) -> float:
@@ -338,6 +349,19 @@ TRAJECTORY_CLAIMS = ("ratio_law_exponents", "ratio_law_constant", "sam_amplifica
                      "collapse", "invariants", "late_log_growth", "late_rhounder_small")
 
 
+def located_boundaries(df: pd.DataFrame, spec, threshold: float) -> tuple[dict, pd.DataFrame]:
+    """(cells, boundaries): ``cell_arrays`` and every cell's boundary with its init scale, one step's noise
+    memorisation and a column ``in_<predicate>`` per domain predicate of theory_sim.claims.DOMAIN."""
+    dims = spec.cell_dims
+    cells = cell_arrays(df, dims)
+    params = cell_parameters(df, dims)
+    flags = {f"in_{name}": pred(params) for name, pred in DOMAIN.items()}
+    params = params.assign(init_scale=init_scale(params), step_memorisation=step_memorisation(params), **flags)
+    bnd = boundaries(cells, threshold, dims=dims).merge(
+        params[["label", *dims, "init_scale", "step_memorisation", *flags]], on=["label", *dims], how="left")
+    return cells, bnd
+
+
 def verify_table(df: pd.DataFrame, spec, out: Path | None = None, seed: int = 0,
                  traj: pd.DataFrame | None = None) -> dict:
     """Every claim of theory_sim.claims that the tables allow: the boundary claims from the results table and,
@@ -345,15 +369,7 @@ def verify_table(df: pd.DataFrame, spec, out: Path | None = None, seed: int = 0,
 
     p = float(df.flip_p.iloc[0]) if df.flip_p.nunique() == 1 else float(df.flip_p.mean())
     threshold = spec.benign_threshold(p)
-    dims = spec.cell_dims
-    cells = cell_arrays(df, dims)
-    bnd = boundaries(cells, threshold, dims=dims)
-    params = cell_parameters(df, dims)
-    flags = {name: pred(params) for name, pred in DOMAIN.items()}
-    bnd = bnd.merge(params.assign(init_scale=init_scale(params), step_memorisation=step_memorisation(params),
-                                  **{f"in_{k}": v for k, v in flags.items()})[
-        ["label", *dims, "init_scale", "step_memorisation", *(f"in_{k}" for k in flags)]], on=["label", *dims],
-        how="left")
+    cells, bnd = located_boundaries(df, spec, threshold)
     claims = boundary_claims(df, spec, threshold, bnd, cells)
     seeds = int(df.seed.nunique())
     report = {"threshold": threshold, "flip_p": p, "benign_rule": f"mean test error <= p + {spec.benign_margin} * "
