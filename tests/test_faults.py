@@ -122,7 +122,7 @@ def test_out_must_be_writable(inside, tmp_path, capsys, monkeypatch):
 
 def test_out_read_only_emulated(tmp_path, capsys, monkeypatch):
     """The same check where chmod cannot help (root): os.access reports the directory read-only."""
-    import theory_sim.cnn.simulate as simulate
+    import theory_sim.cnn.simulate_verb as simulate
 
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -161,7 +161,7 @@ def test_malformed_seeds(seeds, tmp_path, capsys):
 
 
 def test_well_formed_seeds():
-    from theory_sim.cnn.simulate import parse_seeds
+    from theory_sim.cnn.simulate_verb import parse_seeds
 
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("2-4") == [2, 3, 4] and parse_seeds("5-5") == [5]
     assert parse_seeds("7,1, 4") == [7, 1, 4]
@@ -525,7 +525,7 @@ def test_keyboard_interrupt_is_one_line(tmp_path, capsys, monkeypatch):
 def test_a_figure_matplotlib_cannot_draw_is_skipped_with_one_line(tmp_path, capsys):
     """No positive training loss for the log axis (a run whose loss is exactly 0 or NaN throughout): the figure is
     skipped with a one-line warning, the tables are unaffected, nothing is left behind."""
-    from theory_sim.cnn.simulate import write_trajectory_figure
+    from theory_sim.cnn.simulate_verb import write_trajectory_figure
     from theory_sim.config import SimConfig
 
     traj = pd.DataFrame({"step": [0, 1, 2] * 2, "seed": [0] * 3 + [1] * 3, "optimizer": "sgd",
