@@ -313,7 +313,7 @@ def test_options_of_a_variant_may_be_shared_through_base_or_the_grid():
 
 def test_sweep_workers_share_the_memory(tmp_path):
     """A chunk that fits alone may not fit twice: --workers 2 halves the memory each chunk may take."""
-    from theory_sim.resources import estimate_memory_bytes
+    from theory_sim.cnn.memory import estimate_memory_bytes
     from theory_sim.sweeps.spec import SweepSpec
 
     spec = SweepSpec.from_toml(_spec(tmp_path))

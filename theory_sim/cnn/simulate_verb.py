@@ -284,7 +284,7 @@ def load_run(run_dir: str | Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from theory_sim.cnn.train import train_ensemble
-    from theory_sim.resources import check_resources
+    from theory_sim.cnn.memory import check_resources
 
     base = config_from_args(args)
     seeds = parse_seeds(args.seeds)
