@@ -104,9 +104,11 @@ def main() -> None:
     study.write_markdown("\n".join(report).rstrip())
     first = t[t.sigma_0 == bases[0].sigma_0]
     err = summary[summary.sigma_0 == bases[0].sigma_0].groupby("optimizer").test_error.mean()
-    plot_trajectory(first, study.path(".png"), bayes_error=bases[0].flip_p, markers={"SAM -> SGD": args.sam_steps},
-                    title=f"[C23] SGD vs SAM->SGD, d={args.d}, ||mu||={args.mu_norm:g}, sigma_0={bases[0].sigma_0:g}, "
-                          f"n=20, P=2, p=0.1: test error SGD {err['sgd']:.3f}, SAM->SGD {err['sam']:.3f}")
+    arrow = r"SAM $\to$ SGD"
+    plot_trajectory(first, study.path(".png"), bayes_error=bases[0].flip_p, markers={arrow: args.sam_steps},
+                    title=fr"[C23] SGD vs {arrow}, $d={args.d}$, $\|\mu\|={args.mu_norm:g}$, "
+                          fr"$\sigma_0={bases[0].sigma_0:g}$, $n=20$, $P=2$, $p=0.1$: "
+                          f"test error SGD {err['sgd']:.3f}, {arrow} {err['sam']:.3f}")
 
 
 if __name__ == "__main__":

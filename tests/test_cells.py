@@ -31,7 +31,7 @@ def test_scored_error_and_thresholds():
     df = pd.DataFrame({"test_error": [0.1, 0.2, np.nan, 0.3], "diverged": [False, True, False, 0]})
     assert scored_error(df).tolist() == [0.1, 0.5, 0.5, 0.3]
     assert benign_threshold(0.1, 0.1) == 0.1 + 0.1 * 0.4 and benign_threshold(0.2, 0.5) == 0.35
-    assert harmful_threshold(0.1) == 0.1 + 0.1 and harmful_threshold(0.25) != 0.25
+    assert harmful_threshold(0.1) == 0.1 + 0.1 and harmful_threshold(0.25) == 0.25 + 0.1
 
 
 def test_cell_dimensions_in_one_place():

@@ -346,7 +346,8 @@ def test_a_run_stored_with_the_old_names_resumes(tmp_path, capsys):
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     ckpt["config"] = dict(meta["config"])
     torch.save(ckpt, out / "checkpoint.pt")
-    with pytest.warns(FutureWarning, match="steps_k is deprecated, use ascent_steps"):
+    with pytest.warns(FutureWarning, match="eta_a is deprecated, use asam_eta"), \
+            pytest.warns(FutureWarning, match="steps_k is deprecated, use ascent_steps"):
         assert main(["--out", str(out), "--resume"]) == 0
     a, b = pd.read_parquet(straight / "metrics.parquet"), pd.read_parquet(out / "metrics.parquet")
     assert b.epoch.tolist() == [1, 2]

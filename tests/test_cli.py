@@ -109,34 +109,21 @@ def test_help_shows_defaults(capsys):
     assert "--format {png,pdf,svg}" in capsys.readouterr().out
 
 
-TINY_SWEEP = """
-name = "tiny"
-seeds = 2
-chunk_runs = 4
-[base]
-n = 8
-batch_size = 4
-epochs = 3
-n_test = 0
-n_mc = 300
-dtype = "float64"
-[grid.d]
-values = [40, 160]
-[grid.mu_norm]
-values = [1.0, 2.0]
-[[optimizers]]
-label = "sgd"
-optimizer = "sgd"
-"""
+@pytest.fixture
+def cli_sweep(tiny_sweep):
+    """The tiny sweep, SGD only, on d = 40, 160 and ||mu|| = 1, 2 (float64)."""
+    return tiny_sweep(base={"n_mc": 300, "dtype": "float64"},
+                      grid={"d": {"values": [40, 160]}, "mu_norm": {"values": [1.0, 2.0]}},
+                      optimizers=[{"label": "sgd", "optimizer": "sgd"}])
 
 
-def test_sweep_status_idle_unless_a_process_computes(tmp_path, capsys):
+def test_sweep_status_idle_unless_a_process_computes(cli_sweep, tmp_path, capsys):
     import os
 
     from theory_sim.sweeps.spec import SweepSpec
     from theory_sim.sweeps.store import prepare, shard_path
 
-    (tmp_path / "tiny.toml").write_text(TINY_SWEEP)
+    (tmp_path / "tiny.toml").write_text(cli_sweep)
     out = tmp_path / "s"
     prepare(SweepSpec.from_toml(tmp_path / "tiny.toml"), out)  # spec.json only: nothing computed, nothing running
     assert main(["sweep-status", str(out)]) == 0
@@ -154,13 +141,13 @@ def test_sweep_status_idle_unless_a_process_computes(tmp_path, capsys):
     assert "idle" in capsys.readouterr().out
 
 
-def test_figures_cell_format_dpi_and_no_empty_panel(tmp_path, capsys, monkeypatch):
+def test_figures_cell_format_dpi_and_no_empty_panel(cli_sweep, tmp_path, capsys, monkeypatch):
     """A sweep (trajectory_mc = 0: no logged test error): ``figures --cell`` off the grid is one error line listing
     the valid values, before any figure is drawn; ``--format svg --dpi`` writes every figure as SVG; the per-cell
     trajectory figure has no (empty) test-error panel."""
     import theory_sim.cnn.plotting as plotting
 
-    (tmp_path / "tiny.toml").write_text(TINY_SWEEP)
+    (tmp_path / "tiny.toml").write_text(cli_sweep)
     out = tmp_path / "s"
     assert main(["sweep", str(tmp_path / "tiny.toml"), "--out", str(out), "--executor", "inline", "--no-progress",
                  "--no-figures"]) == 0

@@ -90,7 +90,7 @@ def stacked_run(cfgs, X, Ys, steps: int, base: int):
     """The stacked loop of train_stacked, on given data (one label vector per run)."""
     c0, R = cfgs[0], len(cfgs)
     stack = Stack([make_model(c, 1, 10, c.seed, base) for c in cfgs])
-    rho, eta_a = torch.tensor([c.rho for c in cfgs]), torch.tensor([c.eta_a for c in cfgs])
+    rho, eta_a = torch.tensor([c.rho for c in cfgs]), torch.tensor([c.asam_eta for c in cfgs])
     gens = [torch.Generator().manual_seed(c.seed * 1000 + 1) for c in cfgs]
     dummy = torch.optim.SGD([torch.zeros(1)], lr=c0.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(dummy, T_max=c0.epochs * steps)
@@ -123,7 +123,7 @@ def float64():
 
 
 @pytest.mark.parametrize("kw", [dict(optimizer="sgd"), dict(optimizer="sam"), dict(optimizer="randsam"),
-                                dict(optimizer="msam", steps_k=2), dict(optimizer="asam")])
+                                dict(optimizer="msam", ascent_steps=2), dict(optimizer="asam")])
 def test_stacked_training_equals_separate_runs(kw, float64):
     arr = load_dataset("digits", "")
     X = Augment("digits", "cpu", 0).normalize(torch.as_tensor(arr.x_train[:48])).double()
@@ -153,7 +153,7 @@ def test_stacked_asam_perturbation_scales_the_weights_only(float64):
     arr = load_dataset("digits", "")
     X = Augment("digits", "cpu", 0).normalize(torch.as_tensor(arr.x_train[:16])).double()
     Y = torch.as_tensor(arr.y_train[:16])
-    cfgs = [CifarConfig(dataset="digits", depth=10, width=1, optimizer="asam", seed=s, eta_a=e)
+    cfgs = [CifarConfig(dataset="digits", depth=10, width=1, optimizer="asam", seed=s, asam_eta=e)
             for s, e in ((0, 0.01), (1, 0.1))]
     singles = []
     for c in cfgs:
@@ -166,7 +166,7 @@ def test_stacked_asam_perturbation_scales_the_weights_only(float64):
     stack = Stack([make_model(c, 1, 10, c.seed, 8) for c in cfgs])
     xb, yb = X.expand(2, *X.shape), Y.expand(2, -1)
     g, _, _ = stack.grad(stack.tensors, xb, yb)
-    rho, eta = torch.tensor([c.rho for c in cfgs]), torch.tensor([c.eta_a for c in cfgs])
+    rho, eta = torch.tensor([c.rho for c in cfgs]), torch.tensor([c.asam_eta for c in cfgs])
     eps = perturbed(stack, cfgs[0], g, xb, yb, rho, eta, [])
     wrong_scope = perturbation("asam", g, rho, params=stack.tensors, adaptive=[t.dim() > 1 for t in stack.tensors],
                                eta_a=[eta.reshape(-1, *([1] * (t.dim() - 1))) for t in stack.tensors], batch_dims=1)

@@ -10,7 +10,6 @@ import torch
 
 from theory_sim.cnn.model import TwoLayerCNN
 from theory_sim.cnn.train import squared_norms_finite
-from theory_sim.config import SimConfig
 from theory_sim.sweeps.spec import SweepSpec
 from theory_sim.sweeps.store import shard_is_complete, shard_path
 
@@ -51,13 +50,6 @@ def test_preactivations_with_bias_equal_product_then_sum_bit_for_bit():
         s = proj[..., 0] * mu[:, None, None]
         assert torch.equal(sig, s[..., None] * yhat[:, None, None, :] + b[..., None])
         assert torch.equal(z, proj[..., 1:].reshape(30, 2, 4, 8, 1) + b[..., None, None])
-
-
-def test_summary_config_columns_equal_a_frame_of_to_dict_rows():
-    configs = [SimConfig(d=50 + i, mu_norm=0.5 * i, tau=None if i % 2 else 0.1, seed=i) for i in range(5)]
-    plain = pd.DataFrame([c.to_dict() for c in configs])
-    fast = pd.DataFrame({n: [getattr(c, n) for c in configs] for n in SimConfig.field_names()})
-    pd.testing.assert_frame_equal(plain, fast)
 
 
 def test_a_validated_shard_is_read_again_once_rewritten(tmp_path):

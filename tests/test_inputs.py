@@ -30,7 +30,7 @@ from theory_sim.cli import main
 from theory_sim.config import ConfigError, SimConfig, check_effective
 from theory_sim.io import ResultWriteError
 from theory_sim.sweeps.spec import SweepSpec
-from test_faults import SWEEP_TOML, one_line
+from test_faults import one_line
 
 TINY = ["--d", "30", "--n", "4", "--batch-size", "2", "--epochs", "2", "--n-test", "0", "--n-mc", "200", "--seeds",
         "1", "--no-progress"]
@@ -56,10 +56,10 @@ def simulate_config(argv: list[str]) -> SimConfig:
 
 # ---- paths derived from user text ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["../../evil", "a/b", "/abs", ".hidden", "..", "x" * 101, "tab\tname"])
-def test_a_spec_name_must_be_a_file_name_stem(name):
+def test_a_spec_name_must_be_a_file_name_stem(faults_sweep, name):
     with pytest.raises(ConfigError, match="name must be a plain file-name stem"):
-        spec_of(SWEEP_TOML.replace('name = "faults"', f"name = {json.dumps(name)}"))
-    assert spec_of(SWEEP_TOML.replace('"faults"', '"phase_diagram.v2-b"')).name == "phase_diagram.v2-b"
+        spec_of(faults_sweep.replace('name = "faults"', f"name = {json.dumps(name)}"))
+    assert spec_of(faults_sweep.replace('"faults"', '"phase_diagram.v2-b"')).name == "phase_diagram.v2-b"
 
 
 def test_gallery_files_stay_inside_the_gallery(tmp_path):
@@ -77,8 +77,8 @@ def test_gallery_files_stay_inside_the_gallery(tmp_path):
 
 
 # ---- sizes that would hang: refused before anything is expanded --------------------------------------------------------
-def test_a_huge_grid_is_refused_before_it_is_expanded():
-    huge = SWEEP_TOML.replace("num = 2", "num = 1000000000")
+def test_a_huge_grid_is_refused_before_it_is_expanded(faults_sweep):
+    huge = faults_sweep.replace("num = 2", "num = 1000000000")
     with pytest.raises(ConfigError, match=r"grid.mu_norm.num must be in \[1, 1000000\]"):
         spec_of(huge)
     with pytest.raises(ConfigError, match="a sweep must hold at most 1,000,000 runs .* this spec holds 1,000,000,000"):
@@ -86,11 +86,11 @@ def test_a_huge_grid_is_refused_before_it_is_expanded():
     assert len(spec_of(huge.replace("num = 1000000000", "num = 3")).runs) == 6
 
 
-def test_sweep_workers_are_bounded(tmp_path, capsys):
+def test_sweep_workers_are_bounded(faults_sweep, tmp_path, capsys):
     from theory_sim.sweeps.runner import MAX_WORKERS
 
     spec = tmp_path / "s.toml"
-    spec.write_text(SWEEP_TOML)
+    spec.write_text(faults_sweep)
     refused(capsys, ["sweep", str(spec), "--out", str(tmp_path / "o"), "--workers", "100000"],
             f"workers must be in [1, {MAX_WORKERS}]")
     assert not (tmp_path / "o").exists()
@@ -154,18 +154,18 @@ def test_the_version_comes_from_the_installed_metadata(monkeypatch):
 
 
 # ---- refused before the work, not after it ---------------------------------------------------------------------------
-def test_sweep_dpi_is_checked_first(tmp_path, capsys):
+def test_sweep_dpi_is_checked_first(faults_sweep, tmp_path, capsys):
     spec = tmp_path / "s.toml"
-    spec.write_text(SWEEP_TOML)
+    spec.write_text(faults_sweep)
     refused(capsys, ["sweep", str(spec), "--out", str(tmp_path / "o"), "--executor", "inline", "--dpi", "0"],
             "dpi must be an integer in [10, 2000], got 0")
     assert not (tmp_path / "o").exists()   # nothing trained
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory):
+def sweep_dir(faults_sweep, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    (root / "s.toml").write_text(SWEEP_TOML)
+    (root / "s.toml").write_text(faults_sweep)
     assert main(["sweep", str(root / "s.toml"), "--out", str(root / "out"), "--executor", "inline",
                  "--no-figures", "--no-progress"]) == 0
     return root
@@ -228,39 +228,39 @@ VARIANT = '[[optimizers]]\nlabel = "v"\noptimizer = "sam"\n'
     ('[[optimizers]]\nlabel = "m"\noptimizer = "msam"\nascent_steps = 1\nascent_step = 0.5\n',
      "ascent_step only applies to ascent_steps >= 2, not 1"),
 ])
-def test_sweep_specs_refuse_options_without_effect(extra, message):
-    text = SWEEP_TOML.replace("[[optimizers]]", extra + "[[optimizers]]", 1) if extra.startswith("[grid") else SWEEP_TOML + extra
+def test_sweep_specs_refuse_options_without_effect(faults_sweep, extra, message):
+    text = faults_sweep.replace("[[optimizers]]", extra + "[[optimizers]]", 1) if extra.startswith("[grid") else faults_sweep + extra
     with pytest.raises(ConfigError, match=None) as info:
         spec_of(text)
     assert message in str(info.value), str(info.value)
 
 
-def test_base_lr_warmup_under_a_constant_schedule_is_refused_as_simulate_refuses_it():
+def test_base_lr_warmup_under_a_constant_schedule_is_refused_as_simulate_refuses_it(faults_sweep):
     """Issue 27: the same rule and the same words in a spec's [base] as on simulate's command line."""
     with pytest.raises(ConfigError) as sweep:
-        spec_of(SWEEP_TOML.replace("n_mc = 200", "n_mc = 200\nlr_warmup = 0.1"))
+        spec_of(faults_sweep.replace("n_mc = 200", "n_mc = 200\nlr_warmup = 0.1"))
     with pytest.raises(ConfigError) as simulate:
         simulate_config(["--lr-warmup", "0.1"])
     assert str(simulate.value).replace("--lr-schedule", "lr_schedule") in str(sweep.value)
     with pytest.raises(ConfigError, match="lr_warmup only applies to lr_schedule linear_warmup_cosine"):
         check_effective(SimConfig(lr_warmup=0.1), {"lr_warmup": 0.1})          # the Python API's check
-    ok = SWEEP_TOML.replace("n_mc = 200", "n_mc = 200\nlr_warmup = 0.1") + VARIANT + 'lr_schedule = "linear_warmup_cosine"\n'
+    ok = faults_sweep.replace("n_mc = 200", "n_mc = 200\nlr_warmup = 0.1") + VARIANT + 'lr_schedule = "linear_warmup_cosine"\n'
     assert {cfg.lr_warmup for _, cfg in spec_of(ok).runs} == {0.1}              # acts for one variant: allowed
 
 
-def test_sweep_specs_accept_the_same_options_where_they_act():
-    deep = SWEEP_TOML.replace("[[optimizers]]", "[grid.depth]\nvalues = [2, 3]\n[[optimizers]]", 1).replace(
+def test_sweep_specs_accept_the_same_options_where_they_act(faults_sweep):
+    deep = faults_sweep.replace("[[optimizers]]", "[grid.depth]\nvalues = [2, 3]\n[[optimizers]]", 1).replace(
         "n_mc = 200", 'n_mc = 200\nmodel = "deep"\nwidth = 4')
     assert {cfg.depth for _, cfg in spec_of(deep).runs} == {2, 3}
-    step = SWEEP_TOML + VARIANT + 'lr_schedule = "step"\nlr_step_gamma = 0.5\n'
+    step = faults_sweep + VARIANT + 'lr_schedule = "step"\nlr_step_gamma = 0.5\n'
     assert {cfg.lr_step_gamma for _, cfg in spec_of(step).runs} == {0.1, 0.5}
-    msam = SWEEP_TOML + '[[optimizers]]\nlabel = "m"\noptimizer = "msam"\nascent_step = 0.5\n'
+    msam = faults_sweep + '[[optimizers]]\nlabel = "m"\noptimizer = "msam"\nascent_step = 0.5\n'
     assert {cfg.ascent_step for _, cfg in spec_of(msam + "ascent_steps = 3\n").runs} == {1.0, 0.5}
     on_axis = msam.replace("[[optimizers]]", "[grid.ascent_steps]\nvalues = [1, 3]\n[[optimizers]]", 1)
     assert {cfg.ascent_steps for _, cfg in spec_of(on_axis).runs} == {1, 3}   # acts in some cells: allowed
 
 
-def test_dtype_range_is_a_simconfig_rule():
+def test_dtype_range_is_a_simconfig_rule(faults_sweep):
     """Issue 27: a float32 spec with c_tau = 1e30 trained and exited 0 while simulate refused it; SimConfig now
     refuses it for every caller."""
     with pytest.raises(ConfigError, match="c_tau must give a SAM radius .* of at most 1.845e\\+19"):
@@ -268,7 +268,7 @@ def test_dtype_range_is_a_simconfig_rule():
     with pytest.raises(ConfigError, match="mu_norm must be at most 3.403e\\+38"):
         SimConfig(dtype="float32", mu_norm=1e39)
     with pytest.raises(ConfigError, match="c_tau must give a SAM radius"):
-        spec_of(SWEEP_TOML.replace("n_mc = 200", 'n_mc = 200\ndtype = "float32"\nc_tau = 1e30') + VARIANT)
+        spec_of(faults_sweep.replace("n_mc = 200", 'n_mc = 200\ndtype = "float32"\nc_tau = 1e30') + VARIANT)
     assert SimConfig(optimizer="sam", dtype="float64", c_tau=1e30).c_tau == 1e30
     assert SimConfig(optimizer="sgd", dtype="float32", c_tau=1e30).dtype == "float32"   # sgd: no radius
 
@@ -280,9 +280,9 @@ def test_dtype_range_is_a_simconfig_rule():
     (["--no-figures", "--format", "pdf"], "--format has no effect with --no-figures"),
     (["--no-figures", "--dpi", "200"], "--dpi has no effect with --no-figures"),
 ])
-def test_sweep_refuses_executor_and_figure_options_without_effect(extra, message, tmp_path, capsys):
+def test_sweep_refuses_executor_and_figure_options_without_effect(faults_sweep, extra, message, tmp_path, capsys):
     spec = tmp_path / "s.toml"
-    spec.write_text(SWEEP_TOML)
+    spec.write_text(faults_sweep)
     refused(capsys, ["sweep", str(spec), "--out", str(tmp_path / "o"), *extra], message)
     assert not (tmp_path / "o").exists()
 
@@ -345,16 +345,16 @@ def test_cifar_sharpness_pass_is_opt_in():
 
 
 # ---- misleading messages ---------------------------------------------------------------------------------------------
-def test_messages_name_the_real_conflict():
+def test_messages_name_the_real_conflict(faults_sweep):
     with pytest.raises(ConfigError, match=r"optimizers\[0\].optimizer must be one of .*got 'adam'"):
-        spec_of(SWEEP_TOML.replace('optimizer = "sgd"', 'optimizer = "adam"\nsam_steps = 3'))
+        spec_of(faults_sweep.replace('optimizer = "sgd"', 'optimizer = "adam"\nsam_steps = 3'))
     with pytest.raises(ConfigError, match="base.d is also the grid axis grid.d: set d in one of them"):
-        spec_of(SWEEP_TOML.replace("n_mc = 200", "n_mc = 200\nd = 30"))
+        spec_of(faults_sweep.replace("n_mc = 200", "n_mc = 200\nd = 30"))
     with pytest.raises(ConfigError, match=r"optimizers\[0\].mu_norm \(label 'sgd'\) is also the grid axis "
                                           r"grid.mu_norm"):
-        spec_of(SWEEP_TOML + "mu_norm = 3.0\n")
+        spec_of(faults_sweep + "mu_norm = 3.0\n")
     with pytest.raises(ConfigError, match="base.not_a_field is not a SimConfig field"):
-        spec_of(SWEEP_TOML.replace("n_mc = 200", "n_mc = 200\nnot_a_field = 1"))
+        spec_of(faults_sweep.replace("n_mc = 200", "n_mc = 200\nnot_a_field = 1"))
 
 
 # ---- simulate's flags are SimConfig's fields ---------------------------------------------------------------------------

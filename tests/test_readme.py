@@ -63,29 +63,13 @@ def test_usage_lists_every_preset_and_study_script():
     assert "theory-sim" in README and 'theory-sim = "theory_sim.cli:main"' in (ROOT / "pyproject.toml").read_text()
 
 
-SWEEP = """
-name = "tiny"
-seeds = 2
-chunk_runs = 8
-[base]
-n = 8
-batch_size = 4
-epochs = 3
-n_test = 0
-n_mc = 300
-dtype = "float64"
-[grid.d]
-values = [40, 160]
-[grid.mu_norm]
-values = [1.0, 2.0, 4.0]
-[[optimizers]]
-label = "sgd"
-optimizer = "sgd"
-[[optimizers]]
-label = "sam"
-optimizer = "sam"
-sam_steps = 2
-"""
+@pytest.fixture
+def readme_sweep(tiny_sweep):
+    """The tiny sweep on d = 40, 160 and ||mu|| = 1, 2, 4 (float64), SAM for 2 steps."""
+    return tiny_sweep(chunk_runs=8, base={"n_mc": 300, "dtype": "float64"},
+                      grid={"d": {"values": [40, 160]}, "mu_norm": {"values": [1.0, 2.0, 4.0]}},
+                      optimizers=[{"label": "sgd", "optimizer": "sgd"},
+                                  {"label": "sam", "optimizer": "sam", "sam_steps": 2}])
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +86,9 @@ def unnamed(names: list[str]) -> list[str]:
                                                         "trajectories_<cell>.png" in USAGE)]
 
 
-def test_usage_names_every_output_file(simulate_run, tmp_path):
+def test_usage_names_every_output_file(readme_sweep, simulate_run, tmp_path):
     assert unnamed(sorted(p.name for p in simulate_run.iterdir())) == []
-    (tmp_path / "tiny.toml").write_text(SWEEP)
+    (tmp_path / "tiny.toml").write_text(readme_sweep)
     out = tmp_path / "sweep"
     assert main(["sweep", str(tmp_path / "tiny.toml"), "--out", str(out), "--executor", "inline",
                  "--no-progress"]) == 0

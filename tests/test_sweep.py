@@ -18,49 +18,22 @@ from theory_sim.sweeps.status import status
 from theory_sim.sweeps.store import missing_chunks, shard_path
 from theory_sim.sweeps.verify import verify_table
 
-TINY = """
-name = "tiny"
-seeds = 2
-chunk_runs = 4
-[base]
-n = 8
-batch_size = 4
-epochs = 3
-n_test = 0
-n_mc = 200
-[grid.d]
-values = [20, 40]
-[grid.mu_norm]
-start = 0.5
-stop = 2.0
-num = 3
-spacing = "log"
-[[optimizers]]
-label = "sgd"
-optimizer = "sgd"
-[[optimizers]]
-label = "sam"
-optimizer = "sam"
-sam_steps = 4
-"""
-
-
-def write_spec(tmp_path, text=TINY, name="tiny.toml"):
+def write_spec(tmp_path, text, name="tiny.toml"):
     path = tmp_path / name
     path.write_text(text)
     return path
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tiny_sweep, tmp_path_factory):
     """An uninterrupted inline run of the tiny spec."""
     tmp = tmp_path_factory.mktemp("ref")
-    spec = SweepSpec.from_toml(write_spec(tmp))
+    spec = SweepSpec.from_toml(write_spec(tmp, tiny_sweep()))
     return spec, run_sweep(spec, tmp / "out", progress=False), tmp / "out"
 
 
-def test_spec_expansion_and_validation(tmp_path):
-    spec = SweepSpec.from_toml(write_spec(tmp_path))
+def test_spec_expansion_and_validation(tiny_sweep, tmp_path):
+    spec = SweepSpec.from_toml(write_spec(tmp_path, tiny_sweep()))
     assert len(spec.runs) == 2 * 2 * 3 * 2 and len(spec.chunks()) == 6
     assert all(len({c.d for _, c in chunk}) == 1 for chunk in spec.chunks())
     bad = [("[grid.d]\nvalues = [20, 40]", "[grid.x]\nvalues = [1]", "grid axis"),
@@ -72,15 +45,16 @@ def test_spec_expansion_and_validation(tmp_path):
            ("stop = 2.0", "stop = -2.0", "stop must")]
     for old, new, msg in bad:
         with pytest.raises(ConfigError, match=msg):
-            SweepSpec.from_toml(write_spec(tmp_path, TINY.replace(old, new), "bad.toml"))
+            SweepSpec.from_toml(write_spec(tmp_path, tiny_sweep().replace(old, new), "bad.toml"))
     with pytest.raises(ConfigError, match="must include the axis 'd'"):
-        SweepSpec.from_toml(write_spec(tmp_path, TINY.replace("[grid.d]\nvalues = [20, 40]", ""), "bad.toml"))
+        SweepSpec.from_toml(write_spec(tmp_path, tiny_sweep().replace("[grid.d]\nvalues = [20, 40]", ""), "bad.toml"))
 
 
-def test_ascent_step_is_a_sweep_axis(tmp_path):
+def test_ascent_step_is_a_sweep_axis(tiny_sweep, tmp_path):
     """msam's step length as a grid axis: in every run key and cell, each value reaching its runs, bad values
     refused with their key path; verify reads the table (one boundary per ascent_step)."""
-    text = TINY.replace('label = "sam"\noptimizer = "sam"', 'label = "msam3"\noptimizer = "msam"\nascent_steps = 3')
+    text = tiny_sweep().replace('label = "sam"\noptimizer = "sam"',
+                                'label = "msam3"\noptimizer = "msam"\nascent_steps = 3')
     text = text.replace("[[optimizers]]", "[grid.ascent_step]\nvalues = [0.2, 1.0]\n[[optimizers]]", 1)
     spec = SweepSpec.from_toml(write_spec(tmp_path, text, "steps.toml"))
     assert "ascent_step" in spec.extra_axes and "ascent_step" in spec.run_key and "ascent_step" in spec.cell_dims
@@ -106,12 +80,12 @@ def test_results_table_has_a_row_per_cell_seed_optimizer(reference):
     pd.testing.assert_frame_equal(again, df)
 
 
-def test_changed_spec_in_existing_directory_is_refused(reference, tmp_path):
+def test_changed_spec_in_existing_directory_is_refused(tiny_sweep, reference, tmp_path):
     _, _, out = reference
-    other = SweepSpec.from_toml(write_spec(tmp_path, TINY.replace("epochs = 3", "epochs = 4"), "other.toml"))
+    other = SweepSpec.from_toml(write_spec(tmp_path, tiny_sweep(base={"epochs": 4}), "other.toml"))
     with pytest.raises(ConfigError, match="spec differs"):
         run_sweep(other, out, progress=False)
-    rechunked = SweepSpec.from_toml(write_spec(tmp_path, TINY.replace("chunk_runs = 4", "chunk_runs = 3"), "r.toml"))
+    rechunked = SweepSpec.from_toml(write_spec(tmp_path, tiny_sweep(chunk_runs=3), "r.toml"))
     assert rechunked.digest() == reference[0].digest()  # chunking does not change the results
 
 
@@ -132,9 +106,9 @@ def test_corrupt_partial_and_wrong_shards_are_recomputed(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_to_the_same_results(tmp_path):
+def test_killed_sweep_resumes_to_the_same_results(tiny_sweep, tmp_path):
     """A real subprocess, killed with SIGKILL after its first shard, then the same command again."""
-    slow = TINY.replace("epochs = 3", "epochs = 150").replace("values = [20, 40]", "values = [800, 1600]")
+    slow = tiny_sweep(base={"epochs": 150}).replace("values = [20, 40]", "values = [800, 1600]")
     spec_path = write_spec(tmp_path, slow, "slow.toml")
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "theory_sim", "sweep", str(spec_path), "--out", str(out), "--no-figures"]
@@ -172,9 +146,9 @@ def test_process_pool_executor_matches_inline(reference, tmp_path):
 
 @pytest.mark.timeout(300)
 @pytest.mark.slow
-def test_submitit_local_executor_two_chunks(tmp_path):
+def test_submitit_local_executor_two_chunks(tiny_sweep, tmp_path):
     pytest.importorskip("submitit")
-    spec = SweepSpec.from_toml(write_spec(tmp_path, TINY.replace("chunk_runs = 4", "chunk_runs = 12")))
+    spec = SweepSpec.from_toml(write_spec(tmp_path, tiny_sweep(chunk_runs=12)))
     assert len(spec.chunks()) == 2
     df = run_sweep(spec, tmp_path / "sub", executor="submitit", progress=False,
                    submitit_options={"cluster": "local", "timeout_min": 4, "cpus_per_task": 1})
@@ -277,8 +251,9 @@ def test_verify_strict_exits_1_on_a_contradiction_and_quiet_prints_one_line(tmp_
         assert bool(summary["counts"]["contradicted"]) == bool(rc)
 
 
-def test_full_batch_over_an_n_grid_and_data_sharing_chunks(tmp_path):
-    text = TINY.replace("batch_size = 4", 'batch_size = "full"').replace("n = 8\n", "") + "\n[grid.n]\nvalues = [6, 12]\n"
+def test_full_batch_over_an_n_grid_and_data_sharing_chunks(tiny_sweep, tmp_path):
+    text = tiny_sweep().replace("batch_size = 4", 'batch_size = "full"').replace("n = 8\n", "") \
+        + "\n[grid.n]\nvalues = [6, 12]\n"
     spec = SweepSpec.from_toml(write_spec(tmp_path, text, "full.toml"))
     assert all(cfg.batch_size == cfg.n for _, cfg in spec.runs)
     for chunk in spec.chunks():  # runs of one seed are consecutive: they share a data set and its matmul
@@ -287,11 +262,11 @@ def test_full_batch_over_an_n_grid_and_data_sharing_chunks(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_submitit_no_wait_does_not_queue_chunks_twice(tmp_path, capsys):
+def test_submitit_no_wait_does_not_queue_chunks_twice(tiny_sweep, tmp_path, capsys):
     pytest.importorskip("submitit")
     import json
 
-    spec = SweepSpec.from_toml(write_spec(tmp_path, TINY.replace("chunk_runs = 4", "chunk_runs = 12")))
+    spec = SweepSpec.from_toml(write_spec(tmp_path, tiny_sweep(chunk_runs=12)))
     out = tmp_path / "nowait"
     opts = {"cluster": "local", "timeout_min": 4, "cpus_per_task": 1, "wait": False}
     assert run_sweep(spec, out, executor="submitit", progress=False, submitit_options=dict(opts)) is None
@@ -307,14 +282,15 @@ def test_submitit_no_wait_does_not_queue_chunks_twice(tmp_path, capsys):
     assert len(df) == len(spec.runs) and status(out)["chunks_submitted_pending"] == 0
 
 
-AXIS_SPEC = TINY.replace("[grid.d]\nvalues = [20, 40]", "[grid.d]\nvalues = [20, 40]\n[grid.c_tau]\nvalues = [0.5, 2.0]")
+def axis_spec(text: str) -> str:
+    return text.replace("[grid.d]\nvalues = [20, 40]", "[grid.d]\nvalues = [20, 40]\n[grid.c_tau]\nvalues = [0.5, 2.0]")
 
 
 @pytest.mark.slow
-def test_any_numeric_parameter_is_an_axis_that_resumes_and_draws(tmp_path):
+def test_any_numeric_parameter_is_an_axis_that_resumes_and_draws(tiny_sweep, tmp_path):
     """A c_tau axis: it enters the run key, the shards, the boundaries (one per cell of the other axes) and the
     figures (a heatmap over any two axes); a killed-and-resumed sweep equals a straight one."""
-    spec = SweepSpec.from_toml(write_spec(tmp_path, AXIS_SPEC))
+    spec = SweepSpec.from_toml(write_spec(tmp_path, axis_spec(tiny_sweep())))
     assert spec.extra_axes == ("c_tau",) and "c_tau" in spec.run_key
     sam = [cfg for key, cfg in spec.runs if key[0] == "sam"]
     assert {cfg.c_tau for cfg in sam} == {0.5, 2.0}
@@ -339,9 +315,9 @@ def test_any_numeric_parameter_is_an_axis_that_resumes_and_draws(tmp_path):
     assert main(["figures", str(out), "--x", "eta"]) == 2   # not a swept axis: one line, exit 2
 
 
-def test_cell_seeding_independent_draws_every_cell_afresh(tmp_path):
-    shared = SweepSpec.from_toml(write_spec(tmp_path, TINY))
-    fresh = SweepSpec.from_toml(write_spec(tmp_path, TINY.replace('name = "tiny"',
+def test_cell_seeding_independent_draws_every_cell_afresh(tiny_sweep, tmp_path):
+    shared = SweepSpec.from_toml(write_spec(tmp_path, tiny_sweep()))
+    fresh = SweepSpec.from_toml(write_spec(tmp_path, tiny_sweep().replace('name = "tiny"',
                                                                   'name = "tiny"\ncell_seeding = "independent"'),
                                            "fresh.toml"))
     assert fresh.digest() != shared.digest()
@@ -360,12 +336,13 @@ def test_cell_seeding_independent_draws_every_cell_afresh(tmp_path):
     assert set(df.seed) == set(ref.seed)                        # the replicate index is still 0..seeds-1
 
 
-SHARED_SPEC = TINY.replace("[grid.d]\nvalues = [20, 40]",
-                           "[grid.d]\nvalues = [20, 40, 80]\n[grid.c_tau]\nvalues = [0.5, 1.0, 2.0]")
+def shared_spec(text: str) -> str:
+    return text.replace("[grid.d]\nvalues = [20, 40]",
+                        "[grid.d]\nvalues = [20, 40, 80]\n[grid.c_tau]\nvalues = [0.5, 1.0, 2.0]")
 
 
 @pytest.mark.slow
-def test_a_run_is_trained_once_for_every_cell_it_serves(tmp_path, capsys):
+def test_a_run_is_trained_once_for_every_cell_it_serves(tiny_sweep, tmp_path, capsys):
     """A c_tau axis: sgd does not read c_tau, so each (d, ||mu||, seed) sgd run is trained once and joined to the
     three c_tau cells; the table still has a row per cell x seed x variant, the joined rows equal a run trained at
     that c_tau by itself, and verify fits no sgd slope in c_tau (nor sgd's d-slope once per c_tau)."""
@@ -374,7 +351,7 @@ def test_a_run_is_trained_once_for_every_cell_it_serves(tmp_path, capsys):
     from theory_sim.cnn.train import train_ensemble
     from theory_sim.sweeps.store import prepare
 
-    spec = SweepSpec.from_toml(write_spec(tmp_path, SHARED_SPEC))
+    spec = SweepSpec.from_toml(write_spec(tmp_path, shared_spec(tiny_sweep())))
     trained = [key for key, _ in spec.trained_runs]
     assert sum(k[0] == "sgd" for k in trained) == 3 * 3 * 2              # d x mu x seed, not x c_tau
     assert sum(k[0] == "sam" for k in trained) == 3 * 3 * 3 * 2
@@ -417,12 +394,12 @@ def test_a_run_is_trained_once_for_every_cell_it_serves(tmp_path, capsys):
     (out / "spec.json").write_text(json.dumps(stored))
     with pytest.raises(ConfigError, match="new --out"):
         prepare(spec, out)
-    plain = SweepSpec.from_toml(write_spec(tmp_path, TINY, "plain.toml"))   # no joined runs: the layout is the same
+    plain = SweepSpec.from_toml(write_spec(tmp_path, tiny_sweep(), "plain.toml"))  # no joined runs: the same layout
     assert plain.joined_runs == [] and plain.trained_runs == plain.runs
 
 
-def test_independent_cell_seeding_shares_no_runs(tmp_path):
-    spec = SweepSpec.from_toml(write_spec(tmp_path, SHARED_SPEC.replace('name = "tiny"',
+def test_independent_cell_seeding_shares_no_runs(tiny_sweep, tmp_path):
+    spec = SweepSpec.from_toml(write_spec(tmp_path, shared_spec(tiny_sweep()).replace('name = "tiny"',
                                                                         'name = "tiny"\ncell_seeding = "independent"')))
     assert spec.joined_runs == []   # every c_tau cell draws its own data: no two runs are the same
 

@@ -187,35 +187,19 @@ def test_isotonic_fit_is_the_least_squares_decreasing_fit():
         assert ((y - fit) ** 2).sum() <= ((y - other) ** 2).sum() + 1e-12
 
 
-SWEEP = """
-name = "traj"
-seeds = 2
-chunk_runs = 8
-[base]
-n = 8
-batch_size = 4
-epochs = 6
-n_test = 0
-n_mc = 300
-trajectory_mc = 300
-dtype = "float64"
-[grid.d]
-values = [60]
-[grid.mu_norm]
-values = [1.0, 2.0]
-[[optimizers]]
-label = "sgd"
-optimizer = "sgd"
-[[optimizers]]
-label = "sam"
-optimizer = "sam"
-sam_steps = 5
-"""
+@pytest.fixture
+def traj_sweep(tiny_sweep):
+    """The tiny sweep at d = 60, ||mu|| = 1, 2 for 6 epochs, SAM for 5 steps, logging the test error (float64)."""
+    return tiny_sweep(name="traj", chunk_runs=8,
+                      base={"epochs": 6, "n_mc": 300, "trajectory_mc": 300, "dtype": "float64"},
+                      grid={"d": {"values": [60]}, "mu_norm": {"values": [1.0, 2.0]}},
+                      optimizers=[{"label": "sgd", "optimizer": "sgd"},
+                                  {"label": "sam", "optimizer": "sam", "sam_steps": 5}])
 
 
-def test_sweep_trajectory_rows_equal_simulate(tmp_path):
+def test_sweep_trajectory_rows_equal_simulate(traj_sweep, tmp_path):
     spec_path = tmp_path / "traj.toml"
-    spec_path.write_text(SWEEP)
+    spec_path.write_text(traj_sweep)
     spec = SweepSpec.from_toml(spec_path)
     run_sweep(spec, tmp_path / "sweep", progress=False)
     traj = pd.read_parquet(tmp_path / "sweep" / "trajectories.parquet")
@@ -243,9 +227,9 @@ def test_sweep_trajectory_rows_equal_simulate(tmp_path):
                 assert (a == b).all(), col
 
 
-def test_sweep_verify_reports_every_trajectory_claim(tmp_path):
+def test_sweep_verify_reports_every_trajectory_claim(traj_sweep, tmp_path):
     spec_path = tmp_path / "traj.toml"
-    spec_path.write_text(SWEEP.replace("values = [60]", "values = [40, 80]"))
+    spec_path.write_text(traj_sweep.replace("values = [60]", "values = [40, 80]"))
     assert main(["sweep", str(spec_path), "--out", str(tmp_path / "s"), "--executor", "inline", "--no-progress"]) == 0
     report = (tmp_path / "s" / "verify.md").read_text()
     for claim in ("ratio_law_exponents", "ratio_law_constant", "sam_amplification", "collapse", "invariants",
@@ -295,9 +279,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the workers")
 @pytest.mark.slow
-def test_sigkill_of_the_sweep_parent_leaves_no_worker(tmp_path):
+def test_sigkill_of_the_sweep_parent_leaves_no_worker(traj_sweep, tmp_path):
     spec_path = tmp_path / "slow.toml"
-    spec_path.write_text(SWEEP.replace("epochs = 6", "epochs = 400").replace("values = [60]", "values = [400, 800]")
+    spec_path.write_text(traj_sweep.replace("epochs = 6", "epochs = 400").replace("values = [60]",
+                                                                                  "values = [400, 800]")
                          .replace("seeds = 2", "seeds = 4").replace("chunk_runs = 8", "chunk_runs = 4"))
     cmd = [sys.executable, "-m", "theory_sim", "sweep", str(spec_path), "--out", str(tmp_path / "k"),
            "--workers", "2", "--no-figures"]

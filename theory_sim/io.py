@@ -77,11 +77,22 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
         raise
 
 
+# Metadata a backend would stamp into the file besides the drawing (matplotlib's version, a date): left out, so that
+# the same table redrawn gives the same bytes on every machine and day (the committed gallery is checked that way)
+_NO_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+                "svg": {"Creator": None, "Date": None}}
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
-    """A matplotlib figure, rendered in memory and written atomically like every other result."""
+    """A matplotlib figure, rendered in memory and written atomically like every other result; the same figure
+    gives the same bytes (no version or date stamped, SVG ids from a fixed salt)."""
+    import matplotlib
+
+    fmt = Path(path).suffix.lstrip(".") or "png"
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+        with matplotlib.rc_context({"svg.hashsalt": "theory_sim"}):  # else SVG ids are random per file
+            fig.savefig(buf, format=fmt, dpi=dpi, metadata=_NO_METADATA.get(fmt))
     except OSError as exc:  # a backend writing through the file system failed: the figure's write failed
         raise ResultWriteError(path, exc) from exc
     atomic_write_bytes(path, buf.getvalue())

@@ -13,19 +13,34 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from theory_sim.io import save_figure  # noqa: E402
 
+# (column, panel title, whether a log axis may suit it: drawn log only when every value shown is positive)
 PANELS = [
     ("train_loss", "training loss", True),
     ("test_error", "test error (Gaussian estimator)", False),
-    ("gamma_max", r"signal: $\max_{j,r}\,\gamma_{j,r}$", False),
-    ("gamma_mean", r"$\Gamma$: mean$_{j,r}\,\gamma_{j,r}$", False),
-    ("rhobar_mean", r"Rho: mean$_{j,r,i:y_i=j}\,\sum_k \bar\rho_{j,r,i,k}$", True),
-    ("rhobar_max", r"noise memorisation: $\max\,\bar\rho$", True),
-    ("rhobar_clean_mean", r"clean samples: mean$_i \max_r \bar\rho_{y_i,r,i}$", False),
-    ("rhobar_flipped_mean", r"flipped samples: mean$_i \max_r \bar\rho_{y_i,r,i}$", False),
-    ("rhounder_min", r"$\min\,\underline{\rho}$", False),
+    ("gamma_max", r"signal: $\mathrm{max}_{j,r}\,\gamma_{j,r}$", False),
+    ("gamma_mean", r"$\Gamma$: $\mathrm{mean}_{j,r}\,\gamma_{j,r}$", False),
+    ("rhobar_mean", r"$\mathrm{Rho}$: $\mathrm{mean}_{j,r,i:y_i=j}\,\Sigma_k\,\bar\rho_{j,r,i,k}$", True),
+    ("rhobar_max", r"noise memorisation: $\mathrm{max}\,\bar\rho$", True),
+    ("rhobar_clean_mean", r"clean samples: $\mathrm{mean}_i\,\mathrm{max}_r\,\bar\rho_{y_i,r,i}$", False),
+    ("rhobar_flipped_mean", r"flipped samples: $\mathrm{mean}_i\,\mathrm{max}_r\,\bar\rho_{y_i,r,i}$", False),
+    ("rhounder_min", r"$\mathrm{min}\,\underline{\rho}$", False),
     ("noise_active_frac", r"noise-active fraction: $\langle w_{j,r},\xi_i\rangle>0$", False),
     ("update_noise_active_frac", r"... at the update point ($W+\epsilon$ for SAM)", False),
 ]
+
+# mathtext names of the swept quantities, for figure text (an axis not listed is set upright with its own name)
+SYMBOLS = {"d": "d", "mu_norm": r"\|\mu\|", "n": "n", "P": "P", "sigma_p": r"\sigma_p", "flip_p": "p",
+           "c_tau": r"c_\tau", "tau": r"\tau", "eta": r"\eta", "m": "m", "sigma_0": r"\sigma_0"}
+
+
+def symbol(key: str) -> str:
+    """The mathtext (without $) of a swept quantity: mu_norm -> \\|\\mu\\|, sigma_p -> \\sigma_p."""
+    return SYMBOLS.get(key, r"\mathrm{%s}" % key.replace("_", r"\_"))
+
+
+def assignments(values: dict, sep: str = ", ") -> str:
+    """Figure text for quantities and their values: {"d": 3200, "sigma_p": 1} -> "$d=3200$, $\\sigma_p=1$"."""
+    return sep.join(f"${symbol(k)}={v:g}$" for k, v in values.items())
 
 
 def plain_log_ticks(axis) -> None:
@@ -44,35 +59,52 @@ def plain_log_ticks(axis) -> None:
 def plot_trajectory(traj: pd.DataFrame, path: str | Path, *, group: str = "optimizer", title: str = "",
                     bayes_error: float | None = None, markers: dict[str, float] | None = None,
                     dpi: int | None = None) -> None:
-    """Mean over seeds (line) and min-max band of every summary, one colour per value of ``group``.
+    """Mean over seeds (line) and min-max band of every summary, one colour per value of ``group``, with a key panel
+    (colours, lines, what the bands are) in the grid's last slots, so that no slot is left empty.
 
-    ``markers``: vertical lines, e.g. {"SAM -> SGD": 200}. A test error that was not logged (all NaN: a sweep's
-    default ``trajectory_mc = 0``) gets no panel. ``dpi``: default 110.
+    ``markers``: vertical lines, e.g. {"SAM -> SGD": 200}, named in the key (a label on the panels would run into
+    their titles). A test error that was not logged (all NaN: a sweep's default ``trajectory_mc = 0``) gets no
+    panel. A quantity that can span decades (the training loss, Rho) is drawn on a log axis when every value shown
+    is positive, else on a linear one (Rho starts at 0). ``dpi``: default 110.
     """
     # the test error is optional along a trajectory (all NaN: not estimated); NaN elsewhere means a diverged run
     panels = [p for p in PANELS if p[0] in traj.columns and (p[0] != "test_error" or traj[p[0]].notna().any())]
     ncol = 3
-    nrow = -(-len(panels) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 3.2 * nrow), squeeze=False)
-    for ax, (col, label, logy) in zip(axes.flat, panels):
-        for k, (name, df) in enumerate(traj.groupby(group, sort=True)):
+    spare = -len(panels) % ncol  # slots after the last panel: the key fills them, or a short row of its own
+    nrow = -(-len(panels) // ncol) + (spare == 0)
+    heights = [1.0] * (nrow - 1) + ([0.35] if spare == 0 else [1.0])
+    fig = plt.figure(figsize=(4.3 * ncol, 3.2 * sum(heights)))
+    grid = fig.add_gridspec(nrow, ncol, height_ratios=heights)
+    groups = list(traj.groupby(group, sort=True))
+    handles = {}  # the key's entries, by label, from every panel
+    for k, (col, label, may_log) in enumerate(panels):
+        ax = fig.add_subplot(grid[k // ncol, k % ncol])
+        lows = []
+        for j, (name, df) in enumerate(groups):
             stats = df.groupby("step")[col].agg(["mean", "min", "max"])
-            colour = f"C{k}"
-            ax.plot(stats.index, stats["mean"], color=colour, label=str(name))
-            ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
+            ax.plot(stats.index, stats["mean"], color=f"C{j}", label=str(name))
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=f"C{j}", alpha=0.2, linewidth=0)
+            lows.append(stats["min"].to_numpy(dtype=float))
         if col == "test_error" and bayes_error is not None:
-            ax.axhline(bayes_error, color="k", ls=":", lw=1, label=f"Bayes error p={bayes_error:g}")
+            ax.axhline(bayes_error, color="k", ls=":", lw=1, label=f"Bayes error $p={bayes_error:g}$")
         for text, x in (markers or {}).items():
-            ax.axvline(x, color="grey", ls="--", lw=1)
-            ax.text(x, ax.get_ylim()[1], f" {text}", va="top", ha="left", fontsize=7, color="grey")
-        if logy:
-            ax.set_yscale("symlog", linthresh=1e-3) if col != "train_loss" else ax.set_yscale("log")
+            ax.axvline(x, color="grey", ls="--", lw=1, label=f"{text} (step {x:g})")
+        low = np.concatenate(lows) if lows else np.array([])
+        if may_log and np.isfinite(low).any() and (low[np.isfinite(low)] > 0).all():
+            ax.set_yscale("log")
+            plain_log_ticks(ax.yaxis)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    axes.flat[min(1, len(panels) - 1)].legend(fontsize=8)
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(text, handle)
+    key = fig.add_subplot(grid[nrow - 1, ncol - spare if spare else 0:])
+    key.axis("off")
+    seeds = max((df.seed.nunique() for _, df in groups), default=0) if "seed" in traj.columns else 0
+    over = f"the {seeds} seeds" if seeds > 1 else "the seeds"
+    key.legend(list(handles.values()), list(handles.keys()), loc="center", frameon=False, fontsize=9,
+               ncol=max(1, spare if spare else ncol), title=f"lines: mean over {over}\nshaded: min to max over them",
+               title_fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()

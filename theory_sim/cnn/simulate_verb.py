@@ -242,12 +242,12 @@ def write_trajectory_figure(trajectory, path: Path, base: SimConfig, seeds: list
     """trajectory.png, written atomically; whether it was. A
     figure matplotlib cannot draw (a diverged run: inf, or no positive loss for the log axis) is skipped with a
     one-line warning; the tables hold the numbers."""
-    from theory_sim.cnn.plotting import plot_trajectory
+    from theory_sim.cnn.plotting import assignments, plot_trajectory
 
-    marker = {f"{base.optimizer.upper()} -> SGD": base.sam_steps} if base.optimizer != "sgd" and base.sam_steps \
+    marker = {fr"{base.optimizer.upper()} $\to$ SGD": base.sam_steps} if base.optimizer != "sgd" and base.sam_steps \
         else None
-    title = (f"{base.optimizer.upper()}  d={base.d}  ||mu||={base.mu_norm:g}  n={base.n}  P={base.P}  "
-             f"sigma_p={base.sigma_p:g}  p={base.flip_p:g}  ({len(seeds)} seeds)")
+    shown = {k: getattr(base, k) for k in ("d", "mu_norm", "n", "P", "sigma_p", "flip_p")}
+    title = f"{base.optimizer.upper()}  {assignments(shown, sep='  ')}  ({len(seeds)} seeds)"
     try:
         with warnings.catch_warnings():  # huge or non-positive values (a diverged run): not worth a warning
             warnings.simplefilter("ignore")

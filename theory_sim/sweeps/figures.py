@@ -7,7 +7,9 @@ For each slice of the swept axes other than the two drawn (``--x``, default d; `
   row 2: the benign / intermediate / harmful map of every variant: benign if the mean test error is <= the benign
          threshold p + margin (0.5 - p), harmful if >= p + 0.1 (docs/science.md §5), stated on the figure.
 Every panel is a pcolormesh with correct cell edges (geometric midpoints on log-spaced axes, which are drawn log);
-the located boundaries ||mu||*(d) of every variant and their fitted power laws are overlaid.
+the located boundaries ||mu||*(d) of every variant and their fitted power laws are overlaid (the first variant's in
+black, the others' white outlined in black). Grey cells (every run diverged) are named in the title only when drawn.
+The whole slice is drawn by ``phase_diagram``, layer by layer.
 With more than three variants the panels wrap into rows of at most four (each variant's error above its map).
 With n, P or sigma_p swept, ``boundary_scaling.png`` plots ||mu||* against them on log-log axes with the fitted and
 the predicted slopes. ``--format pdf|svg|png`` and ``--dpi`` choose how every figure is written.
@@ -24,9 +26,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm  # noqa: E402
 
-from theory_sim.cnn.plotting import plain_log_ticks  # noqa: E402
+from theory_sim.cnn.plotting import assignments, plain_log_ticks, symbol  # noqa: E402
 from theory_sim.io import save_figure  # noqa: E402
 from theory_sim.sweeps.cells import HARMFUL_MARGIN, harmful_threshold  # noqa: E402
 from theory_sim.sweeps.spec import log_spaced  # noqa: E402
@@ -72,23 +75,28 @@ def cell_edges(values: np.ndarray, log: bool) -> np.ndarray:
 
 
 def _overlay(ax, bnd: pd.DataFrame, fits: pd.DataFrame, labels: list[str], sl: dict, x: str) -> None:
-    """The located boundaries ||mu||*(x) of every variant in this slice, and (x = d) their fitted power laws."""
+    """The located boundaries ||mu||*(x) of every variant in this slice, and (x = d) their fitted power laws: the
+    first variant black, the others white outlined in black (a bare white line vanishes in the legend's pale box and
+    on the maps' yellow)."""
     for k, label in enumerate(labels):
         b = bnd[(bnd.label == label)].sort_values(x)
         for key, val in sl.items():
             b = b[b[key] == val]
         ok = b[b.status == "ok"]
         colour = "k" if k == 0 else "w"
+        outline = [] if k == 0 else [patheffects.withStroke(linewidth=2.4, foreground="k")]
         ls = LINESTYLES[k % len(LINESTYLES)]
         if len(ok):
-            ax.plot(ok[x], ok.mu_star, ls, color=colour, marker="o", ms=3, lw=1.3, label=f"{label}: boundary")
+            ax.plot(ok[x], ok.mu_star, ls, color=colour, marker="o", ms=3, mec="k", mew=0.6, lw=1.3,
+                    path_effects=outline, label=f"{label}: boundary")
         f = fits[(fits.label == label) & (fits.dim == x)] if not fits.empty else fits
         for key, val in sl.items():
             if not f.empty and key in f:
                 f = f[f[key] == val]
         if len(f) and np.isfinite(f.slope.iloc[0]) and (b[x] > 0).all():
             xs = np.geomspace(b[x].min(), b[x].max(), 50)
-            ax.plot(xs, np.exp(f.intercept.iloc[0]) * xs ** f.slope.iloc[0], ls, color=colour, lw=0.8, alpha=0.8,
+            ax.plot(xs, np.exp(f.intercept.iloc[0]) * xs ** f.slope.iloc[0], ls, color=colour, lw=0.8,
+                    path_effects=[patheffects.withStroke(linewidth=1.6, foreground="k")] if k else [],
                     label=f"{label}: fit slope {f.slope.iloc[0]:.2f}")
 
 
@@ -140,33 +148,13 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
         dx, dy = cell_edges(xs, log_x), cell_edges(ys, log_y)
         grids = {lab: m[m.label == lab].pivot(index=y, columns=x, values="err")
                  .reindex(index=ys, columns=xs).to_numpy() for lab in labels}
-        fig, tops, bottoms = _phase_panels(grids, labels, dx, dy, thr_benign, thr_harmful)
         cell_slice = {k: v for k, v in sl.items() if k in dims}
-        if y == "mu_norm" and len(labels) >= 2:
-            _boundaries_panel(bottoms[-1], bnd, labels, cell_slice, x, dx, dy)
-        # with many variants each panel shows its own boundary only (the last panel shows them all)
-        own = len(labels) > 3
-        for k, ax in enumerate([*tops, *bottoms]):
-            column = k % len(tops)
-            if y == "mu_norm" and (ax is not bottoms[-1] or len(labels) < 2):
-                shown = labels[:2] if column == len(labels) else [labels[column]]
-                _overlay(ax, bnd, fits, shown if own else labels, cell_slice, x)
-            ax.set_xscale("log" if log_x else "linear")
-            ax.set_yscale("log" if log_y else "linear")
-            ax.set_xlim(dx[0], dx[-1])
-            ax.set_ylim(dy[0], dy[-1])
-            for axis, log in ((ax.xaxis, log_x), (ax.yaxis, log_y)):
-                if log:
-                    plain_log_ticks(axis)
-            ax.set_xlabel({"d": "dimension d"}.get(x, x))
-            ax.set_ylabel({"mu_norm": "signal strength ||mu||"}.get(y, y))
-        for ax in tops if own else tops[:1]:
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7, loc="lower right")
-        tag = ", ".join(f"{k}={v:g}" for k, v in sl.items() if k in varied or k in ("n", "P", "sigma_p"))
-        titled_layout(fig, f"{spec.name}: {tag}, p={p:g}, {df.seed.nunique()} seeds/cell.\nBenign: mean test error "
-                           f"<= {thr_benign:.3f} (p + {spec.benign_margin:g}(0.5 - p)); harmful: >= {thr_harmful:.3f} "
-                           f"(p + {HARMFUL_MARGIN:g}); grey: diverged")
+        fig = phase_diagram(grids, labels, (x, y), (dx, dy), (log_x, log_y), (thr_benign, thr_harmful),
+                            (bnd, fits, cell_slice) if y == "mu_norm" else None)
+        tag = assignments({k: v for k, v in sl.items() if k in varied or k in ("n", "P", "sigma_p")})
+        titled_layout(fig, f"{spec.name}: {tag}, $p={p:g}$, {df.seed.nunique()} seeds/cell.\nBenign: mean test "
+                           f"error $\\leq{thr_benign:.3f}$ $(p+{spec.benign_margin:g}(0.5-p))$; harmful: "
+                           f"$\\geq{thr_harmful:.3f}$ $(p+{HARMFUL_MARGIN:g})${diverged_note(grids)}")
         stem = "phase_diagram" if (x, y) == ("d", "mu_norm") else f"phase_{y}_vs_{x}"
         # one file per slice: n, P, sigma_p always named (the file names of earlier sweeps), other axes when varied
         tags = [k for k in rest if k in ("n", "P", "sigma_p") or k in varied]
@@ -181,6 +169,45 @@ def draw_figures(out: str | Path, cell: dict[str, float] | None = None, x: str =
     if traj is not None:
         paths += draw_trajectory_figures(traj, df, spec, figdir, cell, fmt, dpi)
     return paths
+
+
+def diverged_note(grids: dict) -> str:
+    """The title's note on grey cells, those where every run diverged (their mean is NaN): only when there are some."""
+    return "; grey: every run diverged" if any(np.isnan(g).any() for g in grids.values()) else ""
+
+
+def phase_diagram(grids: dict, labels: list[str], names: tuple, edges: tuple, logs: tuple, thresholds: tuple,
+                  boundary: tuple | None = None):
+    """One slice's phase diagram (the figure, untitled), drawn layer by layer. ``grids``: each variant's seed-mean
+    test error (y, x), NaN where every run diverged; ``names``, ``edges``, ``logs``: the (x, y) axes, their cell edges
+    and whether each is drawn log; ``thresholds``: (benign, harmful); ``boundary``: (boundaries, fits, slice) to
+    overlay, or None (y is not ||mu||). A further layer over the maps (e.g. the cells outside a theorem's domain)
+    goes after the maps and before the boundaries."""
+    (x, y), (dx, dy), (log_x, log_y) = names, edges, logs
+    # layer 1: the maps (error heatmaps, benign / between / harmful, the difference of the first two variants)
+    fig, tops, bottoms = _phase_panels(grids, labels, dx, dy, *thresholds)
+    # layer 2: the located boundaries; all variants' together in the last panel
+    if boundary is not None and len(labels) >= 2:
+        _boundaries_panel(bottoms[-1], boundary[0], labels, boundary[2], x, dx, dy)
+    own = len(labels) > 3  # with many variants each panel shows its own boundary only (the last panel shows all)
+    for k, ax in enumerate([*tops, *bottoms]):
+        column = k % len(tops)
+        if boundary is not None and (ax is not bottoms[-1] or len(labels) < 2):
+            shown = labels[:2] if column == len(labels) else [labels[column]]
+            _overlay(ax, boundary[0], boundary[1], shown if own else labels, boundary[2], x)
+        ax.set_xscale("log" if log_x else "linear")
+        ax.set_yscale("log" if log_y else "linear")
+        ax.set_xlim(dx[0], dx[-1])
+        ax.set_ylim(dy[0], dy[-1])
+        for axis, log in ((ax.xaxis, log_x), (ax.yaxis, log_y)):
+            if log:
+                plain_log_ticks(axis)
+        ax.set_xlabel({"d": "dimension $d$"}.get(x, f"${symbol(x)}$"))
+        ax.set_ylabel({"mu_norm": r"signal strength $\|\mu\|$"}.get(y, f"${symbol(y)}$"))
+    for ax in tops if own else tops[:1]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
+    return fig
 
 
 def _short(key: str) -> str:
@@ -236,7 +263,7 @@ def _boundaries_panel(ax, bnd, labels, sl, x, dx, dy) -> None:
         ax.plot(b[x], b.mu_star, LINESTYLES[k % 4], marker="o", ms=3, color=f"C{k}", label=lab)
     ax.set_xlim(dx[0], dx[-1])
     ax.set_ylim(dy[0], dy[-1])
-    ax.set_title(f"located boundaries ||mu||*({x})", fontsize=10)
+    ax.set_title(f"located boundaries $\\|\\mu\\|^*({symbol(x)})$", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
@@ -259,25 +286,27 @@ def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path, dims, fmt: str
             for j, (key, g) in enumerate(groups):
                 key = key if isinstance(key, tuple) else (key,)
                 g = g.sort_values(dim)
-                tag = ", ".join(f"{o}={v:g}" for o, v in zip(others, key))
+                tag = assignments(dict(zip(others, key)))
                 ax.plot(g[dim], g.mu_star, LINESTYLES[k % 4], marker="o", ms=3,
                         color=plt.cm.viridis(j / max(1, len(groups) - 1)), label=f"{lab} {tag}")
             names = [dim] + (["P-1"] if dim == "P" else [])
             for name in names:
                 f = fits[(fits.label == lab) & (fits.dim == name)] if not fits.empty else fits
                 pred = predicted_slope(optimizer_of[lab], name)
-                if len(f):
-                    notes.append(f"{lab}: slope in {name} {np.nanmedian(f.slope):.2f} (median over lines)"
-                                 + (f", theory {pred:g}" if pred is not None else ""))
+                if len(f):  # no line with 3 located boundaries: no slope to give
+                    slope = f"{np.nanmedian(f.slope):.2f}" if np.isfinite(f.slope).any() else "n/a"
+                    notes.append(f"{lab}: slope in ${symbol(dim)}{'-1' if name == 'P-1' else ''}$ "
+                                 f"{slope} (median over lines)" + (f", theory {pred:g}" if pred is not None else ""))
         ax.set_title("\n".join(notes), fontsize=8, loc="left")
         ax.set_xscale("log")
         ax.set_yscale("log")
         plain_log_ticks(ax.xaxis)
         plain_log_ticks(ax.yaxis)
-        ax.set_xlabel(dim)
-        ax.set_ylabel("boundary ||mu||*")
+        ax.set_xlabel(f"${symbol(dim)}$")
+        ax.set_ylabel(r"boundary $\|\mu\|^*$")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
+        if ax.get_legend_handles_labels()[0]:  # no located boundary at all: nothing to name
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     titled_layout(fig, f"{spec.name}: the benign/harmful boundary against the swept dimensions (log-log)")
     path = figdir / f"boundary_scaling.{fmt}"
     save_figure(fig, path, dpi=dpi or 100)

@@ -391,7 +391,8 @@ def late_phase(traj: pd.DataFrame, label: str, seeds: list, cell=CELL, key=RUN_K
         out.update({f"slope:{k}": v for k, v in regress(logs, np.log(u)).items()})
         return out
 
-    table = cells.assign(label=label, under=np.nanmean(U, 1), exponent=np.nanmean(K, 1), in_domain=domain)
+    # _nanmean: a cell where no seed gives a value (a late window too short to fit) is NaN, without numpy's warning
+    table = cells.assign(label=label, under=_nanmean(U), exponent=_nanmean(K), in_domain=domain)
     if not domain.any():
         return [_not_applicable(c, label, len(cells), window, "no cell in the domain")
                 for c in ("late_log_growth", "late_rhounder_small")], table

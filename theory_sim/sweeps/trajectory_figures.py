@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from theory_sim.cnn.plotting import plain_log_ticks, plot_trajectory  # noqa: E402
+from theory_sim.cnn.plotting import assignments, plain_log_ticks, plot_trajectory  # noqa: E402
 from theory_sim.config import ConfigError  # noqa: E402
 from theory_sim.io import save_figure  # noqa: E402
 from theory_sim.sweeps.cells import AXES, CELL  # noqa: E402
@@ -90,11 +90,12 @@ def ratio_law_figure(table: pd.DataFrame, name: str, figdir: Path, fmt: str = "p
     lim = np.array([np.nanmin(table[["predicted", "measured"]].to_numpy()),
                     np.nanmax(table[["predicted", "measured"]].to_numpy())])
     ax.plot(lim, lim, "k-", lw=0.8, label="identity")
-    ax.fill_between(lim, 0.8 * lim, 1.25 * lim, color="grey", alpha=0.15, label="[0.8, 1.25] x prediction")
+    ax.fill_between(lim, 0.8 * lim, 1.25 * lim, color="grey", alpha=0.15,
+                    label=r"shaded: $[0.8, 1.25]\times$ prediction")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(r"predicted $(1-2p)\,n\|\mu\|^2 / ((P-1)\,\sigma_p^2\, d)$")
-    ax.set_ylabel("measured Gamma / Rho at the end of epoch 1")
+    ax.set_ylabel(r"measured $\Gamma/\mathrm{Rho}$ at the end of epoch 1")
     ax.set_title(f"{name}: the early-phase ratio law, one point per cell", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
@@ -106,30 +107,33 @@ def amplification_figure(table: pd.DataFrame, name: str, figdir: Path, fmt: str 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     others = [k for k in table.columns if k in AXES and k not in ("d", "mu_norm") and table[k].nunique() > 1]
     mus = np.sort(table.mu_norm.unique())
+    # one line style per slice of the other axes, in sorted order (a hash would vary from run to run)
+    slices = sorted(set(table[others].itertuples(index=False, name=None))) if others else [()]
     for key, g in table.groupby(["label", *others]):
         key = key if isinstance(key, tuple) else (key,)
-        style = ["-", "--", ":", "-."][hash(key[1:]) % 4] if others else "-"
+        style = ["-", "--", ":", "-."][slices.index(tuple(key[1:])) % 4]
         for mu, h in g.groupby("mu_norm"):
             h = h.sort_values("d")
             colour = plt.cm.viridis(np.searchsorted(mus, mu) / max(1, len(mus) - 1))
             axes[0].plot(h.d, h.amplification, style, marker="o", ms=3, color=colour, lw=1)
         mean = g.groupby("d")[["noise_active_sam", "noise_active_sgd"]].mean()
-        tag = ", ".join(f"{o}={v:g}" for o, v in zip(others, key[1:]))
+        tag = assignments(dict(zip(others, key[1:])))
         axes[1].plot(mean.index, mean.noise_active_sam, style, marker="o", color="C1", label=f"SAM {tag}".strip())
         axes[1].plot(mean.index, mean.noise_active_sgd, style, marker="s", color="C0", label=f"SGD {tag}".strip())
     axes[0].axhline(2.0, color="k", ls=":", lw=1)
     sm = plt.cm.ScalarMappable(cmap="viridis", norm=matplotlib.colors.LogNorm(mus.min(), mus.max()))
-    fig.colorbar(sm, ax=axes[0], label="||mu||")
+    fig.colorbar(sm, ax=axes[0], label=r"$\|\mu\|$")
     axes[0].set_yscale("log")
-    axes[0].set_ylabel("SAM's Gamma / Rho over SGD's (SAM's phase)")
+    axes[0].set_ylabel(r"SAM's $\Gamma/\mathrm{Rho}$ over SGD's (SAM's phase)")
     axes[0].set_title("SAM amplification (dotted: the claim's 2x)", fontsize=10)
-    axes[1].set_ylabel("update-point noise-active fraction (mean over ||mu||)")
-    axes[1].set_title("noise terms switched off at W + eps", fontsize=10)
+    axes[1].set_ylabel(r"update-point noise-active fraction (mean over $\|\mu\|$)")
+    axes[1].set_title(r"noise terms switched off at $W+\epsilon$", fontsize=10)
     axes[1].legend(fontsize=7)
     for ax in axes:
         ax.set_xscale("log")
-        ax.set_xlabel("d")
+        ax.set_xlabel("$d$")
         ax.grid(alpha=0.3, which="both")
+    plain_log_ticks(axes[0].yaxis)  # an amplification of 2-20: plain numbers, not 2 x 10^0
     fig.suptitle(f"{name}: SAM vs SGD during SAM's phase", fontsize=10)
     return _save(fig, figdir / f"sam_amplification.{fmt}", dpi)
 
@@ -153,7 +157,7 @@ def collapse_figure(table: pd.DataFrame, name: str, figdir: Path, fmt: str = "pn
         ax.legend(fontsize=8)
     plain_log_ticks(axes[1].xaxis)  # ||mu|| spans 1-2 decades: matplotlib's minor labels would overlap
     cb = fig.colorbar(sc, ax=axes[1])
-    cb.set_label("log d")
+    cb.set_label(r"$\log d$")
     axes[0].set_ylabel("SGD: seed-mean test error")
     fig.suptitle(f"{name}: does SGD's test error collapse onto one variable?", fontsize=10)
     return _save(fig, figdir / f"collapse.{fmt}", dpi)
@@ -167,7 +171,7 @@ def cell_figure(traj: pd.DataFrame, cell: dict[str, float], name: str, figdir: P
     tag = "_".join(f"{k}{v:g}" for k, v in cell.items())
     path = figdir / f"trajectories_{tag}.{fmt}"
     plot_trajectory(sel, path, group="label", bayes_error=bayes, dpi=dpi,
-                    title=f"{name}: " + ", ".join(f"{k}={v:g}" for k, v in cell.items()))
+                    title=f"{name}: {assignments(cell)}")
     return path
 
 
