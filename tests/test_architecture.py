@@ -98,3 +98,83 @@ def test_only_studies_import_the_reports():
     assert "theory_sim.sweeps.paired" in g["theory_sim.reports.sam_family"]  # the graph sees the reports' imports
     g["theory_sim.cli"] = g["theory_sim.cli"] | {"theory_sim.reports.gallery"}  # a verb importing a report: caught
     assert reports_importers(g) == {"theory_sim.cli": ["theory_sim.reports.gallery"]}
+
+
+# ---- the arrows docs/architecture.md states --------------------------------------------------------------------------
+P = "theory_sim."
+# module -> every module of the package it may import directly (its own package's __init__ aside)
+ONLY = {
+    "config": {"theory_sim", "sam", "sam.registry"},   # package_version; the SAM-family rule list
+    "io": {"config"},
+    "seeding": set(),
+    "intervals": set(),
+    "claims": {"intervals"},
+    "resources": {"config"},
+    "sam.registry": set(),
+    "sweeps.cells": {"config"},
+    "sweeps.spec_toml": {"config", "resources", "sam", "sam.registry", "sweeps.cells"},
+    "sweeps.slurm": set(),
+    "sweeps.store": {"config", "io", "sweeps.cells", "sweeps.spec", "sweeps.slurm"},
+}
+# module or package -> what it must never reach, directly or through the modules it imports
+CNN_VERBS = ("cnn.simulate_verb", "cnn.run_sharpness")
+READERS = ("sweeps.verify", "sweeps.verify_report", "sweeps.trajectory_claims", "sweeps.figures",
+           "sweeps.trajectory_figures", "sweeps.status")
+NEVER = {
+    "resources": ("cnn", "cifar"),          # each memory model sits beside what it models
+    "sam": ("cnn", "cifar", "sweeps"),
+    "sharpness": ("cnn", "cifar", "sweeps"),
+    "cifar": ("cnn", "sweeps"),
+    "cnn": ("sweeps", "cifar", "reports", "cli"),   # the model; its verbs are CNN_VERBS
+    **{reader: ("sweeps.runner", "sweeps.search", "cnn.train") for reader in READERS},
+}
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == P + prefix or module.startswith(P + prefix + ".")
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for v in graph[todo.pop()] - seen:
+            seen.add(v)
+            todo.append(v)
+    return seen
+
+
+def arrow_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that breaks ONLY or NEVER (a package's rule binds each of its modules but CNN_VERBS)."""
+    found = []
+    for name, allowed in ONLY.items():
+        extra = {d for d in graph[P + name] if d.removeprefix(P) not in allowed and not
+                 (P + name).startswith(d + ".")}
+        found += [f"{name} imports {d}" for d in sorted(extra)]
+    for prefix, forbidden in NEVER.items():
+        for m in sorted(m for m in graph if _within(m, prefix) and m.removeprefix(P) not in CNN_VERBS):
+            found += [f"{m} reaches {d}" for d in sorted(reachable(graph, m))
+                      if any(_within(d, f) for f in forbidden)]
+    return found
+
+
+def test_the_documented_import_arrows_hold():
+    g = import_graph()
+    assert arrow_violations(g) == []
+    # the rules see real imports: the memory models import resources, and the simulate verb only the store of sweeps
+    assert P + "resources" in g[P + "cnn.memory"] and P + "resources" in g[P + "cifar.memory"]
+    assert {d for d in g[P + "cnn.simulate_verb"] if _within(d, "sweeps")} == {P + "sweeps.store"}
+
+
+def test_a_broken_arrow_is_caught():
+    base = import_graph()
+    for module, dep, rule in (("resources", "cnn.memory", "resources imports theory_sim.cnn.memory"),
+                              ("resources", "cifar.config", "resources imports theory_sim.cifar.config"),
+                              ("cnn.train", "sweeps.cells", "theory_sim.cnn.train reaches theory_sim.sweeps.cells"),
+                              ("sweeps.status", "sweeps.runner", "sweeps.status reaches theory_sim.sweeps.runner"),
+                              ("claims", "sweeps.cells", "claims imports theory_sim.sweeps.cells")):
+        g = dict(base)
+        g[P + module] = g[P + module] | {P + dep}
+        assert any(rule in v for v in arrow_violations(g)), (module, dep)
+    g = dict(base)   # through another module: the model reaching a sweep via a module it imports
+    g[P + "cnn.data"] = g[P + "cnn.data"] | {P + "sweeps.cells"}
+    assert "theory_sim.cnn.train reaches theory_sim.sweeps.cells" in arrow_violations(g)

@@ -1,5 +1,5 @@
-"""theory_sim.sweeps.cells: the one seed bootstrap reproduces the draws verify, trajectory_claims and paired made
-each on their own before (row-by-row calls of one generator), the diverged-run score and the thresholds."""
+"""theory_sim.sweeps.cells: the seed bootstrap draws reproduce the row-by-row calls of one generator, the
+diverged-run score and the thresholds."""
 import numpy as np
 import pandas as pd
 
@@ -11,7 +11,6 @@ from theory_sim.sweeps.cells import (
     cell_dims,
     cell_key,
     harmful_threshold,
-    resample_weights,
     run_key,
     scored_error,
     seed_resamples,
@@ -26,14 +25,6 @@ def test_seed_resamples_are_the_row_by_row_draws():
         assert draws.shape == (n_boot, n_seeds) and np.array_equal(draws, oracle)
     # the wrong input must fail: another seed gives other draws
     assert not np.array_equal(seed_resamples(5, 50, 1), seed_resamples(5, 50, 0))
-
-
-def test_resample_weights_count_the_draws():
-    draws = seed_resamples(6, 300, 2)
-    w = resample_weights(draws)
-    assert w.shape == (300, 6) and np.all(w.sum(1) == 6)
-    values = np.random.default_rng(5).normal(size=6)
-    assert np.allclose(w @ values / 6, values[draws].mean(1), rtol=0, atol=1e-12)   # weighted mean = resample mean
 
 
 def test_scored_error_and_thresholds():

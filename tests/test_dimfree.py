@@ -11,7 +11,7 @@ from theory_sim.cnn.dimfree import frame_coordinates
 from theory_sim.cnn.ensemble import make_ensemble
 from theory_sim.cnn.model import Params, TwoLayerCNN
 from theory_sim.cnn.run_sharpness import run_objective
-from theory_sim.cnn.simulate import load_run
+from theory_sim.cnn.simulate_verb import load_run
 from theory_sim.cnn.train import train_ensemble
 from theory_sim.config import ConfigError, SimConfig
 from theory_sim.sharpness import top_eigenvalues

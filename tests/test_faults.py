@@ -100,7 +100,7 @@ def test_out_must_be_writable(inside, tmp_path, capsys, monkeypatch):
 
 def test_out_read_only_emulated(tmp_path, capsys, monkeypatch):
     """The same check where chmod cannot help (root): os.access reports the directory read-only."""
-    import theory_sim.cnn.simulate as simulate
+    import theory_sim.cnn.simulate_verb as simulate
 
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -139,7 +139,7 @@ def test_malformed_seeds(seeds, tmp_path, capsys):
 
 
 def test_well_formed_seeds():
-    from theory_sim.cnn.simulate import parse_seeds
+    from theory_sim.cnn.simulate_verb import parse_seeds
 
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("2-4") == [2, 3, 4] and parse_seeds("5-5") == [5]
     assert parse_seeds("7,1, 4") == [7, 1, 4]
@@ -291,7 +291,7 @@ def test_options_of_a_variant_may_be_shared_through_base_or_the_grid(faults_swee
 
 def test_sweep_workers_share_the_memory(faults_sweep, tmp_path):
     """A chunk that fits alone may not fit twice: --workers 2 halves the memory each chunk may take."""
-    from theory_sim.resources import estimate_memory_bytes
+    from theory_sim.cnn.memory import estimate_memory_bytes
     from theory_sim.sweeps.spec import SweepSpec
 
     spec = SweepSpec.from_toml(_spec(tmp_path, faults_sweep))
@@ -506,7 +506,7 @@ def test_a_figure_matplotlib_cannot_draw_is_skipped_with_one_line(tmp_path, caps
     axis is only taken where every value is positive); a figure matplotlib cannot draw is skipped with a one-line
     warning, the tables are unaffected, nothing is left behind."""
     import theory_sim.cnn.plotting as plotting
-    from theory_sim.cnn.simulate import write_trajectory_figure
+    from theory_sim.cnn.simulate_verb import write_trajectory_figure
     from theory_sim.config import SimConfig
 
     traj = pd.DataFrame({"step": [0, 1, 2] * 2, "seed": [0] * 3 + [1] * 3, "optimizer": "sgd",

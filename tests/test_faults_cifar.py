@@ -307,7 +307,7 @@ def test_sizes_that_cannot_fit_are_refused(good_data, tmp_path, capsys, flags, n
 def test_cifar_memory_estimate_refuses_and_can_be_forced(monkeypatch):
     from theory_sim.cifar.config import PRESETS
     from theory_sim.config import ConfigError
-    from theory_sim.resources import check_cifar_resources, estimate_cifar_memory_bytes
+    from theory_sim.cifar.memory import check_cifar_resources, estimate_cifar_memory_bytes
 
     cfg = CifarConfig(**PRESETS["smoke"], device="cpu")
     need = estimate_cifar_memory_bytes(cfg).total

@@ -47,7 +47,7 @@ def spec_of(text: str) -> SweepSpec:
 
 
 def simulate_config(argv: list[str]) -> SimConfig:
-    from theory_sim.cnn.simulate import add_training_arguments, config_from_args
+    from theory_sim.cnn.simulate_verb import add_training_arguments, config_from_args
 
     p = argparse.ArgumentParser()
     add_training_arguments(p)
@@ -295,7 +295,7 @@ def test_simulate_and_sweep_refuse_each_others_directories(sweep_dir, tmp_path, 
     (run / "summary.parquet").write_bytes(b"")   # what marks a simulate run (its config.json: also a sweep's name)
     refused(capsys, ["sweep", str(sweep_dir / "s.toml"), "--out", str(run), "--executor", "inline"],
             f"out must be a sweep directory (new or resumed), but {run} holds a simulate run")
-    from theory_sim.cnn.simulate import check_out
+    from theory_sim.cnn.simulate_verb import check_out
 
     assert check_out(str(tmp_path / "new"), False) == tmp_path / "new"   # a new directory: fine
 

@@ -9,7 +9,7 @@ import pytest
 from theory_sim.cifar.config import CifarConfig, default_rho
 from theory_sim.cnn import rules as cnn_rules
 from theory_sim.cnn.ensemble import Ensemble, WeightEnsemble, choose_state
-from theory_sim.cnn.simulate import add_training_arguments
+from theory_sim.cnn.simulate_verb import add_training_arguments
 from theory_sim.config import OPTIMIZER_ONLY_FIELDS, OPTIMIZERS, ConfigError, SimConfig, ignored_parameters
 from theory_sim.sam import perturbation, registry
 from theory_sim.sam.registry import Rule

@@ -1,4 +1,5 @@
-"""theory_sim.resources: the memory estimate against the memory real runs take, and the refusals built on it.
+"""theory_sim.cnn.memory and theory_sim.resources: the memory estimate against the memory real runs take, and the
+refusals built on it.
 
 The oracle is the operating system: the peak resident set (VmHWM, reset through /proc/self/clear_refs) a run adds
 to its process, one subprocess for all cases. Each case is sized so that one term of the estimate dominates; the
@@ -15,14 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from theory_sim.cnn.memory import check_resources, estimate_memory_bytes
 from theory_sim.config import ConfigError, SimConfig
-from theory_sim.resources import (
-    ESTIMATE_FACTOR,
-    MAX_TOTAL_STEPS,
-    available_memory_bytes,
-    check_resources,
-    estimate_memory_bytes,
-)
+from theory_sim.resources import ESTIMATE_FACTOR, MAX_TOTAL_STEPS, available_memory_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = dict(epochs=2, n_test=0, n_mc=200)

@@ -21,7 +21,7 @@ from theory_sim.cnn.model import Params
 from theory_sim.cnn.randsam import randsam_generator
 from theory_sim.cnn.reference import PatchCNN
 from theory_sim.cnn.rules import update_gradient
-from theory_sim.cnn.simulate import add_training_arguments, config_from_args
+from theory_sim.cnn.simulate_verb import add_training_arguments, config_from_args
 from theory_sim.cnn.train import apply_step, select_batch, train_ensemble
 from theory_sim.config import ConfigError, SimConfig
 from theory_sim.sam.optim import SAM

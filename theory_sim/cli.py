@@ -18,7 +18,7 @@ from theory_sim.config import ConfigError
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
-    "simulate": ("theory_sim.cnn.simulate", "train SGD/SAM two-layer CNN runs at one setting, track gamma/rho"),
+    "simulate": ("theory_sim.cnn.simulate_verb", "train SGD/SAM two-layer CNN runs at one setting, track gamma/rho"),
     "sweep": ("theory_sim.sweeps.runner", "run (or resume) a phase-diagram sweep from a TOML spec"),
     "sweep-status": ("theory_sim.sweeps.status", "chunks done / total and ETA of a sweep directory"),
     "search": ("theory_sim.sweeps.search", "locate the benign boundary per cell by bisection in ||mu|| (resumable)"),
@@ -58,7 +58,7 @@ def config_defaults(verb: str) -> tuple[dict, str]:
     """The values that a verb's options left at None take from its config dataclass (shown in --help), and how to
     name them there."""
     if verb == "simulate":
-        from theory_sim.cnn.simulate import flag_fields
+        from theory_sim.cnn.simulate_verb import flag_fields
         from theory_sim.config import SimConfig
 
         cfg = SimConfig.preset("c23")

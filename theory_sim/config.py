@@ -218,7 +218,7 @@ class SimConfig:
     cosine over the rest). One clock per run: the SAM -> SGD switch does not restart it, early stopping ends it.
     """
 
-    # every field's metadata makes its ``simulate`` flag (theory_sim.cnn.simulate.add_training_arguments): "help"
+    # every field's metadata makes its ``simulate`` flag (theory_sim.cnn.simulate_verb.add_training_arguments): "help"
     # (a field without it has no flag), optionally "choices", "flag" (default --the-name) and "group" (flags of one
     # group are mutually exclusive)
     optimizer: str = _option("sgd", "sgd, or a SAM-family rule (docs/science.md §3.2): sam (tau g/||g||, or tau "

@@ -70,9 +70,10 @@ from theory_sim.cifar.distributed import (
     wrap_ddp,
 )
 from theory_sim.cifar.errors import writing
+from theory_sim.cifar.memory import check_cifar_resources
 from theory_sim.cifar.wrn import WideResNet
 from theory_sim.config import ConfigError, check_int, check_renamed_flags, deprecated_flag
-from theory_sim.resources import add_force_arguments, check_cifar_resources
+from theory_sim.resources import add_force_arguments
 from theory_sim.sam import registry
 from theory_sim.sam.optim import ASAM_SCOPES, BN_UPDATES, SAM
 

@@ -1,5 +1,5 @@
 """How an ensemble's runs are laid out, decided from their configs alone (no torch): which consecutive runs share
-one data draw, and which representation of the state trains them (theory_sim.cnn.ensemble). theory_sim.resources
+one data draw, and which representation of the state trains them (theory_sim.cnn.ensemble). theory_sim.cnn.memory
 reads both to estimate a chunk's memory in a sweep's parent process, which never runs torch itself."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def group_size(keys: list) -> int:
 def choose_state(configs: list[SimConfig], state: str = "auto") -> str:
     """The representation ``make_ensemble`` uses: ``state`` itself, or for "auto" weight space if some run's rule
     leaves the span of the data basis (asam, sam with norm="inf") or 1 + n K > d (coefficient space is then not
-    cheaper), else coefficient space (also what ``theory_sim.resources`` estimates the memory of)."""
+    cheaper), else coefficient space (also what ``theory_sim.cnn.memory`` estimates the memory of)."""
     check_choice("state", state, STATES)
     if state != "auto":
         return state

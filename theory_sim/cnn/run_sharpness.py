@@ -67,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from theory_sim.cnn.simulate import load_run
+    from theory_sim.cnn.simulate_verb import load_run
 
     if args.rho is not None:
         check_float("rho", args.rho, 0.0, lo_open=True)

@@ -1,4 +1,4 @@
-"""What a sweep cell is, how its runs are scored, and the one seed bootstrap every sweep check uses.
+"""What a sweep cell is and how its runs are scored (intervals over seeds: theory_sim.intervals).
 
 - A run is identified by its run key: label, d, ||mu||, n, P, sigma_p, any extra swept axis, seed. A cell is the
   run key without label and seed: ``cell_dims`` (d, n, P, sigma_p, the extra axes) plus ||mu||. verify, the
@@ -6,8 +6,8 @@
 - Scoring: a diverged run (or one without a test error) scores chance error, 0.5, and is never dropped.
 - Thresholds (docs/science.md §5): a cell is benign when its seed-mean test error is <= p + margin * (0.5 - p)
   (margin: the spec's ``benign_margin``), harmful when it is >= p + 0.1.
-- Bootstrap: the seeds are resampled jointly across cells (every cell uses the same seeds, so the cells of one seed
-  are correlated): ``seed_resamples`` gives the draws, one row per resample, from ``np.random.default_rng(seed)``.
+- ``seed_resamples``: bootstrap draws of whole seeds, jointly across cells, for the boundary search's bracketing
+  (theory_sim.sweeps.search); every verdict's interval is theory_sim.intervals' jackknife-t or t-interval.
 """
 from __future__ import annotations
 
@@ -88,8 +88,3 @@ def seed_resamples(n_seeds: int, n_boot: int, seed: int) -> np.ndarray:
     """The bootstrap draws (n_boot, n_seeds): row b lists the seed indices of resample b (with replacement). One
     call draws them all; numpy's Generator gives the same stream as n_boot calls of one row each."""
     return np.random.default_rng(seed).integers(0, n_seeds, (n_boot, n_seeds))
-
-
-def resample_weights(draws: np.ndarray) -> np.ndarray:
-    """The draws as weights: w[b, s] = how often resample b draws seed s (a weighted mean is then a matmul)."""
-    return np.stack([np.bincount(row, minlength=draws.shape[1]) for row in draws]).astype(float)

@@ -187,8 +187,9 @@ class SweepSpec:
                         available: tuple[int, str] | None = None, workers: int = 1) -> None:
         """Refuse (before any work) a chunk whose memory estimate exceeds the memory available to each of
         ``workers`` concurrent chunks, or whose runs take more than ``MAX_TOTAL_STEPS`` steps
-        (``theory_sim.resources``), naming the chunk and the key paths of the parameters that set its size."""
-        from theory_sim.resources import available_memory_bytes, check_resources
+        (``theory_sim.cnn.memory``), naming the chunk and the key paths of the parameters that set its size."""
+        from theory_sim.cnn.memory import check_resources   # no torch: the sweep's parent runs this
+        from theory_sim.resources import available_memory_bytes
 
         available = available_memory_bytes() if available is None else available
         if available is not None and workers > 1:

@@ -92,7 +92,7 @@ def _load_spec_file(path_text: str, mtime_ns: int, size: int) -> SweepSpec:
 
 
 # what marks a directory as a sweep's (simulate refuses to write into one), and as a simulate run's (its
-# theory_sim.cnn.simulate.OUTPUT_FILES that a sweep never writes: a sweep refuses to write into one)
+# theory_sim.cnn.simulate_verb.OUTPUT_FILES that a sweep never writes: a sweep refuses to write into one)
 SWEEP_FILES = ("spec.json", "results.json", "results.parquet", "shards")
 SIMULATE_FILES = ("summary.parquet", "final_state.pt", "coefficients.npz")
 

@@ -31,7 +31,7 @@ LATE_POINTS = 6      # logged steps a run needs in that window for its growth ex
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Small tools: cell x seed arrays, regressions, isotonic fits, bootstrap
+# Small tools: cell x seed arrays, regressions, isotonic fits
 # ---------------------------------------------------------------------------------------------------------------------
 def cell_seed_array(df: pd.DataFrame, value: str, seeds: list, keys=CELL) -> tuple[pd.DataFrame, np.ndarray]:
     """(cells, array (C, S)): ``value`` per cell and seed (NaN where a seed is missing)."""

@@ -6,14 +6,15 @@ p + benign_margin * (0.5 - p), interpolated (in log ||mu||) between the two grid
 the error rises above the threshold again at a larger ||mu|| (seen for SAM at very large ||mu|| and d), the cell
 reports that ``relapse_mu``. A cell benign at the smallest ||mu||
 or never benign on the grid is censored and left out of the fits. The log-log slope of ||mu||* against every swept
-dimension is fitted by least squares; its 95% confidence interval comes from a bootstrap over seeds (seeds are
-resampled jointly across cells, since every cell uses the same seeds). The interval covers seed noise, not the
+dimension is fitted by least squares; its 95% confidence interval is the seed jackknife-t (theory_sim.intervals:
+each seed left out jointly across cells, since every cell uses the same seeds). The interval covers seed noise, not the
 discretisation of the ||mu|| grid: interpolating between grid points biases a slope by up to about the grid's
 log-spacing divided by the log-range of the dimension, so use fine ||mu|| grids for tight checks.
 
 Theory (docs/science.md §5, [C23] and [K23]): SGD is benign when n ||mu||^4 >= C d P^4 sigma_p^4, so ||mu||* ~ d^(1/4) n^(-1/4) P
 sigma_p; SAM (with the [C23] radius scale) is benign once ||mu|| >= Omega~(1): slope ~0 in d. Constants are unknown,
-so only shapes are checked: a prediction holds when it lies in the bootstrap interval.
+so only shapes are checked, each as a claim of theory_sim.claims with its verdict rule. The markdown report is
+theory_sim.sweeps.verify_report.
 """
 from __future__ import annotations
 

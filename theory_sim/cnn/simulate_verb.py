@@ -13,7 +13,7 @@ Writes to ``--out DIR``:
   trajectory.png       the summaries over steps
 
 Before any training: ``--out`` is resolved to an absolute path (printed at the end), the run's memory estimate and
-step count are checked (``theory_sim.resources``; ``--force-memory``, ``--force-steps``), and an option with no
+step count are checked (``theory_sim.cnn.memory``; ``--force-memory``, ``--force-steps``), and an option with no
 effect for ``--optimizer`` or switched off by another option is refused. ``--out`` must be a (new or existing)
 directory that can be written, and one that already holds a simulate run is refused unless ``--overwrite``. The files are written to a staging directory
 first and renamed into place at the end, config.json last, so a failed write leaves the previous run intact.
@@ -284,7 +284,7 @@ def load_run(run_dir: str | Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from theory_sim.cnn.train import train_ensemble
-    from theory_sim.resources import check_resources
+    from theory_sim.cnn.memory import check_resources
 
     base = config_from_args(args)
     seeds = parse_seeds(args.seeds)
