@@ -35,11 +35,13 @@ TAIL_FROM = 1e5     # the asymptotic slope: every d >= this (three decades up to
 STABLE_STEP_MAX = 1.0   # eta ||mu*||^2: the exploratory stable_step column (module docstring)
 # What the numbers above say, and the arithmetic that may explain them (hypotheses: not tested by this study)
 READING = [
-    "**Reading.** The fixed protocol is never inside the domain: its eta = 0.1 breaks eta ||mu*||^2 <= 1 already "
-    "at d = 100 (||mu*|| > 3.2 at most d), its per-step memorisation d / 1000 exceeds 1 above d = 1000, and above "
-    "d ~ 10^5 its boundaries become erratic or are never reached; SAM's flat boundary there (local slopes "
-    "0.0-0.11 up to d ~ 3 x 10^4 at n = 20, 40) is a property of that protocol, not a test of [C23]. Under the "
-    "regime protocol SGD's local slope sits at 0.22-0.25 (1/4 inside its intervals in many windows) from the domain's start up to "
+    "**Reading.** The fixed protocol enters the claims' domain only at d ~ 10^3..10^4 for n = 10, 20 (above, its "
+    "init scale and per-step memorisation d / 1000 grow past the thresholds; never at n = 40), where no window or "
+    "tail has enough in-domain cells except one SGD window (consistent); its eta = 0.1 also fails the exploratory "
+    "stable_step (eta ||mu*||^2 <= 1) at every d, and above d ~ 10^5 its boundaries become erratic or are never "
+    "reached; SAM's flat boundary there (local slopes 0.0-0.11 up to d ~ 3 x 10^4 at n = 20, 40) is a property of "
+    "that protocol, not a test of [C23]. Under the regime protocol SGD's local slope sits at 0.22-0.25 (consistent "
+    "with 1/4 in 4-5 windows per n) from the domain's start up to "
     "d ~ 10^6, then rises towards 0.45 at 10^8, later for larger n: the slope does not settle at 1/4 as d grows "
     "at a fixed init scale. One candidate (arithmetic, untested): a fresh noise vector's pre-activation has a "
     "learned part ~ rho sqrt(n / d), which falls below the init's fixed part sigma_0 sigma_p sqrt(d) = s0 / P once "

@@ -150,9 +150,8 @@ def unit_runs(spec: SweepSpec, unit: tuple, mus, seeds: range) -> list[tuple[tup
 def log_interval(mus: np.ndarray, errs: np.ndarray, threshold: float) -> tuple[float, float]:
     """The 95% seed-jackknife interval of log ||mu||* of one cell (errs (M, S), NaN where a point lacks a seed);
     (-inf, inf) when the boundary is not located on all seeds or without one of them."""
-    cells = {0: (mus, errs)}
-    point = boundaries(cells, threshold).mu_star.iloc[0]
-    loo = resampled_boundaries(cells, threshold, leave_one_out(errs.shape[1]))[0]
+    point = crossing(mus, np.nanmean(errs, axis=1), threshold)[0]
+    loo = resampled_boundaries({0: (mus, errs)}, threshold, leave_one_out(errs.shape[1]))[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         interval = jackknife_interval(np.log(point), np.log(loo))
     return (interval.low, interval.high) if interval.finite else (-np.inf, np.inf)
@@ -255,6 +254,7 @@ def run_search(spec: SweepSpec, search: SearchSpec, out: str | Path, executor: s
     from theory_sim.sweeps.runner import _end_pool, start_pool
 
     out = Path(out)
+    search = _resolved(search, spec)   # a SearchSpec built in code, not by load(): seeds_step 0 would add none
     _prepare(spec, search, out)
     t0 = time.perf_counter()
     threshold = spec.benign_threshold(spec.flip_p)
