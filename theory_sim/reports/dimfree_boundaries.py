@@ -129,12 +129,12 @@ def figure(bnd: pd.DataFrame, local: pd.DataFrame):
         for ax in (ax_b, ax_s):
             ax.set_xscale("log")
             dom = bnd[bnd.label.str.endswith(protocol) & bnd.in_domain]
-            for n, g in dom.groupby("n"):   # the theorems' domain, per n, as a bar under the curves
+            for n, g in dom.groupby("n"):   # the claim's domain, per n, as a bar under the curves
                 ax.axvspan(g.d.min(), g.d.max(), ymin=0.0, ymax=0.02 * (1 + [10, 20, 40].index(n)),
                            color=colors.get(n), alpha=0.3)
         ax_b.set_yscale("log")
         ax_b.set_ylabel("||mu||*")
-        ax_b.set_title(f"{protocol} protocol: boundary (bars: theorems' domain per n)")
+        ax_b.set_title(f"{protocol} protocol: boundary (bars: the claims' domain per n)")
         ax_s.axhline(0.25, color="k", lw=0.8, ls=":")
         ax_s.axhline(0.0, color="k", lw=0.8, ls="-.")
         ax_s.set_ylabel("local slope d log||mu||* / d log d")
