@@ -346,19 +346,25 @@ def test_every_report_runs_on_its_committed_table_and_opens_with_its_claims(name
 
 @pytest.mark.slow
 def test_dimfree_boundaries_recovers_known_local_slopes():
-    """A synthetic table whose boundary is 2 (d/100)^(1/4) for SGD and flat at 3 for SAM: the tail slopes' intervals
-    contain 1/4 and 0 (consistent); swapping the laws makes both contradicted. The domain flag follows d >= n^2
-    log(10 n m), the init scale and the per-step memorisation."""
-    from theory_sim.reports.dimfree_boundaries import slopes, verdict
-    from theory_sim.sweeps.spec import SweepSpec
+    """A synthetic table whose boundary is 2 (d/100)^(1/4) for SGD and flat at 3 for SAM: the in-domain tail slopes
+    are consistent with the claims sgd_boundary_slope / sam_boundary_slope; swapping the laws makes both
+    contradicted. The domain is the claim's in_domain (d >= n^2 log(10 n m) here); the tail's interval is the
+    jackknife-t over leave-one-seed-out boundaries, checked against a direct refit on each seed subset (np.polyfit);
+    a SAM variant with m-sharpness is no claim's (exploratory)."""
+    from scipy import stats
 
-    def table(sgd_slope, sam_slope):
+    from theory_sim.reports.dimfree_boundaries import slopes
+    from theory_sim.sweeps.spec import SweepSpec
+    from theory_sim.sweeps.verify import boundaries, cell_arrays
+
+    def table(sgd_slope, sam_slope, sam_extra=None):
         spec = SweepSpec.from_dict({
             "name": "t", "seeds": 6, "trajectories": False,
             "base": {"n": 10, "dimension_free": True, "init_scale": 0.02, "noise_step": 0.1},
             "grid": {"d": {"values": [int(10 ** e) for e in np.arange(2, 8.01, 1.0)]},
                      "mu_norm": {"start": 0.5, "stop": 200, "num": 60, "spacing": "log"}},
-            "optimizers": [{"label": "sgd_regime", "optimizer": "sgd"}, {"label": "sam_regime", "optimizer": "sam"}]})
+            "optimizers": [{"label": "sgd_regime", "optimizer": "sgd"},
+                           {"label": "sam_regime", "optimizer": "sam", "c_tau": 1.0, **(sam_extra or {})}]})
         rows = []
         for key, cfg in spec.runs:
             star = (2.0 * (cfg.d / 100) ** sgd_slope if key[0].startswith("sgd") else 3.0 * (cfg.d / 100) ** sam_slope)
@@ -367,11 +373,32 @@ def test_dimfree_boundaries_recovers_known_local_slopes():
             rows.append({"label": key[0], **cfg.to_dict(), "test_error": err, "diverged": False})
         return spec, pd.DataFrame(rows)
 
+    h = np.log(200 / 0.5) / 59
     spec, df = table(0.25, 0.0)
-    bnd, local, tail = slopes(df, spec)
-    assert [verdict(r) for r in tail.itertuples()] == ["consistent", "consistent"]
+    bnd, local, tail = slopes(df, spec, h)
+    claimed = tail[tail.scope == "in domain"].set_index("variant")
+    assert list(claimed.verdict) == ["consistent", "consistent"]
+    assert list(claimed.claim) == ["sam_boundary_slope", "sgd_boundary_slope"]
     assert bnd[bnd.d == 100].in_domain.eq(False).all() and bnd[bnd.d >= 1000].in_domain.all()   # 100 < 100 log 1000
-    assert np.allclose(local[local.optimizer == "sgd"].slope, 0.25, atol=0.03)
+    assert np.allclose(local[local.variant == "sgd_regime"].estimate, 0.25, atol=0.03)
+    assert (local[local.d_low == 100].verdict == "exploratory").all()   # a window with d = 100: outside the domain
+    # the jackknife oracle: refit the tail on every leave-one-seed-out subset
+    cells = cell_arrays(df, spec.cell_dims)
+    far = bnd[(bnd.label == "sgd_regime") & (bnd.d >= 1e5)]
+    reps = []
+    for i in range(6):
+        b = boundaries(cells, spec.benign_threshold(0.1), seed_idx=np.delete(np.arange(6), i), dims=spec.cell_dims)
+        b = b.loc[far.index]
+        reps.append(np.polyfit(np.log(b.d.astype(float)), np.log(b.mu_star), 1)[0])
+    se = np.sqrt(5 / 6 * np.sum((np.array(reps) - np.mean(reps)) ** 2))
+    row = claimed.loc["sgd_regime"]
+    assert row.estimate == pytest.approx(np.polyfit(np.log(far.d.astype(float)), np.log(far.mu_star), 1)[0])
+    assert row.ci_high - row.estimate == pytest.approx(stats.t.ppf(0.975, 5) * se, rel=1e-9)
+    assert row.ci_high - row.estimate != pytest.approx(1.96 * se, rel=1e-3)   # the t quantile, not the normal one
     spec, df = table(0.0, 0.25)
-    _, _, tail = slopes(df, spec)
-    assert [verdict(r) for r in tail.itertuples()] == ["contradicted", "contradicted"]
+    _, _, tail = slopes(df, spec, h)
+    assert list(tail[tail.scope == "in domain"].verdict) == ["contradicted", "contradicted"]
+    spec, df = table(0.25, 0.0, {"m_sharpness": 5})   # not [C23]'s SAM: no claim covers it
+    _, _, tail = slopes(df, spec, h)
+    sam = tail[tail.variant == "sam_regime"]
+    assert set(sam.verdict) == {"exploratory"} and set(sam.claim) == {"slope_outside_domain"}

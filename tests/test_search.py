@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from theory_sim.claims import CLAIMS, slope_tolerance, verdict
 from theory_sim.config import ConfigError
-from theory_sim.sweeps.search import SearchSpec, load, run_search
+from theory_sim.sweeps.search import SearchSpec, load, log_interval, run_search, slope_interval
 from theory_sim.sweeps.spec import SweepSpec
 
 SPEC = {"name": "synthetic", "seeds": 6, "trajectories": False, "chunk_runs": 64,
@@ -44,7 +45,13 @@ def test_search_locates_a_known_boundary_and_verify_fits_its_slope(tmp_path, slo
     assert ((bnd.mu_star_low <= true * 1.05) & (true <= bnd.mu_star_high * 1.05)).mean() >= 0.8
     row = res["slopes"].set_index("dim").loc["d"]
     assert row.ci_low <= slope <= row.ci_high and bool(row.ci_low <= 0.25 <= row.ci_high) == holds
-    assert row.ci_high - row.ci_low < 0.08
+    # jackknife-t width: about 0.05 at this noise over 20 seed offsets (0.11 at this one; the slope's spread over
+    # offsets is 0.016), so narrow against the 1/4 it must tell from 1/2
+    assert row.ci_high - row.ci_low < 0.15
+    # the claim's verdict on this interval (theory_sim.claims): consistent with 1/4, contradicted for the 1/2 law
+    claim = CLAIMS["sgd_boundary_slope"]
+    tol = slope_tolerance(claim, search.log_width, bnd.d.to_numpy())
+    assert verdict(slope_interval(row), (0.25 - tol, 0.25 + tol))[0] == ("consistent" if holds else "contradicted")
     # the slope is verify's fit of the table's boundaries; verify DIR reads the same table
     from theory_sim.sweeps.verify import boundaries, cell_arrays, fit_slopes
     cells = cell_arrays(res["results"], spec.cell_dims)
@@ -76,6 +83,26 @@ def test_censored_cells_extend_then_stop_at_the_limits(tmp_path):
     assert res["results"].mu_norm.max() == pytest.approx(1.0)
 
 
+def test_cell_interval_is_the_seed_jackknife_of_log_mu_star():
+    """log_interval against a direct jackknife: the crossing of the seed means without each seed in turn,
+    se^2 = (S-1)/S sum (theta_i - mean)^2, t_{S-1} quantile; no interval when a leave-one-out boundary is missing."""
+    from scipy import stats
+
+    from theory_sim.sweeps.verify import crossing
+    rng = np.random.default_rng(3)
+    mus = np.geomspace(0.5, 8.0, 9)
+    errs = 0.1 + 0.35 / (1 + np.exp((np.log(mus)[:, None] - np.log(2.0)) / 0.2)) + 0.03 * rng.standard_normal((9, 7))
+    point = np.log(crossing(mus, errs.mean(axis=1), 0.14)[0])
+    reps = np.array([np.log(crossing(mus, np.delete(errs, i, 1).mean(axis=1), 0.14)[0]) for i in range(7)])
+    half = stats.t.ppf(0.975, 6) * np.sqrt(6 / 7 * np.sum((reps - reps.mean()) ** 2))
+    lo, hi = log_interval(mus, errs, 0.14)
+    assert lo == pytest.approx(point - half, rel=1e-12) and hi == pytest.approx(point + half, rel=1e-12)
+    assert hi - lo != pytest.approx(2 * 1.96 * half / stats.t.ppf(0.975, 6), rel=1e-3)   # not the normal quantile
+    errs_one = np.full((9, 2), 0.45)
+    errs_one[-1, 0] = 0.0   # two seeds, one never benign: without seed 0 no crossing, so no interval
+    assert log_interval(mus, errs_one, 0.14) == (-np.inf, np.inf)
+
+
 def test_search_spec_errors_name_the_key(tmp_path):
     path = tmp_path / "x.toml"
     path.write_text('name = "x"\ntrajectories = false\n[grid]\nd = [100]\nmu_norm = [1.0, 2.0]\n'
@@ -85,6 +112,10 @@ def test_search_spec_errors_name_the_key(tmp_path):
     path.write_text(path.read_text().replace("points = 0", "bogus = 1"))
     with pytest.raises(ConfigError, match="search has unknown keys"):
         load(path)
+    path.write_text(path.read_text().replace("bogus = 1", "n_boot = 200"))   # gone: intervals are the jackknife
+    with pytest.raises(ConfigError, match=r"search has unknown keys \['n_boot'\]"):
+        load(path)
+    path.write_text(path.read_text().replace("n_boot = 200", "bogus = 1"))
     path.write_text(path.read_text().replace("trajectories = false\n", "").replace("bogus = 1", "points = 2"))
     with pytest.raises(ConfigError, match="trajectories must be false"):
         load(path)

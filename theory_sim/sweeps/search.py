@@ -9,7 +9,8 @@ has; the boundary is verify's: the first crossing of the benign threshold, inter
 - censored (benign at the smallest point, or never benign): one point ``expand`` times beyond it, within
   [``mu_min``, ``mu_max``] (at the limit the cell stays censored);
 - a bracket wider than ``log_width`` in log ||mu||: ``points`` values evenly spaced in log inside it;
-- else, a 95% seed-bootstrap interval of log ||mu||* wider than ``ci_width``: ``seeds_step`` more seeds at the two
+- else, a 95% seed-jackknife interval of log ||mu||* (theory_sim.intervals, docs/science.md §5.6) wider than
+  ``ci_width`` (or none: a leave-one-seed-out boundary not located): ``seeds_step`` more seeds at the two
   bracket points, up to ``max_seeds`` (new seeds are the next integers after the spec's);
 - else the cell is done.
 
@@ -19,8 +20,8 @@ is trained as chunks (``theory_sim.sweeps.spec.make_chunks``) and written atomic
 exactly the runs planned for it) and goes on from the first missing one. The outputs: ``results.parquet`` (one row
 per run, the grid sweep's columns, ``chunk`` = the round; ``results.json`` holds the spec, so ``verify DIR`` fits
 the boundaries exactly as a grid's), ``boundaries.parquet`` (per variant and cell: ``mu_star``, ``status``,
-``relapse_mu``, the bootstrap interval of ||mu||*, runs, seeds, the search's ``state``), ``slopes.parquet``
-(verify's ``fit_slopes`` with seed-bootstrap intervals: ``table_slopes``), ``search.json`` (the spec, the search
+``relapse_mu``, the jackknife interval of ||mu||*, runs, seeds, the search's ``state``), ``slopes.parquet``
+(verify's ``fit_slopes`` with seed-jackknife intervals: ``table_slopes``), ``search.json`` (the spec, the search
 settings and their digest), ``verify.md``/``verify.json`` (verify's report of the table).
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ import pandas as pd
 
 from theory_sim.config import ConfigError, check_float, check_int
 from theory_sim.io import provenance, save_table, write_json, write_parquet
-from theory_sim.sweeps.cells import seed_resamples
+from theory_sim.intervals import Interval, jackknife_interval, leave_one_out
 from theory_sim.sweeps.spec import SweepSpec, make_chunks
 from theory_sim.sweeps.spec_toml import Axis, read_toml
 from theory_sim.sweeps.verify import (
@@ -61,14 +62,13 @@ class SearchSpec:
 
     points: int = 1            # new ||mu|| values per bisection, evenly spaced in log inside the bracket
     log_width: float = 0.05    # target bracket width in log ||mu||
-    ci_width: float = 0.2      # target width of the 95% seed-bootstrap interval of log ||mu||*
+    ci_width: float = 0.2      # target width of the 95% seed-jackknife interval of log ||mu||*
     seeds_step: int = 0        # seeds added where the interval is too wide (0: the spec's seeds)
     max_seeds: int = 0         # at most this many seeds per point (0: the spec's seeds, never add)
     max_rounds: int = 20
     expand: float = 4.0        # a censored cell's next point: this factor beyond its last one
     mu_min: float = 1e-3
     mu_max: float = 1e4
-    n_boot: int = 200          # bootstrap resamples of the seeds (the interval that decides on more seeds)
 
     def __post_init__(self) -> None:
         check_int("search.points", self.points, 1, 64)
@@ -80,7 +80,6 @@ class SearchSpec:
         check_float("search.expand", self.expand, 1.0, lo_open=True)
         check_float("search.mu_min", self.mu_min, 0.0, lo_open=True)
         check_float("search.mu_max", self.mu_max, self.mu_min, lo_open=True)
-        check_int("search.n_boot", self.n_boot, 20, 10 ** 5)
 
     @classmethod
     def from_dict(cls, d) -> "SearchSpec":
@@ -148,16 +147,14 @@ def unit_runs(spec: SweepSpec, unit: tuple, mus, seeds: range) -> list[tuple[tup
     return sub.runs
 
 
-def log_interval(mus: np.ndarray, errs: np.ndarray, threshold: float, search: SearchSpec, seed: int = 0):
-    """The 95% seed-bootstrap interval of log ||mu||* of one cell (errs (M, S), NaN where a point lacks a seed);
-    (-inf, inf) when fewer than half the resamples locate a boundary."""
-    draws = seed_resamples(errs.shape[1], search.n_boot, seed)
-    stars = resampled_boundaries({0: (mus, errs)}, threshold, draws)[0]
-    ok = np.isfinite(stars) & (stars > 0)
-    if ok.sum() < len(stars) / 2:
-        return -np.inf, np.inf
-    lo, hi = np.percentile(np.log(stars[ok]), [2.5, 97.5])
-    return float(lo), float(hi)
+def log_interval(mus: np.ndarray, errs: np.ndarray, threshold: float) -> tuple[float, float]:
+    """The 95% seed-jackknife interval of log ||mu||* of one cell (errs (M, S), NaN where a point lacks a seed);
+    (-inf, inf) when the boundary is not located on all seeds or without one of them."""
+    point = crossing(mus, np.nanmean(errs, axis=1), threshold)[0]
+    loo = resampled_boundaries({0: (mus, errs)}, threshold, leave_one_out(errs.shape[1]))[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        interval = jackknife_interval(np.log(point), np.log(loo))
+    return (interval.low, interval.high) if interval.finite else (-np.inf, np.inf)
 
 
 def decide(mus: np.ndarray, errs: np.ndarray, threshold: float, search: SearchSpec) -> tuple[list, range | None, str]:
@@ -177,7 +174,7 @@ def decide(mus: np.ndarray, errs: np.ndarray, threshold: float, search: SearchSp
     a, b = mus[k - 1], mus[k]
     if np.log(b / a) > search.log_width:
         return [float(v) for v in np.geomspace(a, b, search.points + 2)[1:-1]], seeds, "bisecting"
-    lo, hi = log_interval(mus, errs, threshold, search)
+    lo, hi = log_interval(mus, errs, threshold)
     S = errs.shape[1]
     if hi - lo > search.ci_width and S < search.max_seeds:
         return [float(a), float(b)], range(S, min(S + search.seeds_step, search.max_seeds)), "adding seeds"
@@ -257,6 +254,7 @@ def run_search(spec: SweepSpec, search: SearchSpec, out: str | Path, executor: s
     from theory_sim.sweeps.runner import _end_pool, start_pool
 
     out = Path(out)
+    search = _resolved(search, spec)   # a SearchSpec built in code, not by load(): seeds_step 0 would add none
     _prepare(spec, search, out)
     t0 = time.perf_counter()
     threshold = spec.benign_threshold(spec.flip_p)
@@ -287,9 +285,9 @@ def run_search(spec: SweepSpec, search: SearchSpec, out: str | Path, executor: s
     table = table.sort_values(key).reset_index(drop=True)
     sidecar = {"spec": spec.to_dict(), "digest": spec.digest(), "search": search.to_dict(), **provenance()}
     save_table(table, out / "results.parquet", {**sidecar, "rows": len(table)})
-    bnd = boundary_table(table, spec, search, threshold, states)
+    bnd = boundary_table(table, spec, threshold, states)
     save_table(bnd, out / "boundaries.parquet", {**sidecar, "rows": len(bnd)})
-    fits = table_slopes(table, spec, search.n_boot)
+    fits = table_slopes(table, spec)
     save_table(fits, out / "slopes.parquet", {**sidecar, "rows": len(fits)})
     verify_table(table, spec, out)   # verify.md / verify.json: the claims, as for a grid
     seconds = time.perf_counter() - t0
@@ -298,40 +296,43 @@ def run_search(spec: SweepSpec, search: SearchSpec, out: str | Path, executor: s
     return {"results": table, "boundaries": bnd, "slopes": fits, "rounds": r, "seconds": seconds}
 
 
-def table_slopes(table: pd.DataFrame, spec: SweepSpec, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
-    """The boundary slopes of a results table (a search's or a grid's) with their seed-bootstrap intervals, as
-    verify computes them (``boundaries``, ``resampled_boundaries`` on ``seed_resamples``, ``fit_slopes``)."""
+def table_slopes(table: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
+    """The boundary slopes of a results table (a search's or a grid's) with their seed-jackknife intervals, as
+    verify computes them (``boundaries``, ``resampled_boundaries`` on ``leave_one_out`` draws, ``fit_slopes``)."""
     threshold = spec.benign_threshold(float(table.flip_p.iloc[0]))
     cells = cell_arrays(table, spec.cell_dims)
     bnd = boundaries(cells, threshold, dims=spec.cell_dims)
-    boot = resampled_boundaries(cells, threshold, seed_resamples(int(table.seed.nunique()), n_boot, seed))
-    return slopes_with_intervals(bnd, boot, spec.cell_dims)
+    loo = resampled_boundaries(cells, threshold, leave_one_out(int(table.seed.nunique())))
+    return slopes_with_intervals(bnd, loo, spec.cell_dims)
 
 
-def slopes_with_intervals(bnd: pd.DataFrame, boot: np.ndarray, dims) -> pd.DataFrame:
-    """verify's ``fit_slopes`` of the boundaries ``bnd`` with the 2.5-97.5% percentiles of the same fits on every
-    resample (``boot``: ``resampled_boundaries`` of bnd's cells, rows aligned); NaN with fewer than 10 valid."""
+def slopes_with_intervals(bnd: pd.DataFrame, loo: np.ndarray, dims) -> pd.DataFrame:
+    """verify's ``fit_slopes`` of the boundaries ``bnd`` with the 95% jackknife-t interval of each slope (``se``,
+    ``seeds``: theory_sim.intervals.jackknife_interval): ``loo`` holds the leave-one-seed-out boundaries of bnd's
+    cells (``resampled_boundaries`` on ``leave_one_out(S)``, rows aligned); NaN where a slope is not defined
+    without one of the seeds."""
     bnd = bnd.reset_index(drop=True)
     fits = fit_slopes(bnd, dims)
     if fits.empty:
-        return fits.assign(ci_low=[], ci_high=[])
-    lows, highs = [], []
-    for s in resampled_slopes(bnd, boot, dims):
-        s = s[np.isfinite(s)]
-        lo, hi = np.percentile(s, [2.5, 97.5]) if len(s) >= 10 else (np.nan, np.nan)
-        lows.append(float(lo))
-        highs.append(float(hi))
-    return fits.assign(ci_low=lows, ci_high=highs)
+        return fits.assign(ci_low=[], ci_high=[], se=[], seeds=[])
+    ci = [jackknife_interval(p, r) for p, r in zip(fits.slope, resampled_slopes(bnd, loo, dims))]
+    return fits.assign(ci_low=[c.low for c in ci], ci_high=[c.high for c in ci], se=[c.se for c in ci],
+                       seeds=[c.units for c in ci])
 
 
-def boundary_table(table: pd.DataFrame, spec: SweepSpec, search: SearchSpec, threshold: float,
+def slope_interval(row) -> Interval:
+    """A row of ``slopes_with_intervals`` as the Interval a claim's verdict reads."""
+    return Interval(float(row.slope), float(row.ci_low), float(row.ci_high), float(row.se), int(row.seeds))
+
+
+def boundary_table(table: pd.DataFrame, spec: SweepSpec, threshold: float,
                    states: dict) -> pd.DataFrame:
-    """verify's boundary of every cell (``boundaries``) with the search's bootstrap interval of ||mu||*, the runs
+    """verify's boundary of every cell (``boundaries``) with the search's jackknife interval of ||mu||*, the runs
     and seeds it took, and its final state."""
     dims = spec.cell_dims
     cells = cell_arrays(table, dims)
     bnd = boundaries(cells, threshold, dims=dims)
-    ci = [log_interval(mus, errs, threshold, search) for mus, errs in cells.values()]
+    ci = [log_interval(mus, errs, threshold) for mus, errs in cells.values()]
     bnd["mu_star_low"] = np.exp([c[0] for c in ci])
     bnd["mu_star_high"] = np.exp([c[1] for c in ci])
     counts = table.groupby(["label", *dims]).agg(runs=("seed", "size"), seeds=("seed", "nunique"),
