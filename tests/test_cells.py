@@ -13,18 +13,7 @@ from theory_sim.sweeps.cells import (
     harmful_threshold,
     run_key,
     scored_error,
-    seed_resamples,
 )
-
-
-def test_seed_resamples_are_the_row_by_row_draws():
-    for n_seeds, n_boot, seed in ((4, 200, 0), (5, 37, 3), (7, 2000, 0), (1, 10, 9)):
-        rng = np.random.default_rng(seed)
-        oracle = np.stack([rng.integers(0, n_seeds, n_seeds) for _ in range(n_boot)])   # the callers' old loop
-        draws = seed_resamples(n_seeds, n_boot, seed)
-        assert draws.shape == (n_boot, n_seeds) and np.array_equal(draws, oracle)
-    # the wrong input must fail: another seed gives other draws
-    assert not np.array_equal(seed_resamples(5, 50, 1), seed_resamples(5, 50, 0))
 
 
 def test_scored_error_and_thresholds():

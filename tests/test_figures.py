@@ -208,3 +208,17 @@ def test_trajectory_figure_fills_its_grid_and_explains_its_bands(n_panels, tmp_p
         fig.delaxes(ax)
     assert empty_slots(fig) == 2
     plt.close("all")
+
+
+def test_scaling_figure_without_any_located_boundary_is_drawn(tmp_path):
+    """A swept axis whose cells never become benign (no mu*): the panel says so instead of failing to log-scale."""
+    from types import SimpleNamespace
+
+    from theory_sim.sweeps.figures import _scaling_figure
+
+    bnd = pd.DataFrame([dict(label="sgd", d=30, n=4, P=2, sigma_p=1.0, sigma_0=s0, mu_star=np.nan,
+                             status="never_benign") for s0 in (0.01, 0.02)])
+    spec = SimpleNamespace(name="t", optimizers=[SimpleNamespace(label="sgd", optimizer="sgd")])
+    path = _scaling_figure(bnd, pd.DataFrame(), ["sigma_0"], ["sgd"], spec, tmp_path,
+                           ("d", "n", "P", "sigma_p", "sigma_0"))
+    assert path.exists() and path.stat().st_size > 0

@@ -6,8 +6,7 @@
 - Scoring: a diverged run (or one without a test error) scores chance error, 0.5, and is never dropped.
 - Thresholds (docs/science.md §5): a cell is benign when its seed-mean test error is <= p + margin * (0.5 - p)
   (margin: the spec's ``benign_margin``), harmful when it is >= p + 0.1.
-- ``seed_resamples``: bootstrap draws of whole seeds, jointly across cells, for the boundary search's bracketing
-  (theory_sim.sweeps.search); every verdict's interval is theory_sim.intervals' jackknife-t or t-interval.
+
 """
 from __future__ import annotations
 
@@ -84,7 +83,3 @@ def harmful_threshold(p: float) -> float:
     return p + HARMFUL_MARGIN
 
 
-def seed_resamples(n_seeds: int, n_boot: int, seed: int) -> np.ndarray:
-    """The bootstrap draws (n_boot, n_seeds): row b lists the seed indices of resample b (with replacement). One
-    call draws them all; numpy's Generator gives the same stream as n_boot calls of one row each."""
-    return np.random.default_rng(seed).integers(0, n_seeds, (n_boot, n_seeds))

@@ -369,6 +369,10 @@ def _scaling_figure(bnd, fits, swept, labels, spec, figdir: Path, dims, fmt: str
                     notes.append(f"{lab}: slope in ${symbol(dim)}{'-1' if name == 'P-1' else ''}$ "
                                  f"{slope} (median over lines)" + (f", theory {pred:g}" if pred is not None else ""))
         ax.set_title("\n".join(notes), fontsize=8, loc="left")
+        if not any(len(line.get_xdata()) for line in ax.get_lines()):   # no located boundary: say so
+            ax.set_xlim(bnd[dim].min(), bnd[dim].max() * 1.01)
+            ax.set_ylim(1.0, 10.0)
+            ax.text(0.5, 0.5, "no located boundary", transform=ax.transAxes, ha="center", va="center")
         ax.set_xscale("log")
         ax.set_yscale("log")
         plain_log_ticks(ax.xaxis)
