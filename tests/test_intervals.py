@@ -155,5 +155,7 @@ def test_domain_predicates_follow_their_formulas():
     assert DOMAIN["small_init"](cells).tolist() == [True, False, True]         # 0.11, 1.10, 0.45
     assert DOMAIN["small_step"](cells).tolist() == [True, True, False]         # 3.2, 3.0, 51.2
     assert DOMAIN["radius_scale"](cells).tolist() == [True, False, False]
+    assert DOMAIN["two_layer"](cells).tolist() == [True, True, True]          # no depth column: the c23 network
+    assert DOMAIN["two_layer"](cells.assign(depth=[2, 3, 4])).tolist() == [True, False, False]
     row = claim_row(CLAIMS["sgd_boundary_slope"], "sgd", Interval(0.3, 0.2, 0.4, 0.05, 8), (0.2, 0.3))
     assert row["verdict"] == "inconclusive" and row["source"].startswith("[K23]")

@@ -36,7 +36,7 @@ EARLY_GAMMA = 0.25         # the early-phase window of the ratio law (docs/scien
 
 
 # the run parameters the domain predicates and the variant filters read
-CELL_PARAMETERS = ("d", "n", "P", "sigma_p", "m", "sigma_0", "eta", "batch_size", "c_tau", "tau")
+CELL_PARAMETERS = ("d", "n", "P", "sigma_p", "m", "sigma_0", "eta", "batch_size", "c_tau", "tau", "depth")
 VARIANT_PARAMETERS = ("optimizer", "model", "depth", "lr_schedule", "ascent_steps", "m_sharpness", "norm",
                       "sam_steps")
 
@@ -83,6 +83,9 @@ DOMAIN: dict[str, Predicate] = {p.name: p for p in (
     Predicate("small_step", f"eta (P-1) sigma_p^2 d / (2 B m) <= {STEP_MEMORISATION_MAX:g} (one step writes at most "
               "this much noise into a sample; beyond it the sample is memorised in its first step, no early phase)",
               lambda c: step_memorisation(c) <= STEP_MEMORISATION_MAX),
+    Predicate("two_layer", "the two-layer network (depth 2): the sign invariants of §6.5 are derived for it; a hidden "
+              "layer with signed weights breaks them (docs/science.md §2.5)",
+              lambda c: (_col(c, "depth", 2.0).fillna(2.0) <= 2)),
     Predicate("radius_scale", f"{C_TAU_RANGE[0]:g} <= c_tau <= {C_TAU_RANGE[1]:g} and no absolute tau (the radius "
               "scale of [C23], docs/science.md §3.2, within a factor 10)", _radius),
 )}
@@ -169,62 +172,62 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
     Claim("sgd_boundary_slope", "SGD's benign/harmful boundary follows n ||mu||^4 ~ d P^4 sigma_p^4: log-log slopes "
           "of ||mu||* +1/4 in d, -1/4 in n, +1 in P and sigma_p", "[K23] Thm 4.3, [C23] SGD theorem", "theorem",
           "§5.2", "plain SGD on the two-layer network (constant step)", is_sgd,
-          ("dimension", "small_init", "small_step"),
+          ("dimension", "small_init", "small_step", "two_layer"),
           "least-squares slope of log ||mu||* on log of the dimension over the in-domain cells",
           "+1/4 (d), -1/4 (n), +1 (P, sigma_p)", SLOPE_TOLERANCE,
           "jackknife-t over seeds (docs/science.md §5.6)", {"slopes": {"d": 0.25, "n": -0.25, "P": 1.0,
                                                                        "sigma_p": 1.0}, "mu_power": 4}),
     Claim("sam_boundary_slope", "SAM's boundary is flat in d: benign once ||mu|| >= Omega~(1)", "[C23] SAM theorem",
           "theorem", "§5.3", "[C23]'s SAM (one ascent step, radius scale of §3.2; SAM throughout or then SGD)",
-          is_sam, ("dimension", "small_init", "small_step", "radius_scale"),
+          is_sam, ("dimension", "small_init", "small_step", "radius_scale", "two_layer"),
           "least-squares slope of log ||mu||* on log d over the in-domain cells", "0 (d)", SLOPE_TOLERANCE,
           "jackknife-t over seeds", {"slopes": {"d": 0.0}, "mu_power": 2}),
     Claim("sam_below_sgd", "SAM is benign where SGD is harmful: SAM's boundary lies below SGD's",
           "[C23] SGD and SAM theorems together", "theorem", "§5.3",
           "[C23]'s SAM against plain SGD, same cells and seeds", is_sam, ("dimension", "small_init", "small_step",
-                                                                          "radius_scale"),
+                                                                          "radius_scale", "two_layer"),
           "mean over the in-domain d of log(||mu||*_SGD / ||mu||*_SAM) (censored boundaries at the grid's ends)",
           "> 0", "none (a sign)", "jackknife-t over seeds"),
     Claim("ratio_law_exponents", "Early on, Gamma/Rho ~ (1-2p) n ||mu||^2 / ((P-1) sigma_p^2 d): exponents +2 "
           "(||mu||), -1 (d), +1 (n), -2 (sigma_p), -1 (P-1)", "this package's derivation", "derivation", "§6.1",
-          "plain SGD", is_sgd, ("small_init", "small_step"),
+          "plain SGD", is_sgd, ("small_init", "small_step", "two_layer"),
           "joint log-log regression of the measured ratio at the end of epoch 1 on the swept dimensions (early cells: "
           f"seed-mean Gamma <= {EARLY_GAMMA})", "the exponents", "+-0.1: the law is first order in |l'| - 1/2",
           "jackknife-t over seeds", {"slopes": {"mu_norm": 2.0, "d": -1.0, "n": 1.0, "sigma_p": -2.0, "P-1": -1.0,
                                                "eta": 0.0, "batch_size": 0.0, "m": 0.0}, "tolerance": 0.1}),
     Claim("ratio_law_constant", "The ratio law's constant: measured / predicted = 1, with the realised flip "
           "fraction p-hat of each run in (1 - 2p)", "this package's derivation", "derivation", "§6.1", "plain SGD",
-          is_sgd, ("small_init", "small_step"),
+          is_sgd, ("small_init", "small_step", "two_layer"),
           "geometric mean over the in-domain early cells of measured / predicted (one pooled estimate; the cells "
           "share the seeds' data draws), with the spread of the per-d constants", "1",
           "[0.8, 1.25]: first order in |l'| - 1/2, which the window keeps within about 12% of 1/2",
           "jackknife-t over seeds", {"band": (0.8, 1.25)}),
     Claim("sam_amplification", "SAM multiplies Gamma/Rho over SGD's during its phase, by >= 2 where SGD is harmful",
           "this package's derivation of [C23] Sec. 4", "derivation", "§6.4", "[C23]'s SAM against plain SGD",
-          is_sam, ("small_init", "small_step", "radius_scale"),
+          is_sam, ("small_init", "small_step", "radius_scale", "two_layer"),
           "the smallest over SGD-harmful in-domain cells of SAM's Gamma/Rho over SGD's (geometric mean over "
           "SAM's logged steps)", ">= 2", "none (an order-of-magnitude threshold)", "jackknife-t over seeds"),
     Claim("noise_switched_off", "SAM's ascent switches noise terms off: its update-point noise-active fraction lies "
           "below SGD's", "[C23] Sec. 4 (mechanism)", "derivation", "§6.4", "[C23]'s SAM against plain SGD", is_sam,
-          ("small_init", "small_step", "radius_scale"),
+          ("small_init", "small_step", "radius_scale", "two_layer"),
           "mean over in-domain cells and SAM's logged steps of SAM's fraction minus SGD's", "< 0", "none (a sign)",
           "jackknife-t over seeds"),
     Claim("collapse", "SGD's test error is one function of x = n ||mu||^4 / (d (P-1)^4 sigma_p^4)",
-          "this package's derivation", "derivation", "§6.2", "plain SGD", is_sgd, ("small_init", "small_step"),
+          "this package's derivation", "derivation", "§6.2", "plain SGD", is_sgd, ("small_init", "small_step", "two_layer"),
           "residual RMS around the best decreasing fit in x over that in ||mu|| alone", "<= 0.7",
           "x must remove at least 30% of the spread ||mu|| leaves", "jackknife-t over seeds"),
     Claim("invariants", "rhobar never decreases and stays >= 0; rhounder never increases and stays <= 0",
-          "this package's derivation (exact)", "derivation", "§6.5", "every variant", _any, (),
+          "this package's derivation (exact)", "derivation", "§6.5", "every variant", _any, ("two_layer",),
           "violations beyond round-off on every logged step of every run", "= 0", "none (exact)",
           "a count: no interval"),
     Claim("late_log_growth", "After fitting, rhobar grows logarithmically: rhobar ~ a + b log(t + t0)",
           "[K23] late phase, docs/science.md §6.6", "derivation", "§6.6", "plain SGD", is_sgd,
-          ("small_init", "small_step"),
+          ("small_init", "small_step", "two_layer"),
           "Box-Cox exponent k of rhobar_max = a + b ((t + t0)^k - 1)/k fitted per run (log growth: k = 0), mean "
           "over in-domain cells", "0", "+-0.05, half the slowest power it must tell apart from log (t^0.1)",
           "jackknife-t over seeds", {"tolerance": 0.05}),
     Claim("late_rhounder_small", "rhounder stays small next to rhobar", "[K23] bound on |rhounder|, "
-          "docs/science.md §6.6", "derivation", "§6.6", "plain SGD", is_sgd, ("small_init", "small_step"),
+          "docs/science.md §6.6", "derivation", "§6.6", "plain SGD", is_sgd, ("small_init", "small_step", "two_layer"),
           "mean over in-domain cells of max |rhounder| / max rhobar at the last step", "<= 0.5",
           "none (an order-of-magnitude threshold)", "jackknife-t over seeds"),
     Claim("paired_difference", "variant - baseline test error on the same seeds", "exploratory (no prediction)",

@@ -124,7 +124,7 @@ def with_settings(traj: pd.DataFrame, results: pd.DataFrame, key=RUN_KEY) -> pd.
     error and the parameters the claims' domains read."""
     renamed = {"test_error": "final_test_error", "train_acc": "final_train_acc"}
     cols = [c for c in ("flip_p", "p_hat", "batch_size", "sam_steps", "test_error", "diverged", "train_acc", "dtype",
-                        "m", "sigma_0", "eta", "c_tau", "tau")
+                        "m", "sigma_0", "eta", "c_tau", "tau", "depth")
             if c in results.columns and c not in key and renamed.get(c, c) not in traj.columns]
     info = results[list(key) + cols].rename(columns=renamed)
     return traj.merge(info, on=list(key), how="left", validate="many_to_one")
@@ -321,6 +321,11 @@ def collapse(results: pd.DataFrame, label: str, seeds: list, cell=CELL):
 def invariants(traj: pd.DataFrame, label: str, key=RUN_KEY) -> list[dict]:
     """Entry-level violations counted by the trainer, plus the summaries' signs and monotonicity per run."""
     t = traj[traj.label == label].sort_values([*key, "step"])
+    window = "every logged step of the runs in the domain"
+    outside = int((~CLAIMS["invariants"].in_domain(t)).sum()) if len(t) else 0
+    t = t[CLAIMS["invariants"].in_domain(t)] if len(t) else t
+    if not len(t):
+        return [_not_applicable("invariants", label, 0, window, "no run of the two-layer network")] if outside else []
     eps = np.where(t.get("dtype", pd.Series("float64", index=t.index)).eq("float32"), 1.2e-7, 2.2e-16)
     scale = 64 * eps * np.maximum(t.rhobar_max.abs().fillna(0), t.rhounder_min.abs().fillna(0))
     count = float(np.nansum(t.rho_monotone_violations))
