@@ -227,49 +227,42 @@ def boundary_claims(df: pd.DataFrame, spec, threshold: float, bnd: pd.DataFrame,
     keys = list(cells)   # bnd's rows are cells' keys, in order
     mus = np.array([_log_step(cells[k][0]) for k in keys])   # each cell's ||mu|| grid step, for the tolerance
     loo_mu = resampled_boundaries(cells, threshold, loo)   # (cells, S): every leave-one-out boundary at once
+    mu_star = bnd.mu_star.to_numpy(dtype=float)
     rows = []
     for claim_name in ("sgd_boundary_slope", "sam_boundary_slope"):
         claim = CLAIMS[claim_name]
         index = dict(zip(key_of, domain_of[claim.name]))
         inside = np.array([index[k] for k in keys])
-        for scope, mask in (("in domain", inside), ("all cells", np.ones(len(keys), dtype=bool))):
-            labels = [lab for lab, v in variants.items() if claim.covers(v)] if scope == "in domain" else None
-            sub = bnd[mask & (bnd.label.isin(labels) if labels is not None else True)]
-            if scope == "all cells":   # the exploratory fit of every variant, also those no theorem covers
-                sub = bnd[mask & bnd.label.isin([lab for lab, v in variants.items()
-                                                 if claim.covers(v) or claim_name == "sgd_boundary_slope"])]
+        covered = [lab for lab, v in variants.items() if claim.covers(v)]
+        # the claim's fits over its in-domain cells; beside them the exploratory fits over every located cell: of
+        # the covered variants, and under SGD's claim of every variant no theorem covers (Rand-SAM, msam, ...)
+        explored = covered if claim_name == "sam_boundary_slope" else [lab for lab, v in variants.items()
+                                                                        if not is_sam(v)]
+        for scope, mask in (("in domain", inside & bnd.label.isin(covered).to_numpy()),
+                            ("all cells", bnd.label.isin(explored).to_numpy())):
+            sub = bnd[mask]
             for fit in _fits(sub, dims):
-                f = fit.fields
+                f, dim = fit.fields, fit.fields["dim"]
                 skip = ignored.get(f["label"], ())
-                if f["dim"] in skip or any(f[a] != first[a] for a in skip if a in f):
+                if dim in skip or any(f[a] != first[a] for a in skip if a in f):
                     continue
-                covered = claim.covers(variants[f["label"]])
-                if scope == "all cells" and claim_name == "sam_boundary_slope" and not covered:
-                    continue
-                if scope == "all cells" and claim_name == "sgd_boundary_slope" and is_sam(variants[f["label"]]):
-                    continue   # SAM's exploratory fit is listed under its own claim
-                rows_idx = sub.index.to_numpy()[fit.rows]
-                fit = fit._replace(rows=rows_idx)   # rows of the whole boundary table
-                slope, intercept, _ = (v[0] for v in _fit(fit, bnd.mu_star.to_numpy(dtype=float)[:, None]))
-                point = slope
-                reps = _fit(fit, loo_mu)[0]
-                located_x = fit.x[np.isfinite(bnd.mu_star.to_numpy(dtype=float)[rows_idx])]
-                interval = jackknife_interval(point, reps)
-                dim = f["dim"]
-                predicted = claim.extra["slopes"].get(dim) if covered and dim != "P-1" else None
+                fit = fit._replace(rows=sub.index.to_numpy()[fit.rows])   # rows of the whole boundary table
+                slope, intercept, _ = (v[0] for v in _fit(fit, mu_star[:, None]))
+                interval = jackknife_interval(slope, _fit(fit, loo_mu)[0])
+                located = np.isfinite(mu_star[fit.rows])
+                predicted = claim.extra["slopes"].get(dim) if f["label"] in covered and dim != "P-1" else None
                 region, tol = None, None
                 if predicted is not None and scope == "in domain":
                     values = np.exp(fit.x) + (1 if dim == "P-1" else 0)
-                    tol = slope_tolerance(claim, float(np.nanmedian(mus[rows_idx])), values)
+                    tol = slope_tolerance(claim, float(np.nanmedian(mus[fit.rows])), values)
                     region = (predicted - tol, predicted + tol)
                 fixed = {k: ("any" if k in skip else _int(f[k])) for k in dims
                          if k != dim and not (dim == "P-1" and k == "P") and k in f}
-                used = int(np.isfinite(bnd.mu_star.to_numpy(dtype=float)[rows_idx]).sum())
-                rows.append(claim_row(claim if region is not None or scope == "in domain" else
-                                      CLAIMS["slope_outside_domain"], f["label"], interval, region, scope,
-                                       dim=dim, fixed=fixed, predicted=predicted, tolerance=tol,
-                                       cells_in_domain=int(inside[rows_idx].sum()), cells=int(len(rows_idx)),
-                                       located=used, law=_law(intercept, located_x)))
+                rows.append(claim_row(claim if scope == "in domain" else CLAIMS["slope_outside_domain"],
+                                      f["label"], interval, region, scope, dim=dim, fixed=fixed, predicted=predicted,
+                                      tolerance=tol, cells_in_domain=int(inside[fit.rows].sum()),
+                                      cells=int(len(fit.rows)), located=int(located.sum()),
+                                      law=_law(intercept, fit.x[located])))
         # a covered variant with no in-domain fit at all: the claim is not applicable, said once
         for lab, v in variants.items():
             if claim.covers(v) and not any(r["variant"] == lab and r["scope"] == "in domain" and r["claim"] ==
